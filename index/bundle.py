@@ -1,0 +1,231 @@
+"""A bundle: everything needed to match against a catalogue, in one folder.
+
+Layout::
+
+    manifest.json      format, versions, row count, dims, sha256 of every other file
+    fusion.json        FusionConfig (thresholds)
+    listings.csv       posting_id,title,image,image_phash[,label_group]
+    tfidf.json, tfidf_idf.npz, tfidf.npz   fitted vocabularies and the catalogue's rows
+    phash.npy          (n, 8) uint8 codes; rows without a hash are all-zero and masked
+    masks.npz          per-signal validity masks
+    text.faiss, image.faiss   FAISS stores of the embeddings (ids = row numbers)
+    encoders/text/, encoders/image/   the ONNX encoder artifacts used to build it
+
+Written to a temporary folder then renamed into place, so a crash leaves the old bundle
+or the new one, never half of one; verified against the manifest on load.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+import index
+from index.catalogue import Catalogue, read_catalogue
+from index.encoders import Device
+from index.errors import BundleError
+from index.fusion import FusionConfig
+from index.pipeline import Encoders, Features
+from index.search import FaissFlatStore
+from index.signals import TitleTfidf
+
+FORMAT = 1
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    import faiss
+    import onnxruntime
+    import sklearn
+
+    return {
+        "pricematch": index.__version__,
+        "faiss": faiss.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "scikit-learn": sklearn.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def write_atomic(out: Path, fill: Any) -> Path:
+    """Create folder `out` by calling `fill(tmp_folder)` then renaming it into place."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        fill(tmp)
+        old = None
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            os.rename(out, old)
+        os.rename(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _write_listings(path: Path, cat: Catalogue, phash: list[str]) -> None:
+    cols = ["posting_id", "title", "image", "image_phash"]
+    if cat.label_group is not None:
+        cols.append("label_group")
+    images = [Path(f).name if f else "" for f in cat.image] if cat.image else [""] * len(cat)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(cols)
+        for i in range(len(cat)):
+            row = [cat.posting_id[i], cat.title[i], images[i], phash[i]]
+            if cat.label_group is not None:
+                row.append(cat.label_group[i])
+            w.writerow(row)
+
+
+def _hex(codes: np.ndarray, valid: np.ndarray) -> list[str]:
+    return [bytes(c).hex() if v else "" for c, v in zip(codes, valid, strict=True)]
+
+
+def save_bundle(
+    out: str | Path,
+    cat: Catalogue,
+    feats: Features,
+    fusion: FusionConfig,
+    encoders: Encoders | None = None,
+) -> Path:
+    """Write a bundle folder atomically (see the module doc for the layout)."""
+    encoders = encoders or Encoders()
+    n = len(cat)
+    assert len(feats) == n, (len(feats), n)
+
+    def fill(tmp: Path) -> None:
+        (tmp / "fusion.json").write_text(fusion.model_dump_json(indent=2), encoding="utf-8")
+        _write_listings(tmp / "listings.csv", cat, _hex(feats.phash, feats.phash_valid))
+        feats.tfidf.save(tmp)
+        sp.save_npz(tmp / "tfidf.npz", feats.X)
+        np.save(tmp / "phash.npy", feats.phash)
+        masks = {"phash": feats.phash_valid}
+        dims: dict[str, int] = {"tfidf": int(feats.X.shape[1])}
+        for m in ("text", "image"):
+            x, valid, enc = getattr(feats, m), getattr(feats, f"{m}_valid"), getattr(encoders, m)
+            if x is None:
+                continue
+            store = FaissFlatStore(x.shape[1], device="cpu")
+            rows = np.flatnonzero(valid)
+            store.add(rows, x[rows])
+            store.save(tmp / f"{m}.faiss")
+            masks[m] = valid
+            dims[m] = int(x.shape[1])
+            if enc is not None:
+                shutil.copytree(enc.folder, tmp / "encoders" / m)
+        np.savez(tmp / "masks.npz", **masks)
+        files = sorted(p for p in tmp.rglob("*") if p.is_file())
+        manifest = {
+            "format": FORMAT,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "rows": n,
+            "dims": dims,
+            "signals": sorted(["tfidf", "phash", *[m for m in ("text", "image") if m in masks]]),
+            "versions": _versions(),
+            "files": {str(p.relative_to(tmp)): sha256(p) for p in files},
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+
+    return write_atomic(Path(out), fill)
+
+
+@dataclass
+class Bundle:
+    """A loaded bundle: the catalogue, its features as stores, the config and encoders."""
+
+    folder: Path
+    manifest: dict[str, Any]
+    catalogue: Catalogue
+    fusion: FusionConfig
+    tfidf: TitleTfidf
+    X: sp.csr_matrix
+    phash: np.ndarray
+    masks: dict[str, np.ndarray]
+    stores: dict[str, FaissFlatStore]
+    encoders: Encoders
+
+
+def verify_bundle(folder: str | Path) -> dict[str, Any]:
+    """Check the manifest against the files; returns the manifest.
+
+    Raises:
+        BundleError: no manifest, unknown format, a missing file or a checksum mismatch.
+    """
+    root = Path(folder)
+    mpath = root / "manifest.json"
+    if not mpath.is_file():
+        raise BundleError(f"{root} is not a bundle (no manifest.json)")
+    try:
+        manifest: dict[str, Any] = json.loads(mpath.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise BundleError(f"{mpath}: invalid JSON ({e})") from e
+    if manifest.get("format") != FORMAT:
+        raise BundleError(f"{root}: bundle format {manifest.get('format')!r}, expected {FORMAT}")
+    for rel, digest in manifest["files"].items():
+        p = root / rel
+        if not p.is_file():
+            raise BundleError(f"{root}: file {rel} listed in the manifest is missing")
+        if sha256(p) != digest:
+            raise BundleError(f"{root}: checksum mismatch for {rel} (file changed or corrupt)")
+    return manifest
+
+
+def load_bundle(
+    folder: str | Path, device: Device = "auto", with_encoders: bool = True
+) -> Bundle:
+    """Load and verify a bundle written by `save_bundle`."""
+    root = Path(folder)
+    manifest = verify_bundle(root)
+    cat = read_catalogue(root / "listings.csv")
+    n = manifest["rows"]
+    if len(cat) != n:
+        raise BundleError(f"{root}: listings.csv has {len(cat)} rows, manifest says {n}")
+    fusion = FusionConfig.model_validate_json((root / "fusion.json").read_text(encoding="utf-8"))
+    masks = dict(np.load(root / "masks.npz"))
+    stores = {
+        m: FaissFlatStore.load(root / f"{m}.faiss", device=device)
+        for m in ("text", "image")
+        if (root / f"{m}.faiss").is_file()
+    }
+    enc_dir = root / "encoders"
+    encoders = (
+        Encoders.from_folder(enc_dir, device=device)
+        if with_encoders and enc_dir.is_dir()
+        else Encoders()
+    )
+    return Bundle(
+        folder=root,
+        manifest=manifest,
+        catalogue=cat,
+        fusion=fusion,
+        tfidf=TitleTfidf.load(root),
+        X=sp.csr_matrix(sp.load_npz(root / "tfidf.npz")),
+        phash=np.load(root / "phash.npy"),
+        masks=masks,
+        stores=stores,
+        encoders=encoders,
+    )

@@ -1,0 +1,258 @@
+"""The library's CLI commands: match, evaluate, build-index, sample."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from index.catalogue import Catalogue, read_catalogue, write_submission
+from index.errors import CatalogueError, EncoderError
+from index.fusion import SIGNALS, FusionConfig, fuse, to_lists
+from index.metrics import f1_report
+from index.pipeline import Encoders, embed, self_neighbours
+from index.signals import TfidfConfig
+
+log = logging.getLogger("pricematch")
+
+
+def register(sub: Any) -> None:
+    """Add match, evaluate, build-index and sample to the `pricematch` parser."""
+    p = sub.add_parser("match", help="match the rows of a CSV among themselves (Kaggle format)")
+    p.add_argument("input", type=Path, help="listings CSV (posting_id,title[,image,image_phash])")
+    _model_args(p)
+    p.add_argument("-o", "--output", type=Path, required=True, help="submission CSV to write")
+    p.set_defaults(func=cmd_match)
+
+    p = sub.add_parser("evaluate", help="mean F1 on a labelled CSV, per signal and fused")
+    p.add_argument("input", type=Path, help="labelled listings CSV (with label_group)")
+    _model_args(p)
+    p.add_argument("--tune", action="store_true", help="sweep every threshold on these rows")
+    p.add_argument("--report", type=Path, help="write the full report as JSON")
+    p.add_argument("--save-config", type=Path, help="write the best fusion config (fusion.json)")
+    p.add_argument("--limit", type=int, help="use the first N label groups' rows only")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("build-index", help="build a bundle (index + encoders + config)")
+    p.add_argument("input", type=Path, help="catalogue CSV")
+    _model_args(p)
+    p.add_argument("--out", type=Path, required=True, help="bundle folder to write")
+    p.set_defaults(func=cmd_build_index)
+
+    p = sub.add_parser("sample", help="write a small synthetic catalogue with images")
+    p.add_argument("--out", type=Path, required=True, help="folder for listings.csv and images/")
+    p.add_argument("--products", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_sample)
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--images", type=Path, help="folder holding the `image` files")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--bundle", type=Path, help="bundle folder: its encoders and thresholds")
+    g.add_argument(
+        "--model",
+        type=Path,
+        default=os.environ.get("PRICEMATCH_MODEL") or None,
+        help="model folder (text/, image/, fusion.json), e.g. from export-default or train "
+        "[env PRICEMATCH_MODEL]",
+    )
+    p.add_argument("--config", type=Path, help="fusion.json overriding the model's thresholds")
+    p.add_argument(
+        "--signals",
+        default=",".join(SIGNALS),
+        help="comma-separated signals to use (default: all available: %(default)s)",
+    )
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def _signals(args: argparse.Namespace) -> set[str]:
+    chosen = {s.strip() for s in args.signals.split(",") if s.strip()}
+    unknown = chosen - set(SIGNALS)
+    if unknown:
+        raise CatalogueError(
+            f"unknown signal(s) {', '.join(sorted(unknown))}; valid: {', '.join(SIGNALS)}"
+        )
+    return chosen
+
+
+def resolve_model(args: argparse.Namespace) -> tuple[Encoders, FusionConfig]:
+    """Encoders and fusion config from --bundle / --model / --config / --signals / --images."""
+    folder = None
+    if args.bundle is not None:
+        folder = args.bundle / "encoders"
+        cfg_path = args.bundle / "fusion.json"
+        if not cfg_path.is_file():
+            raise EncoderError(f"{args.bundle} is not a bundle (no fusion.json)")
+    elif args.model is not None:
+        folder = args.model
+        cfg_path = args.model / "fusion.json"
+    else:
+        cfg_path = None
+    encoders = Encoders.from_folder(folder, device=args.device) if folder else Encoders()
+    if folder is None:
+        log.info(
+            "no --model or --bundle: matching on TF-IDF and phash only "
+            "(`pricematch export-default --out models/default` gives the default encoders)"
+        )
+    if args.config is not None:
+        cfg_path = args.config
+    config = FusionConfig()
+    if cfg_path is not None and cfg_path.is_file():
+        config = FusionConfig.model_validate_json(cfg_path.read_text(encoding="utf-8"))
+    elif args.config is not None:
+        raise CatalogueError(f"config file not found: {args.config}")
+    chosen = _signals(args)
+    if "text" not in chosen:
+        encoders.text = None
+    if "image" not in chosen or args.images is None:
+        encoders.image = None
+    keep = {k: v for k, v in config.thresholds.items() if k in chosen}
+    return encoders, config.with_(thresholds=keep)
+
+
+def _read(args: argparse.Namespace) -> Catalogue:
+    cat = read_catalogue(args.input, images_dir=args.images)
+    for line in cat.issue_lines():
+        log.warning("%s: %s", args.input, line)
+    return cat
+
+
+def _features(cat: Catalogue, encoders: Encoders, args: argparse.Namespace) -> Any:
+    t = time.perf_counter()
+    feats = embed(cat, encoders, tfidf_config=TfidfConfig(), show_progress=not args.quiet)
+    for what, n in feats.issues.items():
+        if what not in cat.issues:
+            log.warning("%s: %d row(s): %s", args.input, n, what)
+    nb = self_neighbours(feats, device=args.device, show_progress=not args.quiet)
+    log.info("features and neighbours for %d rows in %.1fs", len(cat), time.perf_counter() - t)
+    return feats, nb
+
+
+def _available(config: FusionConfig, nb: dict[str, Any]) -> FusionConfig:
+    """`config` without thresholds for signals that were not computed."""
+    return config.with_(thresholds={k: v for k, v in config.thresholds.items() if k in nb})
+
+
+def cmd_match(args: argparse.Namespace) -> int:
+    cat = _read(args)
+    encoders, config = resolve_model(args)
+    _, nb = _features(cat, encoders, args)
+    config = _available(config, nb)
+    I, _ = fuse(nb, config, len(cat))
+    matches = to_lists(I, cat.posting_id)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    write_submission(args.output, cat.posting_id, matches)
+    used = ", ".join(s for s in nb if s in config.thresholds)
+    mean = float(np.mean([len(m) for m in matches]))
+    print(f"wrote {args.output}: {len(cat)} rows, signals {used}, {mean:.2f} matches per row")
+    return 0
+
+
+def _limit(cat: Catalogue, n_groups: int) -> Catalogue:
+    assert cat.label_group is not None
+    keep = set(list(dict.fromkeys(cat.label_group))[:n_groups])
+    return cat.subset([i for i, g in enumerate(cat.label_group) if g in keep])
+
+
+def _row(name: str, config: FusionConfig, nb: dict[str, Any], labels: np.ndarray) -> dict[str, Any]:
+    I, _ = fuse(nb, config, len(labels))
+    rep = f1_report(I, labels)
+    rep["name"] = name
+    rep["config"] = config.model_dump()
+    return rep
+
+
+def _fmt_thresholds(config: FusionConfig) -> str:
+    parts = []
+    for k, v in config.thresholds.items():
+        parts.append(f"phash<={round((1 - v) * 64)}" if k == "phash" else f"{k}>={v:.3f}")
+    if config.min2:
+        parts.append(f"min2 {config.min2_signal}>={config.min2_floor:.2f}")
+    return " ".join(parts)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from index.tuning import single_signal, tune
+
+    t0 = time.perf_counter()
+    cat = _read(args)
+    if cat.label_group is None:
+        raise CatalogueError(f"{args.input}: evaluate needs a label_group column")
+    if args.limit:
+        cat = _limit(cat, args.limit)
+    labels = cat.labels
+    encoders, config = resolve_model(args)
+    _, nb = _features(cat, encoders, args)
+    config = _available(config, nb)
+    show = not args.quiet
+    rows = []
+    for s in nb:
+        if s not in config.thresholds:
+            continue
+        single = single_signal(s, config)
+        rows.append(_row(f"{s} alone", single, nb, labels))
+        if args.tune:
+            tuned, _ = tune(nb, labels, single, min2_signals=(s,), show_progress=show)
+            rows.append(_row(f"{s} alone (tuned)", tuned, nb, labels))
+    rows.append(_row("fused", config, nb, labels))
+    best = config
+    if args.tune:
+        best, _ = tune(nb, labels, config, show_progress=show)
+        rows.append(_row("fused (tuned)", best, nb, labels))
+    elapsed = time.perf_counter() - t0
+
+    print(f"\n{args.input}: {len(cat)} rows, {len(set(cat.label_group))} groups")
+    print(f"{'pipeline':<24} {'F1':>6} {'prec':>6} {'recall':>6} {'matches':>7}  thresholds")
+    for r in rows:
+        cfg = FusionConfig.model_validate(r["config"])
+        print(
+            f"{r['name']:<24} {r['f1']:6.4f} {r['precision']:6.4f} {r['recall']:6.4f} "
+            f"{r['mean_matches']:7.2f}  {_fmt_thresholds(cfg)}"
+        )
+    final = rows[-1]
+    print(f"\nF1 by true group size ({final['name']}):")
+    for size, v in final["by_group_size"].items():
+        print(f"  {size:>6}: {v['f1']:.4f}  ({v['rows']} rows)")
+    if args.tune:
+        print("\nbest config:\n" + best.model_dump_json(indent=2))
+    print(f"\ntotal time {elapsed:.1f}s")
+    if args.report:
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.write_text(
+            json.dumps({"input": str(args.input), "rows": rows, "seconds": elapsed}, indent=2),
+            encoding="utf-8",
+        )
+    if args.save_config:
+        args.save_config.parent.mkdir(parents=True, exist_ok=True)
+        args.save_config.write_text(best.model_dump_json(indent=2), encoding="utf-8")
+    return 0
+
+
+def cmd_build_index(args: argparse.Namespace) -> int:
+    from index.bundle import save_bundle
+
+    cat = _read(args)
+    encoders, config = resolve_model(args)
+    if args.images is not None and encoders.image is None and args.bundle is None and args.model:
+        log.warning("--images given but the model has no image encoder")
+    feats = embed(cat, encoders, tfidf_config=TfidfConfig(), show_progress=not args.quiet)
+    out = save_bundle(args.out, cat, feats, config, encoders)
+    print(f"wrote bundle {out}: {len(cat)} listings")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from index.synthetic import SyntheticSpec, make_catalogue
+
+    path = make_catalogue(args.out, SyntheticSpec(products=args.products, seed=args.seed))
+    print(f"wrote {path} and {args.out / 'images'}")
+    return 0
+

@@ -1,0 +1,292 @@
+"""Run-time encoders: ONNX models behind one `Encoder` interface and a registry.
+
+An encoder artifact is a folder::
+
+    config.json   {"encoder": "onnx-text" | "onnx-image", "dim": 384, ...}
+    model.onnx    graph whose single output is an (n, dim) float32 embedding
+    tokenizer.json  (text encoders only, a Hugging Face `tokenizers` file)
+
+Preprocessing settings (input size, mean/std, max length) travel in `config.json`;
+callers never hard-code them. `load_encoder(folder)` reads the config and builds the
+registered class; `create_encoder(name, folder)` does the same by registry name.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
+
+from index.errors import EncoderError, ImageError
+from index.progress import progress
+
+log = logging.getLogger(__name__)
+
+Device = Literal["auto", "cpu", "cuda"]
+
+#: Images above this many pixels are refused (decompression-bomb guard), ~ 8k x 8k.
+MAX_IMAGE_PIXELS = 64_000_000
+Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+
+
+class TextEncoderConfig(BaseModel):
+    """`config.json` of a text encoder artifact."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    encoder: Literal["onnx-text"] = "onnx-text"
+    dim: int = Field(gt=0)
+    max_length: int = Field(default=64, gt=0)
+    tokenizer: str = "tokenizer.json"
+    onnx: str = "model.onnx"
+    pooling: Literal["mean", "cls"] = "mean"
+    normalized: bool = True
+    lowercase: bool = True
+    source: str = ""
+
+
+class ImageEncoderConfig(BaseModel):
+    """`config.json` of an image encoder artifact. mean/std are in 0..255 pixel units."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    encoder: Literal["onnx-image"] = "onnx-image"
+    dim: int = Field(gt=0)
+    input_size: tuple[int, int] = (224, 224)  # (height, width)
+    mean: tuple[float, float, float] = (127.0, 127.0, 127.0)
+    std: tuple[float, float, float] = (128.0, 128.0, 128.0)
+    resize: Literal["squash", "center_crop"] = "squash"
+    onnx: str = "model.onnx"
+    normalized: bool = True
+    source: str = ""
+
+
+def onnx_providers(device: Device = "auto") -> list[str]:
+    """ONNX Runtime execution providers for `device`; CUDA only where it is available.
+
+    Args:
+        device: "auto" picks CUDA when the installed onnxruntime offers it, "cpu" forces
+            CPU, "cuda" requires CUDA and fails clearly without it.
+    """
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    has_cuda = "CUDAExecutionProvider" in available
+    if device == "cuda" and not has_cuda:
+        raise EncoderError(
+            "device 'cuda' requested but onnxruntime has no CUDAExecutionProvider "
+            f"(available: {', '.join(available)}); install the [gpu] extra or use device 'cpu'"
+        )
+    if device != "cpu" and has_cuda:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def _session(path: Path, device: Device) -> Any:
+    import onnxruntime as ort
+
+    if not path.is_file():
+        raise EncoderError(f"ONNX model not found: {path}")
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=opts, providers=onnx_providers(device))
+
+
+class Encoder(ABC):
+    """Maps inputs to L2-normalised float32 embeddings of shape (n, dim)."""
+
+    modality: ClassVar[str]
+    dim: int
+    folder: Path
+
+    @abstractmethod
+    def encode(
+        self, items: Sequence[Any], batch_size: int = 64, show_progress: bool = False
+    ) -> np.ndarray:
+        """Embed `items` (titles or images) into an (n, dim) float32 array."""
+
+    @property
+    def providers(self) -> list[str]:
+        return list(self._session.get_providers())
+
+    _session: Any
+
+
+_REGISTRY: dict[str, Callable[..., Encoder]] = {}
+
+
+def register_encoder(name: str) -> Callable[[type[Encoder]], type[Encoder]]:
+    """Class decorator adding an encoder class to the registry under `name`."""
+
+    def wrap(cls: type[Encoder]) -> type[Encoder]:
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def list_encoders() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def create_encoder(name: str, folder: str | Path, device: Device = "auto") -> Encoder:
+    """Build the registered encoder `name` from an artifact folder.
+
+    Raises:
+        EncoderError: unknown name (the message lists the valid ones) or a broken folder.
+    """
+    if name not in _REGISTRY:
+        raise EncoderError(f"unknown encoder {name!r}; valid names: {', '.join(list_encoders())}")
+    return _REGISTRY[name](Path(folder), device=device)
+
+
+def read_encoder_config(folder: str | Path) -> dict[str, Any]:
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        raise EncoderError(f"encoder folder {folder} has no config.json")
+    try:
+        cfg: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise EncoderError(f"{path}: invalid JSON ({e})") from e
+    if "encoder" not in cfg:
+        raise EncoderError(f"{path}: missing key 'encoder'; valid: {', '.join(list_encoders())}")
+    return cfg
+
+
+def load_encoder(folder: str | Path, device: Device = "auto") -> Encoder:
+    """Load an encoder artifact folder, dispatching on its config's `encoder` name."""
+    return create_encoder(read_encoder_config(folder)["encoder"], folder, device=device)
+
+
+def _l2n(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    n = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(n, 1e-12)
+
+
+@register_encoder("onnx-text")
+class OnnxTextEncoder(Encoder):
+    """Transformer text encoder exported to ONNX (inputs input_ids, attention_mask[, token_type_ids])."""
+
+    modality = "text"
+
+    def __init__(self, folder: Path, device: Device = "auto") -> None:
+        from tokenizers import Tokenizer
+
+        self.folder = folder
+        self.config = TextEncoderConfig.model_validate(read_encoder_config(folder))
+        self.dim = self.config.dim
+        tok_path = folder / self.config.tokenizer
+        if not tok_path.is_file():
+            raise EncoderError(f"tokenizer not found: {tok_path}")
+        self.tokenizer = Tokenizer.from_file(str(tok_path))
+        self.tokenizer.enable_truncation(self.config.max_length)
+        self.tokenizer.no_padding()
+        self._session = _session(folder / self.config.onnx, device)
+        self._inputs = {i.name for i in self._session.get_inputs()}
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        """Tokenize a batch, padded to its longest member: arrays of shape (n, seq)."""
+        texts = [t.lower() if self.config.lowercase else t for t in texts]
+        encs = self.tokenizer.encode_batch(list(texts))
+        seq = max(1, max((len(e.ids) for e in encs), default=1))
+        ids = np.zeros((len(encs), seq), dtype=np.int64)
+        mask = np.zeros((len(encs), seq), dtype=np.int64)
+        for r, e in enumerate(encs):
+            ids[r, : len(e.ids)] = e.ids
+            mask[r, : len(e.ids)] = 1
+        feeds = {"input_ids": ids, "attention_mask": mask}
+        if "token_type_ids" in self._inputs:
+            feeds["token_type_ids"] = np.zeros_like(ids)
+        return feeds
+
+    def encode(
+        self, items: Sequence[str], batch_size: int = 64, show_progress: bool = False
+    ) -> np.ndarray:
+        texts = ["" if t is None else str(t) for t in items]
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        # Sort by length so each batch pads little; results go back to input order.
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        starts = range(0, len(texts), batch_size)
+        for s in progress(starts, desc="text encoder", unit="batch", disable=not show_progress):
+            idx = order[s : s + batch_size]
+            feeds = self.tokenize([texts[i] for i in idx])
+            (emb,) = self._session.run(None, feeds)  # (b, dim)
+            out[idx] = emb
+        return _l2n(out)
+
+
+ImageInput = str | Path | bytes | Image.Image
+
+
+def open_image(src: ImageInput) -> Image.Image:
+    """Open and fully decode an image as RGB.
+
+    Raises:
+        ImageError: missing file, not an image, truncated data, or over `MAX_IMAGE_PIXELS`.
+    """
+    name = "<bytes>" if isinstance(src, bytes) else str(src)
+    try:
+        if isinstance(src, Image.Image):
+            img = src
+        elif isinstance(src, bytes):
+            img = Image.open(io.BytesIO(src))
+        else:
+            img = Image.open(src)
+        w, h = img.size
+        if w * h > MAX_IMAGE_PIXELS:
+            raise ImageError(f"{name}: image of {w}x{h} pixels is over the {MAX_IMAGE_PIXELS} limit")
+        img.load()
+        return img.convert("RGB")
+    except ImageError:
+        raise
+    except FileNotFoundError as e:
+        raise ImageError(f"{name}: image file not found") from e
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{name}: image too large (decompression bomb guard): {e}") from e
+    except (OSError, ValueError, SyntaxError) as e:
+        raise ImageError(f"{name}: not a readable image ({e})") from e
+
+
+@register_encoder("onnx-image")
+class OnnxImageEncoder(Encoder):
+    """CNN image encoder exported to ONNX (input NCHW float32, normalised per config)."""
+
+    modality = "image"
+
+    def __init__(self, folder: Path, device: Device = "auto") -> None:
+        self.folder = folder
+        self.config = ImageEncoderConfig.model_validate(read_encoder_config(folder))
+        self.dim = self.config.dim
+        self._session = _session(folder / self.config.onnx, device)
+        self._input = self._session.get_inputs()[0].name
+
+    def preprocess(self, img: Image.Image) -> np.ndarray:
+        """RGB image -> (3, H, W) float32 normalised as the artifact's config says."""
+        h, w = self.config.input_size
+        if self.config.resize == "center_crop":
+            s = min(img.size)
+            left, top = (img.width - s) // 2, (img.height - s) // 2
+            img = img.crop((left, top, left + s, top + s))
+        img = img.resize((w, h), Image.Resampling.BILINEAR)
+        x = np.asarray(img, dtype=np.float32)  # (H, W, 3)
+        x = (x - np.array(self.config.mean, np.float32)) / np.array(self.config.std, np.float32)
+        return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+    def encode(
+        self, items: Sequence[ImageInput], batch_size: int = 32, show_progress: bool = False
+    ) -> np.ndarray:
+        """Embed images (paths, bytes or PIL images). Unreadable ones raise `ImageError`."""
+        out = np.zeros((len(items), self.dim), dtype=np.float32)
+        starts = range(0, len(items), batch_size)
+        for s in progress(starts, desc="image encoder", unit="batch", disable=not show_progress):
+            xb = np.stack([self.preprocess(open_image(i)) for i in items[s : s + batch_size]])
+            (emb,) = self._session.run(None, {self._input: xb})  # (b, dim)
+            out[s : s + len(xb)] = emb
+        return _l2n(out)

@@ -1,0 +1,25 @@
+"""Domain errors. Each carries a message meant for the user (CLI exit or HTTP 4xx)."""
+
+
+class PricematchError(Exception):
+    """Base of every error a user can cause and fix."""
+
+
+class CatalogueError(PricematchError):
+    """A listings CSV that cannot be read: missing columns, duplicate ids, bad encoding."""
+
+
+class ImageError(PricematchError):
+    """An image that cannot be used: missing, corrupt, not an image, too large."""
+
+
+class EncoderError(PricematchError):
+    """An encoder artifact that cannot be loaded or an unknown encoder name."""
+
+
+class BundleError(PricematchError):
+    """A bundle folder that is missing, incomplete or fails its checksums."""
+
+
+class NotFoundError(PricematchError):
+    """An unknown posting_id."""

@@ -1,0 +1,60 @@
+"""The competition metric (mean row F1) and its break-down by true group size."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+#: Group-size buckets for the break-down: (low, high) inclusive.
+SIZE_BUCKETS: tuple[tuple[int, int], ...] = ((1, 1), (2, 2), (3, 4), (5, 9), (10, 19), (20, 10**9))
+
+
+def group_sizes(labels: np.ndarray) -> np.ndarray:
+    """Size of each row's true group within the pool, shape (n,)."""
+    _, inv, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    return counts[inv]
+
+
+def row_scores(I: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-row F1, precision and recall of predicted matches.
+
+    Args:
+        I: (n, m) predicted row ids, -1 padded (a row's own id counts like any other).
+        labels: (n,) true group of each row.
+    """
+    assert I.ndim == 2 and I.shape[0] == labels.shape[0], (I.shape, labels.shape)
+    valid = I >= 0
+    pred = valid.sum(axis=1)
+    tp = (valid & (labels[np.maximum(I, 0)] == labels[:, None])).sum(axis=1)
+    size = group_sizes(labels)
+    f1 = 2 * tp / (pred + size)
+    precision = np.divide(tp, pred, out=np.zeros(len(tp)), where=pred > 0)
+    recall = tp / size
+    return f1, precision, recall
+
+
+def mean_f1(I: np.ndarray, labels: np.ndarray) -> float:
+    """The Kaggle score: mean over rows of the row F1."""
+    return float(row_scores(I, labels)[0].mean())
+
+
+def f1_report(I: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """Mean F1, precision, recall, mean predicted matches, and the same by true group size."""
+    f1, p, r = row_scores(I, labels)
+    size = group_sizes(labels)
+    pred = (I >= 0).sum(axis=1)
+    by_size = {}
+    for lo, hi in SIZE_BUCKETS:
+        m = (size >= lo) & (size <= hi)
+        if m.any():
+            name = str(lo) if lo == hi else (f"{lo}+" if hi >= 10**9 else f"{lo}-{hi}")
+            by_size[name] = {"rows": int(m.sum()), "f1": float(f1[m].mean())}
+    return {
+        "rows": int(len(f1)),
+        "f1": float(f1.mean()),
+        "precision": float(p.mean()),
+        "recall": float(r.mean()),
+        "mean_matches": float(pred.mean()),
+        "by_group_size": by_size,
+    }

@@ -1,0 +1,164 @@
+"""From a catalogue to features, neighbours and matches.
+
+`embed` turns listings into features (TF-IDF rows, phash codes, text and image
+embeddings, each with a validity mask); `self_neighbours` finds every row's k nearest
+rows per signal; `match_catalogue` runs the whole Kaggle-style self-match.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from index.catalogue import Catalogue
+from index.encoders import Device, Encoder, load_encoder, open_image
+from index.errors import EncoderError, ImageError
+from index.fusion import FusionConfig, Neighbours, fuse, to_lists
+from index.progress import progress
+from index.search import K, hamming_self_knn, self_knn
+from index.signals import TfidfConfig, TitleTfidf, fill_phash, phash_codes, sparse_knn
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Encoders:
+    """The dense encoders in use; either may be absent."""
+
+    text: Encoder | None = None
+    image: Encoder | None = None
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, device: Device = "auto") -> Encoders:
+        """Load `folder/text` and `folder/image` where present (a model or bundle folder)."""
+        root = Path(folder)
+        if not root.is_dir():
+            raise EncoderError(f"model folder not found: {root}")
+        found = {m: root / m for m in ("text", "image") if (root / m / "config.json").is_file()}
+        if not found:
+            raise EncoderError(f"{root} holds no encoder (expected text/ or image/ with config.json)")
+        return cls(**{m: load_encoder(p, device=device) for m, p in found.items()})
+
+
+@dataclass
+class Features:
+    """Per-row features of a catalogue; `*_valid` masks rows that have the signal."""
+
+    tfidf: TitleTfidf
+    X: sp.csr_matrix  # (n, vocab) L2-normalised TF-IDF rows
+    phash: np.ndarray  # (n, 8) uint8
+    phash_valid: np.ndarray  # (n,) bool
+    text: np.ndarray | None = None  # (n, d_text) float32, L2-normalised
+    text_valid: np.ndarray | None = None
+    image: np.ndarray | None = None  # (n, d_image) float32, L2-normalised
+    image_valid: np.ndarray | None = None
+    issues: dict[str, int] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.X.shape[0])
+
+
+def embed_images(
+    encoder: Encoder, images: Sequence[str], batch_size: int = 32, show_progress: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Embed image files batch by batch; unreadable ones are marked invalid, not fatal.
+
+    Returns:
+        x (n, dim) float32 (zero rows where invalid) and valid (n,) bool.
+    """
+    n = len(images)
+    x = np.zeros((n, encoder.dim), np.float32)
+    valid = np.zeros(n, bool)
+    starts = range(0, n, batch_size)
+    for s in progress(starts, desc="image encoder", unit="batch", disable=not show_progress):
+        good, imgs = [], []
+        for i in range(s, min(s + batch_size, n)):
+            if not images[i]:
+                continue
+            try:
+                imgs.append(open_image(images[i]))
+                good.append(i)
+            except ImageError as e:
+                log.debug("skipping image: %s", e)
+        if good:
+            x[good] = encoder.encode(imgs, batch_size=len(imgs))
+            valid[good] = True
+    return x, valid
+
+
+def embed(
+    cat: Catalogue,
+    encoders: Encoders | None = None,
+    tfidf: TitleTfidf | None = None,
+    tfidf_config: TfidfConfig | None = None,
+    batch_size: int = 64,
+    show_progress: bool = False,
+) -> Features:
+    """Compute every available feature of `cat`.
+
+    Args:
+        cat: the listings.
+        encoders: dense encoders; the image one is used only when `cat.image` holds paths.
+        tfidf: an already fitted TF-IDF (a bundle's); by default one is fitted on `cat`.
+        tfidf_config: settings for the fitted-here TF-IDF.
+    """
+    encoders = encoders or Encoders()
+    issues: dict[str, int] = dict(cat.issues)
+    if tfidf is None:
+        tfidf = TitleTfidf(tfidf_config).fit(cat.title)
+    X = tfidf.transform(cat.title)
+    hashes, failed = fill_phash(cat.image_phash, cat.image, show_progress=show_progress)
+    codes, pvalid = phash_codes(hashes)
+    if failed:
+        issues["image unreadable for phash (no phash signal)"] = failed
+    feats = Features(tfidf=tfidf, X=X, phash=codes, phash_valid=pvalid, issues=issues)
+    if encoders.text is not None:
+        feats.text = encoders.text.encode(cat.title, batch_size=batch_size, show_progress=show_progress)
+        feats.text_valid = np.array([bool(t) for t in cat.title])
+    if encoders.image is not None and cat.image is not None:
+        x, valid = embed_images(encoders.image, cat.image, show_progress=show_progress)
+        feats.image, feats.image_valid = x, valid
+        missing = int(sum(1 for f in cat.image if f) - valid.sum())
+        if missing:
+            issues["image missing or unreadable (no image signal)"] = missing
+    return feats
+
+
+def self_neighbours(
+    feats: Features, k: int = K, device: Device = "auto", show_progress: bool = False
+) -> dict[str, Neighbours]:
+    """Each row's k nearest rows (itself included) per available signal."""
+    out: dict[str, Neighbours] = {
+        "tfidf": sparse_knn(feats.X, feats.X, k, show_progress=show_progress),
+        "phash": hamming_self_knn(feats.phash, feats.phash_valid, k),
+    }
+    if feats.text is not None:
+        out["text"] = self_knn(feats.text, feats.text_valid, k, device=device)
+    if feats.image is not None:
+        out["image"] = self_knn(feats.image, feats.image_valid, k, device=device)
+    return out
+
+
+def match_catalogue(
+    cat: Catalogue,
+    config: FusionConfig,
+    encoders: Encoders | None = None,
+    tfidf_config: TfidfConfig | None = None,
+    device: Device = "auto",
+    show_progress: bool = False,
+) -> tuple[list[list[str]], Features]:
+    """Kaggle semantics: match the rows of `cat` among themselves.
+
+    Returns:
+        Per row, the matching posting_ids (itself first, at most `config.max_matches`),
+        and the features computed on the way.
+    """
+    feats = embed(cat, encoders, tfidf_config=tfidf_config, show_progress=show_progress)
+    nb = self_neighbours(feats, device=device, show_progress=show_progress)
+    I, _ = fuse(nb, config, len(cat))
+    return to_lists(I, cat.posting_id), feats

@@ -1,0 +1,198 @@
+"""Exact k-NN by inner product on L2-normalised float32 vectors, behind a small store interface.
+
+Conventions (as in faiss): `xq` (nq, d) queries, `xb` (nb, d) database, `k` neighbours;
+results `D` (nq, k) similarities in descending order and `I` (nq, k) int64 ids, with
+`I == -1` (and `D == -inf`) where there is no neighbour.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import faiss
+import numpy as np
+
+#: k for the matching search: at most 50 matches, plus the row itself.
+K = 51
+
+
+def gpu_available() -> bool:
+    """True when this faiss build has GPU support and sees a GPU."""
+    get = getattr(faiss, "get_num_gpus", None)
+    return bool(get is not None and get() > 0)
+
+
+def _to_device(index: faiss.Index, device: str) -> faiss.Index:
+    """Move a CPU index to GPU 0 when asked ('auto'/'cuda') and possible; else return it."""
+    if device == "cpu" or not gpu_available():
+        return index
+    res = faiss.StandardGpuResources()
+    return faiss.index_cpu_to_gpu(res, 0, index)
+
+
+def as_f32(x: np.ndarray) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    assert x.ndim == 2, f"expected a 2-d array, got shape {x.shape}"
+    return x
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (zero rows stay zero)."""
+    x = as_f32(x)
+    n = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(n, 1e-12)
+
+
+def knn_numpy(xq: np.ndarray, xb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Reference exact inner-product k-NN in numpy (tests compare FAISS against it)."""
+    xq, xb = as_f32(xq), as_f32(xb)
+    S = xq @ xb.T  # (nq, nb)
+    kk = min(k, xb.shape[0])
+    I = np.argsort(-S, axis=1, kind="stable")[:, :kk]
+    D = np.take_along_axis(S, I, axis=1)
+    return _pad(D, I.astype(np.int64), k)
+
+
+def _pad(D: np.ndarray, I: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    if D.shape[1] >= k:
+        return D[:, :k].astype(np.float32), I[:, :k]
+    nq = D.shape[0]
+    Dp = np.full((nq, k), -np.inf, np.float32)
+    Ip = np.full((nq, k), -1, np.int64)
+    Dp[:, : D.shape[1]] = D
+    Ip[:, : I.shape[1]] = I
+    return Dp, Ip
+
+
+@runtime_checkable
+class VectorStore(Protocol):
+    """A mutable collection of (id, vector) searched by inner product.
+
+    FAISS implements it here; a distributed store (Milvus) can stand in later.
+    """
+
+    dim: int
+
+    def __len__(self) -> int: ...
+
+    def add(self, ids: np.ndarray, x: np.ndarray) -> None:
+        """Add or replace vectors `x` (n, dim) under int64 `ids` (n,)."""
+
+    def remove(self, ids: np.ndarray) -> int:
+        """Remove `ids`; returns how many were present."""
+
+    def search(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """k nearest by inner product: D (nq, k) desc, I (nq, k) ids, -1 padded."""
+
+    def save(self, path: Path) -> None: ...
+
+
+class FaissFlatStore:
+    """Exact inner-product store (`IndexIDMap2(IndexFlatIP)`), on GPU when available."""
+
+    def __init__(self, dim: int, device: str = "auto", index: faiss.Index | None = None) -> None:
+        self.dim = dim
+        self.device = device
+        self._cpu = index if index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        self._search_index: faiss.Index | None = None
+
+    def __len__(self) -> int:
+        return int(self._cpu.ntotal)
+
+    def add(self, ids: np.ndarray, x: np.ndarray) -> None:
+        x = as_f32(x)
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        assert x.shape == (ids.shape[0], self.dim), (x.shape, ids.shape, self.dim)
+        self.remove(ids)
+        self._cpu.add_with_ids(x, ids)
+        self._search_index = None
+
+    def remove(self, ids: np.ndarray) -> int:
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        if len(self) == 0 or ids.size == 0:
+            return 0
+        n = int(self._cpu.remove_ids(faiss.IDSelectorBatch(ids)))
+        self._search_index = None
+        return n
+
+    def search(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        xq = as_f32(xq)
+        assert xq.shape[1] == self.dim, (xq.shape, self.dim)
+        if len(self) == 0:
+            return _pad(np.zeros((xq.shape[0], 0), np.float32), np.zeros((xq.shape[0], 0)), k)
+        if self._search_index is None:
+            self._search_index = _to_device(self._cpu, self.device)
+        kk = min(k, len(self))  # GPU flat search allows k <= 2048; matching uses 51
+        D, I = self._search_index.search(xq, kk)
+        D = np.where(I < 0, -np.inf, D).astype(np.float32)
+        return _pad(D, I.astype(np.int64), k)
+
+    def vectors(self, ids: np.ndarray) -> np.ndarray:
+        """Stored vectors of `ids`, shape (n, dim)."""
+        return np.stack([self._cpu.reconstruct(int(i)) for i in ids]) if len(ids) else np.zeros(
+            (0, self.dim), np.float32
+        )
+
+    def save(self, path: Path) -> None:
+        faiss.write_index(self._cpu, str(path))
+
+    @classmethod
+    def load(cls, path: Path, device: str = "auto") -> FaissFlatStore:
+        index = faiss.read_index(str(path))
+        return cls(index.d, device=device, index=index)
+
+
+def knn(xq: np.ndarray, xb: np.ndarray, k: int, device: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product k-NN of `xq` in `xb`; ids are row numbers of `xb`."""
+    xb = as_f32(xb)
+    store = FaissFlatStore(xb.shape[1], device=device)
+    store.add(np.arange(xb.shape[0], dtype=np.int64), xb)
+    return store.search(xq, k)
+
+
+def self_knn(
+    x: np.ndarray, valid: np.ndarray | None = None, k: int = K, device: str = "auto"
+) -> tuple[np.ndarray, np.ndarray]:
+    """k-NN of every row of `x` among the rows of `x` (itself included).
+
+    Rows with `valid == False` (no such signal, e.g. a missing image) neither get nor are
+    neighbours.
+    """
+    x = as_f32(x)
+    n = x.shape[0]
+    D = np.full((n, k), -np.inf, np.float32)
+    I = np.full((n, k), -1, np.int64)
+    rows = np.arange(n) if valid is None else np.flatnonzero(valid)
+    if rows.size == 0:
+        return D, I
+    Dv, Iv = knn(x[rows], x[rows], k, device=device)
+    D[rows] = Dv
+    I[rows] = np.where(Iv >= 0, rows[np.maximum(Iv, 0)], -1)
+    return D, I
+
+
+def hamming_self_knn(
+    codes: np.ndarray, valid: np.ndarray | None = None, k: int = K
+) -> tuple[np.ndarray, np.ndarray]:
+    """k nearest 64-bit codes by Hamming distance; returns D as similarity 1 - d/64.
+
+    Args:
+        codes: (n, 8) uint8 packed hashes.
+        valid: (n,) bool, rows without a hash are left out.
+    """
+    assert codes.ndim == 2 and codes.shape[1] == 8 and codes.dtype == np.uint8, codes.shape
+    n = codes.shape[0]
+    D = np.full((n, k), -np.inf, np.float32)
+    I = np.full((n, k), -1, np.int64)
+    rows = np.arange(n) if valid is None else np.flatnonzero(valid)
+    if rows.size == 0:
+        return D, I
+    index = faiss.IndexBinaryFlat(64)
+    sub = np.ascontiguousarray(codes[rows])
+    index.add(sub)
+    kk = min(k, rows.size)
+    dist, Iv = index.search(sub, kk)  # (m, kk) int32 Hamming distances, ascending
+    D[rows, :kk] = 1.0 - dist.astype(np.float32) / 64.0
+    I[rows, :kk] = np.where(Iv >= 0, rows[np.maximum(Iv, 0)], -1)
+    return D, I

@@ -1,0 +1,80 @@
+import numpy as np
+import scipy.sparse as sp
+
+from index.search import (
+    FaissFlatStore,
+    hamming_self_knn,
+    knn,
+    knn_numpy,
+    l2_normalize,
+    self_knn,
+)
+from index.signals import sparse_knn
+
+
+def _data(n: int, d: int, seed: int = 0) -> np.ndarray:
+    return l2_normalize(np.random.default_rng(seed).normal(size=(n, d)))
+
+
+def test_faiss_matches_bruteforce() -> None:
+    xb, xq = _data(500, 32), _data(40, 32, seed=1)
+    D, I = knn(xq, xb, 51, device="cpu")
+    Dr, Ir = knn_numpy(xq, xb, 51)
+    assert D.shape == I.shape == (40, 51)
+    np.testing.assert_allclose(D, Dr, atol=1e-5)
+    # ids agree wherever the similarity is not tied with a neighbour
+    untied = np.abs(np.diff(Dr, axis=1, append=-2)) > 1e-5
+    assert (I == Ir)[untied].mean() > 0.99
+
+
+def test_knn_pads_when_fewer_than_k() -> None:
+    D, I = knn(_data(3, 8), _data(5, 8, 2), 51, device="cpu")
+    assert (I[:, 5:] == -1).all() and np.isneginf(D[:, 5:]).all()
+    assert (I[:, :5] >= 0).all()
+
+
+def test_store_upsert_and_remove() -> None:
+    x = _data(10, 8)
+    s = FaissFlatStore(8, device="cpu")
+    s.add(np.arange(10), x)
+    s.add(np.array([3]), x[[7]])  # replace id 3 with 7's vector
+    assert len(s) == 10
+    D, I = s.search(x[[7]], 2)
+    assert set(I[0].tolist()) == {3, 7}
+    assert s.remove(np.array([3, 99])) == 1
+    D, I = s.search(x[[7]], 1)
+    assert I[0, 0] == 7 and len(s) == 9
+
+
+def test_self_knn_masks_invalid_rows() -> None:
+    x = _data(20, 8)
+    valid = np.ones(20, bool)
+    valid[[2, 5]] = False
+    D, I = self_knn(x, valid, k=51, device="cpu")
+    assert (I[[2, 5]] == -1).all()
+    assert not np.isin(I, [2, 5]).any()
+    assert (I[valid, 0] == np.flatnonzero(valid)).all()  # nearest is itself
+
+
+def test_hamming_matches_numpy() -> None:
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 256, size=(200, 8), dtype=np.uint8)
+    codes[10] = codes[11]
+    D, I = hamming_self_knn(codes, k=5)
+    bits = np.unpackbits(codes, axis=1).astype(int)
+    ham = (bits[:, None, :] != bits[None, :, :]).sum(-1)
+    ref = np.sort(ham, axis=1)[:, :5]
+    np.testing.assert_allclose(D, 1 - ref / 64)
+    assert set(I[10, :2].tolist()) == {10, 11}
+
+
+def test_sparse_knn_matches_dense() -> None:
+    X = sp.random(300, 100, density=0.05, random_state=0, format="csr", dtype=np.float32)
+    X = sp.csr_matrix(X.multiply(1 / np.maximum(np.sqrt(X.multiply(X).sum(1)), 1e-12)))
+    D, I = sparse_knn(X, X, k=10, chunk=64)
+    S = (X @ X.T).toarray()
+    ref = -np.sort(-S, axis=1)[:, :10]
+    ref = np.where(ref > 0, ref, -np.inf)
+    np.testing.assert_allclose(D, ref, atol=1e-5)
+    ok = I >= 0
+    np.testing.assert_allclose(S[np.nonzero(ok)[0], I[ok]], D[ok], atol=1e-5)
