@@ -150,9 +150,9 @@ def cmd_match(args: argparse.Namespace) -> int:
     matches = to_lists(I, cat.posting_id)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     write_submission(args.output, cat.posting_id, matches)
-    used = ", ".join(s for s in nb if s in config.thresholds)
+    used = "+".join(s for s in nb if s in config.thresholds)
     mean = float(np.mean([len(m) for m in matches]))
-    print(f"wrote {args.output}: {len(cat)} rows, signals {used}, {mean:.2f} matches per row")
+    print(f"wrote {args.output}: {len(cat)} rows, signals {used}; {mean:.2f} matches per row")
     return 0
 
 

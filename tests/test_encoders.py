@@ -1,0 +1,82 @@
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from index import encoders as E
+from index.errors import EncoderError, ImageError
+
+
+def test_registry_lists_valid_names(model_dir: Path) -> None:
+    assert {"onnx-text", "onnx-image"} <= set(E.list_encoders())
+    with pytest.raises(EncoderError, match="unknown encoder 'clip'.*onnx-image, onnx-text"):
+        E.create_encoder("clip", model_dir / "text")
+    enc = E.create_encoder("onnx-text", model_dir / "text", device="cpu")
+    assert enc.dim == 16 and enc.providers == ["CPUExecutionProvider"]
+
+
+def test_text_encoder_is_normalised_and_batch_independent(model_dir: Path) -> None:
+    enc = E.load_encoder(model_dir / "text")
+    titles = ["wardah lipstick matte", "mie goreng 2 kg ready", "kabel data usb", "sabun"]
+    x = enc.encode(titles, batch_size=3)
+    assert x.shape == (4, 16) and x.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-5)
+    # padding inside a batch must not change an embedding
+    single = np.vstack([enc.encode([t]) for t in titles])
+    np.testing.assert_allclose(x, single, atol=1e-5)
+
+
+def test_preprocessing_comes_from_the_config(tmp_path: Path, model_dir: Path) -> None:
+    import shutil
+
+    folder = tmp_path / "img"
+    shutil.copytree(model_dir / "image", folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["mean"], cfg["std"] = [0, 0, 0], [255, 255, 255]
+    (folder / "config.json").write_text(json.dumps(cfg))
+    enc = E.load_encoder(folder)
+    x = enc.preprocess(Image.new("RGB", (10, 20), (255, 0, 51)))  # type: ignore[attr-defined]
+    assert x.shape == (3, 32, 32)
+    np.testing.assert_allclose(x[:, 0, 0], [1.0, 0.0, 0.2], atol=1e-6)
+
+
+def test_broken_artifacts(tmp_path: Path) -> None:
+    with pytest.raises(EncoderError, match="no config.json"):
+        E.load_encoder(tmp_path)
+    (tmp_path / "config.json").write_text('{"encoder": "onnx-image", "dim": 4}')
+    with pytest.raises(EncoderError, match="ONNX model not found"):
+        E.load_encoder(tmp_path)
+
+
+def test_cuda_request_without_cuda_is_clear() -> None:
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("CUDA present")
+    with pytest.raises(EncoderError, match="no CUDAExecutionProvider"):
+        E.onnx_providers("cuda")
+    assert E.onnx_providers("auto") == ["CPUExecutionProvider"]
+
+
+def test_open_image_errors(tmp_path: Path) -> None:
+    with pytest.raises(ImageError, match="not found"):
+        E.open_image(tmp_path / "none.jpg")
+    with pytest.raises(ImageError, match="not a readable image"):
+        E.open_image(b"hello")
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64)).save(buf, format="PNG")
+    truncated = buf.getvalue()[:60]
+    with pytest.raises(ImageError):
+        E.open_image(truncated)
+    assert E.open_image(buf.getvalue()).size == (64, 64)
+
+
+def test_decompression_bomb_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    buf = io.BytesIO()
+    Image.new("L", (300, 300)).save(buf, format="PNG")
+    monkeypatch.setattr(E, "MAX_IMAGE_PIXELS", 10_000)
+    with pytest.raises(ImageError, match="over the 10000 limit"):
+        E.open_image(buf.getvalue())
