@@ -137,7 +137,7 @@ def save_bundle(
             dims[m] = int(x.shape[1])
             if enc is not None:
                 shutil.copytree(enc.folder, tmp / "encoders" / m)
-        np.savez(tmp / "masks.npz", **masks)
+        np.savez(tmp / "masks.npz", **masks)  # type: ignore[arg-type]
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
         manifest = {
             "format": FORMAT,
@@ -194,9 +194,7 @@ def verify_bundle(folder: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def load_bundle(
-    folder: str | Path, device: Device = "auto", with_encoders: bool = True
-) -> Bundle:
+def load_bundle(folder: str | Path, device: Device = "auto", with_encoders: bool = True) -> Bundle:
     """Load and verify a bundle written by `save_bundle`."""
     root = Path(folder)
     manifest = verify_bundle(root)

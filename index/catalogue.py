@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 
@@ -204,16 +205,20 @@ def _lines(lines: list[int]) -> str:
     return head + (f" (+{len(lines) - 5} more)" if len(lines) > 5 else "")
 
 
-def write_submission(path: str | Path | io.StringIO, ids: list[str], matches: list[list[str]]) -> None:
+def write_submission(
+    path: str | Path | io.StringIO, ids: list[str], matches: list[list[str]]
+) -> None:
     """Write the Kaggle submission: exactly `posting_id,matches`, ids space-separated."""
     assert len(ids) == len(matches)
-    own = isinstance(path, str | Path)
-    f = open(path, "w", newline="", encoding="utf-8") if own else path  # noqa: SIM115
-    try:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(["posting_id", "matches"])
-        for p, m in zip(ids, matches, strict=True):
-            w.writerow([p, " ".join(m)])
-    finally:
-        if own:
-            f.close()
+    if isinstance(path, io.StringIO):
+        _write_rows(path, ids, matches)
+        return
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        _write_rows(f, ids, matches)
+
+
+def _write_rows(f: TextIO, ids: list[str], matches: list[list[str]]) -> None:
+    w = csv.writer(f, lineterminator="\n")
+    w.writerow(["posting_id", "matches"])
+    for p, m in zip(ids, matches, strict=True):
+        w.writerow([p, " ".join(m)])

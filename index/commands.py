@@ -158,7 +158,7 @@ def cmd_match(args: argparse.Namespace) -> int:
 
 def _limit(cat: Catalogue, n_groups: int) -> Catalogue:
     assert cat.label_group is not None
-    keep = set(list(dict.fromkeys(cat.label_group))[:n_groups])
+    keep = set(list(dict.fromkeys(cat.label_group))[:n_groups])  # groups in file order
     return cat.subset([i for i, g in enumerate(cat.label_group) if g in keep])
 
 
@@ -209,7 +209,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         rows.append(_row("fused (tuned)", best, nb, labels))
     elapsed = time.perf_counter() - t0
 
-    print(f"\n{args.input}: {len(cat)} rows, {len(set(cat.label_group))} groups")
+    print(f"\n{args.input}: {len(cat)} rows, {len(np.unique(labels))} groups")
     print(f"{'pipeline':<24} {'F1':>6} {'prec':>6} {'recall':>6} {'matches':>7}  thresholds")
     for r in rows:
         cfg = FusionConfig.model_validate(r["config"])
@@ -255,4 +255,3 @@ def cmd_sample(args: argparse.Namespace) -> int:
     path = make_catalogue(args.out, SyntheticSpec(products=args.products, seed=args.seed))
     print(f"wrote {path} and {args.out / 'images'}")
     return 0
-

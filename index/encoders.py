@@ -172,7 +172,7 @@ def _l2n(x: np.ndarray) -> np.ndarray:
 
 @register_encoder("onnx-text")
 class OnnxTextEncoder(Encoder):
-    """Transformer text encoder exported to ONNX (inputs input_ids, attention_mask[, token_type_ids])."""
+    """Transformer encoder in ONNX: input_ids, attention_mask[, token_type_ids] -> (n, dim)."""
 
     modality = "text"
 
@@ -241,7 +241,9 @@ def open_image(src: ImageInput) -> Image.Image:
             img = Image.open(src)
         w, h = img.size
         if w * h > MAX_IMAGE_PIXELS:
-            raise ImageError(f"{name}: image of {w}x{h} pixels is over the {MAX_IMAGE_PIXELS} limit")
+            raise ImageError(
+                f"{name}: image of {w}x{h} pixels is over the {MAX_IMAGE_PIXELS} limit"
+            )
         img.load()
         return img.convert("RGB")
     except ImageError:
@@ -276,8 +278,8 @@ class OnnxImageEncoder(Encoder):
             img = img.crop((left, top, left + s, top + s))
         img = img.resize((w, h), Image.Resampling.BILINEAR)
         x = np.asarray(img, dtype=np.float32)  # (H, W, 3)
-        x = (x - np.array(self.config.mean, np.float32)) / np.array(self.config.std, np.float32)
-        return np.ascontiguousarray(x.transpose(2, 0, 1))
+        mean, std = np.array(self.config.mean, np.float32), np.array(self.config.std, np.float32)
+        return np.ascontiguousarray(((x - mean) / std).transpose(2, 0, 1), dtype=np.float32)
 
     def encode(
         self, items: Sequence[ImageInput], batch_size: int = 32, show_progress: bool = False

@@ -36,7 +36,7 @@ class FusionConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     thresholds: dict[SignalName, float] = Field(
-        default_factory=lambda: {
+        default_factory=lambda: {  # type: ignore[arg-type]
             "tfidf": 0.55,
             "phash": phash_similarity(4),
             "text": 0.9,
@@ -65,7 +65,7 @@ class FusionConfig(BaseModel):
 def threshold(D: np.ndarray, I: np.ndarray, t: float) -> np.ndarray:
     """Neighbour ids with similarity >= t, others -1. Shapes (n, k)."""
     assert D.shape == I.shape, (D.shape, I.shape)
-    return np.where((I >= 0) & (D >= t), I, -1)
+    return np.where((I >= 0) & (t <= D), I, -1)
 
 
 def _dedupe(I: np.ndarray, S: np.ndarray) -> np.ndarray:
@@ -116,7 +116,7 @@ def fuse(
 
     if config.min2 and config.min2_signal in signals:
         D2, I2 = signals[config.min2_signal]
-        other = (I2 >= 0) & (I2 != rows[:, None])
+        other = (I2 >= 0) & (rows[:, None] != I2)
         j = np.argmax(other, axis=1)  # first (nearest) neighbour that is not the row itself
         has = other[rows, j]
         best_I, best_D = I2[rows, j], D2[rows, j]

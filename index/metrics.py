@@ -51,7 +51,7 @@ def f1_report(I: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
             name = str(lo) if lo == hi else (f"{lo}+" if hi >= 10**9 else f"{lo}-{hi}")
             by_size[name] = {"rows": int(m.sum()), "f1": float(f1[m].mean())}
     return {
-        "rows": int(len(f1)),
+        "rows": len(f1),
         "f1": float(f1.mean()),
         "precision": float(p.mean()),
         "recall": float(r.mean()),

@@ -41,7 +41,9 @@ class Encoders:
             raise EncoderError(f"model folder not found: {root}")
         found = {m: root / m for m in ("text", "image") if (root / m / "config.json").is_file()}
         if not found:
-            raise EncoderError(f"{root} holds no encoder (expected text/ or image/ with config.json)")
+            raise EncoderError(
+                f"{root} holds no encoder (expected text/ or image/ with config.json)"
+            )
         return cls(**{m: load_encoder(p, device=device) for m, p in found.items()})
 
 
@@ -118,7 +120,9 @@ def embed(
         issues["image unreadable for phash (no phash signal)"] = failed
     feats = Features(tfidf=tfidf, X=X, phash=codes, phash_valid=pvalid, issues=issues)
     if encoders.text is not None:
-        feats.text = encoders.text.encode(cat.title, batch_size=batch_size, show_progress=show_progress)
+        feats.text = encoders.text.encode(
+            cat.title, batch_size=batch_size, show_progress=show_progress
+        )
         feats.text_valid = np.array([bool(t) for t in cat.title])
     if encoders.image is not None and cat.image is not None:
         x, valid = embed_images(encoders.image, cat.image, show_progress=show_progress)

@@ -14,4 +14,4 @@ T = TypeVar("T")
 def progress(it: Iterable[T], desc: str, disable: bool = False, **kw: object) -> Iterable[T]:
     """Wrap `it` in a tqdm bar unless disabled or `PRICEMATCH_NO_PROGRESS` is set."""
     off = disable or bool(os.environ.get("PRICEMATCH_NO_PROGRESS"))
-    return tqdm(it, desc=desc, disable=off, leave=False, dynamic_ncols=True, **kw)  # type: ignore[call-overload,no-any-return]
+    return tqdm(it, desc=desc, disable=off, leave=False, dynamic_ncols=True, **kw)

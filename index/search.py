@@ -130,8 +130,10 @@ class FaissFlatStore:
 
     def vectors(self, ids: np.ndarray) -> np.ndarray:
         """Stored vectors of `ids`, shape (n, dim)."""
-        return np.stack([self._cpu.reconstruct(int(i)) for i in ids]) if len(ids) else np.zeros(
-            (0, self.dim), np.float32
+        return (
+            np.stack([self._cpu.reconstruct(int(i)) for i in ids])
+            if len(ids)
+            else np.zeros((0, self.dim), np.float32)
         )
 
     def save(self, path: Path) -> None:
@@ -143,7 +145,9 @@ class FaissFlatStore:
         return cls(index.d, device=device, index=index)
 
 
-def knn(xq: np.ndarray, xb: np.ndarray, k: int, device: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+def knn(
+    xq: np.ndarray, xb: np.ndarray, k: int, device: str = "auto"
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact inner-product k-NN of `xq` in `xb`; ids are row numbers of `xb`."""
     xb = as_f32(xb)
     store = FaissFlatStore(xb.shape[1], device=device)

@@ -114,7 +114,9 @@ class TitleTfidf:
             idf["char"] = self.char.idf_.astype(np.float32)
         p1, p2 = folder / "tfidf.json", folder / "tfidf_idf.npz"
         p1.write_text(
-            json.dumps({"config": self.config.model_dump(), "vocabulary": vocab}, ensure_ascii=False),
+            json.dumps(
+                {"config": self.config.model_dump(), "vocabulary": vocab}, ensure_ascii=False
+            ),
             encoding="utf-8",
         )
         np.savez(p2, **idf)
@@ -156,8 +158,10 @@ def sparse_knn(
     starts = range(0, nq, chunk)
     for s in progress(starts, desc="tfidf neighbours", unit="chunk", disable=not show_progress):
         S = (Xq[s : s + chunk] @ XbT).toarray()  # (c, nb)
-        top = np.argpartition(-S, kk - 1, axis=1)[:, :kk] if kk < nb else np.tile(
-            np.arange(nb), (S.shape[0], 1)
+        top = (
+            np.argpartition(-S, kk - 1, axis=1)[:, :kk]
+            if kk < nb
+            else np.tile(np.arange(nb), (S.shape[0], 1))
         )
         Dt = np.take_along_axis(S, top, axis=1)
         o = np.argsort(-Dt, axis=1, kind="stable")

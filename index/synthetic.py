@@ -15,15 +15,75 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance
 
-BRANDS = ["Wardah", "Emina", "Lemonilo", "Indomie", "Samsung", "Xiaomi", "Maybelline", "Pigeon",
-          "Ultima", "Scarlett", "Somethinc", "Erigo", "Nivea", "Philips", "Miniso", "Oppo"]
-ITEMS = ["lipstick matte", "mie instant goreng", "serum wajah", "kabel data usb", "botol minum",
-         "kaos polos", "masker wajah", "sabun cuci muka", "power bank", "tas selempang",
-         "sepatu sneakers", "jam tangan", "sisir rambut", "lampu led", "headset bluetooth",
-         "daster batik", "paper bag", "double tape", "celana jeans", "kopi bubuk"]
-SIZES = ["100ml", "250ml", "500ml", "1kg", "200gr", "400gr", "10pcs", "2pcs", "30cm", "1m", "XL", ""]
-FILLER = ["READY", "ORIGINAL", "murah", "promo", "COD", "bpom", "100% asli", "grosir", "free gift",
-          "termurah", "best seller", "import", "new"]
+BRANDS = [
+    "Wardah",
+    "Emina",
+    "Lemonilo",
+    "Indomie",
+    "Samsung",
+    "Xiaomi",
+    "Maybelline",
+    "Pigeon",
+    "Ultima",
+    "Scarlett",
+    "Somethinc",
+    "Erigo",
+    "Nivea",
+    "Philips",
+    "Miniso",
+    "Oppo",
+]
+ITEMS = [
+    "lipstick matte",
+    "mie instant goreng",
+    "serum wajah",
+    "kabel data usb",
+    "botol minum",
+    "kaos polos",
+    "masker wajah",
+    "sabun cuci muka",
+    "power bank",
+    "tas selempang",
+    "sepatu sneakers",
+    "jam tangan",
+    "sisir rambut",
+    "lampu led",
+    "headset bluetooth",
+    "daster batik",
+    "paper bag",
+    "double tape",
+    "celana jeans",
+    "kopi bubuk",
+]
+SIZES = [
+    "100ml",
+    "250ml",
+    "500ml",
+    "1kg",
+    "200gr",
+    "400gr",
+    "10pcs",
+    "2pcs",
+    "30cm",
+    "1m",
+    "XL",
+    "",
+]
+FILLER = [
+    "READY",
+    "ORIGINAL",
+    "murah",
+    "promo",
+    "COD",
+    "bpom",
+    "100% asli",
+    "grosir",
+    "free gift",
+    "termurah",
+    "best seller",
+    "import",
+    "new",
+]
 
 
 @dataclass(frozen=True)
@@ -76,8 +136,11 @@ def reshoot(rng: np.random.Generator, img: Image.Image, strength: float = 1.0) -
     out = ImageEnhance.Brightness(out).enhance(float(1 + rng.uniform(-0.2, 0.2) * strength))
     if rng.random() < 0.5:
         d = ImageDraw.Draw(out)
-        d.text((int(rng.integers(0, size // 2)), int(rng.integers(0, size - 12))), "PROMO",
-               fill=(255, 255, 255))
+        d.text(
+            (int(rng.integers(0, size // 2)), int(rng.integers(0, size - 12))),
+            "PROMO",
+            fill=(255, 255, 255),
+        )
     buf = io.BytesIO()
     out.save(buf, format="JPEG", quality=int(rng.integers(60, 95)))
     return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
@@ -91,9 +154,11 @@ def make_catalogue(out: str | Path, spec: SyntheticSpec | None = None, images: b
     rng = np.random.default_rng(spec.seed)
     root = Path(out)
     (root / "images").mkdir(parents=True, exist_ok=True)
-    rows = []
-    groups = [(p, int(rng.integers(spec.min_per_product, spec.max_per_product + 1)))
-              for p in range(spec.products)]
+    rows: list[list[str]] = []
+    groups = [
+        (p, int(rng.integers(spec.min_per_product, spec.max_per_product + 1)))
+        for p in range(spec.products)
+    ]
     groups += [(spec.products + s, 1) for s in range(spec.singletons)]
     for p, count in groups:
         # Products share brands, items and sizes, so near-duplicate titles of different
@@ -107,7 +172,9 @@ def make_catalogue(out: str | Path, spec: SyntheticSpec | None = None, images: b
             shot = reshoot(rng, pic)
             if images:
                 shot.save(root / "images" / name, quality=90)
-            rows.append([pid, name, str(imagehash.phash(shot)), _title(rng, brand, item, size), label])
+            rows.append(
+                [pid, name, str(imagehash.phash(shot)), _title(rng, brand, item, size), label]
+            )
     order = rng.permutation(len(rows))
     path = root / "listings.csv"
     with open(path, "w", newline="", encoding="utf-8") as f:

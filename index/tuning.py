@@ -69,7 +69,7 @@ def tune(
         The best config found (with `tuned_rows` set) and its mean F1.
     """
     names = [s for s in start.thresholds if s in signals]
-    start = start.with_(thresholds={s: start.thresholds[s] for s in names})  # type: ignore[index]
+    start = start.with_(thresholds={s: start.thresholds[s] for s in names})
     if start.min2_signal not in signals and names:
         start = start.with_(min2_signal=names[0])
     best = (score(signals, labels, start), start)

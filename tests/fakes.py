@@ -13,10 +13,44 @@ from pathlib import Path
 import numpy as np
 
 WORDS = [
-    "wardah", "emina", "lemonilo", "indomie", "samsung", "xiaomi", "maybelline", "pigeon",
-    "lipstick", "matte", "mie", "instant", "goreng", "serum", "wajah", "kabel", "data", "usb",
-    "botol", "minum", "kaos", "polos", "masker", "sabun", "cuci", "muka", "power", "bank",
-    "ready", "original", "murah", "promo", "cod", "ml", "kg", "gr", "pcs", "cm",
+    "wardah",
+    "emina",
+    "lemonilo",
+    "indomie",
+    "samsung",
+    "xiaomi",
+    "maybelline",
+    "pigeon",
+    "lipstick",
+    "matte",
+    "mie",
+    "instant",
+    "goreng",
+    "serum",
+    "wajah",
+    "kabel",
+    "data",
+    "usb",
+    "botol",
+    "minum",
+    "kaos",
+    "polos",
+    "masker",
+    "sabun",
+    "cuci",
+    "muka",
+    "power",
+    "bank",
+    "ready",
+    "original",
+    "murah",
+    "promo",
+    "cod",
+    "ml",
+    "kg",
+    "gr",
+    "pcs",
+    "cm",
 ]
 
 
@@ -82,8 +116,9 @@ def make_image_encoder(folder: Path, dim: int = 8, size: int = 32, seed: int = 0
     proj = np.random.default_rng(seed).normal(size=(3 * 4 * 4, dim)).astype(np.float32)
     k = size // 4
     nodes = [
-        helper.make_node("AveragePool", ["pixel_values"], ["pooled"], kernel_shape=[k, k],
-                         strides=[k, k]),  # (n, 3, 4, 4)
+        helper.make_node(
+            "AveragePool", ["pixel_values"], ["pooled"], kernel_shape=[k, k], strides=[k, k]
+        ),  # (n, 3, 4, 4)
         helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),  # (n, 48)
         helper.make_node("MatMul", ["flat", "proj"], ["embedding"]),  # (n, dim)
     ]

@@ -66,9 +66,11 @@ def test_tampered_bundle_is_refused(built, tmp_path: Path) -> None:
 def test_atomic_write_keeps_old_on_failure(tmp_path: Path) -> None:
     out = tmp_path / "b"
     write_atomic(out, lambda d: (d / "v").write_text("1"))
+
     def boom(d: Path) -> None:
         (d / "v").write_text("2")
         raise RuntimeError("crash mid-write")
+
     with pytest.raises(RuntimeError):
         write_atomic(out, boom)
     assert (out / "v").read_text() == "1"

@@ -18,7 +18,9 @@ def write(tmp_path: Path, text: str | bytes, name: str = "x.csv") -> Path:
 
 
 def test_reads_valid_csv(tmp_path: Path) -> None:
-    p = write(tmp_path, HEADER + 'a,a.jpg,94974f937d4c2433,"Paper  Bag, Victoria",1\nb,b.jpg,,Tas,2\n')
+    p = write(
+        tmp_path, HEADER + 'a,a.jpg,94974f937d4c2433,"Paper  Bag, Victoria",1\nb,b.jpg,,Tas,2\n'
+    )
     cat = read_catalogue(p)
     assert cat.posting_id == ["a", "b"]
     assert cat.title == ["Paper Bag, Victoria", "Tas"]

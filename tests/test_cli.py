@@ -44,8 +44,16 @@ def test_evaluate_tune_beats_untuned_and_writes_report(
 ) -> None:
     rep = tmp_path / "r.json"
     cfg = tmp_path / "fusion.json"
-    argv = ["evaluate", str(synth / "listings.csv"), "--tune", "-q", "--report", str(rep),
-            "--save-config", str(cfg)]
+    argv = [
+        "evaluate",
+        str(synth / "listings.csv"),
+        "--tune",
+        "-q",
+        "--report",
+        str(rep),
+        "--save-config",
+        str(cfg),
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "tfidf alone" in out and "fused (tuned)" in out and "best config" in out
@@ -58,17 +66,45 @@ def test_evaluate_tune_beats_untuned_and_writes_report(
     assert main(["evaluate", str(synth / "listings.csv"), "-q", "--config", str(cfg)]) == 0
 
 
-def test_build_index_then_match_with_bundle(
-    synth: Path, model_dir: Path, tmp_path: Path
-) -> None:
+def test_build_index_then_match_with_bundle(synth: Path, model_dir: Path, tmp_path: Path) -> None:
     b = tmp_path / "bundle"
-    assert main(["build-index", str(synth / "listings.csv"), "--model", str(model_dir),
-                 "--images", str(synth / "images"), "--out", str(b), "-q"]) == 0
+    assert (
+        main(
+            [
+                "build-index",
+                str(synth / "listings.csv"),
+                "--model",
+                str(model_dir),
+                "--images",
+                str(synth / "images"),
+                "--out",
+                str(b),
+                "-q",
+            ]
+        )
+        == 0
+    )
     assert (b / "manifest.json").is_file() and (b / "encoders" / "text" / "model.onnx").is_file()
     s1, s2 = tmp_path / "s1.csv", tmp_path / "s2.csv"
-    assert main(["match", str(synth / "listings.csv"), "--bundle", str(b), "-o", str(s1), "-q"]) == 0
-    assert main(["match", str(synth / "listings.csv"), "--model", str(model_dir),
-                 "--config", str(b / "fusion.json"), "-o", str(s2), "-q"]) == 0
+    assert (
+        main(["match", str(synth / "listings.csv"), "--bundle", str(b), "-o", str(s1), "-q"]) == 0
+    )
+    assert (
+        main(
+            [
+                "match",
+                str(synth / "listings.csv"),
+                "--model",
+                str(model_dir),
+                "--config",
+                str(b / "fusion.json"),
+                "-o",
+                str(s2),
+                "-q",
+            ]
+        )
+        == 0
+    )
     assert read_sub(s1) == read_sub(s2)
 
 
@@ -109,7 +145,11 @@ def test_evaluate_needs_labels(tmp_path: Path, capsys: pytest.CaptureFixture) ->
 def test_console_script_runs(tmp_path: Path) -> None:
     exe = shutil.which("pricematch")
     cmd = [exe] if exe else [sys.executable, "-m", "index.cli"]
-    r = subprocess.run([*cmd, "sample", "--out", str(tmp_path / "s"), "--products", "3"],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [*cmd, "sample", "--out", str(tmp_path / "s"), "--products", "3"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "s" / "listings.csv").is_file()

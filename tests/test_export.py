@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -45,11 +46,6 @@ from training.export import (  # noqa: E402
     export_text_encoder,
 )
 
-WORDS = (
-    "paper bag victoria secret double tape 3m vhb mm x ori ##ginal ready lemon ##ilo mie "
-    "instant sehat kuah dan goreng kaos polos cotton hitam putih , . - ( ) / 12 4 5 ##5"
-).split()
-
 TITLES = [
     "Paper Bag Victoria Secret",
     "Double Tape 3M VHB 12 mm x 4,5 m ORIGINAL",
@@ -57,6 +53,15 @@ TITLES = [
     "kaos",
     "",
     "Kaos Polos Cotton Hitam / Putih - ready ( 12 ) paper bag double tape mie goreng sehat",
+]
+
+#: Tiny vocabulary: the words of the first titles, two of them split into word pieces;
+#: words of the other titles map to [UNK].
+WORDS = [
+    *sorted(
+        set(re.findall(r"\w+|[^\w\s]", " ".join(TITLES[:4]).lower())) - {"original", "lemonilo"}
+    ),
+    *["ori", "##ginal", "lemon", "##ilo"],
 ]
 
 
@@ -73,7 +78,9 @@ def _write_tokenizer(path: Path) -> int:
     """A small uncased WordPiece tokenizer.json with [CLS] ... [SEP]; returns vocab size."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
-    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *dict.fromkeys(WORDS)])}
+    vocab = {
+        t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *dict.fromkeys(WORDS)])
+    }
     tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
@@ -112,7 +119,9 @@ def tiny_text(tmp_path_factory: pytest.TempPathFactory) -> tuple[TextEmbedder, E
 def tiny_image(tmp_path_factory: pytest.TempPathFactory) -> tuple[ImageEmbedder, ExportResult]:
     tmp = tmp_path_factory.mktemp("tiny_image")
     torch.manual_seed(0)
-    model = ImageEmbedder(timm.create_model("mobilenetv3_small_050", pretrained=False, num_classes=0))
+    model = ImageEmbedder(
+        timm.create_model("mobilenetv3_small_050", pretrained=False, num_classes=0)
+    )
     Image.new("RGB", (50, 80), (200, 30, 30)).save(tmp / "red.png")
     images = [tmp / "red.png", *export.synthetic_images(3), *_sample_image_paths()]
     result = export_image_encoder(
@@ -165,9 +174,7 @@ def test_text_runtime_matches_torch_across_padding(
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
 
 
-def test_text_parity_failure_raises(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_text_parity_failure_raises(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     vocab_size = _write_tokenizer(tmp_path / "tok.json")
     model = _tiny_text_model(vocab_size)
     real_export = export._onnx_export
@@ -186,6 +193,17 @@ def test_text_parity_failure_raises(
 def test_text_export_missing_tokenizer(tmp_path: Path) -> None:
     with pytest.raises(EncoderError, match="tokenizer not found"):
         export_text_encoder(_tiny_text_model(10), tmp_path / "nope.json", tmp_path / "enc")
+
+
+def test_strict_fp32_toggles_and_restores_tf32_flags() -> None:
+    # Only flips flags, so it runs without a GPU too.
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    before = (matmul.fp32_precision, conv.fp32_precision)
+    with export._strict_fp32(torch.device("cuda")):
+        assert (matmul.fp32_precision, conv.fp32_precision) == ("ieee", "ieee")
+    assert (matmul.fp32_precision, conv.fp32_precision) == before
+    with export._strict_fp32(torch.device("cpu")):
+        assert (matmul.fp32_precision, conv.fp32_precision) == before
 
 
 # --- image ----------------------------------------------------------------------------
@@ -230,9 +248,13 @@ def test_image_embedder_refuses_classifier() -> None:
 
 def test_image_export_bad_parity_image(tmp_path: Path) -> None:
     (tmp_path / "bad.jpg").write_bytes(b"not an image")
-    model = ImageEmbedder(timm.create_model("mobilenetv3_small_050", pretrained=False, num_classes=0))
+    model = ImageEmbedder(
+        timm.create_model("mobilenetv3_small_050", pretrained=False, num_classes=0)
+    )
     with pytest.raises(ImageError):
-        export_image_encoder(model, tmp_path / "enc", (64, 64), parity_images=[tmp_path / "bad.jpg"])
+        export_image_encoder(
+            model, tmp_path / "enc", (64, 64), parity_images=[tmp_path / "bad.jpg"]
+        )
 
 
 def test_synthetic_images_deterministic() -> None:
@@ -316,7 +338,11 @@ def test_export_default(tmp_path: Path) -> None:
     assert image.config.input_size == (224, 224) and image.config.mean == (127.0, 127.0, 127.0)
 
     emb = text.encode(
-        ["Double Tape 3M VHB 12 mm x 4,5 m ORIGINAL", "3m vhb double tape 12mm", "Mie Lemonilo goreng"]
+        [
+            "Double Tape 3M VHB 12 mm x 4,5 m ORIGINAL",
+            "3m vhb double tape 12mm",
+            "Mie Lemonilo goreng",
+        ]
     )
     assert emb[0] @ emb[1] > emb[0] @ emb[2] + 0.2  # same product closer than another one
     img = image.encode(export.synthetic_images(2))
@@ -351,13 +377,17 @@ def test_cli_export_default(
         )
 
     monkeypatch.setattr(export, "export_default", fake_export_default)
-    args = _parser().parse_args(["export-default", "--out", str(tmp_path / "o"), "--images", str(tmp_path)])
+    args = _parser().parse_args(
+        ["export-default", "--out", str(tmp_path / "o"), "--images", str(tmp_path)]
+    )
     assert args.func(args) == 0
-    (out, images), = calls
+    ((out, images),) = calls
     assert out == tmp_path / "o"
     assert images == [tmp_path / f"img{i:02d}.png" for i in range(8)]
     printed = capsys.readouterr().out
-    assert "dim 384" in printed and "dim 1280" in printed and str(tmp_path / "o" / "text") in printed
+    assert (
+        "dim 384" in printed and "dim 1280" in printed and str(tmp_path / "o" / "text") in printed
+    )
 
 
 def test_cli_export_default_bad_images_folder(tmp_path: Path) -> None:
@@ -366,12 +396,17 @@ def test_cli_export_default_bad_images_folder(tmp_path: Path) -> None:
     )
     with pytest.raises(ImageError):
         args.func(args)
-    args = _parser().parse_args(["export-default", "--out", str(tmp_path / "o"), "--images", str(tmp_path)])
+    args = _parser().parse_args(
+        ["export-default", "--out", str(tmp_path / "o"), "--images", str(tmp_path)]
+    )
     with pytest.raises(ImageError, match="no image files"):
         args.func(args)
 
 
 def test_cli_module_does_not_import_torch() -> None:
-    code = "import sys, training.cli; sys.exit('torch' in sys.modules or 'training.export' in sys.modules)"
+    code = (
+        "import sys, training.cli; "
+        "sys.exit('torch' in sys.modules or 'training.export' in sys.modules)"
+    )
     root = Path(__file__).resolve().parents[1]
     assert subprocess.run([sys.executable, "-c", code], cwd=root, check=False).returncode == 0

@@ -4,7 +4,9 @@ import pytest
 from index.fusion import FusionConfig, fuse, phash_similarity, to_lists
 
 
-def nb(rows: dict[int, list[tuple[int, float]]], n: int, k: int = 51) -> tuple[np.ndarray, np.ndarray]:
+def nb(
+    rows: dict[int, list[tuple[int, float]]], n: int, k: int = 51
+) -> tuple[np.ndarray, np.ndarray]:
     """Neighbours from {row: [(id, sim), ...]} (sorted by sim here)."""
     D = np.full((n, k), -np.inf, np.float32)
     I = np.full((n, k), -1, np.int64)
@@ -29,7 +31,9 @@ def test_union_of_signals_and_thresholds() -> None:
     # each row's own id comes first, then by score
     assert I[0, 0] == 0 and I[0, 1] == 3 and S[0, 1] == pytest.approx(0.95)
     # a signal without a threshold is not used
-    I2, _ = fuse({"text": text, "image": img}, FusionConfig(thresholds={"text": 0.8}, min2=False), n)
+    I2, _ = fuse(
+        {"text": text, "image": img}, FusionConfig(thresholds={"text": 0.8}, min2=False), n
+    )
     assert sets(I2)[0] == {0, 1}
 
 
@@ -44,7 +48,7 @@ def test_self_always_included_even_without_neighbours() -> None:
 def test_duplicates_across_signals_counted_once() -> None:
     n = 2
     a = nb({0: [(0, 1), (1, 0.9)], 1: [(1, 1), (0, 0.9)]}, n)
-    I, S = fuse({"text": a, "tfidf": a}, FusionConfig(thresholds={"text": 0.5, "tfidf": 0.5}), n)
+    I, _ = fuse({"text": a, "tfidf": a}, FusionConfig(thresholds={"text": 0.5, "tfidf": 0.5}), n)
     assert (I >= 0).sum(1).tolist() == [2, 2]
 
 
@@ -75,7 +79,7 @@ def test_cap_of_50_keeps_self_and_best() -> None:
     n = 60
     D = np.tile(np.linspace(1.0, 0.9, 51, dtype=np.float32), (n, 1))
     I = np.array([[(r + j) % n for j in range(51)] for r in range(n)], np.int64)
-    I_, S = fuse({"text": (D, I)}, FusionConfig(thresholds={"text": 0.5}), n)
+    I_, _ = fuse({"text": (D, I)}, FusionConfig(thresholds={"text": 0.5}), n)
     assert I_.shape == (n, 50)
     assert ((I_ >= 0).sum(1) == 50).all()
     assert (I_[:, 0] == np.arange(n)).all()

@@ -24,7 +24,7 @@ def test_faiss_matches_bruteforce() -> None:
     np.testing.assert_allclose(D, Dr, atol=1e-5)
     # ids agree wherever the similarity is not tied with a neighbour
     untied = np.abs(np.diff(Dr, axis=1, append=-2)) > 1e-5
-    assert (I == Ir)[untied].mean() > 0.99
+    assert (Ir == I)[untied].mean() > 0.99
 
 
 def test_knn_pads_when_fewer_than_k() -> None:
@@ -39,10 +39,10 @@ def test_store_upsert_and_remove() -> None:
     s.add(np.arange(10), x)
     s.add(np.array([3]), x[[7]])  # replace id 3 with 7's vector
     assert len(s) == 10
-    D, I = s.search(x[[7]], 2)
+    _, I = s.search(x[[7]], 2)
     assert set(I[0].tolist()) == {3, 7}
     assert s.remove(np.array([3, 99])) == 1
-    D, I = s.search(x[[7]], 1)
+    _, I = s.search(x[[7]], 1)
     assert I[0, 0] == 7 and len(s) == 9
 
 
@@ -50,7 +50,7 @@ def test_self_knn_masks_invalid_rows() -> None:
     x = _data(20, 8)
     valid = np.ones(20, bool)
     valid[[2, 5]] = False
-    D, I = self_knn(x, valid, k=51, device="cpu")
+    _, I = self_knn(x, valid, k=51, device="cpu")
     assert (I[[2, 5]] == -1).all()
     assert not np.isin(I, [2, 5]).any()
     assert (I[valid, 0] == np.flatnonzero(valid)).all()  # nearest is itself

@@ -22,7 +22,7 @@ def register(sub: Any) -> None:
     """Add the training commands: export-default."""
     p = sub.add_parser(
         "export-default",
-        help="export the packaged pretrained encoders (MiniLM text, EfficientNet-Lite0 image) to ONNX",
+        help="export the packaged pretrained text and image encoders to ONNX",
         description=(
             "Export all-MiniLM-L6-v2 and EfficientNet-Lite0 from their offline Python packages "
             "to ONNX encoder folders OUT/text and OUT/image, each checked against PyTorch."
@@ -33,7 +33,7 @@ def register(sub: Any) -> None:
         "--images",
         type=Path,
         metavar="DIR",
-        help=f"folder of images for the parity check (first {MAX_PARITY_IMAGES}; default: synthetic)",
+        help=f"images for the parity check (first {MAX_PARITY_IMAGES}; default: synthetic)",
     )
     p.set_defaults(func=_export_default)
 
@@ -41,9 +41,13 @@ def register(sub: Any) -> None:
 def _parity_images(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise ImageError(f"--images: {folder} is not a folder")
-    files = sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(
+        f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+    )
     if not files:
-        raise ImageError(f"--images: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
+        raise ImageError(
+            f"--images: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}"
+        )
     return files[:MAX_PARITY_IMAGES]
 
 

