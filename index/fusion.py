@@ -35,17 +35,20 @@ class FusionConfig(BaseModel):
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+    # Defaults: tuned by `pricematch evaluate --tune` on the 27k-row dev pool with the
+    # zero-shot default encoders (docs/BENCHMARKS.md); image: 0.8, stricter than the optimum
+    # (~0.72) on 185 re-shot real photos, since larger pools need stricter thresholds.
     thresholds: dict[SignalName, float] = Field(
         default_factory=lambda: {  # type: ignore[arg-type]
-            "tfidf": 0.55,
-            "phash": phash_similarity(4),
-            "text": 0.9,
+            "tfidf": 0.625,
+            "phash": phash_similarity(6),
+            "text": 0.92,
             "image": 0.8,
         }
     )
     min2: bool = True
     min2_signal: SignalName = "tfidf"
-    min2_floor: float = 0.3
+    min2_floor: float = 0.35
     max_matches: int = Field(default=50, ge=1, le=50)
     tuned_rows: int | None = None
 

@@ -1,0 +1,1 @@
+"""The pricematch HTTP service (FastAPI), built on `index`."""

@@ -349,6 +349,21 @@ def test_export_default(tmp_path: Path) -> None:
     assert img.shape == (2, 1280)
     np.testing.assert_allclose(np.linalg.norm(img, axis=1), 1.0, atol=1e-5)
 
+    # The exported folder is a model folder: thresholds included, usable by `match`.
+    from index.cli import main
+    from index.fusion import FusionConfig
+    from index.synthetic import SyntheticSpec, make_catalogue
+
+    assert FusionConfig.model_validate_json((tmp_path / "fusion.json").read_text()) == (
+        FusionConfig()
+    )
+    listings = make_catalogue(tmp_path / "cat", SyntheticSpec(products=6, seed=3))
+    sub = tmp_path / "sub.csv"
+    argv = ["match", str(listings), "--images", str(tmp_path / "cat" / "images")]
+    assert main([*argv, "--model", str(tmp_path), "-o", str(sub), "-q"]) == 0
+    lines = sub.read_text().splitlines()
+    assert lines[0] == "posting_id,matches" and len(lines) > 6
+
 
 # --- CLI ------------------------------------------------------------------------------
 

@@ -40,6 +40,7 @@ from index.encoders import (
     open_image,
 )
 from index.errors import EncoderError
+from index.fusion import FusionConfig
 
 log = logging.getLogger(__name__)
 
@@ -509,4 +510,6 @@ def export_default(out: Path, parity_images: Sequence[ImageInput] | None = None)
         source=f"timm {EFFICIENTNET_NAME}, ImageNet weights ({pkg} {_package_version(pkg)})",
         parity_images=parity_images,
     )
+    # Thresholds for these encoders travel with them (see FusionConfig's defaults).
+    (out / "fusion.json").write_text(FusionConfig().model_dump_json(indent=2), encoding="utf-8")
     return DefaultExport(text=text, image=image)
