@@ -170,6 +170,50 @@ def _l2n(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(n, 1e-12)
 
 
+def load_tokenizer(path: Path, max_length: int) -> Any:
+    """A `tokenizers.Tokenizer` truncating at `max_length`, unpadded (batches pad themselves)."""
+    from tokenizers import Tokenizer
+
+    if not path.is_file():
+        raise EncoderError(f"tokenizer not found: {path}")
+    tok = Tokenizer.from_file(str(path))
+    tok.enable_truncation(max_length)
+    tok.no_padding()
+    return tok
+
+
+def tokenize_texts(tokenizer: Any, texts: Sequence[str], lowercase: bool) -> dict[str, np.ndarray]:
+    """Tokenize a batch, padded to its longest member: `input_ids`, `attention_mask` (n, seq).
+
+    The one tokenization used at run time and in training.
+    """
+    texts = [t.lower() if lowercase else t for t in texts]
+    encs = tokenizer.encode_batch(list(texts))
+    seq = max(1, max((len(e.ids) for e in encs), default=1))
+    ids = np.zeros((len(encs), seq), dtype=np.int64)
+    mask = np.zeros((len(encs), seq), dtype=np.int64)
+    for r, e in enumerate(encs):
+        ids[r, : len(e.ids)] = e.ids
+        mask[r, : len(e.ids)] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def preprocess_image(img: Image.Image, config: ImageEncoderConfig) -> np.ndarray:
+    """RGB image -> (3, H, W) float32, resized and normalised as `config` says.
+
+    The one preprocessing used at run time and in training (validation side).
+    """
+    h, w = config.input_size
+    if config.resize == "center_crop":
+        s = min(img.size)
+        left, top = (img.width - s) // 2, (img.height - s) // 2
+        img = img.crop((left, top, left + s, top + s))
+    img = img.resize((w, h), Image.Resampling.BILINEAR)
+    x = np.asarray(img, dtype=np.float32)  # (H, W, 3)
+    mean, std = np.array(config.mean, np.float32), np.array(config.std, np.float32)
+    return np.ascontiguousarray(((x - mean) / std).transpose(2, 0, 1), dtype=np.float32)
+
+
 @register_encoder("onnx-text")
 class OnnxTextEncoder(Encoder):
     """Transformer encoder in ONNX: input_ids, attention_mask[, token_type_ids] -> (n, dim)."""
@@ -177,33 +221,18 @@ class OnnxTextEncoder(Encoder):
     modality = "text"
 
     def __init__(self, folder: Path, device: Device = "auto") -> None:
-        from tokenizers import Tokenizer
-
         self.folder = folder
         self.config = TextEncoderConfig.model_validate(read_encoder_config(folder))
         self.dim = self.config.dim
-        tok_path = folder / self.config.tokenizer
-        if not tok_path.is_file():
-            raise EncoderError(f"tokenizer not found: {tok_path}")
-        self.tokenizer = Tokenizer.from_file(str(tok_path))
-        self.tokenizer.enable_truncation(self.config.max_length)
-        self.tokenizer.no_padding()
+        self.tokenizer = load_tokenizer(folder / self.config.tokenizer, self.config.max_length)
         self._session = _session(folder / self.config.onnx, device)
         self._inputs = {i.name for i in self._session.get_inputs()}
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         """Tokenize a batch, padded to its longest member: arrays of shape (n, seq)."""
-        texts = [t.lower() if self.config.lowercase else t for t in texts]
-        encs = self.tokenizer.encode_batch(list(texts))
-        seq = max(1, max((len(e.ids) for e in encs), default=1))
-        ids = np.zeros((len(encs), seq), dtype=np.int64)
-        mask = np.zeros((len(encs), seq), dtype=np.int64)
-        for r, e in enumerate(encs):
-            ids[r, : len(e.ids)] = e.ids
-            mask[r, : len(e.ids)] = 1
-        feeds = {"input_ids": ids, "attention_mask": mask}
+        feeds = tokenize_texts(self.tokenizer, texts, self.config.lowercase)
         if "token_type_ids" in self._inputs:
-            feeds["token_type_ids"] = np.zeros_like(ids)
+            feeds["token_type_ids"] = np.zeros_like(feeds["input_ids"])
         return feeds
 
     def encode(
@@ -271,15 +300,7 @@ class OnnxImageEncoder(Encoder):
 
     def preprocess(self, img: Image.Image) -> np.ndarray:
         """RGB image -> (3, H, W) float32 normalised as the artifact's config says."""
-        h, w = self.config.input_size
-        if self.config.resize == "center_crop":
-            s = min(img.size)
-            left, top = (img.width - s) // 2, (img.height - s) // 2
-            img = img.crop((left, top, left + s, top + s))
-        img = img.resize((w, h), Image.Resampling.BILINEAR)
-        x = np.asarray(img, dtype=np.float32)  # (H, W, 3)
-        mean, std = np.array(self.config.mean, np.float32), np.array(self.config.std, np.float32)
-        return np.ascontiguousarray(((x - mean) / std).transpose(2, 0, 1), dtype=np.float32)
+        return preprocess_image(img, self.config)
 
     def encode(
         self, items: Sequence[ImageInput], batch_size: int = 32, show_progress: bool = False
