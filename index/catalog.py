@@ -1,0 +1,559 @@
+"""A mutable catalogue, persisted atomically, and matching of new listings against it.
+
+`LiveCatalogue` holds listings that can be added, replaced and removed one by one: titles
+as TF-IDF rows, phash codes, and text/image embeddings in `FaissFlatStore`s keyed by a
+stable int64 id per listing. Rows are kept in insertion order (ids ascending), so a store's
+ids map back to rows with `searchsorted`.
+
+Matching a query (a listing that may or may not be in the catalogue) follows the Kaggle
+rules of `index.fusion.fuse` exactly: the query is treated as one more row of the pool, its
+neighbours per signal are searched in the catalogue (`query_neighbours`), and
+`fuse_against` runs `fuse` on them with the query as "the row itself". A query whose
+posting_id is in the catalogue *is* that row, so matching every catalogue row this way
+gives what `index.pipeline.match_catalogue` gives on the same features.
+
+Persistence (`save_snapshot`/`load_snapshot`): every state is a complete folder
+`snap-NNNNNN/`; a `CURRENT` file names the live one and is replaced atomically
+(`os.replace`) only once the new folder is complete and synced, so a crash mid-write leaves
+the old state or the new one, never a broken one.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import faiss
+import numpy as np
+import scipy.sparse as sp
+
+from index.errors import BundleError, NotFoundError
+from index.fusion import FusionConfig, Neighbours, fuse, threshold
+from index.search import FaissFlatStore, K, as_f32
+from index.signals import TitleTfidf, phash_codes, sparse_knn
+
+if TYPE_CHECKING:
+    from index.bundle import Bundle
+
+DENSE = ("text", "image")
+
+
+def _empty(nq: int, k: int) -> Neighbours:
+    return np.full((nq, k), -np.inf, np.float32), np.full((nq, k), -1, np.int64)
+
+
+def hamming_knn(
+    codes_q: np.ndarray,
+    valid_q: np.ndarray,
+    codes_b: np.ndarray,
+    valid_b: np.ndarray,
+    k: int = K,
+) -> Neighbours:
+    """k nearest catalogue codes of each query code by Hamming distance.
+
+    Args:
+        codes_q: (nq, 8) uint8 query hashes; valid_q (nq,) bool.
+        codes_b: (nb, 8) uint8 catalogue hashes; valid_b (nb,) bool.
+        k: neighbours per query.
+
+    Returns:
+        D (nq, k) similarity 1 - d/64, descending, and I (nq, k) catalogue rows, -1 padded.
+    """
+    assert codes_q.ndim == 2 and codes_q.shape[1] == 8 and codes_q.dtype == np.uint8
+    assert codes_b.ndim == 2 and codes_b.shape[1] == 8 and codes_b.dtype == np.uint8
+    assert valid_q.shape == (codes_q.shape[0],) and valid_b.shape == (codes_b.shape[0],)
+    nq = codes_q.shape[0]
+    D, I = _empty(nq, k)
+    qrows, brows = np.flatnonzero(valid_q), np.flatnonzero(valid_b)
+    if qrows.size == 0 or brows.size == 0:
+        return D, I
+    index = faiss.IndexBinaryFlat(64)
+    index.add(np.ascontiguousarray(codes_b[brows]))
+    kk = min(k, brows.size)
+    dist, Iv = index.search(np.ascontiguousarray(codes_q[qrows]), kk)
+    D[qrows, :kk] = np.where(Iv >= 0, 1.0 - dist.astype(np.float32) / 64.0, -np.inf)
+    I[qrows, :kk] = np.where(Iv >= 0, brows[np.maximum(Iv, 0)], -1)
+    return D, I
+
+
+def store_knn(
+    xq: np.ndarray, valid_q: np.ndarray, store: FaissFlatStore, ids: np.ndarray, k: int = K
+) -> Neighbours:
+    """k nearest stored vectors of each valid query row, as catalogue rows.
+
+    Args:
+        xq: (nq, d) float32 L2-normalised queries; valid_q (nq,) bool.
+        store: vectors keyed by the catalogue's ids.
+        ids: (nb,) int64 ascending, the id of each catalogue row.
+        k: neighbours per query.
+
+    Returns:
+        D (nq, k) cosine similarity, descending, and I (nq, k) catalogue rows, -1 padded.
+    """
+    xq = as_f32(xq)
+    assert valid_q.shape == (xq.shape[0],), (valid_q.shape, xq.shape)
+    assert xq.shape[1] == store.dim, (xq.shape, store.dim)
+    D, I = _empty(xq.shape[0], k)
+    rows = np.flatnonzero(valid_q)
+    if rows.size == 0 or len(store) == 0:
+        return D, I
+    Dv, Iv = store.search(xq[rows], k)
+    pos = np.searchsorted(ids, np.maximum(Iv, 0))
+    D[rows] = Dv
+    I[rows] = np.where(Iv >= 0, pos, -1)
+    return D, I
+
+
+def fuse_against(
+    signals: dict[str, Neighbours], config: FusionConfig, self_rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """`fuse` for queries matched against a catalogue.
+
+    Each query is "the row itself" of `fuse` (always kept, +inf score, counts towards the cap
+    and the at-least-one-match rule); a query that is catalogue row `self_rows[j]` is
+    merged with that row.
+
+    Args:
+        signals: name -> (D, I), each (nq, k), I in catalogue rows (-1: none).
+        config: thresholds and rules.
+        self_rows: (nq,) int64, the catalogue row of each query, -1 if not in it.
+
+    Returns:
+        I (nq, max_matches) catalogue rows, -1 padded (a query not in the catalogue is left
+        out, so it gets at most max_matches - 1), and S (nq, max_matches) scores, +inf for
+        the query's own row.
+    """
+    nq = self_rows.shape[0]
+    own = np.arange(nq, dtype=np.int64)[:, None]
+    shifted: dict[str, Neighbours] = {}
+    for name, (D, I) in signals.items():
+        assert D.shape == I.shape and D.shape[0] == nq, (name, D.shape, I.shape, nq)
+        J = np.where(I >= 0, I + nq, -1)
+        J = np.where((I >= 0) & (self_rows[:, None] == I), own, J)
+        shifted[name] = (D, J)
+    If, Sf = fuse(shifted, config, nq)
+    is_self = (If >= 0) & (If < nq)
+    out = np.where(If >= nq, If - nq, -1)
+    out = np.where(is_self, self_rows[:, None], out)
+    Sf = np.where(out >= 0, Sf, -np.inf).astype(np.float32)
+    o = np.argsort(out < 0, axis=1, kind="stable")  # drop the gap a left-out query leaves
+    return np.take_along_axis(out, o, axis=1), np.take_along_axis(Sf, o, axis=1)
+
+
+def signal_similarities(
+    signals: dict[str, Neighbours], I: np.ndarray
+) -> list[list[dict[str, float]]]:
+    """For each match `I[j, m]`, the similarity each signal gave it (if a neighbour there)."""
+    out: list[list[dict[str, float]]] = []
+    for j in range(I.shape[0]):
+        row: list[dict[str, float]] = []
+        found = {
+            name: dict(zip(Ii[j].tolist(), Di[j].tolist(), strict=True))
+            for name, (Di, Ii) in signals.items()
+        }
+        for r in I[j].tolist():
+            if r < 0:
+                break
+            row.append({n: float(f[r]) for n, f in found.items() if r in f})
+        out.append(row)
+    return out
+
+
+def _has(store: FaissFlatStore, pid: int) -> bool:
+    try:
+        store.vectors(np.array([pid]))
+    except RuntimeError:  # faiss: id not in the IDMap2
+        return False
+    return True
+
+
+def matched_signals(sims: dict[str, float], config: FusionConfig) -> list[str]:
+    """Signals whose similarity passes its threshold (as `index.fusion.threshold` decides)."""
+    out = []
+    for name, s in sims.items():
+        t = config.thresholds.get(name)  # type: ignore[call-overload]
+        if t is None:
+            continue
+        keep = threshold(np.array([[s]], np.float32), np.array([[0]]), t)
+        if keep[0, 0] >= 0:
+            out.append(name)
+    return out
+
+
+@dataclass
+class QueryFeatures:
+    """Features of listings to match (or to add), in the catalogue's feature spaces."""
+
+    title: list[str]
+    phash: np.ndarray  # (n, 8) uint8
+    phash_valid: np.ndarray  # (n,) bool
+    text: np.ndarray | None = None  # (n, d) float32
+    text_valid: np.ndarray | None = None
+    image: np.ndarray | None = None
+    image_valid: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.title)
+
+    @classmethod
+    def build(
+        cls,
+        titles: Sequence[str],
+        phashes: Sequence[str],
+        text: np.ndarray | None = None,
+        image: np.ndarray | None = None,
+        image_valid: np.ndarray | None = None,
+    ) -> QueryFeatures:
+        """From titles, 16-hex-digit phashes ("" for none) and optional embeddings."""
+        n = len(titles)
+        assert len(phashes) == n
+        codes, pvalid = phash_codes(list(phashes))
+        tv = None
+        if text is not None:
+            assert text.shape[0] == n
+            tv = np.array([bool(t) for t in titles], bool)
+        if image is not None:
+            assert image.shape[0] == n
+            image_valid = np.ones(n, bool) if image_valid is None else image_valid
+        else:
+            image_valid = None
+        return cls(list(titles), codes, pvalid, text, tv, image, image_valid)
+
+
+@dataclass
+class LiveCatalogue:
+    """Listings that change one by one; see the module doc.
+
+    Args:
+        dims: embedding size per dense signal kept ("text", "image").
+        tfidf: a fitted TF-IDF whose vocabulary is kept (a bundle's); None refits one on
+            the catalogue's titles whenever they changed (lazily, before the next search).
+        device: where FAISS searches run.
+    """
+
+    dims: dict[str, int]
+    tfidf: TitleTfidf | None = None
+    device: str = "auto"
+    posting_id: list[str] = field(default_factory=list)
+    title: list[str] = field(default_factory=list)
+    image: list[str] = field(default_factory=list)
+    image_phash: list[str] = field(default_factory=list)
+    ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    next_id: int = 0
+    stores: dict[str, FaissFlatStore] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.fixed_vocabulary = self.tfidf is not None
+        for m, d in self.dims.items():
+            assert m in DENSE, m
+            self.stores.setdefault(m, FaissFlatStore(d, device=self.device))
+        self._row = {p: i for i, p in enumerate(self.posting_id)}
+        self._X: sp.csr_matrix | None = None
+        self._codes: tuple[np.ndarray, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return len(self.posting_id)
+
+    def __contains__(self, posting_id: object) -> bool:
+        return posting_id in self._row
+
+    def row(self, posting_id: str) -> int:
+        """Row of `posting_id`. Raises NotFoundError."""
+        try:
+            return self._row[posting_id]
+        except KeyError:
+            raise NotFoundError(f"posting_id {posting_id!r} is not in the catalogue") from None
+
+    def get(self, posting_id: str) -> dict[str, Any]:
+        """One listing as stored: posting_id, title, image, image_phash and its signals."""
+        i = self.row(posting_id)
+        pid = int(self.ids[i])
+        signals = ["tfidf"] if self.title[i] else []
+        if self.image_phash[i]:
+            signals.append("phash")
+        signals += [m for m, s in self.stores.items() if _has(s, pid)]
+        return {
+            "posting_id": posting_id,
+            "title": self.title[i],
+            "image": self.image[i],
+            "image_phash": self.image_phash[i],
+            "signals": signals,
+        }
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle, device: str = "auto") -> LiveCatalogue:
+        """The bundle's catalogue, its vocabulary kept; its stores' ids are its rows."""
+        cat = bundle.catalogue
+        n = len(cat)
+        valid = bundle.masks.get("phash", np.zeros(n, bool))
+        hexes = [bytes(c).hex() if v else "" for c, v in zip(bundle.phash, valid, strict=True)]
+        live = cls(
+            dims={m: s.dim for m, s in bundle.stores.items()},
+            tfidf=bundle.tfidf,
+            device=device,
+            posting_id=list(cat.posting_id),
+            title=list(cat.title),
+            image=list(cat.image) if cat.image is not None else [""] * n,
+            image_phash=hexes,
+            ids=np.arange(n, dtype=np.int64),
+            next_id=n,
+            stores=dict(bundle.stores),
+        )
+        live._X = sp.csr_matrix(bundle.X)
+        return live
+
+    # -- changes -------------------------------------------------------------------------
+
+    def upsert(
+        self, posting_ids: Sequence[str], images: Sequence[str], feats: QueryFeatures
+    ) -> tuple[int, int]:
+        """Add listings, replacing any with the same posting_id. Returns (added, replaced)."""
+        n = len(feats)
+        assert len(posting_ids) == n == len(images), (len(posting_ids), n, len(images))
+        assert len(set(posting_ids)) == n, "posting_ids of one upsert must be distinct"
+        replaced = [p for p in posting_ids if p in self._row]
+        self._drop([self._row[p] for p in replaced])
+        new_ids = np.arange(self.next_id, self.next_id + n, dtype=np.int64)
+        self.next_id += n
+        for m, store in self.stores.items():
+            x, valid = getattr(feats, m), getattr(feats, f"{m}_valid")
+            if x is None:
+                continue
+            rows = np.flatnonzero(valid)
+            if rows.size:
+                store.add(new_ids[rows], x[rows])
+        pairs = zip(feats.phash, feats.phash_valid, strict=True)
+        hexes = [bytes(c).hex() if v else "" for c, v in pairs]
+        base = len(self.posting_id)
+        self.posting_id += list(posting_ids)
+        self.title += list(feats.title)
+        self.image += list(images)
+        self.image_phash += hexes
+        self.ids = np.concatenate([self.ids, new_ids])
+        self._row.update({p: base + i for i, p in enumerate(posting_ids)})
+        self._changed(new_rows=feats.title if self.fixed_vocabulary else None)
+        return n - len(replaced), len(replaced)
+
+    def remove(self, posting_id: str) -> None:
+        """Remove one listing. Raises NotFoundError."""
+        self._drop([self.row(posting_id)])
+
+    def _drop(self, rows: list[int]) -> None:
+        if not rows:
+            return
+        gone = np.asarray(rows, np.int64)
+        for store in self.stores.values():
+            store.remove(self.ids[gone])
+        keep = np.setdiff1d(np.arange(len(self)), gone)
+        for name in ("posting_id", "title", "image", "image_phash"):
+            col = getattr(self, name)
+            setattr(self, name, [col[i] for i in keep])
+        self.ids = self.ids[keep]
+        self._row = {p: i for i, p in enumerate(self.posting_id)}
+        if self._X is not None and self.fixed_vocabulary:
+            self._X = sp.csr_matrix(self._X[keep])
+        else:
+            self._X = None
+        self._codes = None
+
+    def _changed(self, new_rows: list[str] | None) -> None:
+        self._codes = None
+        if new_rows is not None and self._X is not None and self.tfidf is not None:
+            self._X = sp.csr_matrix(sp.vstack([self._X, self.tfidf.transform(new_rows)]))
+        else:
+            self._X = None
+
+    # -- features of the catalogue -------------------------------------------------------
+
+    def features(self) -> tuple[TitleTfidf, sp.csr_matrix, np.ndarray, np.ndarray]:
+        """The TF-IDF (refitted if the titles changed), its rows, phash codes and mask."""
+        if self._X is None:
+            if not self.fixed_vocabulary:
+                self.tfidf = TitleTfidf().fit(self.title)
+            assert self.tfidf is not None
+            if len(self):
+                self._X = self.tfidf.transform(self.title)
+            else:  # sklearn refuses to transform nothing
+                vocab = self.tfidf.transform([""]).shape[1]
+                self._X = sp.csr_matrix((0, vocab), dtype=np.float32)
+        if self._codes is None:
+            self._codes = phash_codes(self.image_phash)
+        assert self.tfidf is not None
+        codes, valid = self._codes
+        return self.tfidf, self._X, codes, valid
+
+    def query_neighbours(self, q: QueryFeatures, k: int = K) -> dict[str, Neighbours]:
+        """Each query's k nearest catalogue rows per signal (catalogue rows as ids)."""
+        nq = len(q)
+        tfidf, X, codes, pvalid = self.features()
+        Xq = tfidf.transform(q.title)
+        out: dict[str, Neighbours] = {
+            "tfidf": sparse_knn(Xq, X, k) if len(self) else _empty(nq, k),
+            "phash": hamming_knn(q.phash, q.phash_valid, codes, pvalid, k),
+        }
+        for m, store in self.stores.items():
+            x, valid = getattr(q, m), getattr(q, f"{m}_valid")
+            if x is None or valid is None:
+                out[m] = _empty(nq, k)
+            else:
+                out[m] = store_knn(x, valid, store, self.ids, k)
+        return out
+
+    def match(
+        self, q: QueryFeatures, config: FusionConfig, self_ids: Sequence[str | None], k: int = K
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, Neighbours]]:
+        """Match queries against the catalogue with `fuse` rules (see `fuse_against`).
+
+        Args:
+            q: the queries' features.
+            config: thresholds and rules.
+            self_ids: each query's posting_id (None if it has none); one that is in the
+                catalogue is that listing.
+
+        Returns:
+            I (nq, max_matches) catalogue rows, S scores, and the per-signal neighbours.
+        """
+        nb = self.query_neighbours(q, k)
+        self_rows = np.array([self._row.get(p, -1) if p else -1 for p in self_ids], np.int64)
+        I, S = fuse_against(nb, config, self_rows)
+        return I, S, nb
+
+
+# -- persistence -----------------------------------------------------------------------------
+
+_SNAP = re.compile(r"^snap-(\d{6,})$")
+LISTING_COLUMNS = ("posting_id", "title", "image", "image_phash", "id")
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_snapshot(root: str | Path, cat: LiveCatalogue, meta: dict[str, Any]) -> Path:
+    """Write `cat` as a new snapshot under `root` and make it the current one, atomically.
+
+    Args:
+        root: the data folder of the catalogue.
+        cat: the catalogue.
+        meta: caller's identity of the feature spaces (e.g. encoder fingerprints), saved in
+            `meta.json` and checked by `load_snapshot`.
+
+    Returns:
+        The snapshot folder.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    seqs = [int(g.group(1)) for p in root.iterdir() if (g := _SNAP.match(p.name))]
+    name = f"snap-{max(seqs, default=0) + 1:06d}"
+    tmp = root / f".{name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    with open(tmp / "listings.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(LISTING_COLUMNS)
+        for i in range(len(cat)):
+            w.writerow(
+                [cat.posting_id[i], cat.title[i], cat.image[i], cat.image_phash[i], cat.ids[i]]
+            )
+    for m, store in cat.stores.items():
+        store.save(tmp / f"{m}.faiss")
+    info = {
+        "format": 1,
+        "rows": len(cat),
+        "next_id": cat.next_id,
+        "dims": cat.dims,
+        "fixed_vocabulary": cat.fixed_vocabulary,
+        "meta": meta,
+    }
+    (tmp / "meta.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
+    for p in tmp.iterdir():
+        with open(p, "rb") as fh:
+            os.fsync(fh.fileno())
+    _fsync_dir(tmp)
+    os.rename(tmp, root / name)
+    cur_tmp = root / "CURRENT.tmp"
+    with open(cur_tmp, "w", encoding="utf-8") as fh:
+        fh.write(name + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(cur_tmp, root / "CURRENT")  # the commit point
+    _fsync_dir(root)
+    for p in root.iterdir():  # older snapshots and leftovers of interrupted writes
+        if p.name != name and (_SNAP.match(p.name) or p.name.endswith(".tmp")) and p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+    return root / name
+
+
+def current_snapshot(root: str | Path) -> Path | None:
+    """The snapshot folder `CURRENT` names, or None when nothing was saved yet."""
+    cur = Path(root) / "CURRENT"
+    if not cur.is_file():
+        return None
+    name = cur.read_text(encoding="utf-8").strip()
+    snap = Path(root) / name
+    if not _SNAP.match(name) or not (snap / "meta.json").is_file():
+        raise BundleError(f"{root}: CURRENT names {name!r}, which is not a complete snapshot")
+    return snap
+
+
+def load_snapshot(
+    root: str | Path,
+    meta: dict[str, Any],
+    tfidf: TitleTfidf | None = None,
+    device: str = "auto",
+) -> LiveCatalogue | None:
+    """The current snapshot under `root`, or None if there is none.
+
+    Raises:
+        BundleError: the snapshot was made for other feature spaces (`meta` differs) or is
+            unreadable.
+    """
+    snap = current_snapshot(root)
+    if snap is None:
+        return None
+    info = json.loads((snap / "meta.json").read_text(encoding="utf-8"))
+    if info.get("meta") != meta:
+        raise BundleError(
+            f"{root} holds a catalogue built with other encoders or another bundle "
+            f"({info.get('meta')} vs {meta}); point the data folder elsewhere or move it away"
+        )
+    csv.field_size_limit(1 << 20)
+    with open(snap / "listings.csv", newline="", encoding="utf-8") as f:
+        r = csv.reader(f)
+        header = next(r)
+        if tuple(header) != LISTING_COLUMNS:
+            raise BundleError(f"{snap}/listings.csv: unexpected header {header}")
+        rows = list(r)
+    if len(rows) != info["rows"]:
+        raise BundleError(f"{snap}: {len(rows)} listings, meta.json says {info['rows']}")
+    dims = {m: int(d) for m, d in info["dims"].items()}
+    stores = {m: FaissFlatStore.load(snap / f"{m}.faiss", device=device) for m in dims}
+    cat = LiveCatalogue(
+        dims=dims,
+        tfidf=tfidf if info["fixed_vocabulary"] else None,
+        device=device,
+        posting_id=[r[0] for r in rows],
+        title=[r[1] for r in rows],
+        image=[r[2] for r in rows],
+        image_phash=[r[3] for r in rows],
+        ids=np.array([int(r[4]) for r in rows], np.int64),
+        next_id=int(info["next_id"]),
+        stores=stores,
+    )
+    return cat
