@@ -1,0 +1,73 @@
+"""Catalogue updates: add or replace (batch), get, delete."""
+
+from __future__ import annotations
+
+import anyio.to_thread
+from fastapi import APIRouter
+
+from service.deps import EngineDep, SettingsDep, WriteAccess
+from service.engine import Listing, decode_base64_image, decode_image, phash_of
+from service.errors import PayloadTooLargeError
+from service.schemas import (
+    ERRORS,
+    Deleted,
+    ListingCreate,
+    ListingOut,
+    ListingsCreate,
+    ListingsWritten,
+)
+
+router = APIRouter(prefix="/listings", tags=["catalogue"])
+
+
+def to_listing(x: ListingCreate, image_limit: int) -> Listing:
+    img = None
+    what = f"image of listing {x.posting_id!r}"
+    if x.image:
+        img = decode_image(decode_base64_image(x.image, image_limit, what), image_limit, what)
+    phash = (x.image_phash or "").lower() or (phash_of(img) if img is not None else "")
+    return Listing(x.posting_id, " ".join(x.title.split()), img, phash, "")
+
+
+@router.post(
+    "",
+    response_model=ListingsWritten,
+    dependencies=[WriteAccess],
+    responses=ERRORS,
+    summary="add listings, replacing those with the same posting_id",
+)
+async def add_listings(
+    body: ListingsCreate, engine: EngineDep, settings: SettingsDep
+) -> ListingsWritten:
+    if len(body.listings) > settings.max_listings:
+        raise PayloadTooLargeError(
+            f"{len(body.listings)} listings in one request; the limit is {settings.max_listings}"
+        )
+    limit = settings.limit(settings.max_image_mb)
+
+    def decode() -> list[Listing]:
+        return [to_listing(x, limit) for x in body.listings]
+
+    listings = await anyio.to_thread.run_sync(decode)
+    added, replaced, total = await engine.upsert(listings)
+    return ListingsWritten(added=added, replaced=replaced, total=total)
+
+
+@router.get(
+    "/{posting_id}",
+    response_model=ListingOut,
+    responses={404: ERRORS[400] | {"description": "unknown posting_id"}},
+)
+async def get_listing(posting_id: str, engine: EngineDep) -> ListingOut:
+    return ListingOut.model_validate(await engine.get(posting_id))
+
+
+@router.delete(
+    "/{posting_id}",
+    response_model=Deleted,
+    dependencies=[WriteAccess],
+    responses={404: ERRORS[400] | {"description": "unknown posting_id"}},
+)
+async def delete_listing(posting_id: str, engine: EngineDep) -> Deleted:
+    total = await engine.delete(posting_id)
+    return Deleted(posting_id=posting_id, total=total)

@@ -1,0 +1,130 @@
+"""POST /match: one listing (JSON or multipart) against the catalogue."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import anyio.to_thread
+from fastapi import APIRouter, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+
+from service.deps import EngineDep, SettingsDep
+from service.engine import Listing, decode_base64_image, decode_image, phash_of
+from service.errors import UnsupportedMediaError
+from service.limits import read_upload
+from service.schemas import ERRORS, MatchItem, MatchRequest, MatchResponse
+
+router = APIRouter(tags=["matching"])
+
+_MULTIPART = {
+    "type": "object",
+    "required": ["title"],
+    "properties": {
+        "title": {"type": "string"},
+        "posting_id": {"type": "string"},
+        "image": {"type": "string", "format": "binary", "description": "the photo file"},
+        "image_phash": {"type": "string", "pattern": "^[0-9a-fA-F]{16}$"},
+        "threshold": {"type": "string", "description": 'JSON object, e.g. {"tfidf": 0.5}'},
+        "max_matches": {"type": "integer", "minimum": 1, "maximum": 50, "default": 50},
+    },
+}
+_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": MatchRequest.model_json_schema(),
+                "examples": {
+                    "title and phash": {
+                        "value": {
+                            "title": "Paper Bag Victoria Secret",
+                            "image_phash": "94974f937d4c2433",
+                            "max_matches": 10,
+                        }
+                    },
+                    "with a lower TF-IDF threshold": {
+                        "value": {"title": "paper bag victoria", "threshold": {"tfidf": 0.4}}
+                    },
+                },
+            },
+            "multipart/form-data": {"schema": _MULTIPART},
+        },
+    }
+}
+
+
+def _invalid(e: ValidationError) -> RequestValidationError:
+    return RequestValidationError(e.errors(include_url=False, include_context=False))
+
+
+async def parse_match_request(request: Request, image_limit: int) -> tuple[MatchRequest, bytes]:
+    """The request as a `MatchRequest` and its image bytes (b"" when none)."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "multipart/form-data":
+        form = await request.form()
+        fields: dict[str, Any] = {}
+        image = b""
+        for key, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                if key != "image":
+                    raise RequestValidationError(
+                        [{"loc": ("body", key), "msg": "unexpected file", "type": "value_error"}]
+                    )
+                image = await read_upload(value, image_limit, "image")
+            else:
+                fields[key] = value
+        if "threshold" in fields:
+            try:
+                fields["threshold"] = json.loads(fields["threshold"])
+            except json.JSONDecodeError as e:
+                msg = f"threshold: not a JSON object ({e})"
+                raise RequestValidationError(
+                    [{"loc": ("body", "threshold"), "msg": msg, "type": "json_invalid"}]
+                ) from e
+        try:
+            return MatchRequest.model_validate(fields), image
+        except ValidationError as e:
+            raise _invalid(e) from e
+    if ctype in ("application/json", ""):
+        body = await request.body()
+        try:
+            req = MatchRequest.model_validate_json(body or b"null")
+        except ValidationError as e:
+            raise _invalid(e) from e
+        if req.image:
+            return req, decode_base64_image(req.image, image_limit)
+        return req, b""
+    raise UnsupportedMediaError(
+        f"content-type {ctype!r} not supported; send application/json or multipart/form-data"
+    )
+
+
+@router.post(
+    "/match",
+    response_model=MatchResponse,
+    responses=ERRORS | {415: ERRORS[400] | {"description": "neither JSON nor multipart"}},
+    openapi_extra=_BODY,
+    summary="catalogue listings that are the same product as this one",
+    description="Send the listing as JSON (image as base64) or as multipart form fields with "
+    "the image as a file. Each match carries its score and the signals that matched. The "
+    "query itself is listed only if its posting_id is in the catalogue.",
+)
+async def match(request: Request, engine: EngineDep, settings: SettingsDep) -> MatchResponse:
+    limit = settings.limit(settings.max_image_mb)
+    req, image = await parse_match_request(request, limit)
+    img = await anyio.to_thread.run_sync(decode_image, image, limit) if image else None
+    phash = (req.image_phash or "").lower()
+    if not phash and img is not None:
+        phash = await anyio.to_thread.run_sync(phash_of, img)
+    listing = Listing(req.posting_id, " ".join(req.title.split()), img, phash)
+    threshold = dict(req.threshold or {})
+    matches, config = await engine.match(listing, threshold, req.max_matches)
+    return MatchResponse(
+        posting_id=req.posting_id,
+        count=len(matches),
+        matches=[MatchItem(**vars(m)) for m in matches],
+        thresholds={str(k): v for k, v in config.thresholds.items()},
+    )

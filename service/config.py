@@ -1,0 +1,63 @@
+"""Service settings: one pydantic-settings class, read from `PRICEMATCH_*` variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MB = 1 << 20
+
+
+class Settings(BaseSettings):
+    """Everything the service reads from the environment (prefix `PRICEMATCH_`).
+
+    With `bundle` set, the bundle's encoders, thresholds and catalogue are served; without
+    it, the encoders of `model_dir` (none: TF-IDF and phash only) and an empty catalogue
+    that `POST /listings` fills. Catalogue changes persist under `data_dir` either way.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="PRICEMATCH_", extra="ignore")
+
+    bundle: Path | None = Field(default=None, description="bundle folder (pricematch build-index)")
+    model_dir: Path | None = Field(
+        default=None,
+        description="model folder (text/, image/, fusion.json) without a bundle",
+    )
+    data_dir: Path = Field(
+        default=Path("data/catalogue"), description="where the catalogue persists"
+    )
+    images_dir: Path | None = Field(
+        default=None, description="server-side folder /batch-match resolves image names under"
+    )
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    text_batch_size: int = Field(default=64, ge=1, description="encoder batch for bulk work")
+    image_batch_size: int = Field(default=32, ge=1)
+    max_batch: int = Field(default=64, ge=1, description="most /match queries encoded together")
+    batch_wait_ms: float = Field(default=3.0, ge=0, description="how long /match waits to batch")
+    max_request_mb: float = Field(
+        default=20, gt=0, description="body limit of every route but batch"
+    )
+    max_upload_mb: float = Field(default=512, gt=0, description="body limit of /batch-match")
+    max_image_mb: float = Field(default=10, gt=0, description="limit of one image (decoded bytes)")
+    max_unzipped_mb: float = Field(default=4096, gt=0, description="limit of a zip's content")
+    max_listings: int = Field(default=10_000, ge=1, description="listings per POST /listings")
+    batch_jobs: int = Field(default=1, ge=1, description="concurrent /batch-match jobs")
+    api_key: SecretStr | None = Field(
+        default=None, description="if set, write routes need X-API-Key"
+    )
+    warm_up: bool = Field(
+        default=True, description="run the encoders once before /readyz says ready"
+    )
+
+    def limit(self, mb: float) -> int:
+        return int(mb * MB)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process's settings, read once from the environment."""
+    return Settings()

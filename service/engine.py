@@ -1,0 +1,393 @@
+"""The serving engine: encoders, thresholds and the live catalogue behind the routes.
+
+Everything CPU-bound (decoding, encoding, search, persistence, batch matching) runs in
+worker threads; `/match` queries go through per-encoder micro-batchers. One lock orders
+catalogue reads and writes; a write is persisted (atomically) before it is answered.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import logging
+import math
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import numpy as np
+from PIL import Image
+
+from index.bundle import load_bundle, sha256
+from index.catalog import (
+    LiveCatalogue,
+    QueryFeatures,
+    load_snapshot,
+    matched_signals,
+    save_snapshot,
+    signal_similarities,
+)
+from index.catalogue import read_catalogue
+from index.encoders import Encoder, open_image
+from index.errors import CatalogueError, ImageError
+from index.fusion import FusionConfig
+from index.pipeline import Encoders, match_catalogue
+from index.signals import TfidfConfig
+from service.batching import MicroBatcher, run_batches
+from service.config import Settings
+from service.errors import PayloadTooLargeError
+from service.metrics import Metrics
+
+log = logging.getLogger("pricematch.service")
+
+
+@dataclass
+class Listing:
+    """One decoded listing from a request."""
+
+    posting_id: str | None
+    title: str
+    image: Image.Image | None = None
+    image_phash: str = ""
+    image_name: str = ""
+
+
+@dataclass
+class Match:
+    posting_id: str
+    title: str
+    score: float
+    signals: list[str]
+    similarities: dict[str, float]
+    is_self: bool
+
+
+def decode_base64_image(data: str, limit: int, what: str = "image") -> bytes:
+    """Bytes of a base64 image (a `data:` URL prefix is accepted).
+
+    Raises:
+        PayloadTooLargeError: over `limit` bytes once decoded.
+        ImageError: not valid base64.
+    """
+    if data.startswith("data:") and "," in data:
+        data = data.split(",", 1)[1]
+    data = "".join(data.split())
+    if len(data) * 3 // 4 > limit:
+        raise PayloadTooLargeError(f"{what} is over the {limit / (1 << 20):g} MB limit")
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise ImageError(f"{what}: not valid base64 ({e})") from e
+
+
+def decode_image(data: bytes, limit: int, what: str = "image") -> Image.Image:
+    """Decode image bytes to RGB, with the size limit and the decompression-bomb guard."""
+    if len(data) > limit:
+        raise PayloadTooLargeError(f"{what} is over the {limit / (1 << 20):g} MB limit")
+    if not data:
+        raise ImageError(f"{what}: empty file")
+    try:
+        return open_image(data)
+    except ImageError as e:
+        raise ImageError(f"{what}: {str(e).removeprefix('<bytes>: ')}") from e
+
+
+def phash_of(img: Image.Image) -> str:
+    """The Kaggle-style phash of a decoded image (as `index.signals.compute_phash`)."""
+    import imagehash
+
+    return str(imagehash.phash(img))
+
+
+def _fingerprint(encoders: Encoders) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for m in ("text", "image"):
+        enc: Encoder | None = getattr(encoders, m)
+        if enc is None:
+            continue
+        files = sorted(p for p in enc.folder.iterdir() if p.is_file())
+        h = hashlib.sha256()
+        for p in files:
+            h.update(p.name.encode() + sha256(p).encode())
+        out[m] = {"dim": enc.dim, "sha256": h.hexdigest()}
+    return out
+
+
+class Engine:
+    """Loaded models and the catalogue; what `app.state.engine` holds."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        encoders: Encoders,
+        fusion: FusionConfig,
+        catalogue: LiveCatalogue,
+        meta: dict[str, Any],
+        source: str,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.encoders = encoders
+        self.fusion = fusion
+        self.catalogue = catalogue
+        self.meta = meta
+        self.source = source
+        self.lock = threading.Lock()
+        self.ready = False
+        self.batch_slots = anyio.Semaphore(settings.batch_jobs)
+        self.batchers: dict[str, MicroBatcher[Any]] = {}
+        for m in ("text", "image"):
+            enc = getattr(encoders, m)
+            if enc is not None:
+                self.batchers[m] = MicroBatcher(
+                    self._encode_fn(m, enc),
+                    max_batch=settings.max_batch,
+                    wait_ms=settings.batch_wait_ms,
+                    observe=self._observe(m),
+                )
+        metrics.catalogue_size.set(len(catalogue))
+
+    # -- loading -------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, settings: Settings, metrics: Metrics) -> Engine:
+        """Load the bundle (or model folder) and the persisted catalogue, if any."""
+        dev = settings.device
+        if settings.bundle is not None:
+            bundle = load_bundle(settings.bundle, device=dev)
+            encoders, fusion, tfidf = bundle.encoders, bundle.fusion, bundle.tfidf
+            meta: dict[str, Any] = {"bundle": sha256(bundle.folder / "manifest.json")}
+            initial: LiveCatalogue | None = LiveCatalogue.from_bundle(bundle, device=dev)
+            source = f"bundle {bundle.folder}"
+        else:
+            folder = settings.model_dir
+            encoders = Encoders.from_folder(folder, device=dev) if folder else Encoders()
+            cfg = folder / "fusion.json" if folder else None
+            fusion = (
+                FusionConfig.model_validate_json(cfg.read_text(encoding="utf-8"))
+                if cfg is not None and cfg.is_file()
+                else FusionConfig()
+            )
+            tfidf = None
+            meta = {"encoders": _fingerprint(encoders)}
+            initial = None
+            source = f"model {folder}" if folder else "no encoders (TF-IDF and phash only)"
+        cat = load_snapshot(settings.data_dir, meta, tfidf=tfidf, device=dev)
+        if cat is None:
+            dims = {m: getattr(encoders, m).dim for m in ("text", "image") if getattr(encoders, m)}
+            cat = initial or LiveCatalogue(dims=dims, device=dev)
+        log.info("serving %s; catalogue of %d listings in %s", source, len(cat), settings.data_dir)
+        return cls(settings, metrics, encoders, fusion, cat, meta, source)
+
+    def warm_up(self) -> None:
+        """Run each encoder once (first calls allocate), then mark the engine ready."""
+        if self.settings.warm_up:
+            if self.encoders.text is not None:
+                self.encoders.text.encode(["warm up"])
+            if self.encoders.image is not None:
+                self.encoders.image.encode([Image.new("RGB", (64, 64))])
+            with self.lock:
+                self.catalogue.features()
+        self.ready = True
+
+    async def start(self) -> None:
+        for b in self.batchers.values():
+            await b.start()
+
+    async def stop(self) -> None:
+        for b in self.batchers.values():
+            await b.stop()
+
+    def _observe(self, modality: str) -> Any:
+        def observe(n: int, seconds: float) -> None:
+            self.metrics.encoder_batch.labels(modality).observe(n)
+            self.metrics.encoder_seconds.labels(modality).observe(seconds)
+
+        return observe
+
+    @staticmethod
+    def _encode_fn(modality: str, enc: Encoder) -> Any:
+        def fn(items: Sequence[Any]) -> np.ndarray:
+            return enc.encode(list(items), batch_size=max(1, len(items)))
+
+        return fn
+
+    # -- features ------------------------------------------------------------------------
+
+    @property
+    def signals(self) -> list[str]:
+        out = ["tfidf", "phash"]
+        return out + [m for m in ("text", "image") if getattr(self.encoders, m) is not None]
+
+    async def _query_features(self, listings: list[Listing]) -> QueryFeatures:
+        """Features of a few listings, the encoders micro-batched with other requests."""
+        text = image = image_valid = None
+        if "text" in self.batchers:
+            b = self.batchers["text"]
+            text = np.stack([await b.submit(x.title) for x in listings])
+        if "image" in self.batchers:
+            enc = self.encoders.image
+            assert enc is not None
+            image = np.zeros((len(listings), enc.dim), np.float32)
+            image_valid = np.zeros(len(listings), bool)
+            for i, x in enumerate(listings):
+                if x.image is not None:
+                    image[i] = await self.batchers["image"].submit(x.image)
+                    image_valid[i] = True
+        return QueryFeatures.build(
+            [x.title for x in listings],
+            [x.image_phash for x in listings],
+            text=text,
+            image=image,
+            image_valid=image_valid,
+        )
+
+    def _bulk_features(self, listings: list[Listing]) -> QueryFeatures:
+        """Features of many listings at once (POST /listings), in the calling thread."""
+        s = self.settings
+        text = image = image_valid = None
+        t = time.perf_counter()
+        if self.encoders.text is not None:
+            enc = self.encoders.text
+            text = enc.encode([x.title for x in listings], batch_size=s.text_batch_size)
+            self.metrics.encoder_seconds.labels("text").observe(time.perf_counter() - t)
+        if self.encoders.image is not None:
+            ienc = self.encoders.image
+            image = np.zeros((len(listings), ienc.dim), np.float32)
+            rows = [i for i, x in enumerate(listings) if x.image is not None]
+            image_valid = np.zeros(len(listings), bool)
+            if rows:
+                t = time.perf_counter()
+                imgs = [listings[i].image for i in rows]
+                image[rows] = run_batches(ienc.encode, imgs, s.image_batch_size)
+                image_valid[rows] = True
+                self.metrics.encoder_seconds.labels("image").observe(time.perf_counter() - t)
+        return QueryFeatures.build(
+            [x.title for x in listings],
+            [x.image_phash for x in listings],
+            text=text,
+            image=image,
+            image_valid=image_valid,
+        )
+
+    # -- the routes' work ----------------------------------------------------------------
+
+    async def match(
+        self,
+        listing: Listing,
+        threshold: dict[Any, float] | None = None,
+        max_matches: int = 50,
+    ) -> tuple[list[Match], FusionConfig]:
+        """Catalogue listings matching `listing`, best first (see `index.catalog`)."""
+        config = self.fusion
+        if threshold:
+            config = config.with_(thresholds={**config.thresholds, **threshold})
+        feats = await self._query_features([listing])
+
+        def search() -> list[Match]:
+            with self.lock:
+                cat = self.catalogue
+                I, S, nb = cat.match(feats, config, [listing.posting_id])
+                sims = signal_similarities(nb, I)[0]
+                out = []
+                for r, s, sim in zip(I[0].tolist(), S[0].tolist(), sims, strict=False):
+                    if r < 0:
+                        break
+                    own = listing.posting_id is not None and cat.posting_id[r] == listing.posting_id
+                    used = matched_signals(sim, config) or [f"nearest:{config.min2_signal}"]
+                    out.append(
+                        Match(
+                            posting_id=cat.posting_id[r],
+                            title=cat.title[r],
+                            score=1.0 if own or not math.isfinite(s) else round(float(s), 6),
+                            signals=["self"] if own else used,
+                            similarities={k: round(v, 6) for k, v in sim.items()},
+                            is_self=own,
+                        )
+                    )
+                return out[:max_matches]
+
+        return await anyio.to_thread.run_sync(search), config
+
+    async def upsert(self, listings: list[Listing]) -> tuple[int, int, int]:
+        """Add or replace listings; persisted before returning (added, replaced, total)."""
+        ids = [x.posting_id or "" for x in listings]
+        seen: set[str] = set()
+        dups = [p for p in ids if p in seen or seen.add(p)]  # type: ignore[func-returns-value]
+        if dups:
+            raise CatalogueError(f"duplicate posting_id(s) in this request: {', '.join(dups[:5])}")
+
+        def work() -> tuple[int, int, int]:
+            feats = self._bulk_features(listings)
+            with self.lock:
+                added, replaced = self.catalogue.upsert(
+                    ids, [x.image_name for x in listings], feats
+                )
+                self._persist()
+                return added, replaced, len(self.catalogue)
+
+        return await anyio.to_thread.run_sync(work)
+
+    async def delete(self, posting_id: str) -> int:
+        def work() -> int:
+            with self.lock:
+                self.catalogue.remove(posting_id)
+                self._persist()
+                return len(self.catalogue)
+
+        return await anyio.to_thread.run_sync(work)
+
+    async def get(self, posting_id: str) -> dict[str, Any]:
+        def work() -> dict[str, Any]:
+            with self.lock:
+                return self.catalogue.get(posting_id)
+
+        return await anyio.to_thread.run_sync(work)
+
+    def _persist(self) -> None:
+        """Save the catalogue (lock held); on failure go back to the last saved state."""
+        try:
+            save_snapshot(self.settings.data_dir, self.catalogue, self.meta)
+        except BaseException:
+            log.exception("saving the catalogue failed; reloading the last saved state")
+            tfidf = self.catalogue.tfidf if self.catalogue.fixed_vocabulary else None
+            old = load_snapshot(self.settings.data_dir, self.meta, tfidf, self.settings.device)
+            if old is not None:
+                self.catalogue = old
+            raise
+        finally:
+            self.metrics.catalogue_size.set(len(self.catalogue))
+
+    def batch_match(self, csv: bytes, images_dir: Path | None) -> tuple[list[str], list[list[str]]]:
+        """Kaggle semantics over an uploaded CSV: `index.pipeline.match_catalogue`, as
+        `pricematch match` runs it (rows matched among themselves; the image encoder only
+        with images)."""
+        cat = read_catalogue(csv, images_dir=images_dir, source="uploaded CSV")
+        for line in cat.issue_lines():
+            log.info("batch-match: %s", line)
+        enc = Encoders(text=self.encoders.text, image=self.encoders.image if images_dir else None)
+        matches, _ = match_catalogue(
+            cat, self.fusion, enc, tfidf_config=TfidfConfig(), device=self.settings.device
+        )
+        self.metrics.batch_rows.inc(len(cat))
+        return cat.posting_id, matches
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "listings": len(self.catalogue),
+            "signals": self.signals,
+            "thresholds": self.fusion.thresholds,
+            "providers": {
+                m: getattr(self.encoders, m).providers
+                for m in ("text", "image")
+                if getattr(self.encoders, m) is not None
+            },
+        }

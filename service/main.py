@@ -1,0 +1,76 @@
+"""The FastAPI app: `create_app()` builds it; its lifespan loads the models once.
+
+Run with `pricematch serve` or `uvicorn --factory service.main:create_app`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio.to_thread
+from fastapi import FastAPI
+
+import index
+from service import errors
+from service.api.main import api_router
+from service.config import Settings, get_settings
+from service.engine import Engine
+from service.limits import BodyLimitMiddleware
+from service.metrics import Metrics, MetricsMiddleware
+
+log = logging.getLogger("pricematch.service")
+
+DESCRIPTION = """
+Which listings are the same product? Match one listing against a catalogue (`/match`),
+a whole CSV among itself (`/batch-match`, Kaggle submission format), and keep the catalogue
+up to date (`/listings`). Errors are JSON `{"detail": ..., "error": ...}`.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The service app; `settings` default to `get_settings()` (the environment)."""
+    settings = settings or get_settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = await anyio.to_thread.run_sync(Engine.load, settings, metrics)
+        app.state.engine = engine
+        await engine.start()
+        warm = asyncio.create_task(anyio.to_thread.run_sync(engine.warm_up))
+        warm.add_done_callback(_log_failure)
+        try:
+            yield
+        finally:
+            warm.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await warm
+            await engine.stop()
+
+    app = FastAPI(
+        title="pricematch",
+        version=index.__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    errors.install(app)
+    app.include_router(api_router)
+    batch_limit = settings.limit(settings.max_upload_mb)
+    other_limit = settings.limit(settings.max_request_mb)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        limit_for=lambda path: batch_limit if path == "/batch-match" else other_limit,
+    )
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("encoder warm-up failed; /readyz stays 503", exc_info=task.exception())
