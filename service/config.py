@@ -20,7 +20,9 @@ class Settings(BaseSettings):
     that `POST /listings` fills. Catalogue changes persist under `data_dir` either way.
     """
 
-    model_config = SettingsConfigDict(env_prefix="PRICEMATCH_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="PRICEMATCH_", extra="ignore", env_ignore_empty=True
+    )
 
     bundle: Path | None = Field(default=None, description="bundle folder (pricematch build-index)")
     model_dir: Path | None = Field(
