@@ -37,7 +37,7 @@ import scipy.sparse as sp
 from index.errors import BundleError, NotFoundError
 from index.fusion import FusionConfig, Neighbours, fuse, threshold
 from index.search import FaissFlatStore, K, as_f32
-from index.signals import TitleTfidf, phash_codes, sparse_knn
+from index.signals import TitleTfidf, phash_codes
 
 if TYPE_CHECKING:
     from index.bundle import Bundle
@@ -80,6 +80,28 @@ def hamming_knn(
     dist, Iv = index.search(np.ascontiguousarray(codes_q[qrows]), kk)
     D[qrows, :kk] = np.where(Iv >= 0, 1.0 - dist.astype(np.float32) / 64.0, -np.inf)
     I[qrows, :kk] = np.where(Iv >= 0, brows[np.maximum(Iv, 0)], -1)
+    return D, I
+
+
+def sparse_topk(Xq: sp.csr_matrix, XbT: sp.csr_matrix, k: int = K) -> Neighbours:
+    """`index.signals.sparse_knn` with the catalogue already transposed (`XbT` = Xb.T as
+    CSR, cached by the catalogue), for a few queries at a time."""
+    assert Xq.shape[1] == XbT.shape[0], (Xq.shape, XbT.shape)
+    nq, nb = Xq.shape[0], XbT.shape[1]
+    D, I = _empty(nq, k)
+    if nb == 0 or nq == 0:
+        return D, I
+    kk = min(k, nb)
+    S = (Xq @ XbT).toarray()  # (nq, nb)
+    top = (
+        np.argpartition(-S, kk - 1, axis=1)[:, :kk] if kk < nb else np.tile(np.arange(nb), (nq, 1))
+    )
+    Dt = np.take_along_axis(S, top, axis=1)
+    o = np.argsort(-Dt, axis=1, kind="stable")
+    Dt, top = np.take_along_axis(Dt, o, axis=1), np.take_along_axis(top, o, axis=1)
+    ok = Dt > 0  # a zero similarity shares no term: not a neighbour
+    D[:, :kk] = np.where(ok, Dt, -np.inf)
+    I[:, :kk] = np.where(ok, top, -1)
     return D, I
 
 
@@ -256,6 +278,7 @@ class LiveCatalogue:
             self.stores.setdefault(m, FaissFlatStore(d, device=self.device))
         self._row = {p: i for i, p in enumerate(self.posting_id)}
         self._X: sp.csr_matrix | None = None
+        self._XT: sp.csr_matrix | None = None
         self._codes: tuple[np.ndarray, np.ndarray] | None = None
 
     def __len__(self) -> int:
@@ -357,6 +380,7 @@ class LiveCatalogue:
             setattr(self, name, [col[i] for i in keep])
         self.ids = self.ids[keep]
         self._row = {p: i for i, p in enumerate(self.posting_id)}
+        self._XT = None
         if self._X is not None and self.fixed_vocabulary:
             self._X = sp.csr_matrix(self._X[keep])
         else:
@@ -365,6 +389,7 @@ class LiveCatalogue:
 
     def _changed(self, new_rows: list[str] | None) -> None:
         self._codes = None
+        self._XT = None
         if new_rows is not None and self._X is not None and self.tfidf is not None:
             self._X = sp.csr_matrix(sp.vstack([self._X, self.tfidf.transform(new_rows)]))
         else:
@@ -391,17 +416,18 @@ class LiveCatalogue:
 
     def query_neighbours(self, q: QueryFeatures, k: int = K) -> dict[str, Neighbours]:
         """Each query's k nearest catalogue rows per signal (catalogue rows as ids)."""
-        nq = len(q)
         tfidf, X, codes, pvalid = self.features()
+        if self._XT is None or self._XT.shape[1] != X.shape[0]:
+            self._XT = sp.csr_matrix(X.T)
         Xq = tfidf.transform(q.title)
         out: dict[str, Neighbours] = {
-            "tfidf": sparse_knn(Xq, X, k) if len(self) else _empty(nq, k),
+            "tfidf": sparse_topk(Xq, self._XT, k),
             "phash": hamming_knn(q.phash, q.phash_valid, codes, pvalid, k),
         }
         for m, store in self.stores.items():
             x, valid = getattr(q, m), getattr(q, f"{m}_valid")
             if x is None or valid is None:
-                out[m] = _empty(nq, k)
+                out[m] = _empty(len(q), k)
             else:
                 out[m] = store_knn(x, valid, store, self.ids, k)
         return out

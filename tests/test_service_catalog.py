@@ -197,3 +197,20 @@ def test_snapshot_round_trip_and_crash_leaves_old_state(
     assert new is not None and len(new) == 9 and ids[0] not in new
     snaps = [p.name for p in tmp_path.iterdir() if p.is_dir()]
     assert snaps == [current_snapshot(tmp_path).name]  # type: ignore[union-attr]
+
+
+def test_sparse_topk_equals_sparse_knn() -> None:
+    import scipy.sparse as sp
+
+    from index.catalog import sparse_topk
+    from index.signals import TitleTfidf, sparse_knn
+
+    titles = [f"wardah lipstick {i % 7} matte {i % 3}" for i in range(80)] + ["", "kaos polos"]
+    tf = TitleTfidf().fit(titles)
+    Xb = tf.transform(titles)
+    Xq = tf.transform(["lipstick matte 3", "", "polos kaos hitam", "zzz"])
+    for k in (5, 51, 200):
+        D, I = sparse_topk(Xq, sp.csr_matrix(Xb.T), k)
+        Dr, Ir = sparse_knn(Xq, Xb, k)
+        np.testing.assert_allclose(D, Dr, rtol=1e-6)
+        assert (I[1:] == Ir[1:]).all() and set(I[0][I[0] >= 0]) == set(Ir[0][Ir[0] >= 0])
