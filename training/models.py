@@ -1,0 +1,82 @@
+"""Trainable encoders: a projection for frozen text features, and a timm image network.
+
+Both end in an un-normalised (n, dim) embedding; the margin head and the exported graph
+normalise it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from training.config import ImageModelConfig
+
+log = logging.getLogger(__name__)
+
+
+def projection(in_dim: int, dim: int) -> nn.Module:
+    """Linear then BatchNorm: the trained part on top of pooled encoder features."""
+    return nn.Sequential(nn.Linear(in_dim, dim), nn.BatchNorm1d(dim))
+
+
+class GeM(nn.Module):
+    """Generalised-mean pooling over H, W with a learnt exponent p: (n, c, h, w) -> (n, c)."""
+
+    def __init__(self, p: float = 3.0, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.p = nn.Parameter(torch.ones(1) * p)
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.clamp(min=self.eps).pow(self.p)
+        return F.adaptive_avg_pool2d(x, 1).pow(1.0 / self.p).flatten(1)
+
+
+class ImageNetwork(nn.Module):
+    """timm backbone (features) -> GeM or average pooling -> Linear -> BatchNorm -> (n, dim).
+
+    `num_classes = 0` marks it as classifier-free for `training.export.ImageEmbedder`.
+    """
+
+    num_classes = 0
+
+    def __init__(self, backbone: nn.Module, features: int, config: ImageModelConfig) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.pool: nn.Module = GeM() if config.pooling == "gem" else nn.AdaptiveAvgPool2d(1)
+        self.neck = projection(features, config.dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.backbone.forward_features(x)  # type: ignore[operator]  # (n, c, h, w)
+        return self.neck(self.pool(f).flatten(1))  # (n, dim)
+
+
+Stats = tuple[float, float, float]
+
+
+def create_backbone(config: ImageModelConfig) -> tuple[nn.Module, int, Stats, Stats]:
+    """A timm backbone without classifier, its feature count, and its input mean/std (0..255).
+
+    `tf_efficientnet_lite0` with `pretrained` loads the packaged ImageNet weights (offline);
+    other names use timm's own pretrained weights, which must be available locally.
+    """
+    import timm
+
+    mean: Stats = (127.0, 127.0, 127.0)
+    std: Stats = (128.0, 128.0, 128.0)
+    if config.backbone == "tf_efficientnet_lite0" and config.pretrained:
+        from training.export import load_efficientnet_lite0
+
+        model = load_efficientnet_lite0(num_classes=0)
+    else:
+        model = timm.create_model(config.backbone, pretrained=config.pretrained, num_classes=0)
+        cfg: dict[str, Any] = dict(getattr(model, "pretrained_cfg", {}) or {})
+        m, s = cfg.get("mean", (0.485, 0.456, 0.406)), cfg.get("std", (0.229, 0.224, 0.225))
+        mean = (255.0 * m[0], 255.0 * m[1], 255.0 * m[2])
+        std = (255.0 * s[0], 255.0 * s[1], 255.0 * s[2])
+    features: Any = getattr(model, "num_features")  # noqa: B009
+    return model, int(features), mean, std

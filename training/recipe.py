@@ -1,0 +1,320 @@
+"""The training recipe: GroupKFold CV with out-of-fold embeddings, out-of-fold threshold
+tuning (every signal and the fusion), the pool-size study, a final fit on all rows, and
+export to a model folder that `pricematch match --model` uses directly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.model_selection import GroupKFold
+
+from index.catalogue import Catalogue
+from index.fusion import FusionConfig, Neighbours
+from index.metrics import mean_f1
+from index.pipeline import Encoders, self_neighbours
+from index.pipeline import embed as embed_features
+from index.search import self_knn
+from index.signals import TfidfConfig
+from index.tuning import GRIDS, Pool, score_pools, tune_pools
+from training.config import CVConfig, TrainConfig, save_config
+from training.tasks import Task
+from training.trainer import Trainer
+
+log = logging.getLogger(__name__)
+
+
+def group_folds(groups: np.ndarray, k: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """GroupKFold splits (train rows, validation rows): no group on both sides."""
+    n_groups = len(np.unique(groups))
+    if n_groups < k:
+        raise ValueError(f"{k} folds need at least {k} label groups, got {n_groups}")
+    gkf = GroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    return [(tr, va) for tr, va in gkf.split(np.zeros(len(groups)), groups=groups)]
+
+
+def relabel(labels: np.ndarray) -> np.ndarray:
+    """Labels as 0..classes-1."""
+    return np.unique(labels, return_inverse=True)[1].astype(np.int64)
+
+
+def embedding_f1(x: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """Best mean F1 (and its threshold) of an embedding alone on one pool."""
+    D, I = self_knn(x, None, device="cpu")
+    best = (0.0, 0.0)
+    for t in GRIDS["text"] + GRIDS["image"]:
+        keep = np.where(t <= D, I, -1)
+        f = mean_f1(keep, labels)
+        if f > best[0]:
+            best = (f, t)
+    return best
+
+
+@dataclass
+class CVResult:
+    """Out-of-fold embeddings and logs of a cross-validation."""
+
+    oof: np.ndarray  # (n, dim) each row embedded by the fold model that did not train on it
+    folds: list[tuple[np.ndarray, np.ndarray]]
+    logs: list[list[dict[str, Any]]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def cross_validate(
+    task: Task,
+    labels: np.ndarray,
+    train: TrainConfig,
+    cv: CVConfig,
+    workdir: Path,
+    rows: np.ndarray | None = None,
+    show_progress: bool = False,
+) -> CVResult:
+    """Train one model per GroupKFold fold; embed each validation fold with its model.
+
+    Args:
+        task: the modality's model/data.
+        labels: (n,) group of every row.
+        rows: rows to use (default all); others get zero embeddings.
+        workdir: per-fold checkpoints (resumable).
+    """
+    t0 = time.perf_counter()
+    rows = np.arange(len(labels)) if rows is None else rows
+    folds = [(rows[tr], rows[va]) for tr, va in group_folds(labels[rows], cv.folds, train.seed)]
+    oof = np.zeros((len(labels), task.dim), np.float32)
+    logs = []
+    for f, (tr, va) in enumerate(folds):
+        log.info(
+            "fold %d/%d: %d train rows, %d validation rows", f + 1, len(folds), len(tr), len(va)
+        )
+        model = task.build()
+        y = relabel(labels[tr])
+        trainer = Trainer(model, int(y.max()) + 1, task.dim, train, workdir / f"fold{f}.pt")
+
+        def evaluate(m: Any, va: np.ndarray = va) -> float:
+            return embedding_f1(task.embed(m, va), labels[va])[0]
+
+        hist = trainer.fit(
+            task.loader(tr, y, train), evaluate=evaluate, show_progress=show_progress
+        )
+        logs.append([h.__dict__ for h in hist])
+        oof[va] = task.embed(model, va)
+    return CVResult(oof=oof, folds=folds, logs=logs, seconds=time.perf_counter() - t0)
+
+
+def pool_signals(
+    cat: Catalogue, rows: np.ndarray, dense: dict[str, np.ndarray], tfidf: TfidfConfig | None = None
+) -> dict[str, Neighbours]:
+    """Neighbours of `rows` matched among themselves: TF-IDF fitted on the pool, phash, and
+    the given dense embeddings (name -> (n_all, d), indexed by row)."""
+    sub = cat.subset(rows)
+    sub.image = None  # images only through `dense`; phash from the column
+    feats = embed_features(sub, Encoders(), tfidf_config=tfidf)
+    nb = self_neighbours(feats, device="cpu")
+    for name, x in dense.items():
+        nb[name] = self_knn(x[rows], None, device="cpu")
+    return nb
+
+
+def sub_pools(rows: np.ndarray, groups: np.ndarray, parts: int, seed: int) -> list[np.ndarray]:
+    """Split `rows` into `parts` group-disjoint pools of about equal size."""
+    uniq = np.unique(groups[rows])
+    rng = np.random.default_rng(seed)
+    assign = dict(zip(uniq.tolist(), rng.integers(0, parts, len(uniq)).tolist(), strict=True))
+    a = np.array([assign[g] for g in groups[rows].tolist()])
+    return [rows[a == p] for p in range(parts)]
+
+
+def pool_study(
+    cat: Catalogue,
+    labels: np.ndarray,
+    folds: list[tuple[np.ndarray, np.ndarray]],
+    dense: dict[str, np.ndarray],
+    start: FusionConfig,
+) -> dict[str, Any]:
+    """How the best thresholds move with pool size.
+
+    Each validation fold is one model's embedding space, so pools are made inside folds:
+    the fold split into 4 (size N/4 of the fold, "N"), 2 (2N) and 1 (4N) group-disjoint
+    pools. Thresholds are tuned on each size and those tuned on the smallest pools are
+    carried to the larger ones.
+
+    Returns:
+        Per size: rows, tuned thresholds and F1; F1 of the smallest-pool thresholds carried
+        up; and a per-signal slope of threshold against log2(pool size).
+    """
+    sizes: dict[int, list[Pool]] = {4: [], 2: [], 1: []}
+    for f, (_, va) in enumerate(folds):
+        for parts in sizes:
+            for p in sub_pools(va, labels, parts, seed=f):
+                sizes[parts].append((pool_signals(cat, p, dense), labels[p]))
+    out: dict[str, Any] = {"sizes": []}
+    tuned: dict[int, FusionConfig] = {}
+    for parts, pools in sizes.items():
+        cfg, f1 = tune_pools(pools, start, rounds=1, tune_min2=False)
+        tuned[parts] = cfg
+        out["sizes"].append({"rows": cfg.tuned_rows, "f1": f1, "thresholds": dict(cfg.thresholds)})
+    small = tuned[4]
+    out["carried_from_smallest"] = [
+        {
+            "rows": tuned[parts].tuned_rows,
+            "f1_carried": score_pools(pools, small),
+            "f1_own": score_pools(pools, tuned[parts]),
+        }
+        for parts, pools in sizes.items()
+    ]
+    x = np.log2([tuned[p].tuned_rows or 1 for p in sizes])
+    slopes = {}
+    for s in small.thresholds:
+        y = np.array([tuned[p].thresholds[s] for p in sizes])
+        slopes[s] = float(np.polyfit(x, y, 1)[0]) if len(set(x.tolist())) > 1 else 0.0
+    out["slope_per_doubling"] = slopes
+    return out
+
+
+def extrapolate(config: FusionConfig, slopes: dict[str, float], target_rows: int) -> FusionConfig:
+    """Thresholds moved along the fitted slope from the tuned pool size to `target_rows`;
+    only ever stricter (larger pools need stricter thresholds), within the grid."""
+    if not config.tuned_rows or target_rows <= config.tuned_rows:
+        return config
+    steps = float(np.log2(target_rows / config.tuned_rows))
+    th = {}
+    for s, t in config.thresholds.items():
+        grid = GRIDS[s]
+        th[s] = float(min(max(grid), max(t, t + slopes.get(s, 0.0) * steps)))
+    return config.with_(thresholds=th, tuned_rows=target_rows)
+
+
+def write_model_dir(
+    out: Path,
+    fusion: FusionConfig,
+    configs: dict[str, Any],
+    report: dict[str, Any],
+    artifacts: dict[str, Path],
+) -> None:
+    """Assemble a model folder: encoder artifacts, fusion.json, configs and the CV report."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name, src in artifacts.items():
+        dst = out / name
+        if dst.resolve() != src.resolve():
+            shutil.rmtree(dst, ignore_errors=True)
+            shutil.copytree(src, dst)
+    (out / "fusion.json").write_text(fusion.model_dump_json(indent=2), encoding="utf-8")
+    for name, cfg in configs.items():
+        save_config(cfg, out / f"{name}.json")
+    (out / "cv_report.json").write_text(
+        json.dumps(report, indent=2, default=float), encoding="utf-8"
+    )
+
+
+def _table(name: str, pools: list[Pool], start: FusionConfig, signal: str) -> list[dict[str, Any]]:
+    """Tuned out-of-fold rows: `signal` alone, and fused with TF-IDF and phash."""
+    alone = start.with_(thresholds={signal: start.thresholds[signal]}, min2_signal=signal)  # type: ignore[index]
+    cfg_a, f_a = tune_pools(pools, alone, min2_signals=(signal,))
+    cfg_f, f_f = tune_pools(pools, start)
+    return [
+        {"pipeline": f"{signal} alone ({name})", "f1": f_a, "config": cfg_a.model_dump()},
+        {"pipeline": f"tfidf+phash+{signal} ({name})", "f1": f_f, "config": cfg_f.model_dump()},
+    ]
+
+
+def run(
+    task: Task,
+    cat: Catalogue,
+    out: Path,
+    train: TrainConfig,
+    cv: CVConfig,
+    model_config: Any,
+    other: dict[str, Any],
+    rows: np.ndarray | None = None,
+    show_progress: bool = False,
+) -> dict[str, Any]:
+    """The whole recipe for one modality; writes the model folder `out`.
+
+    Args:
+        task: the modality being trained.
+        cat: labelled training listings.
+        out: model folder to write (`out/work` keeps resumable checkpoints).
+        other: name -> callable(folder) exporting the other modality's default encoder.
+        rows: rows usable for this modality (e.g. readable images); default all.
+
+    Returns:
+        The report written to `out/cv_report.json`.
+    """
+    t0 = time.perf_counter()
+    labels = cat.labels
+    rows = np.arange(len(cat)) if rows is None else rows
+    work = out / "work"
+    m = task.modality
+    res = cross_validate(task, labels, train, cv, work, rows=rows, show_progress=show_progress)
+    folds = res.folds
+    base = task.baseline(np.arange(len(cat)))
+    start = FusionConfig().with_(
+        thresholds={
+            k: v for k, v in FusionConfig().thresholds.items() if k in ("tfidf", "phash", m)
+        }
+    )
+    table: list[dict[str, Any]] = []
+    tfidf_only = [(pool_signals(cat, va, {}), labels[va]) for _, va in folds]
+    cfg_t, f_t = tune_pools(
+        tfidf_only, start.with_(thresholds={"tfidf": start.thresholds["tfidf"]})
+    )
+    table.append({"pipeline": "tfidf alone", "f1": f_t, "config": cfg_t.model_dump()})
+    if base is not None:
+        pools_base = [(pool_signals(cat, va, {m: base}), labels[va]) for _, va in folds]
+        table += _table("untrained", pools_base, start, m)
+    pools = [(pool_signals(cat, va, {m: res.oof}), labels[va]) for _, va in folds]
+    trained = _table("trained", pools, start, m)
+    table += trained
+    fused = FusionConfig.model_validate(trained[1]["config"])
+    study = pool_study(cat, labels, folds, {m: res.oof}, fused)
+    target = cv.target_pool or 2 * len(rows)
+    final = extrapolate(fused, study["slope_per_doubling"], target)
+    # Signals this run did not tune keep the default thresholds.
+    final = final.with_(thresholds={**FusionConfig().thresholds, **final.thresholds})
+
+    artifacts: dict[str, Path] = {}
+    final_log: list[dict[str, Any]] = []
+    if cv.final_fit:
+        log.info("final fit on all %d rows", len(rows))
+        model = task.build()
+        y = relabel(labels[rows])
+        trainer = Trainer(model, int(y.max()) + 1, task.dim, train, work / "final.pt")
+        final_log = [
+            h.__dict__
+            for h in trainer.fit(task.loader(rows, y, train), show_progress=show_progress)
+        ]
+        exp = task.export(model, work / m)
+        artifacts[m] = exp.folder
+    for name, export in other.items():
+        artifacts[name] = export(work / name).folder
+    report = {
+        "modality": m,
+        "rows": len(rows),
+        "groups": len(np.unique(labels[rows])),
+        "folds": cv.folds,
+        "oof": table,
+        "pool_study": study,
+        "target_pool": target,
+        "fusion": final.model_dump(),
+        "cv_logs": res.logs,
+        "final_log": final_log,
+        "cv_seconds": res.seconds,
+        "seconds": time.perf_counter() - t0,
+    }
+    write_model_dir(
+        out,
+        final,
+        {"train_config": train, "model_config": model_config, "cv_config": cv},
+        report,
+        artifacts,
+    )
+    for name in artifacts:
+        shutil.rmtree(work / name, ignore_errors=True)
+    return report
