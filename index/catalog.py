@@ -49,6 +49,34 @@ def _empty(nq: int, k: int) -> Neighbours:
     return np.full((nq, k), -np.inf, np.float32), np.full((nq, k), -1, np.int64)
 
 
+def hamming_index(codes_b: np.ndarray, valid_b: np.ndarray) -> tuple[Any, np.ndarray]:
+    """A FAISS binary index of the valid catalogue codes, and the catalogue row of each."""
+    assert codes_b.ndim == 2 and codes_b.shape[1] == 8 and codes_b.dtype == np.uint8
+    assert valid_b.shape == (codes_b.shape[0],)
+    brows = np.flatnonzero(valid_b)
+    index = faiss.IndexBinaryFlat(64)
+    if brows.size:
+        index.add(np.ascontiguousarray(codes_b[brows]))
+    return index, brows
+
+
+def hamming_search(
+    index: Any, brows: np.ndarray, codes_q: np.ndarray, valid_q: np.ndarray, k: int = K
+) -> Neighbours:
+    """Search a `hamming_index`: D (nq, k) similarity 1 - d/64, I (nq, k) catalogue rows."""
+    assert codes_q.ndim == 2 and codes_q.shape[1] == 8 and codes_q.dtype == np.uint8
+    assert valid_q.shape == (codes_q.shape[0],)
+    D, I = _empty(codes_q.shape[0], k)
+    qrows = np.flatnonzero(valid_q)
+    if qrows.size == 0 or brows.size == 0:
+        return D, I
+    kk = min(k, brows.size)
+    dist, Iv = index.search(np.ascontiguousarray(codes_q[qrows]), kk)
+    D[qrows, :kk] = np.where(Iv >= 0, 1.0 - dist.astype(np.float32) / 64.0, -np.inf)
+    I[qrows, :kk] = np.where(Iv >= 0, brows[np.maximum(Iv, 0)], -1)
+    return D, I
+
+
 def hamming_knn(
     codes_q: np.ndarray,
     valid_q: np.ndarray,
@@ -66,21 +94,8 @@ def hamming_knn(
     Returns:
         D (nq, k) similarity 1 - d/64, descending, and I (nq, k) catalogue rows, -1 padded.
     """
-    assert codes_q.ndim == 2 and codes_q.shape[1] == 8 and codes_q.dtype == np.uint8
-    assert codes_b.ndim == 2 and codes_b.shape[1] == 8 and codes_b.dtype == np.uint8
-    assert valid_q.shape == (codes_q.shape[0],) and valid_b.shape == (codes_b.shape[0],)
-    nq = codes_q.shape[0]
-    D, I = _empty(nq, k)
-    qrows, brows = np.flatnonzero(valid_q), np.flatnonzero(valid_b)
-    if qrows.size == 0 or brows.size == 0:
-        return D, I
-    index = faiss.IndexBinaryFlat(64)
-    index.add(np.ascontiguousarray(codes_b[brows]))
-    kk = min(k, brows.size)
-    dist, Iv = index.search(np.ascontiguousarray(codes_q[qrows]), kk)
-    D[qrows, :kk] = np.where(Iv >= 0, 1.0 - dist.astype(np.float32) / 64.0, -np.inf)
-    I[qrows, :kk] = np.where(Iv >= 0, brows[np.maximum(Iv, 0)], -1)
-    return D, I
+    index, brows = hamming_index(codes_b, valid_b)
+    return hamming_search(index, brows, codes_q, valid_q, k)
 
 
 def sparse_topk(Xq: sp.csr_matrix, XbT: sp.csr_matrix, k: int = K) -> Neighbours:
@@ -279,6 +294,7 @@ class LiveCatalogue:
         self._row = {p: i for i, p in enumerate(self.posting_id)}
         self._X: sp.csr_matrix | None = None
         self._XT: sp.csr_matrix | None = None
+        self._hamming: tuple[Any, np.ndarray] | None = None
         self._codes: tuple[np.ndarray, np.ndarray] | None = None
 
     def __len__(self) -> int:
@@ -385,10 +401,10 @@ class LiveCatalogue:
             self._X = sp.csr_matrix(self._X[keep])
         else:
             self._X = None
-        self._codes = None
+        self._codes = self._hamming = None
 
     def _changed(self, new_rows: list[str] | None) -> None:
-        self._codes = None
+        self._codes = self._hamming = None
         self._XT = None
         if new_rows is not None and self._X is not None and self.tfidf is not None:
             self._X = sp.csr_matrix(sp.vstack([self._X, self.tfidf.transform(new_rows)]))
@@ -419,10 +435,12 @@ class LiveCatalogue:
         tfidf, X, codes, pvalid = self.features()
         if self._XT is None or self._XT.shape[1] != X.shape[0]:
             self._XT = sp.csr_matrix(X.T)
+        if self._hamming is None:
+            self._hamming = hamming_index(codes, pvalid)
         Xq = tfidf.transform(q.title)
         out: dict[str, Neighbours] = {
             "tfidf": sparse_topk(Xq, self._XT, k),
-            "phash": hamming_knn(q.phash, q.phash_valid, codes, pvalid, k),
+            "phash": hamming_search(*self._hamming, q.phash, q.phash_valid, k),
         }
         for m, store in self.stores.items():
             x, valid = getattr(q, m), getattr(q, f"{m}_valid")

@@ -12,6 +12,7 @@ import binascii
 import hashlib
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -21,6 +22,7 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
+import faiss
 import numpy as np
 from PIL import Image
 
@@ -292,6 +294,9 @@ class Engine:
         feats = await self._query_features([listing])
 
         def search() -> list[Match]:
+            # One query is a small search: OpenMP threads in it would only fight the other
+            # requests' threads (the setting is per thread; batch_match sets its own).
+            faiss.omp_set_num_threads(1)
             with self.lock:
                 cat = self.catalogue
                 I, S, nb = cat.match(feats, config, [listing.posting_id])
@@ -369,6 +374,7 @@ class Engine:
         """Kaggle semantics over an uploaded CSV: `index.pipeline.match_catalogue`, as
         `pricematch match` runs it (rows matched among themselves; the image encoder only
         with images)."""
+        faiss.omp_set_num_threads(os.cpu_count() or 1)  # per thread: a pooled one may be at 1
         cat = read_catalogue(csv, images_dir=images_dir, source="uploaded CSV")
         for line in cat.issue_lines():
             log.info("batch-match: %s", line)
