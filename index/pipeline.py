@@ -114,7 +114,8 @@ def embed(
     if tfidf is None:
         tfidf = TitleTfidf(tfidf_config).fit(cat.title)
     X = tfidf.transform(cat.title)
-    hashes, failed = fill_phash(cat.image_phash, cat.image, show_progress=show_progress)
+    given = cat.image_phash if cat.image_phash is not None else [""] * len(cat)  # one per row
+    hashes, failed = fill_phash(given, cat.image, show_progress=show_progress)
     codes, pvalid = phash_codes(hashes)
     if failed:
         issues["image unreadable for phash (no phash signal)"] = failed

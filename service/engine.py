@@ -15,6 +15,7 @@ import math
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -324,8 +325,7 @@ class Engine:
     async def upsert(self, listings: list[Listing]) -> tuple[int, int, int]:
         """Add or replace listings; persisted before returning (added, replaced, total)."""
         ids = [x.posting_id or "" for x in listings]
-        seen: set[str] = set()
-        dups = [p for p in ids if p in seen or seen.add(p)]  # type: ignore[func-returns-value]
+        dups = [p for p, n in Counter(ids).items() if n > 1]
         if dups:
             raise CatalogueError(f"duplicate posting_id(s) in this request: {', '.join(dups[:5])}")
 

@@ -273,6 +273,23 @@ def test_batch_match_equals_cli_titles_only(
     assert f"pricematch_batch_match_rows_total {float(len(rows_of(synth)))}" in m
 
 
+def test_batch_match_of_ids_and_titles_only(
+    client: Client, synth: Path, strict_model: Path, tmp_path: Path
+) -> None:
+    """A CSV with only posting_id,title (no phash column, no images) works as in the CLI."""
+    c = client()
+    path = tmp_path / "titles.csv"
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["posting_id", "title"])
+        for r in rows_of(synth):
+            w.writerow([r["posting_id"], r["title"]])
+    r = c.post("/batch-match", files={"csv": ("titles.csv", path.read_bytes())})
+    assert r.status_code == 200, r.text
+    assert r.text == _cli_submission(tmp_path, path, "--model", str(strict_model))
+    assert len(r.text.splitlines()) == len(rows_of(synth)) + 1
+
+
 def test_batch_match_with_images_zip_and_server_folder(
     client: Client, synth: Path, strict_model: Path, tmp_path: Path
 ) -> None:
