@@ -16,8 +16,9 @@ from index.progress import progress
 #: Candidate thresholds per signal.
 GRIDS: dict[str, list[float]] = {
     "tfidf": [round(float(t), 3) for t in np.arange(0.30, 0.901, 0.025)],
-    "text": [round(float(t), 3) for t in np.arange(0.50, 0.981, 0.02)],
-    "image": [round(float(t), 3) for t in np.arange(0.30, 0.981, 0.025)],
+    # Trained (ArcFace) embeddings separate at much lower cosines than zero-shot ones.
+    "text": [round(float(t), 3) for t in np.arange(0.20, 0.981, 0.02)],
+    "image": [round(float(t), 3) for t in np.arange(0.10, 0.981, 0.025)],
     "phash": [phash_similarity(d) for d in range(0, 17)],
 }
 FLOORS: list[float] = [round(float(t), 2) for t in np.arange(0.0, 0.951, 0.05)]

@@ -108,7 +108,7 @@ def _register_train(sub: Any) -> None:
 
 #: Per-modality defaults where text (projection on frozen features) and image differ.
 _MODE_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
-    ("text", "projection"): {"epochs": 30, "batch_size": 256, "lr": 3e-3, "head_lr": 3e-2},
+    ("text", "projection"): {"epochs": 10, "batch_size": 256, "lr": 3e-3, "head_lr": 3e-2},
     ("text", "full"): {"epochs": 5, "batch_size": 64, "lr": 3e-5, "head_lr": 3e-3},
     ("image", ""): {"epochs": 10, "batch_size": 32, "lr": 3e-4, "head_lr": 3e-3},
 }
@@ -164,7 +164,9 @@ def _train(args: argparse.Namespace) -> int:
         model_cfg: Any = TextModelConfig(
             base=args.base, mode=args.mode, dim=args.dim, max_length=args.max_length
         )
-        task = TextTask(cat.title, model_cfg, device, show_progress=show)
+        task = TextTask(
+            cat.title, model_cfg, device, show_progress=show, cache_dir=args.out / "work"
+        )
         other: dict[str, Any] = {"image": export_default_image}
     else:
         if cat.image is None:

@@ -77,6 +77,8 @@ class ImageModelConfig:
         pooling: "gem" (generalised mean) or "avg".
         dim: embedding size after the BatchNorm'd projection.
         input_size: (height, width).
+        freeze_bn: keep the backbone's BatchNorm statistics (small batches, little data).
+        backbone_lr_mult: the backbone learns at this fraction of the learning rate.
     """
 
     backbone: str = "tf_efficientnet_lite0"
@@ -84,6 +86,8 @@ class ImageModelConfig:
     pooling: Literal["gem", "avg"] = "gem"
     dim: int = 512
     input_size: tuple[int, int] = (224, 224)
+    freeze_bn: bool = True
+    backbone_lr_mult: float = 0.1
 
 
 @dataclass(frozen=True)

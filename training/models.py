@@ -49,6 +49,26 @@ class ImageNetwork(nn.Module):
         self.backbone = backbone
         self.pool: nn.Module = GeM() if config.pooling == "gem" else nn.AdaptiveAvgPool2d(1)
         self.neck = projection(features, config.dim)
+        self.freeze_bn = config.freeze_bn
+        self.backbone_lr_mult = config.backbone_lr_mult
+
+    def train(self, mode: bool = True) -> ImageNetwork:
+        """As `nn.Module.train`, but the backbone's BatchNorm layers stay in eval mode when
+        `freeze_bn`: fine-tuning with small batches keeps the pretrained statistics."""
+        super().train(mode)
+        if mode and self.freeze_bn:
+            for m in self.backbone.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
+    def param_groups(self, lr: float) -> list[dict[str, object]]:
+        """Optimizer groups: the pretrained backbone at `backbone_lr_mult * lr`, the rest at lr."""
+        rest = [*self.pool.parameters(), *self.neck.parameters()]
+        return [
+            {"params": list(self.backbone.parameters()), "lr": lr * self.backbone_lr_mult},
+            {"params": rest, "lr": lr},
+        ]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.backbone.forward_features(x)  # type: ignore[operator]  # (n, c, h, w)

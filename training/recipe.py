@@ -153,7 +153,8 @@ def pool_study(
     for f, (_, va) in enumerate(folds):
         for parts in sizes:
             for p in sub_pools(va, labels, parts, seed=f):
-                sizes[parts].append((pool_signals(cat, p, dense), labels[p]))
+                if len(p) >= 2:  # a tiny fold can leave a sub-pool empty
+                    sizes[parts].append((pool_signals(cat, p, dense), labels[p]))
     out: dict[str, Any] = {"sizes": []}
     tuned: dict[int, FusionConfig] = {}
     for parts, pools in sizes.items():

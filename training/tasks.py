@@ -97,9 +97,11 @@ class TextTask(Task):
         device: torch.device,
         encoder_batch: int = 128,
         show_progress: bool = False,
+        cache_dir: Path | None = None,
     ) -> None:
         from training.export import load_minilm
 
+        self.cache_dir = cache_dir
         self.titles = [str(t) for t in titles]
         self.config = config
         self.device = device
@@ -124,7 +126,20 @@ class TextTask(Task):
         return {k: torch.from_numpy(v) for k, v in feeds.items()}
 
     def pooled(self) -> torch.Tensor:
-        """Mean-pooled frozen-encoder features of every title, (n, hidden), on CPU (cached)."""
+        """Mean-pooled frozen-encoder features of every title, (n, hidden), on CPU.
+
+        Cached in memory, and on disk in `cache_dir` (keyed by the titles and the encoder),
+        so a resumed or repeated run does not encode again.
+        """
+        path = None
+        if self._pooled is None and self.cache_dir is not None:
+            import hashlib
+
+            h = hashlib.sha256("\n".join(self.titles).encode())
+            h.update(f"{self.config.base}|{self.config.max_length}".encode())
+            path = self.cache_dir / f"text_features_{h.hexdigest()[:16]}.npy"
+            if path.is_file():
+                self._pooled = torch.from_numpy(np.load(path))
         if self._pooled is None:
             n = len(self.titles)
             out = torch.zeros((n, self.hidden))
@@ -136,6 +151,9 @@ class TextTask(Task):
                     t = {k: v.to(self.device) for k, v in self._tokens(idx).items()}
                     out[torch.from_numpy(idx)] = self.base.pool(**t).float().cpu()
             self._pooled = out
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                np.save(path, out.numpy())
         return self._pooled
 
     def build(self) -> nn.Module:

@@ -130,11 +130,10 @@ class Trainer:
         steps = len(loader) if isinstance(loader, Sized) else 0
         assert steps > 0, "the loader must have a length (batches per epoch)"
         params = [p for p in self.model.parameters() if p.requires_grad]
+        groups = getattr(self.model, "param_groups", None)  # a model may split its own lr
+        model_groups = groups(c.lr) if callable(groups) else [{"params": params, "lr": c.lr}]
         opt = torch.optim.AdamW(
-            [
-                {"params": params, "lr": c.lr},
-                {"params": list(self.head.parameters()), "lr": c.head_lr},
-            ],
+            [*model_groups, {"params": list(self.head.parameters()), "lr": c.head_lr}],
             weight_decay=c.weight_decay,
         )
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(c.epochs * steps, c.warmup))
