@@ -164,7 +164,7 @@ class Trainer:
             entry = EpochLog(
                 epoch=epoch,
                 loss=float(np.mean(losses)),
-                lr=float(opt.param_groups[0]["lr"]),
+                lr=float(opt.param_groups[len(model_groups) - 1]["lr"]),  # the main model lr
                 seconds=time.perf_counter() - t0,
                 margin=float(self.head.margin),
                 metric=metric,
