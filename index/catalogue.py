@@ -64,6 +64,13 @@ class Catalogue:
             label_group=pick(self.label_group),
         )
 
+    def first_groups(self, n: int) -> Catalogue:
+        """The rows of the first `n` label groups, in file order (a smaller labelled pool)."""
+        if self.label_group is None:
+            raise CatalogueError("this CSV has no label_group column")
+        keep = set(list(dict.fromkeys(self.label_group))[:n])
+        return self.subset([i for i, g in enumerate(self.label_group) if g in keep])
+
     def issue_lines(self) -> list[str]:
         """Human-readable report of the soft problems found while reading."""
         return [f"{n} row(s): {what}" for what, n in sorted(self.issues.items())]

@@ -156,12 +156,6 @@ def cmd_match(args: argparse.Namespace) -> int:
     return 0
 
 
-def _limit(cat: Catalogue, n_groups: int) -> Catalogue:
-    assert cat.label_group is not None
-    keep = set(list(dict.fromkeys(cat.label_group))[:n_groups])  # groups in file order
-    return cat.subset([i for i, g in enumerate(cat.label_group) if g in keep])
-
-
 def _row(name: str, config: FusionConfig, nb: dict[str, Any], labels: np.ndarray) -> dict[str, Any]:
     I, _ = fuse(nb, config, len(labels))
     rep = f1_report(I, labels)
@@ -187,7 +181,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if cat.label_group is None:
         raise CatalogueError(f"{args.input}: evaluate needs a label_group column")
     if args.limit:
-        cat = _limit(cat, args.limit)
+        cat = cat.first_groups(args.limit)
     labels = cat.labels
     encoders, config = resolve_model(args)
     _, nb = _features(cat, encoders, args)

@@ -71,9 +71,7 @@ def tune(
     show_progress: bool = False,
 ) -> tuple[FusionConfig, float]:
     """`tune_pools` on a single pool."""
-    return tune_pools(
-        [(signals, labels)], start, rounds, tune_min2, min2_signals, show_progress
-    )
+    return tune_pools([(signals, labels)], start, rounds, tune_min2, min2_signals, show_progress)
 
 
 def tune_pools(

@@ -106,3 +106,11 @@ def test_write_submission_format(tmp_path: Path) -> None:
     out = tmp_path / "sub.csv"
     write_submission(out, ["a", "b"], [["a", "b"], ["b"]])
     assert out.read_text() == "posting_id,matches\na,a b\nb,b\n"
+
+
+def test_first_groups_keeps_whole_groups(tmp_path: Path) -> None:
+    p = write(tmp_path, "posting_id,title,label_group\na,x,g1\nb,y,g2\nc,z,g1\nd,w,g3\n")
+    cat = read_catalogue(p).first_groups(2)
+    assert cat.posting_id == ["a", "b", "c"] and cat.label_group == ["g1", "g2", "g1"]
+    with pytest.raises(CatalogueError, match="no label_group"):
+        read_catalogue(write(tmp_path, "posting_id,title\na,x\n")).first_groups(1)

@@ -135,9 +135,7 @@ def _train(args: argparse.Namespace) -> int:
     if cat.label_group is None:
         raise CatalogueError(f"{args.input}: training needs a label_group column")
     if args.limit_groups:
-        codes = cat.labels.tolist()
-        keep = set(list(dict.fromkeys(codes))[: args.limit_groups])
-        cat = cat.subset([i for i, g in enumerate(codes) if g in keep])
+        cat = cat.first_groups(args.limit_groups)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise PricematchError("--device cuda: torch sees no CUDA device")
     device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
