@@ -30,94 +30,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import faiss
 import numpy as np
 import scipy.sparse as sp
 
 from index.errors import BundleError, NotFoundError
 from index.fusion import FusionConfig, Neighbours, fuse, threshold
-from index.search import FaissFlatStore, K, as_f32
-from index.signals import TitleTfidf, phash_codes
+from index.search import (
+    FaissFlatStore,
+    K,
+    as_f32,
+    hamming_index,
+    hamming_search,
+    no_neighbours,
+)
+from index.signals import TitleTfidf, phash_codes, sparse_topk
 
 if TYPE_CHECKING:
     from index.bundle import Bundle
 
 DENSE = ("text", "image")
-
-
-def _empty(nq: int, k: int) -> Neighbours:
-    return np.full((nq, k), -np.inf, np.float32), np.full((nq, k), -1, np.int64)
-
-
-def hamming_index(codes_b: np.ndarray, valid_b: np.ndarray) -> tuple[Any, np.ndarray]:
-    """A FAISS binary index of the valid catalogue codes, and the catalogue row of each."""
-    assert codes_b.ndim == 2 and codes_b.shape[1] == 8 and codes_b.dtype == np.uint8
-    assert valid_b.shape == (codes_b.shape[0],)
-    brows = np.flatnonzero(valid_b)
-    index = faiss.IndexBinaryFlat(64)
-    if brows.size:
-        index.add(np.ascontiguousarray(codes_b[brows]))
-    return index, brows
-
-
-def hamming_search(
-    index: Any, brows: np.ndarray, codes_q: np.ndarray, valid_q: np.ndarray, k: int = K
-) -> Neighbours:
-    """Search a `hamming_index`: D (nq, k) similarity 1 - d/64, I (nq, k) catalogue rows."""
-    assert codes_q.ndim == 2 and codes_q.shape[1] == 8 and codes_q.dtype == np.uint8
-    assert valid_q.shape == (codes_q.shape[0],)
-    D, I = _empty(codes_q.shape[0], k)
-    qrows = np.flatnonzero(valid_q)
-    if qrows.size == 0 or brows.size == 0:
-        return D, I
-    kk = min(k, brows.size)
-    dist, Iv = index.search(np.ascontiguousarray(codes_q[qrows]), kk)
-    D[qrows, :kk] = np.where(Iv >= 0, 1.0 - dist.astype(np.float32) / 64.0, -np.inf)
-    I[qrows, :kk] = np.where(Iv >= 0, brows[np.maximum(Iv, 0)], -1)
-    return D, I
-
-
-def hamming_knn(
-    codes_q: np.ndarray,
-    valid_q: np.ndarray,
-    codes_b: np.ndarray,
-    valid_b: np.ndarray,
-    k: int = K,
-) -> Neighbours:
-    """k nearest catalogue codes of each query code by Hamming distance.
-
-    Args:
-        codes_q: (nq, 8) uint8 query hashes; valid_q (nq,) bool.
-        codes_b: (nb, 8) uint8 catalogue hashes; valid_b (nb,) bool.
-        k: neighbours per query.
-
-    Returns:
-        D (nq, k) similarity 1 - d/64, descending, and I (nq, k) catalogue rows, -1 padded.
-    """
-    index, brows = hamming_index(codes_b, valid_b)
-    return hamming_search(index, brows, codes_q, valid_q, k)
-
-
-def sparse_topk(Xq: sp.csr_matrix, XbT: sp.csr_matrix, k: int = K) -> Neighbours:
-    """`index.signals.sparse_knn` with the catalogue already transposed (`XbT` = Xb.T as
-    CSR, cached by the catalogue), for a few queries at a time."""
-    assert Xq.shape[1] == XbT.shape[0], (Xq.shape, XbT.shape)
-    nq, nb = Xq.shape[0], XbT.shape[1]
-    D, I = _empty(nq, k)
-    if nb == 0 or nq == 0:
-        return D, I
-    kk = min(k, nb)
-    S = (Xq @ XbT).toarray()  # (nq, nb)
-    top = (
-        np.argpartition(-S, kk - 1, axis=1)[:, :kk] if kk < nb else np.tile(np.arange(nb), (nq, 1))
-    )
-    Dt = np.take_along_axis(S, top, axis=1)
-    o = np.argsort(-Dt, axis=1, kind="stable")
-    Dt, top = np.take_along_axis(Dt, o, axis=1), np.take_along_axis(top, o, axis=1)
-    ok = Dt > 0  # a zero similarity shares no term: not a neighbour
-    D[:, :kk] = np.where(ok, Dt, -np.inf)
-    I[:, :kk] = np.where(ok, top, -1)
-    return D, I
 
 
 def store_knn(
@@ -137,7 +68,7 @@ def store_knn(
     xq = as_f32(xq)
     assert valid_q.shape == (xq.shape[0],), (valid_q.shape, xq.shape)
     assert xq.shape[1] == store.dim, (xq.shape, store.dim)
-    D, I = _empty(xq.shape[0], k)
+    D, I = no_neighbours(xq.shape[0], k)
     rows = np.flatnonzero(valid_q)
     if rows.size == 0 or len(store) == 0:
         return D, I
@@ -445,7 +376,7 @@ class LiveCatalogue:
         for m, store in self.stores.items():
             x, valid = getattr(q, m), getattr(q, f"{m}_valid")
             if x is None or valid is None:
-                out[m] = _empty(len(q), k)
+                out[m] = no_neighbours(len(q), k)
             else:
                 out[m] = store_knn(x, valid, store, self.ids, k)
         return out

@@ -8,7 +8,7 @@ results `D` (nq, k) similarities in descending order and `I` (nq, k) int64 ids, 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import faiss
 import numpy as np
@@ -29,6 +29,11 @@ def _to_device(index: faiss.Index, device: str) -> faiss.Index:
         return index
     res = faiss.StandardGpuResources()
     return faiss.index_cpu_to_gpu(res, 0, index)
+
+
+def no_neighbours(nq: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """No neighbours: D (nq, k) all -inf, I (nq, k) all -1."""
+    return np.full((nq, k), -np.inf, np.float32), np.full((nq, k), -1, np.int64)
 
 
 def as_f32(x: np.ndarray) -> np.ndarray:
@@ -176,27 +181,63 @@ def self_knn(
     return D, I
 
 
+def hamming_index(codes_b: np.ndarray, valid_b: np.ndarray) -> tuple[Any, np.ndarray]:
+    """A FAISS binary index of the valid catalogue codes, and the catalogue row of each."""
+    assert codes_b.ndim == 2 and codes_b.shape[1] == 8 and codes_b.dtype == np.uint8
+    assert valid_b.shape == (codes_b.shape[0],)
+    brows = np.flatnonzero(valid_b)
+    index = faiss.IndexBinaryFlat(64)
+    if brows.size:
+        index.add(np.ascontiguousarray(codes_b[brows]))
+    return index, brows
+
+
+def hamming_search(
+    index: Any, brows: np.ndarray, codes_q: np.ndarray, valid_q: np.ndarray, k: int = K
+) -> tuple[np.ndarray, np.ndarray]:
+    """Search a `hamming_index`: D (nq, k) similarity 1 - d/64, I (nq, k) catalogue rows."""
+    assert codes_q.ndim == 2 and codes_q.shape[1] == 8 and codes_q.dtype == np.uint8
+    assert valid_q.shape == (codes_q.shape[0],)
+    D, I = no_neighbours(codes_q.shape[0], k)
+    qrows = np.flatnonzero(valid_q)
+    if qrows.size == 0 or brows.size == 0:
+        return D, I
+    kk = min(k, brows.size)
+    dist, Iv = index.search(np.ascontiguousarray(codes_q[qrows]), kk)
+    D[qrows, :kk] = np.where(Iv >= 0, 1.0 - dist.astype(np.float32) / 64.0, -np.inf)
+    I[qrows, :kk] = np.where(Iv >= 0, brows[np.maximum(Iv, 0)], -1)
+    return D, I
+
+
+def hamming_knn(
+    codes_q: np.ndarray,
+    valid_q: np.ndarray,
+    codes_b: np.ndarray,
+    valid_b: np.ndarray,
+    k: int = K,
+) -> tuple[np.ndarray, np.ndarray]:
+    """k nearest catalogue codes of each query code by Hamming distance.
+
+    Args:
+        codes_q: (nq, 8) uint8 query hashes; valid_q (nq,) bool.
+        codes_b: (nb, 8) uint8 catalogue hashes; valid_b (nb,) bool.
+        k: neighbours per query.
+
+    Returns:
+        D (nq, k) similarity 1 - d/64, descending, and I (nq, k) catalogue rows, -1 padded.
+    """
+    index, brows = hamming_index(codes_b, valid_b)
+    return hamming_search(index, brows, codes_q, valid_q, k)
+
+
 def hamming_self_knn(
     codes: np.ndarray, valid: np.ndarray | None = None, k: int = K
 ) -> tuple[np.ndarray, np.ndarray]:
-    """k nearest 64-bit codes by Hamming distance; returns D as similarity 1 - d/64.
+    """k nearest 64-bit codes by Hamming distance among the rows themselves (D = 1 - d/64).
 
     Args:
         codes: (n, 8) uint8 packed hashes.
         valid: (n,) bool, rows without a hash are left out.
     """
-    assert codes.ndim == 2 and codes.shape[1] == 8 and codes.dtype == np.uint8, codes.shape
-    n = codes.shape[0]
-    D = np.full((n, k), -np.inf, np.float32)
-    I = np.full((n, k), -1, np.int64)
-    rows = np.arange(n) if valid is None else np.flatnonzero(valid)
-    if rows.size == 0:
-        return D, I
-    index = faiss.IndexBinaryFlat(64)
-    sub = np.ascontiguousarray(codes[rows])
-    index.add(sub)
-    kk = min(k, rows.size)
-    dist, Iv = index.search(sub, kk)  # (m, kk) int32 Hamming distances, ascending
-    D[rows, :kk] = 1.0 - dist.astype(np.float32) / 64.0
-    I[rows, :kk] = np.where(Iv >= 0, rows[np.maximum(Iv, 0)], -1)
-    return D, I
+    valid = np.ones(codes.shape[0], bool) if valid is None else valid
+    return hamming_knn(codes, valid, codes, valid, k)

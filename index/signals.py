@@ -18,7 +18,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 
 from index.errors import ImageError
 from index.progress import progress
-from index.search import K
+from index.search import K, no_neighbours
 
 _HTML = re.compile(r"&(#\d+|[a-z]+);")
 # "500ml" -> "500 ml", "2x" -> "2 x": numbers and units become separate tokens.
@@ -137,6 +137,28 @@ class TitleTfidf:
         return self
 
 
+def sparse_topk(Xq: sp.csr_matrix, XbT: sp.csr_matrix, k: int = K) -> tuple[np.ndarray, np.ndarray]:
+    """Exact cosine top-k of L2-normalised sparse rows `Xq` against `XbT` = Xb.T (CSR),
+    all queries in one dense (nq, nb) block; zero similarities are not neighbours."""
+    assert Xq.shape[1] == XbT.shape[0], (Xq.shape, XbT.shape)
+    nq, nb = Xq.shape[0], XbT.shape[1]
+    D, I = no_neighbours(nq, k)
+    if nb == 0 or nq == 0:
+        return D, I
+    kk = min(k, nb)
+    S = (Xq @ XbT).toarray()  # (nq, nb)
+    top = (
+        np.argpartition(-S, kk - 1, axis=1)[:, :kk] if kk < nb else np.tile(np.arange(nb), (nq, 1))
+    )
+    Dt = np.take_along_axis(S, top, axis=1)
+    o = np.argsort(-Dt, axis=1, kind="stable")
+    Dt, top = np.take_along_axis(Dt, o, axis=1), np.take_along_axis(top, o, axis=1)
+    ok = Dt > 0  # a zero similarity shares no term: not a neighbour
+    D[:, :kk] = np.where(ok, Dt, -np.inf)
+    I[:, :kk] = np.where(ok, top, -1)
+    return D, I
+
+
 def sparse_knn(
     Xq: sp.csr_matrix,
     Xb: sp.csr_matrix,
@@ -150,25 +172,13 @@ def sparse_knn(
     Zero rows (empty titles) get no neighbours.
     """
     assert Xq.shape[1] == Xb.shape[1], (Xq.shape, Xb.shape)
-    nq, nb = Xq.shape[0], Xb.shape[0]
-    kk = min(k, nb)
+    nq = Xq.shape[0]
     D = np.full((nq, k), -np.inf, np.float32)
     I = np.full((nq, k), -1, np.int64)
     XbT = sp.csr_matrix(Xb.T)
     starts = range(0, nq, chunk)
     for s in progress(starts, desc="tfidf neighbours", unit="chunk", disable=not show_progress):
-        S = (Xq[s : s + chunk] @ XbT).toarray()  # (c, nb)
-        top = (
-            np.argpartition(-S, kk - 1, axis=1)[:, :kk]
-            if kk < nb
-            else np.tile(np.arange(nb), (S.shape[0], 1))
-        )
-        Dt = np.take_along_axis(S, top, axis=1)
-        o = np.argsort(-Dt, axis=1, kind="stable")
-        Dt, top = np.take_along_axis(Dt, o, axis=1), np.take_along_axis(top, o, axis=1)
-        ok = Dt > 0  # a zero similarity shares no term: not a neighbour
-        D[s : s + chunk, :kk] = np.where(ok, Dt, -np.inf)
-        I[s : s + chunk, :kk] = np.where(ok, top, -1)
+        D[s : s + chunk], I[s : s + chunk] = sparse_topk(Xq[s : s + chunk], XbT, k)
     return D, I
 
 
@@ -197,19 +207,19 @@ def compute_phash(image: str | Path | bytes) -> str:
 
 
 def fill_phash(
-    hashes: list[str] | None, images: list[str] | None, show_progress: bool = False
+    hashes: list[str], images: list[str] | None, show_progress: bool = False
 ) -> tuple[list[str], int]:
-    """Given phashes, computing the missing ones from images where possible.
+    """Given phashes (one per row, "" where none), computing the missing ones from images.
 
     Returns:
         The hashes ("" where none) and the count of images that could not be read.
     """
-    n = len(hashes if hashes is not None else images or [])
-    out = list(hashes) if hashes is not None else [""] * n
+    out = list(hashes)
     failed = 0
     if images is None:
         return out, 0
-    todo = [i for i in range(n) if not out[i] and images[i]]
+    assert len(images) == len(out), (len(images), len(out))
+    todo = [i for i in range(len(out)) if not out[i] and images[i]]
     for i in progress(todo, desc="phash", unit="img", disable=not show_progress):
         try:
             out[i] = compute_phash(images[i])

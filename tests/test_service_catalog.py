@@ -14,7 +14,6 @@ from index.catalog import (
     QueryFeatures,
     current_snapshot,
     fuse_against,
-    hamming_knn,
     load_snapshot,
     save_snapshot,
     store_knn,
@@ -23,7 +22,7 @@ from index.catalogue import read_catalogue
 from index.errors import BundleError, NotFoundError
 from index.fusion import FusionConfig, fuse
 from index.pipeline import Encoders, Features, embed, self_neighbours
-from index.search import FaissFlatStore, knn_numpy
+from index.search import FaissFlatStore, hamming_knn, knn_numpy
 
 
 def test_hamming_knn_matches_exact_distances() -> None:
@@ -202,8 +201,7 @@ def test_snapshot_round_trip_and_crash_leaves_old_state(
 def test_sparse_topk_equals_sparse_knn() -> None:
     import scipy.sparse as sp
 
-    from index.catalog import sparse_topk
-    from index.signals import TitleTfidf, sparse_knn
+    from index.signals import TitleTfidf, sparse_knn, sparse_topk
 
     titles = [f"wardah lipstick {i % 7} matte {i % 3}" for i in range(80)] + ["", "kaos polos"]
     tf = TitleTfidf().fit(titles)
