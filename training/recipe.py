@@ -262,15 +262,21 @@ def run(
         }
     )
     table: list[dict[str, Any]] = []
-    tfidf_only = [(pool_signals(cat, va, {}), labels[va]) for _, va in folds]
+    # TF-IDF and phash neighbours of each validation pool, computed once; the dense
+    # signal (untrained or trained) is added per table.
+    shared = [(pool_signals(cat, va, {}), va) for _, va in folds]
+
+    def with_dense(x: np.ndarray) -> list[Pool]:
+        return [({**nb, m: self_knn(x[va], None, device="cpu")}, labels[va]) for nb, va in shared]
+
+    tfidf_only = [(nb, labels[va]) for nb, va in shared]
     cfg_t, f_t = tune_pools(
         tfidf_only, start.with_(thresholds={"tfidf": start.thresholds["tfidf"]})
     )
     table.append({"pipeline": "tfidf alone", "f1": f_t, "config": cfg_t.model_dump()})
     if base is not None:
-        pools_base = [(pool_signals(cat, va, {m: base}), labels[va]) for _, va in folds]
-        table += _table("untrained", pools_base, start, m)
-    pools = [(pool_signals(cat, va, {m: res.oof}), labels[va]) for _, va in folds]
+        table += _table("untrained", with_dense(base), start, m)
+    pools = with_dense(res.oof)
     trained = _table("trained", pools, start, m)
     table += trained
     fused = FusionConfig.model_validate(trained[1]["config"])
