@@ -259,7 +259,7 @@ class ImageTask(Task):
         self.dim = config.dim
         self.workers = workers
         self.show_progress = show_progress
-        _, self.features, mean, std = create_backbone(config)
+        _, _, mean, std = create_backbone(config)  # the backbone's input normalisation
         self.artifact = ImageEncoderConfig(
             dim=config.dim,
             input_size=config.input_size,
