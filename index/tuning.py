@@ -24,6 +24,17 @@ GRIDS: dict[str, list[float]] = {
 FLOORS: list[float] = [round(float(t), 2) for t in np.arange(0.0, 0.951, 0.05)]
 
 
+def group_folds(groups: np.ndarray, k: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """GroupKFold splits (train rows, validation rows): no group on both sides."""
+    from sklearn.model_selection import GroupKFold
+
+    n_groups = len(np.unique(groups))
+    if n_groups < k:
+        raise ValueError(f"{k} folds need at least {k} label groups, got {n_groups}")
+    gkf = GroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    return [(tr, va) for tr, va in gkf.split(np.zeros(len(groups)), groups=groups)]
+
+
 #: One pool of rows matched among themselves: neighbours per signal and true labels.
 Pool = tuple[dict[str, Neighbours], np.ndarray]
 

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.model_selection import GroupKFold
 
 from index.catalogue import Catalogue
 from index.fusion import FusionConfig, Neighbours
@@ -23,21 +22,12 @@ from index.pipeline import Encoders, self_neighbours
 from index.pipeline import embed as embed_features
 from index.search import self_knn
 from index.signals import TfidfConfig
-from index.tuning import GRIDS, Pool, score_pools, tune_pools
+from index.tuning import GRIDS, Pool, group_folds, score_pools, tune_pools
 from training.config import CVConfig, TrainConfig, save_config
 from training.tasks import Task
 from training.trainer import Trainer
 
 log = logging.getLogger(__name__)
-
-
-def group_folds(groups: np.ndarray, k: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
-    """GroupKFold splits (train rows, validation rows): no group on both sides."""
-    n_groups = len(np.unique(groups))
-    if n_groups < k:
-        raise ValueError(f"{k} folds need at least {k} label groups, got {n_groups}")
-    gkf = GroupKFold(n_splits=k, shuffle=True, random_state=seed)
-    return [(tr, va) for tr, va in gkf.split(np.zeros(len(groups)), groups=groups)]
 
 
 def relabel(labels: np.ndarray) -> np.ndarray:
@@ -214,6 +204,26 @@ def write_model_dir(
     )
 
 
+def save_oof(folder: Path, modality: str, res: CVResult, cat: Catalogue) -> None:
+    """Write the out-of-fold embeddings for later evaluation (`evaluate --ablation`).
+
+    Files: ``{modality}.npy`` (n, dim) float32 row-aligned with the training CSV,
+    ``folds.npy`` (n,) int fold of each row (-1: not used), ``meta.json`` (rows, posting-id
+    checksum, so a reader can tell the embeddings belong to its CSV).
+    """
+    import hashlib
+
+    folder.mkdir(parents=True, exist_ok=True)
+    fold = np.full(len(cat), -1, np.int64)
+    for f, (_, va) in enumerate(res.folds):
+        fold[va] = f
+    np.save(folder / f"{modality}.npy", res.oof.astype(np.float32))
+    np.save(folder / "folds.npy", fold)
+    ids = hashlib.sha256("\n".join(map(str, cat.posting_id)).encode()).hexdigest()
+    meta = {"rows": len(cat), "posting_id_sha256": ids, "folds": len(res.folds)}
+    (folder / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+
+
 def _table(name: str, pools: list[Pool], start: FusionConfig, signal: str) -> list[dict[str, Any]]:
     """Tuned out-of-fold rows: `signal` alone, and fused with TF-IDF and phash."""
     alone = start.with_(thresholds={signal: start.thresholds[signal]}, min2_signal=signal)  # type: ignore[index]
@@ -315,6 +325,7 @@ def run(
         "cv_seconds": res.seconds,
         "seconds": time.perf_counter() - t0,
     }
+    save_oof(out / "oof", m, res, cat)
     write_model_dir(
         out,
         final,
