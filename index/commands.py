@@ -14,10 +14,11 @@ import numpy as np
 
 from index.catalogue import Catalogue, read_catalogue, write_submission
 from index.errors import CatalogueError, EncoderError
-from index.fusion import SIGNALS, FusionConfig, fuse, to_lists
+from index.fusion import SIGNALS, FusionConfig, to_lists
 from index.metrics import f1_report
 from index.pipeline import Encoders, embed, self_neighbours
 from index.signals import TfidfConfig
+from index.stages import apply_stages, feature_parts, fuse_stages
 
 log = logging.getLogger("pricematch")
 
@@ -37,6 +38,20 @@ def register(sub: Any) -> None:
     p.add_argument("--report", type=Path, help="write the full report as JSON")
     p.add_argument("--save-config", type=Path, help="write the best fusion config (fusion.json)")
     p.add_argument("--limit", type=int, help="use the first N label groups' rows only")
+    p.add_argument(
+        "--ablation",
+        action="store_true",
+        help="out-of-fold table of the match-quality stages, one cumulative row each "
+        "(GroupKFold by label_group; thresholds tuned on the training folds only)",
+    )
+    p.add_argument(
+        "--oof",
+        type=Path,
+        help="with --ablation: a model folder (or its oof/) from `pricematch train`: use its "
+        "saved out-of-fold embeddings and folds instead of embedding with --model",
+    )
+    p.add_argument("--folds", type=int, default=5, help="with --ablation: folds (default 5)")
+    p.add_argument("--seed", type=int, default=0, help="with --ablation: fold seed")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("build-index", help="build a bundle (index + encoders + config)")
@@ -144,9 +159,10 @@ def _available(config: FusionConfig, nb: dict[str, Any]) -> FusionConfig:
 def cmd_match(args: argparse.Namespace) -> int:
     cat = _read(args)
     encoders, config = resolve_model(args)
-    _, nb = _features(cat, encoders, args)
+    feats, nb = _features(cat, encoders, args)
+    nb = apply_stages(feature_parts(feats), nb, config, device=args.device)
     config = _available(config, nb)
-    I, _ = fuse(nb, config, len(cat))
+    I, _ = fuse_stages(nb, config, cat.title)
     matches = to_lists(I, cat.posting_id)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     write_submission(args.output, cat.posting_id, matches)
@@ -156,8 +172,14 @@ def cmd_match(args: argparse.Namespace) -> int:
     return 0
 
 
-def _row(name: str, config: FusionConfig, nb: dict[str, Any], labels: np.ndarray) -> dict[str, Any]:
-    I, _ = fuse(nb, config, len(labels))
+def _row(
+    name: str,
+    config: FusionConfig,
+    nb: dict[str, Any],
+    labels: np.ndarray,
+    titles: list[str] | None = None,
+) -> dict[str, Any]:
+    I, _ = fuse_stages(nb, config, titles, n=len(labels))
     rep = f1_report(I, labels)
     rep["name"] = name
     rep["config"] = config.model_dump()
@@ -183,24 +205,30 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.limit:
         cat = cat.first_groups(args.limit)
     labels = cat.labels
+    if args.ablation:
+        from index.ablation import cmd_ablation
+
+        return cmd_ablation(args, cat)
     encoders, config = resolve_model(args)
-    _, nb = _features(cat, encoders, args)
+    feats, nb = _features(cat, encoders, args)
+    nb = apply_stages(feature_parts(feats), nb, config, device=args.device)
     config = _available(config, nb)
     show = not args.quiet
+    titles = cat.title
     rows = []
     for s in nb:
         if s not in config.thresholds:
             continue
         single = single_signal(s, config)
-        rows.append(_row(f"{s} alone", single, nb, labels))
+        rows.append(_row(f"{s} alone", single, nb, labels, titles))
         if args.tune:
             tuned, _ = tune(nb, labels, single, min2_signals=(s,), show_progress=show)
-            rows.append(_row(f"{s} alone (tuned)", tuned, nb, labels))
-    rows.append(_row("fused", config, nb, labels))
+            rows.append(_row(f"{s} alone (tuned)", tuned, nb, labels, titles))
+    rows.append(_row("fused", config, nb, labels, titles))
     best = config
     if args.tune:
         best, _ = tune(nb, labels, config, show_progress=show)
-        rows.append(_row("fused (tuned)", best, nb, labels))
+        rows.append(_row("fused (tuned)", best, nb, labels, titles))
     elapsed = time.perf_counter() - t0
 
     print(f"\n{args.input}: {len(cat)} rows, {len(np.unique(labels))} groups")

@@ -12,14 +12,54 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-SignalName = Literal["tfidf", "phash", "text", "image"]
-SIGNALS: tuple[SignalName, ...] = ("tfidf", "phash", "text", "image")
+SignalName = Literal["tfidf", "phash", "text", "image", "combined"]
+#: "combined" is the weighted concatenation of modalities (`Stages.combined_weights`).
+SIGNALS: tuple[SignalName, ...] = ("tfidf", "phash", "text", "image", "combined")
+#: Pools from a quarter to four times the tuned size: the range the pool-size rule covers.
+POOL_RANGE = (0.25, 4.0)
 Neighbours = tuple[np.ndarray, np.ndarray]
 
 
 def phash_similarity(max_hamming: int) -> float:
     """The phash similarity threshold (1 - d/64) that keeps Hamming distances <= max_hamming."""
     return 1.0 - max_hamming / 64.0
+
+
+class Stages(BaseModel):
+    """Match-quality stages around the fusion (`index.stages`); all off by default.
+
+    Attributes:
+        combined_weights: modality -> weight of the combined embedding (each modality
+            L2-normalised, weighted, concatenated, normalised; TF-IDF joins as a sparse
+            part). Used when `FusionConfig.thresholds` has a "combined" threshold and two
+            of the named modalities are present; its matches join the union.
+        inb: one similarity threshold per iterative-neighbourhood-blending stage (each row
+            replaced by the similarity-weighted sum of its neighbours above it, then
+            searched again), applied to the signals of `blend_signals`; () is off.
+        qe_alpha, qe_k: alpha query expansion (each row replaced by the sum of its `qe_k`
+            nearest rows weighted by similarity**alpha) instead of or before INB; None off.
+        blend_signals: the signals INB / alpha-QE rework.
+        unit_rule: drop a match whose titles give different quantities of one unit
+            (`200gr` vs `400gr`) unless a signal of `unit_keep` is at least that similar.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    combined_weights: dict[SignalName, float] = Field(default_factory=dict)
+    inb: tuple[float, ...] = ()
+    qe_alpha: float | None = Field(default=None, ge=0.0)
+    qe_k: int = Field(default=3, ge=1, le=51)
+    blend_signals: tuple[SignalName, ...] = ("combined",)
+    unit_rule: bool = False
+    unit_keep: dict[SignalName, float] = Field(
+        default_factory=lambda: {"image": 0.9, "phash": phash_similarity(2)}  # type: ignore[arg-type]
+    )
+
+    @field_validator("inb")
+    @classmethod
+    def _inb_range(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if len(v) > 3 or any(not -1.0 <= t <= 1.0 for t in v):
+            raise ValueError(f"inb takes 0-3 thresholds in [-1, 1], got {v}")
+        return v
 
 
 class FusionConfig(BaseModel):
@@ -31,7 +71,12 @@ class FusionConfig(BaseModel):
         min2: the at-least-one-match rule: a row left with only itself takes its nearest
             neighbour from `min2_signal` unless that neighbour's similarity < `min2_floor`.
         max_matches: cap on matches per row, the row itself included (Kaggle: 50).
+        min2_reciprocal: 0 (off) or r: the at-least-one-match neighbour j of row i is taken
+            only if i is among j's r nearest other rows in `min2_signal` (rank-r check).
         tuned_rows: size of the pool the thresholds were tuned on (None: hand-set).
+        pool_slopes: signal -> threshold change per doubling of the pool; `for_pool(n)`
+            moves the thresholds from `tuned_rows` to n along them (empty: no change).
+        stages: the match-quality stages (`Stages`), all off by default.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -49,8 +94,11 @@ class FusionConfig(BaseModel):
     min2: bool = True
     min2_signal: SignalName = "tfidf"
     min2_floor: float = 0.35
+    min2_reciprocal: int = Field(default=0, ge=0, le=50)
     max_matches: int = Field(default=50, ge=1, le=50)
     tuned_rows: int | None = None
+    pool_slopes: dict[SignalName, float] = Field(default_factory=dict)
+    stages: Stages = Field(default_factory=Stages)
 
     @field_validator("thresholds")
     @classmethod
@@ -64,11 +112,48 @@ class FusionConfig(BaseModel):
         """A copy with fields replaced (validated)."""
         return FusionConfig.model_validate({**self.model_dump(), **kw})
 
+    def with_stages(self, **kw: object) -> FusionConfig:
+        """A copy with `stages` fields replaced (validated)."""
+        return self.with_(stages={**self.stages.model_dump(), **kw})
+
+    def for_pool(self, n: int) -> FusionConfig:
+        """Thresholds moved to a pool of `n` rows: each by slope * log2(n / tuned_rows), the
+        ratio clipped to `POOL_RANGE`; monotone in n. Unchanged without slopes or
+        `tuned_rows`, or when n is the tuned size."""
+        if not self.pool_slopes or not self.tuned_rows or n == self.tuned_rows:
+            return self
+        lo, hi = POOL_RANGE
+        steps = float(np.log2(min(hi, max(lo, n / self.tuned_rows))))
+        th = {
+            s: float(min(1.0, max(-1.0, t + self.pool_slopes.get(s, 0.0) * steps)))
+            for s, t in self.thresholds.items()
+        }
+        return self.with_(thresholds=th, tuned_rows=n, pool_slopes={})
+
 
 def threshold(D: np.ndarray, I: np.ndarray, t: float) -> np.ndarray:
     """Neighbour ids with similarity >= t, others -1. Shapes (n, k)."""
     assert D.shape == I.shape, (D.shape, I.shape)
     return np.where((I >= 0) & (t <= D), I, -1)
+
+
+def reciprocal(I: np.ndarray, j: np.ndarray, r: int) -> np.ndarray:
+    """(n,) bool: row i is among the `r` nearest rows of row j[i] other than j[i] itself.
+
+    Args:
+        I: (n, k) self-join neighbours (ids are rows of the same pool).
+        j: (n,) a candidate row per row (-1: none, gives False).
+        r: rank to check.
+    """
+    n = I.shape[0]
+    assert j.shape == (n,), (j.shape, n)
+    rows = np.arange(n)
+    ok = j >= 0
+    Ij = I[np.maximum(j, 0)]  # (n, k) the candidates' neighbours
+    others = (Ij >= 0) & (Ij != j[:, None])
+    rank = np.cumsum(others, axis=1)  # 1-based rank among the others
+    hit = others & (rank <= r) & (Ij == rows[:, None])
+    return ok & hit.any(axis=1)
 
 
 def _dedupe(I: np.ndarray, S: np.ndarray) -> np.ndarray:
@@ -125,6 +210,9 @@ def fuse(
         best_I, best_D = I2[rows, j], D2[rows, j]
         free_any = (I < 0).any(axis=1)
         add = (count == 1) & has & (best_D >= config.min2_floor) & free_any
+        r = config.min2_reciprocal
+        if r and I2.shape[0] == n and int(I2.max(initial=-1)) < n:  # a self-join only
+            add &= reciprocal(I2, best_I, r)
         # The row's own id sits in some column; put the neighbour in a free one.
         free = np.argmax(I < 0, axis=1)
         I[add, free[add]] = best_I[add]

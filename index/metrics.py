@@ -39,13 +39,17 @@ def mean_f1(I: np.ndarray, labels: np.ndarray) -> float:
     return float(row_scores(I, labels)[0].mean())
 
 
-def f1_report(I: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+def f1_report(
+    I: np.ndarray,
+    labels: np.ndarray,
+    buckets: tuple[tuple[int, int], ...] = SIZE_BUCKETS,
+) -> dict[str, Any]:
     """Mean F1, precision, recall, mean predicted matches, and the same by true group size."""
     f1, p, r = row_scores(I, labels)
     size = group_sizes(labels)
     pred = (I >= 0).sum(axis=1)
     by_size = {}
-    for lo, hi in SIZE_BUCKETS:
+    for lo, hi in buckets:
         m = (size >= lo) & (size <= hi)
         if m.any():
             name = str(lo) if lo == hi else (f"{lo}+" if hi >= 10**9 else f"{lo}-{hi}")

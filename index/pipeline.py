@@ -18,7 +18,7 @@ import scipy.sparse as sp
 from index.catalogue import Catalogue
 from index.encoders import Device, Encoder, load_encoder, open_image
 from index.errors import EncoderError, ImageError
-from index.fusion import FusionConfig, Neighbours, fuse, to_lists
+from index.fusion import FusionConfig, Neighbours, to_lists
 from index.progress import progress
 from index.search import K, hamming_self_knn, self_knn
 from index.signals import TfidfConfig, TitleTfidf, fill_phash, phash_codes, sparse_knn
@@ -163,7 +163,10 @@ def match_catalogue(
         Per row, the matching posting_ids (itself first, at most `config.max_matches`),
         and the features computed on the way.
     """
+    from index.stages import apply_stages, feature_parts, fuse_stages
+
     feats = embed(cat, encoders, tfidf_config=tfidf_config, show_progress=show_progress)
     nb = self_neighbours(feats, device=device, show_progress=show_progress)
-    I, _ = fuse(nb, config, len(cat))
+    nb = apply_stages(feature_parts(feats), nb, config, device=device)
+    I, _ = fuse_stages(nb, config, cat.title)
     return to_lists(I, cat.posting_id), feats

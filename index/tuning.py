@@ -10,7 +10,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from index.fusion import FusionConfig, Neighbours, fuse, phash_similarity
-from index.metrics import mean_f1
+from index.metrics import group_sizes, mean_f1
 from index.progress import progress
 
 #: Candidate thresholds per signal.
@@ -20,6 +20,7 @@ GRIDS: dict[str, list[float]] = {
     "text": [round(float(t), 3) for t in np.arange(0.20, 0.981, 0.02)],
     "image": [round(float(t), 3) for t in np.arange(0.10, 0.981, 0.025)],
     "phash": [phash_similarity(d) for d in range(0, 17)],
+    "combined": [round(float(t), 3) for t in np.arange(0.20, 0.981, 0.02)],
 }
 FLOORS: list[float] = [round(float(t), 2) for t in np.arange(0.0, 0.951, 0.05)]
 
@@ -126,3 +127,193 @@ def tune_pools(
             break
     rows = round(sum(len(labels) for _, labels in pools) / len(pools))
     return best[1].with_(tuned_rows=rows), best[0]
+
+
+class PairTable:
+    """A pool's candidate pairs, laid out so a config's F1 is a few vectorised passes.
+
+    Every (row, other row) pair that some signal lists holds its similarity per signal
+    (-inf where not listed) and whether the two rows share a label; per signal, each row's
+    nearest other row (for the at-least-one-match rule). `score` then equals
+    `mean_f1(fuse_stages(...))` except where a row's matches exceed the cap, whose true
+    positives are scaled down proportionally; tuning uses it, reports use `fuse_stages`.
+    """
+
+    def __init__(
+        self,
+        signals: dict[str, Neighbours],
+        labels: np.ndarray,
+        titles: list[str] | None = None,
+        unit_keep: dict[str, float] | None = None,
+    ) -> None:
+        n = len(labels)
+        self.n, self.labels = n, labels
+        self.names = list(signals)
+        self.size = group_sizes(labels).astype(np.float64)
+        keys, sims = [], []
+        for s, (D, I) in signals.items():
+            assert D.shape == I.shape and D.shape[0] == n, (s, D.shape, I.shape, n)
+            r = np.repeat(np.arange(n, dtype=np.int64), I.shape[1]).reshape(I.shape)
+            m = (I >= 0) & (r != I)
+            keys.append(r[m] * n + I[m])
+            sims.append(D[m])
+        allk = np.concatenate(keys) if keys else np.zeros(0, np.int64)
+        uniq, inv = np.unique(allk, return_inverse=True)
+        self.P = np.full((len(uniq), len(self.names)), -np.inf, np.float32)
+        off = 0
+        for c, d in enumerate(sims):
+            idx = inv[off : off + len(d)]
+            np.maximum.at(self.P[:, c], idx, d)
+            off += len(d)
+        self.row = uniq // n
+        col = uniq % n
+        self.same = labels[self.row] == labels[col]
+        self.drop = np.zeros(len(uniq), bool)
+        if titles is not None:
+            from index.stages import parse_quantities, unit_conflict
+
+            q = [parse_quantities(t) for t in titles]
+            has = np.array([bool(x) for x in q])
+            cand = np.flatnonzero(has[self.row] & has[col])
+            conflict = np.array(
+                [unit_conflict(q[self.row[p]], q[col[p]]) for p in cand.tolist()], bool
+            )
+            strong = np.zeros(len(uniq), bool)
+            for s, t in (unit_keep or {}).items():
+                if s in self.names:
+                    strong |= self.P[:, self.names.index(s)] >= t
+            self.drop[cand[conflict]] = True
+            self.drop &= ~strong
+        # Per signal: each row's nearest other row, its similarity, same label, rank of the
+        # row in that neighbour's list (for the reciprocal check), and the unit-rule drop.
+        self.near: dict[str, tuple[np.ndarray, ...]] = {}
+        rows = np.arange(n)
+        pos = {int(k): p for p, k in enumerate(uniq.tolist())} if titles is not None else {}
+        for s, (D, I) in signals.items():
+            other = (I >= 0) & (rows[:, None] != I)
+            j = np.argmax(other, axis=1)
+            has = other[rows, j]
+            bj, bd = I[rows, j], D[rows, j]
+            ok = has & (bj >= 0)
+            same = ok & (labels[np.maximum(bj, 0)] == labels)
+            Ij = I[np.maximum(bj, 0)]
+            oth = (Ij >= 0) & (Ij != bj[:, None])
+            rank = np.cumsum(oth, axis=1)
+            hit = oth & (Ij == rows[:, None])
+            rr = np.where(hit.any(axis=1), np.where(hit, rank, 10**6).min(axis=1), 10**6)
+            nd = np.zeros(n, bool)
+            if titles is not None:
+                for i in np.flatnonzero(ok).tolist():
+                    p = pos.get(i * n + int(bj[i]))
+                    nd[i] = p is not None and bool(self.drop[p])
+            self.near[s] = (ok, np.where(ok, bd, -np.inf), same, rr, nd)
+
+    def score(self, config: FusionConfig) -> float:
+        """Mean row F1 of `config` on this pool (see the class note on the cap)."""
+        cfg = config.for_pool(self.n)
+        pred = np.zeros(len(self.row), bool)
+        for s, t in cfg.thresholds.items():
+            if s in self.names:
+                pred |= self.P[:, self.names.index(s)] >= t
+        if cfg.stages.unit_rule:
+            pred &= ~self.drop
+        count = np.bincount(self.row[pred], minlength=self.n).astype(np.float64)
+        tp = np.bincount(self.row[pred & self.same], minlength=self.n).astype(np.float64)
+        cap = cfg.max_matches - 1
+        over = count > cap
+        tp[over] *= cap / count[over]
+        count[over] = cap
+        if cfg.min2 and cfg.min2_signal in self.near:
+            ok, d, same, rr, nd = self.near[cfg.min2_signal]
+            add = (count == 0) & ok & (d >= cfg.min2_floor) & (cap >= 1)
+            if cfg.min2_reciprocal:
+                add &= rr <= cfg.min2_reciprocal
+            if cfg.stages.unit_rule:
+                add &= ~nd
+            count += add
+            tp += add & same
+        return float(np.mean(2 * (tp + 1) / (count + 1 + self.size)))
+
+
+def score_tables(tables: list[PairTable], config: FusionConfig) -> float:
+    """Mean row F1 over the rows of several pools."""
+    n = sum(t.n for t in tables)
+    return sum(t.score(config) * t.n for t in tables) / n
+
+
+def coarse(grid: list[float], step: int = 2) -> list[float]:
+    """Every `step`-th value of a grid."""
+    return grid[::step]
+
+
+def tune_tables(
+    tables: list[PairTable],
+    start: FusionConfig,
+    rounds: int = 2,
+    tune_min2: bool = True,
+    min2_signals: tuple[str, ...] = ("text", "tfidf", "image", "combined"),
+    grid_step: int = 1,
+    reciprocal: tuple[int, ...] = (),
+) -> tuple[FusionConfig, float]:
+    """`tune_pools` on `PairTable`s (fast): coordinate descent over the thresholds of
+    `start` present in every table, then the min-2 signal and floor (and, when
+    `reciprocal` lists ranks, the rank of the reciprocal check among them)."""
+    present = [s for s in tables[0].names if all(s in t.names for t in tables)]
+    names = [s for s in start.thresholds if s in present]
+    start = start.with_(thresholds={s: start.thresholds[s] for s in names})
+    if start.min2_signal not in present and names:
+        start = start.with_(min2_signal=names[0])
+    best = (score_tables(tables, start), start)
+
+    def consider(cands: Iterable[FusionConfig]) -> None:
+        nonlocal best
+        for c in cands:
+            f = score_tables(tables, c)
+            if f > best[0] + 1e-9:
+                best = (f, c)
+
+    for _ in range(rounds):
+        before = best[0]
+        for name in names:
+            base = best[1]
+            consider(
+                base.with_(thresholds={**base.thresholds, name: t})
+                for t in coarse(GRIDS[name], grid_step)
+            )
+        if tune_min2 and best[1].min2:
+            base = best[1]
+            ranks = list(reciprocal) if reciprocal else [base.min2_reciprocal]
+            consider(
+                base.with_(min2_signal=s, min2_floor=f, min2_reciprocal=r)
+                for s in [m for m in min2_signals if m in present]
+                for f in coarse(FLOORS, grid_step)
+                for r in ranks
+            )
+        if best[0] <= before + 1e-6:
+            break
+    rows = round(sum(t.n for t in tables) / len(tables))
+    return best[1].with_(tuned_rows=rows), best[0]
+
+
+def fit_pool_slopes(
+    sizes: dict[int, list[PairTable]], start: FusionConfig, grid_step: int = 1
+) -> tuple[dict[str, float], dict[int, tuple[FusionConfig, float]]]:
+    """The pool-size rule: tune `start` on pools of each size (key: any size label), then fit
+    each threshold against log2(mean pool rows) by least squares.
+
+    Returns:
+        Slope per signal (threshold change per doubling of the pool) and, per size, the
+        tuned config and its F1.
+    """
+    tuned = {
+        k: tune_tables(ts, start, rounds=1, tune_min2=False, grid_step=grid_step)
+        for k, ts in sizes.items()
+        if ts
+    }
+    x = np.log2([c.tuned_rows or 1 for c, _ in tuned.values()])
+    slopes: dict[str, float] = {}
+    for s in start.thresholds:
+        ys = [c.thresholds.get(s) for c, _ in tuned.values()]
+        if len(set(x.tolist())) > 1 and all(y is not None for y in ys):
+            slopes[s] = float(np.polyfit(x, np.array(ys, float), 1)[0])
+    return slopes, tuned

@@ -1,0 +1,441 @@
+"""`pricematch evaluate --ablation`: the match-quality stages measured one by one, out of fold.
+
+Protocol: the rows are split by label group into folds (GroupKFold, or the folds saved by
+`pricematch train` with `--oof`); each fold is a *pool* matched among itself (TF-IDF fitted
+on the pool, given phash, dense embeddings from the model or the saved out-of-fold ones).
+For each validation fold, every setting is tuned on the other folds' pools only (same pool
+size, so thresholds carry) and the result is scored on the validation pool. Stages are
+cumulative: a stage joins the running pipeline of a fold when it raises that fold's
+*training* F1; its row reports the pipeline with the stage on. The pool-size study tunes on
+the merged training folds (4x the validation pool) and carries the thresholds to the
+validation pool as they are and moved by the pool-size rule fitted on training sub-pools.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from index.catalogue import Catalogue
+from index.errors import CatalogueError
+from index.fusion import FusionConfig, Neighbours
+from index.metrics import f1_report
+from index.pipeline import Encoders, Features, embed, self_neighbours
+from index.progress import progress
+from index.stages import Part, apply_stages, feature_parts, fuse_stages
+from index.tuning import PairTable, fit_pool_slopes, group_folds, tune_tables
+
+#: Group-size buckets of the ablation's break-down (finer at the top than `SIZE_BUCKETS`).
+BUCKETS: tuple[tuple[int, int], ...] = (
+    (2, 2),
+    (3, 4),
+    (5, 9),
+    (10, 19),
+    (20, 29),
+    (30, 51),
+)
+
+
+@dataclass
+class Pool:
+    """One pool of rows matched among themselves."""
+
+    rows: np.ndarray
+    labels: np.ndarray
+    titles: list[str]
+    parts: dict[str, Part]
+    nb: dict[str, Neighbours]
+    cache: dict[str, tuple[dict[str, Neighbours], PairTable]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def signals(self, config: FusionConfig, device: str) -> tuple[dict[str, Neighbours], PairTable]:
+        """Neighbours with the config's stages, and their pair table (cached per stages)."""
+        key = config.stages.model_dump_json() + str("combined" in config.thresholds)
+        if key not in self.cache:
+            nb = apply_stages(self.parts, self.nb, config, device=device)
+            keep = {str(k): v for k, v in config.stages.unit_keep.items()}
+            table = PairTable(nb, self.labels, self.titles, keep)
+            self.cache[key] = (nb, table)
+        return self.cache[key]
+
+
+def make_pool(cat: Catalogue, rows: np.ndarray, dense: dict[str, np.ndarray], device: str) -> Pool:
+    """TF-IDF fitted on the pool, the given phash, and the dense embeddings of `rows`."""
+    sub = cat.subset(rows)
+    sub.image = None
+    feats: Features = embed(sub, Encoders())
+    for name, x in dense.items():
+        setattr(feats, name, np.ascontiguousarray(x[rows], dtype=np.float32))
+        setattr(feats, f"{name}_valid", np.abs(x[rows]).sum(axis=1) > 0)
+    nb = self_neighbours(feats, device=device)  # type: ignore[arg-type]
+    return Pool(rows, cat.labels[rows], list(sub.title), feature_parts(feats), nb)
+
+
+Candidates = Callable[[FusionConfig], list[FusionConfig]]
+
+
+@dataclass
+class Step:
+    """One ablation row: candidate configs built from the running config of a fold."""
+
+    name: str
+    candidates: Candidates
+    cumulative: bool = True  # False: an alternative, measured but never joins the pipeline
+    reciprocal: tuple[int, ...] = ()
+    after_combined: bool = False  # start from the combined-embedding row (an alternative)
+
+
+def default_steps(dense: list[str]) -> list[Step]:
+    """The stages, in order (dense: the dense modalities present, e.g. ["text"])."""
+    modal = [m for m in ("text", "image") if m in dense]
+
+    def combined(c: FusionConfig) -> list[FusionConfig]:
+        out = []
+        for w in (0.7, 1.0, 1.4):
+            weights: dict[str, float] = {"tfidf": 1.0, **{m: w for m in modal}}
+            out.append(
+                c.with_(thresholds={**c.thresholds, "combined": 0.6}).with_stages(
+                    combined_weights=weights
+                )
+            )
+        return out
+
+    def inb(c: FusionConfig) -> list[FusionConfig]:
+        return [c.with_stages(inb=(*c.stages.inb, t)) for t in (0.5, 0.6, 0.7)]
+
+    def qe(c: FusionConfig) -> list[FusionConfig]:
+        return [c.with_stages(inb=(), qe_alpha=3.0, qe_k=k) for k in (2, 3, 5)]
+
+    steps = [
+        Step(
+            "TF-IDF alone",
+            lambda c: [c.with_(thresholds={"tfidf": 0.55}, min2_signal="tfidf")],
+            cumulative=False,
+        ),
+        Step(
+            "fused " + " ∪ ".join(["TF-IDF", "phash", *modal]),
+            lambda c: [c],
+        ),
+    ]
+    if modal:
+        steps += [
+            Step("+ combined embedding", combined),
+            Step("+ INB stage 1", inb),
+            Step("+ INB stage 2", inb),
+            Step("alternative: αQE instead of INB", qe, cumulative=False, after_combined=True),
+        ]
+    steps += [
+        Step("+ min-2 rank-2 reciprocal", lambda c: [c], reciprocal=(1, 2)),
+        Step("+ title unit rule", lambda c: [c.with_stages(unit_rule=True)]),
+    ]
+    return steps
+
+
+@dataclass
+class FoldState:
+    running: FusionConfig
+    train_f1: float
+    base_before_inb: FusionConfig | None = None
+
+
+def _eval(pool: Pool, cfg: FusionConfig, device: str) -> dict[str, Any]:
+    nb, _ = pool.signals(cfg, device)
+    I, _ = fuse_stages(nb, cfg, pool.titles)
+    return f1_report(I, pool.labels, BUCKETS)
+
+
+def run_ablation(
+    pools: list[Pool],
+    start: FusionConfig,
+    steps: list[Step],
+    device: str = "cpu",
+    grid_step: int = 2,
+    show_progress: bool = False,
+) -> list[dict[str, Any]]:
+    """Every step on every fold; one result dict per step (per-fold reports and configs)."""
+    k = len(pools)
+    states = [FoldState(start, -1.0) for _ in range(k)]
+    out = []
+    alt_base: list[FusionConfig] = [start] * k
+    for step in progress(steps, desc="ablation", unit="stage", disable=not show_progress):
+        folds = []
+        for f in range(k):
+            train = [p for g, p in enumerate(pools) if g != f]
+            base = alt_base[f] if step.after_combined else states[f].running
+            best: tuple[float, FusionConfig] | None = None
+            for cand in step.candidates(base):
+                tables = [p.signals(cand, device)[1] for p in train]
+                cfg, f_tr = tune_tables(
+                    tables, cand, rounds=1, grid_step=grid_step, reciprocal=step.reciprocal
+                )
+                if best is None or f_tr > best[0]:
+                    best = (f_tr, cfg)
+            assert best is not None
+            f_tr, cfg = best
+            rep = _eval(pools[f], cfg, device)
+            kept = step.cumulative and f_tr > states[f].train_f1 + 1e-6
+            if step.name.startswith("+ combined"):
+                alt_base[f] = cfg if kept else states[f].running
+            if kept or (step.cumulative and states[f].train_f1 < 0):
+                states[f] = FoldState(cfg, f_tr)
+                kept = True
+            folds.append(
+                {"report": rep, "config": cfg.model_dump(), "train_f1": f_tr, "kept": kept}
+            )
+        out.append({"name": step.name, "cumulative": step.cumulative, "folds": folds})
+    final = [
+        {
+            "report": _eval(pools[f], states[f].running, device),
+            "config": states[f].running.model_dump(),
+            "train_f1": states[f].train_f1,
+            "kept": True,
+        }
+        for f in range(k)
+    ]
+    out.append(
+        {"name": "final (stages kept on the training folds)", "cumulative": True, "folds": final}
+    )
+    return out
+
+
+def sub_pools(rows: np.ndarray, labels: np.ndarray, parts: int, seed: int) -> list[np.ndarray]:
+    """`rows` split into `parts` group-disjoint pools of about equal size."""
+    uniq = np.unique(labels[rows])
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, parts, len(uniq))[np.searchsorted(uniq, labels[rows])]
+    return [rows[a == p] for p in range(parts) if (a == p).sum() >= 2]
+
+
+def pool_study(
+    cat: Catalogue,
+    dense: dict[str, np.ndarray],
+    fold_rows: list[np.ndarray],
+    pools: list[Pool],
+    start: FusionConfig,
+    device: str = "cpu",
+    grid_step: int = 2,
+    show_progress: bool = False,
+) -> list[dict[str, Any]]:
+    """Per validation fold: thresholds tuned on the merged training folds (4N) carried to the
+    validation pool (N) as they are and moved by the pool-size rule, whose slopes are fitted
+    on the training side only (sub-pools N/4 and N/2, the folds N, merged pairs 2N, all 4N)."""
+    labels = cat.labels
+    out = []
+    k = len(fold_rows)
+    for f in progress(range(k), desc="pool study", unit="fold", disable=not show_progress):
+        train = [g for g in range(k) if g != f]
+
+        def tables(rows_list: list[np.ndarray]) -> list[PairTable]:
+            ps = [make_pool(cat, r, dense, device) for r in rows_list]
+            return [p.signals(start, device)[1] for p in ps]
+
+        sizes: dict[int, list[PairTable]] = {
+            1: tables([r for g in train for r in sub_pools(fold_rows[g], labels, 4, seed=g)]),
+            2: tables([r for g in train for r in sub_pools(fold_rows[g], labels, 2, seed=g)]),
+            4: [pools[g].signals(start, device)[1] for g in train],
+            8: tables(
+                [
+                    np.concatenate([fold_rows[a], fold_rows[b]])
+                    for a, b in zip(train[::2], train[1::2], strict=False)
+                ]
+            ),
+            16: tables([np.concatenate([fold_rows[g] for g in train])]),
+        }
+        slopes, tuned = fit_pool_slopes(sizes, start, grid_step=grid_step)
+        big, _ = tune_tables(sizes[16], start, rounds=1, grid_step=grid_step)
+        same, _ = tune_tables(sizes[4], start, rounds=1, grid_step=grid_step)
+        moved = big.with_(pool_slopes=slopes)
+        res = {
+            "slopes": slopes,
+            "sizes": {
+                str(c.tuned_rows): {"f1": f1, "thresholds": dict(c.thresholds)}
+                for c, f1 in tuned.values()
+            },
+            "carried": _eval(pools[f], big, device),
+            "pool_rule": _eval(pools[f], moved, device),
+            "same_size": _eval(pools[f], same, device),
+            "carried_config": big.model_dump(),
+            "moved_thresholds": moved.for_pool(len(pools[f])).thresholds,
+        }
+        out.append(res)
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# CLI
+
+
+def load_oof(folder: Path, cat: Catalogue) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Saved out-of-fold embeddings (text.npy / image.npy) and folds.npy of `cat`'s rows."""
+    d = folder / "oof" if (folder / "oof" / "meta.json").is_file() else folder
+    meta_path = d / "meta.json"
+    if not meta_path.is_file():
+        raise CatalogueError(f"{folder}: no oof/meta.json (made by `pricematch train`)")
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    ids = hashlib.sha256("\n".join(map(str, cat.posting_id)).encode()).hexdigest()
+    if meta.get("rows") != len(cat) or meta.get("posting_id_sha256") != ids:
+        raise CatalogueError(
+            f"{d}: out-of-fold embeddings belong to another CSV "
+            f"({meta.get('rows')} rows, not these {len(cat)})"
+        )
+    dense = {m: np.load(d / f"{m}.npy") for m in ("text", "image") if (d / f"{m}.npy").is_file()}
+    for m, x in dense.items():
+        if x.shape[0] != len(cat):
+            raise CatalogueError(f"{d}/{m}.npy has {x.shape[0]} rows, not {len(cat)}")
+    return dense, np.load(d / "folds.npy")
+
+
+def _fmt(vals: list[float]) -> str:
+    a = np.array(vals)
+    return f"{a.mean():.4f} ± {a.std():.4f}"
+
+
+def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per row: mean and spread (std over folds) of F1/P/R/matches and of the gain over the
+    previous cumulative row (per fold)."""
+    rows = []
+    prev: list[float] | None = None
+    base: list[float] | None = None
+    for r in results:
+        f1 = [x["report"]["f1"] for x in r["folds"]]
+        row = {
+            "name": r["name"],
+            "f1": f1,
+            "precision": [x["report"]["precision"] for x in r["folds"]],
+            "recall": [x["report"]["recall"] for x in r["folds"]],
+            "matches": [x["report"]["mean_matches"] for x in r["folds"]],
+            "kept": sum(bool(x["kept"]) for x in r["folds"]) if r["cumulative"] else None,
+            "gain": None if prev is None else [a - b for a, b in zip(f1, prev, strict=True)],
+            "by_group_size": {
+                s: float(
+                    np.mean(
+                        [
+                            x["report"]["by_group_size"].get(s, {"f1": np.nan})["f1"]
+                            for x in r["folds"]
+                        ]
+                    )
+                )
+                for s in r["folds"][0]["report"]["by_group_size"]
+            },
+        }
+        if r["name"].startswith("alternative"):
+            row["gain"] = None if base is None else [a - b for a, b in zip(f1, base, strict=True)]
+        elif r["name"].startswith("final"):
+            row["gain"] = None
+        if r["name"].startswith("+ combined"):
+            base = f1
+        if r["cumulative"] and not r["name"].startswith("final"):
+            prev = [
+                a if x["kept"] else b for a, b, x in zip(f1, prev or f1, r["folds"], strict=True)
+            ]
+        rows.append(row)
+    return rows
+
+
+def cmd_ablation(args: argparse.Namespace, cat: Catalogue) -> int:
+    from index.commands import resolve_model
+
+    t0 = time.perf_counter()
+    labels = cat.labels
+    show = not args.quiet
+    device = args.device
+    if args.oof is not None:
+        dense, fold_of = load_oof(args.oof, cat)
+        source = f"out-of-fold embeddings {args.oof}"
+    else:
+        encoders, _ = resolve_model(args)
+        feats = embed(cat, encoders, show_progress=show)
+        dense = {m: getattr(feats, m) for m in ("text", "image") if getattr(feats, m) is not None}
+        for m in list(dense):
+            dense[m] = np.where(getattr(feats, f"{m}_valid")[:, None], dense[m], 0).astype(
+                np.float32
+            )
+        fold_of = np.full(len(cat), -1, np.int64)
+        for f, (_, va) in enumerate(group_folds(labels, args.folds, args.seed)):
+            fold_of[va] = f
+        source = f"embedded with {args.model or 'no model'}"
+    fold_rows = [np.flatnonzero(fold_of == f) for f in sorted(set(fold_of.tolist()) - {-1})]
+    if len(fold_rows) < 2:
+        raise CatalogueError("the ablation needs at least 2 folds")
+    pools = [
+        make_pool(cat, r, dense, device)
+        for r in progress(fold_rows, desc="pools", unit="pool", disable=not show)
+    ]
+    t_pools = time.perf_counter() - t0
+    start = FusionConfig().with_(
+        thresholds={k: v for k, v in FusionConfig().thresholds.items() if k in pools[0].nb}
+    )
+    results = run_ablation(pools, start, default_steps(list(dense)), device, show_progress=show)
+    t_abl = time.perf_counter() - t0 - t_pools
+    study = pool_study(cat, dense, fold_rows, pools, start, device, show_progress=show)
+    elapsed = time.perf_counter() - t0
+    table = summarize(results)
+
+    print(
+        f"\n{args.input}: {len(cat)} rows, {len(np.unique(labels))} groups; {len(pools)} folds "
+        f"(pools of ~{round(np.mean([len(p) for p in pools]))} rows); {source}"
+    )
+    print("thresholds tuned on the other folds' pools; mean ± std over folds\n")
+    print(f"{'stage':<36} {'F1':>17} {'gain':>17} {'prec':>6} {'recall':>6} {'matches':>7} kept")
+    for r in table:
+        gain = _fmt(r["gain"]) if r["gain"] is not None else ""
+        kept = f"{r['kept']}/{len(pools)}" if r["kept"] is not None else "-"
+        print(
+            f"{r['name']:<36} {_fmt(r['f1']):>17} {gain:>17} {np.mean(r['precision']):6.4f} "
+            f"{np.mean(r['recall']):6.4f} {np.mean(r['matches']):7.2f} {kept}"
+        )
+    print("\nF1 by true group size (mean over folds):")
+    sizes = list(table[0]["by_group_size"])
+    print(f"{'stage':<36} " + " ".join(f"{s:>7}" for s in sizes))
+    for r in table:
+        print(f"{r['name']:<36} " + " ".join(f"{r['by_group_size'][s]:7.4f}" for s in sizes))
+    print(
+        f"\nPool size (validation pool N; thresholds tuned on the {len(pools) - 1} "
+        "merged training folds):"
+    )
+    for what in ("same_size", "carried", "pool_rule"):
+        label = {
+            "same_size": "tuned on N-row pools (as above)",
+            "carried": "tuned on merged folds, carried as is",
+            "pool_rule": "tuned on merged folds + pool rule",
+        }[what]
+        print(f"  {label:<36} F1 {_fmt([s[what]['f1'] for s in study])}")
+    slopes = {
+        s: float(np.mean([x["slopes"].get(s, 0.0) for x in study])) for s in study[0]["slopes"]
+    }
+    print(
+        "  slopes per doubling (mean over folds): "
+        + ", ".join(f"{s} {v:+.3f}" for s, v in slopes.items())
+    )
+    print(
+        f"\ntime: pools {t_pools:.0f}s, stages {t_abl:.0f}s, "
+        f"pool study {elapsed - t_pools - t_abl:.0f}s, total {elapsed:.0f}s"
+    )
+    if args.report:
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.write_text(
+            json.dumps(
+                {
+                    "input": str(args.input),
+                    "source": source,
+                    "table": table,
+                    "steps": results,
+                    "pool_study": study,
+                    "seconds": elapsed,
+                },
+                indent=2,
+                default=float,
+            ),
+            encoding="utf-8",
+        )
+    return 0

@@ -1,0 +1,360 @@
+"""Match-quality stages around fusion: combined embeddings, neighbourhood blending (INB),
+alpha query expansion, the title unit rule, and the pool-size rule's helpers.
+
+All are small functions over float32 arrays (faiss conventions: `xq`/`xb` queries and
+database, `D` (n, k) similarities descending, `I` (n, k) ids, -1 padded). A *space* is
+what a signal is searched in: a list of parts, each an (n, d_m) dense float32 array or an
+(n, v_m) CSR matrix, with the part weights already applied; a row's vector is the
+concatenation of its parts, and every search L2-normalises that concatenation. One
+modality is a one-part space; the combined embedding is the weighted concatenation of
+several modalities (TF-IDF included, as a sparse part).
+
+`apply_stages` runs the stages a `FusionConfig` asks for on a pool's features and
+neighbours; `fuse_stages` is `fuse` plus the pool-size rule and the unit rule.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+import numpy as np
+import scipy.sparse as sp
+
+from index.fusion import FusionConfig, Neighbours, fuse
+from index.search import K, as_f32, l2_normalize, no_neighbours, self_knn
+
+if TYPE_CHECKING:
+    from index.pipeline import Features
+
+Part: TypeAlias = np.ndarray | sp.csr_matrix
+Space: TypeAlias = list[Part]
+
+# ---------------------------------------------------------------------------------------
+# Spaces and exact search
+
+
+def combine(embs: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
+    """Dense combined embedding: each (n, d_m) L2-normalised, scaled by its weight,
+    concatenated, and the result L2-normalised. Shape (n, sum d_m)."""
+    assert len(embs) == len(weights) and embs, (len(embs), len(weights))
+    n = embs[0].shape[0]
+    parts = []
+    for x, w in zip(embs, weights, strict=True):
+        assert x.shape[0] == n, (x.shape, n)
+        parts.append(l2_normalize(x) * np.float32(w))
+    return l2_normalize(np.hstack(parts))
+
+
+def make_space(parts: Sequence[tuple[Part, float]]) -> Space:
+    """A space from (matrix, weight) pairs: each part row-normalised, then weighted."""
+    out: Space = []
+    for x, w in parts:
+        if sp.issparse(x):
+            Xs = sp.csr_matrix(x, dtype=np.float32)
+            nrm = np.sqrt(np.asarray(Xs.multiply(Xs).sum(axis=1)).ravel())
+            scale = np.float32(w) / np.maximum(nrm, 1e-12)
+            out.append(sp.csr_matrix(sp.diags(scale.astype(np.float32)) @ Xs, dtype=np.float32))
+        else:
+            out.append(l2_normalize(x) * np.float32(w))
+    return out
+
+
+def space_norms(space: Space) -> np.ndarray:
+    """(n,) L2 norm of each row's concatenated vector."""
+    sq = np.zeros(space[0].shape[0], np.float64)
+    for x in space:
+        if isinstance(x, sp.spmatrix | sp.sparray):
+            sq += np.asarray(x.multiply(x).sum(axis=1)).ravel()
+        else:
+            sq += np.einsum("ij,ij->i", x, x, dtype=np.float64)
+    return np.sqrt(sq).astype(np.float32)
+
+
+def space_self_knn(
+    space: Space, k: int = K, chunk: int = 1024, device: str = "auto"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact cosine k-NN of every row of a space among its rows (itself included).
+
+    All-dense spaces go through FAISS (`self_knn`, GPU when present); a space with a sparse
+    part is searched in row chunks (one dense (chunk, n) block at a time). Zero rows get
+    and are no neighbours.
+    """
+    n = space[0].shape[0]
+    assert all(x.shape[0] == n for x in space), [x.shape for x in space]
+    nrm = space_norms(space)
+    valid = nrm > 1e-6
+    if all(not sp.issparse(x) for x in space):
+        x = np.hstack([as_f32(p) for p in space]) / np.maximum(nrm, 1e-12)[:, None]
+        return self_knn(x, valid, k, device=device)
+    inv = (1.0 / np.maximum(nrm, 1e-12)).astype(np.float32)
+    D, I = no_neighbours(n, k)
+    rows = np.flatnonzero(valid)
+    if rows.size == 0:
+        return D, I
+    sub = [x[rows] for x in space]
+    inv_v = inv[rows]
+    T = [sp.csr_matrix(x.T) if sp.issparse(x) else np.ascontiguousarray(x.T) for x in sub]
+    m = rows.size
+    kk = min(k, m)
+    for s in range(0, m, chunk):
+        e = min(s + chunk, m)
+        S = np.zeros((e - s, m), np.float32)
+        for x, xt in zip(sub, T, strict=True):
+            blk = x[s:e] @ xt
+            S += blk.toarray() if sp.issparse(blk) else blk
+        S *= inv_v[s:e, None]
+        S *= inv_v[None, :]
+        if kk < m:
+            top = np.argpartition(-S, kk - 1, axis=1)[:, :kk]
+        else:
+            top = np.tile(np.arange(m), (e - s, 1))
+        Dt = np.take_along_axis(S, top, axis=1)
+        o = np.argsort(-Dt, axis=1, kind="stable")
+        D[rows[s:e], :kk] = np.take_along_axis(Dt, o, axis=1)
+        I[rows[s:e], :kk] = rows[np.take_along_axis(top, o, axis=1)]
+    return D, I
+
+
+# ---------------------------------------------------------------------------------------
+# Neighbourhood blending and query expansion
+
+
+def _weights(D: np.ndarray, I: np.ndarray, W: np.ndarray, n: int) -> sp.csr_matrix:
+    """Sparse (n, n) matrix with W[i, I[i, j]] for the kept neighbours (W > 0)."""
+    assert D.shape == I.shape == W.shape and D.shape[0] == n, (D.shape, I.shape, W.shape, n)
+    keep = (I >= 0) & (W > 0)
+    r = np.repeat(np.arange(n), I.shape[1]).reshape(I.shape)[keep]
+    return sp.csr_matrix((W[keep].astype(np.float32), (r, I[keep])), shape=(n, n))
+
+
+def _apply(W: sp.csr_matrix, space: Space, empty: np.ndarray) -> Space:
+    """W @ each part; rows with no kept neighbour keep their vector."""
+    keep_self = sp.diags(empty.astype(np.float32))
+    W = sp.csr_matrix(W + keep_self)
+    return [
+        sp.csr_matrix(W @ x, dtype=np.float32) if sp.issparse(x) else as_f32(W @ x) for x in space
+    ]
+
+
+def blend(space: Space, D: np.ndarray, I: np.ndarray, threshold: float) -> Space:
+    """One stage of iterative neighbourhood blending (INB).
+
+    Each row becomes the similarity-weighted sum of its neighbours with similarity
+    >= `threshold` (itself included, weight = its self-similarity); searches renormalise.
+
+    Args:
+        space: the vectors the neighbours (D, I) were found in, n rows.
+        D, I: (n, k) neighbours of every row in `space`.
+        threshold: neighbours below it do not take part.
+    """
+    n = space[0].shape[0]
+    Wd = np.where((I >= 0) & (threshold <= D), np.maximum(D, 0.0), 0.0)
+    empty = np.asarray(~(Wd > 0).any(axis=1))
+    return _apply(_weights(D, I, Wd, n), space, empty)
+
+
+def alpha_qe(space: Space, D: np.ndarray, I: np.ndarray, alpha: float, k: int) -> Space:
+    """alpha query expansion (database-side augmentation for a self-match): each row becomes
+    the sum of its `k` nearest rows (itself included) weighted by similarity**alpha
+    (negative similarities weigh 0)."""
+    assert k >= 1 and alpha >= 0, (k, alpha)
+    n = space[0].shape[0]
+    kk = min(k, I.shape[1])
+    Dk, Ik = D[:, :kk], I[:, :kk]
+    Wd = np.where(Ik >= 0, np.power(np.clip(Dk, 0.0, None), alpha), 0.0)
+    empty = np.asarray(~(Wd > 0).any(axis=1))
+    return _apply(_weights(Dk, Ik, Wd, n), space, empty)
+
+
+# ---------------------------------------------------------------------------------------
+# Title quantities
+
+#: unit spelling -> (canonical unit, factor to the canonical unit)
+UNITS: dict[str, tuple[str, float]] = {
+    **{u: ("g", 1.0) for u in ("g", "gr", "grm", "gram", "grams", "gramm", "gms")},
+    **{u: ("g", 1000.0) for u in ("kg", "kgs", "kilo", "kilogram")},
+    "mg": ("g", 0.001),
+    **{u: ("ml", 1.0) for u in ("ml", "mls", "cc")},
+    **{u: ("ml", 1000.0) for u in ("l", "lt", "ltr", "liter", "litre", "liters")},
+    **{
+        u: ("pcs", 1.0)
+        for u in ("pcs", "pc", "piece", "pieces", "biji", "butir", "lembar", "sachet", "pasang")
+    },
+    "mah": ("mah", 1.0),
+    "gb": ("gb", 1.0),
+    "tb": ("gb", 1024.0),
+    **{u: ("mm", 1.0) for u in ("mm",)},
+    **{u: ("mm", 10.0) for u in ("cm",)},
+    "inch": ("inch", 1.0),
+}
+_UNIT_ALT = "|".join(sorted(map(re.escape, UNITS), key=len, reverse=True))
+_QTY = re.compile(r"(?<![\d.,])(\d+(?:[.,]\d+)?)\s*(" + _UNIT_ALT + r")(?![a-z0-9])", re.I)
+
+
+def _number(s: str, factor: float) -> float:
+    if "." in s or "," in s:
+        whole, frac = re.split(r"[.,]", s)
+        # "1.000 ml", "2,500 mAh": a 3-digit group after the separator of a small integer
+        # part is a thousands separator (Indonesian writing); "1,5 kg" and "0.5 l" are decimals.
+        thousands = len(frac) == 3 and whole != "0" and factor == 1.0
+        return float(whole + frac) if thousands else float(f"{whole}.{frac}")
+    return float(s)
+
+
+def parse_quantities(title: str) -> dict[str, frozenset[float]]:
+    """Quantities written in a title, by canonical unit (g, ml, pcs, mah, gb, mm, inch).
+
+    `200gr` / `200 gram` -> {"g": {200}}; `1kg` -> {"g": {1000}}; `1,5 L` -> {"ml": {1500}};
+    `2pcs` / `2 biji` -> {"pcs": {2}}. A title can hold several values of one unit.
+    """
+    out: dict[str, set[float]] = {}
+    for num, unit in _QTY.findall(title):
+        canon, factor = UNITS[unit.lower()]
+        v = round(_number(num, factor) * factor, 6)
+        out.setdefault(canon, set()).add(v)
+    return {u: frozenset(v) for u, v in out.items()}
+
+
+def unit_conflict(a: Mapping[str, frozenset[float]], b: Mapping[str, frozenset[float]]) -> bool:
+    """True when both carry some unit and share none of its values (`200gr` vs `400gr`)."""
+    return any(u in b and not (a[u] & b[u]) for u in a)
+
+
+def _pair_similarity(signals: Mapping[str, Neighbours], name: str, i: int, j: int) -> float:
+    D, I = signals[name]
+    hit = np.flatnonzero(I[i] == j)
+    return float(D[i, hit[0]]) if hit.size else -np.inf
+
+
+def drop_unit_conflicts(
+    I: np.ndarray,
+    S: np.ndarray,
+    titles: Sequence[str],
+    signals: Mapping[str, Neighbours],
+    keep_if: Mapping[Any, float],
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Remove matches whose titles state different quantities of one unit, unless a signal
+    of `keep_if` (the image ones) gives that pair at least its similarity there.
+
+    Args:
+        I, S: (n, m) fused matches (row itself first) and scores.
+        titles: (n,) titles of the rows.
+        signals: the neighbours fused, to look up the image similarity of a pair.
+        keep_if: signal -> similarity at which a conflicting pair is kept anyway.
+
+    Returns:
+        I, S with the dropped matches moved to the end (-1 / -inf) and the count dropped.
+    """
+    assert I.shape == S.shape and I.shape[0] == len(titles), (I.shape, S.shape, len(titles))
+    q = [parse_quantities(t) for t in titles]
+    I, S = I.copy(), S.copy()
+    dropped = 0
+    strong = {s: t for s, t in keep_if.items() if s in signals}
+    for i in range(I.shape[0]):
+        if not q[i]:
+            continue
+        for c in range(I.shape[1]):
+            j = int(I[i, c])
+            if j < 0 or j == i or not q[j] or not unit_conflict(q[i], q[j]):
+                continue
+            if any(_pair_similarity(signals, s, i, j) >= t for s, t in strong.items()):
+                continue
+            I[i, c], S[i, c] = -1, -np.inf
+            dropped += 1
+    o = np.argsort(I < 0, axis=1, kind="stable")
+    return np.take_along_axis(I, o, axis=1), np.take_along_axis(S, o, axis=1), dropped
+
+
+# ---------------------------------------------------------------------------------------
+# Running the stages a config asks for
+
+
+def feature_parts(feats: Features) -> dict[str, Part]:
+    """The searchable matrix of each signal present in `feats` (zero rows where invalid)."""
+    out: dict[str, Part] = {"tfidf": feats.X}
+    for name in ("text", "image"):
+        x, valid = getattr(feats, name), getattr(feats, f"{name}_valid")
+        if x is not None:
+            out[name] = x if valid is None else np.where(valid[:, None], x, 0).astype(np.float32)
+    return out
+
+
+def signal_space(name: str, parts: Mapping[str, Part], config: FusionConfig) -> Space | None:
+    """The space of a signal: its own matrix, or for "combined" the weighted parts named by
+    `config.stages.combined_weights` that are present (None when it cannot be built)."""
+    if name == "combined":
+        w = {s: v for s, v in config.stages.combined_weights.items() if s in parts and v > 0}
+        if len(w) < 2:
+            return None
+        return make_space([(parts[s], v) for s, v in w.items()])
+    if name in parts:
+        return make_space([(parts[name], 1.0)])
+    return None
+
+
+def blended_neighbours(
+    space: Space, nb: Neighbours | None, config: FusionConfig, k: int = K, device: str = "auto"
+) -> Neighbours:
+    """Neighbours in `space` after the config's INB stages (or alpha-QE), searched again."""
+    st = config.stages
+    D, I = nb if nb is not None else space_self_knn(space, k, device=device)
+    if st.qe_alpha is not None:
+        space = alpha_qe(space, D, I, st.qe_alpha, st.qe_k)
+        D, I = space_self_knn(space, k, device=device)
+    for t in st.inb:
+        space = blend(space, D, I, t)
+        D, I = space_self_knn(space, k, device=device)
+    return D, I
+
+
+def apply_stages(
+    parts: Mapping[str, Part],
+    nb: dict[str, Neighbours],
+    config: FusionConfig,
+    k: int = K,
+    device: str = "auto",
+) -> dict[str, Neighbours]:
+    """Neighbours with the config's stages applied: the combined signal added (when it has a
+    threshold and `combined_weights` name two present modalities), and the signals of
+    `stages.blend_signals` replaced by their blended (INB / alpha-QE) neighbours.
+    With every stage off this returns `nb` unchanged.
+
+    Args:
+        parts: the matrix of each signal (`feature_parts(feats)`), n rows.
+        nb: the signals' neighbours, (n, k) each.
+    """
+    st = config.stages
+    out = dict(nb)
+    wanted = ["combined"] if "combined" in config.thresholds else []
+    blending = bool(st.inb) or st.qe_alpha is not None
+    names = wanted + [s for s in st.blend_signals if blending and s != "combined" and s in nb]
+    if not names:
+        return out
+    for name in names:
+        space = signal_space(name, parts, config)
+        if space is None:
+            continue
+        if name == "combined" and not ("combined" in st.blend_signals and blending):
+            out[name] = space_self_knn(space, k, device=device)
+        else:
+            out[name] = blended_neighbours(space, nb.get(name), config, k, device)
+    return out
+
+
+def fuse_stages(
+    signals: dict[str, Neighbours],
+    config: FusionConfig,
+    titles: Sequence[str] | None = None,
+    n: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`fuse` with the pool-size rule (thresholds moved to this pool's size when the config
+    has slopes) and, when `stages.unit_rule` is on and titles are given, the unit rule."""
+    n = len(titles) if n is None and titles is not None else n
+    assert n is not None, "give n or titles"
+    cfg = config.for_pool(n)
+    I, S = fuse(signals, cfg, n)
+    if cfg.stages.unit_rule and titles is not None:
+        I, S, _ = drop_unit_conflicts(I, S, titles, signals, cfg.stages.unit_keep)
+    return I, S
