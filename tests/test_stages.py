@@ -1,0 +1,243 @@
+"""Match-quality stages: INB, combined embedding, alpha-QE, unit rule, pool rule, fast tuning."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from index.fusion import FusionConfig, fuse, phash_similarity
+from index.metrics import mean_f1
+from index.search import knn_numpy, l2_normalize
+from index.stages import (
+    alpha_qe,
+    apply_stages,
+    blend,
+    combine,
+    drop_unit_conflicts,
+    make_space,
+    parse_quantities,
+    space_self_knn,
+    unit_conflict,
+)
+from index.tuning import PairTable, fit_pool_slopes, tune_tables
+from tests.test_fusion import nb, sets
+
+
+def unit(deg: float, z: float = 0.0) -> list[float]:
+    r = np.deg2rad(deg)
+    return [float(np.cos(r)), float(np.sin(r)), z]
+
+
+def neighbours_at(space: list, t: float) -> list[set[int]]:
+    D, I = space_self_knn(space, k=8, device="cpu")
+    return [set(I[i][(I[i] >= 0) & (t <= D[i])].tolist()) for i in range(len(I))]
+
+
+def test_inb_merges_a_chain_but_not_an_unrelated_group() -> None:
+    # A(0°)~B(30°)~C(60°): cos 0.866 each, but A-C only 0.5 < 0.8. F(100°) and G(110°) form
+    # another group, 40° from C (cos 0.766 < 0.8); H sits alone on the z axis.
+    x = np.array([unit(0), unit(30), unit(60), unit(100), unit(110), [0, 0, 1]], np.float32)
+    space = make_space([(x, 1.0)])
+    before = neighbours_at(space, 0.8)
+    assert 2 not in before[0] and 0 not in before[2]
+    D, I = space_self_knn(space, k=8, device="cpu")
+    after = neighbours_at(blend(space, D, I, 0.8), 0.8)
+    assert {0, 1, 2} <= after[0] and {0, 1, 2} <= after[2]  # the chain merged
+    assert after[3] == {3, 4} and after[4] == {3, 4}  # F, G stay their own group
+    assert not (after[2] & {3, 4}) and after[5] == {5}  # nothing leaks across groups
+
+
+def test_inb_threshold_above_every_neighbour_changes_nothing() -> None:
+    rng = np.random.default_rng(0)
+    x = l2_normalize(rng.normal(size=(20, 8)))
+    space = make_space([(x, 1.0)])
+    D, I = space_self_knn(space, k=5, device="cpu")
+    out = blend(space, np.where(np.arange(20)[:, None] == I, D, 0.1), I, 0.5)[0]
+    np.testing.assert_allclose(l2_normalize(out), x, atol=1e-6)
+
+
+def test_combined_embedding_equals_exact_search() -> None:
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(60, 8)), rng.normal(size=(60, 5))
+    x = combine([a, b], [1.0, 2.0])
+    ref = np.hstack([l2_normalize(a), 2 * l2_normalize(b)])
+    np.testing.assert_allclose(x, l2_normalize(ref), atol=1e-6)
+    D, _I = space_self_knn(make_space([(a, 1.0), (b, 2.0)]), k=10, device="cpu")
+    Dr, _ = knn_numpy(x, x, 10)
+    np.testing.assert_allclose(D, Dr, atol=1e-5)
+    # a sparse part (TF-IDF) goes through the chunked path and gives the same neighbours
+    S = sp.random(60, 40, density=0.2, random_state=2, format="csr", dtype=np.float32)
+    S = S + sp.eye(60, 40, format="csr", dtype=np.float32)  # no empty rows
+    D2, I2 = space_self_knn(make_space([(S, 1.0), (b, 0.5)]), k=10, chunk=16, device="cpu")
+    dense = combine([S.toarray(), b], [1.0, 0.5])
+    Dr2, Ir2 = knn_numpy(dense, dense, 10)
+    np.testing.assert_allclose(D2, Dr2, atol=1e-5)
+    assert (I2[:, 0] == np.arange(60)).all() and (Ir2 == I2).mean() > 0.98
+
+
+def test_alpha_qe_pulls_rows_towards_their_neighbours() -> None:
+    x = np.array([unit(0), unit(20), unit(90)], np.float32)
+    space = make_space([(x, 1.0)])
+    D, I = space_self_knn(space, k=3, device="cpu")
+    same = alpha_qe(space, D, I, alpha=3.0, k=1)[0]  # k=1: only itself
+    np.testing.assert_allclose(l2_normalize(same), x, atol=1e-6)
+    q = l2_normalize(alpha_qe(space, D, I, alpha=3.0, k=2)[0])
+    assert q[0] @ q[1] > x[0] @ x[1]  # the pair moved together
+    # a large alpha weighs the nearer neighbours only: row 2's weak neighbour hardly counts
+    assert q[2] @ x[2] > 0.999
+
+
+@pytest.mark.parametrize(
+    ("title", "expected"),
+    [
+        ("Kopi Kapal Api 200gr", {"g": {200}}),
+        ("kopi 400 gram murah", {"g": {400}}),
+        ("Gula 1kg", {"g": {1000}}),
+        ("beras 1,5 kg", {"g": {1500}}),
+        ("Susu UHT 500ml", {"ml": {500}}),
+        ("minyak 2 L", {"ml": {2000}}),
+        ("air mineral 1.5ltr", {"ml": {1500}}),
+        ("masker 2pcs", {"pcs": {2}}),
+        ("isi 3 pc", {"pcs": {3}}),
+        ("telur 10 biji", {"pcs": {10}}),
+        ("powerbank 10000mAh", {"mah": {10000}}),
+        ("flashdisk 32GB", {"gb": {32}}),
+        ("serum 20ml + toner 100 ml", {"ml": {20, 100}}),
+        ("kaos polos size M", {}),
+        ("iphone 11 pro", {}),
+        ("Paket 2x", {}),
+    ],
+)
+def test_parse_quantities(title: str, expected: dict[str, set[float]]) -> None:
+    assert {u: set(v) for u, v in parse_quantities(title).items()} == expected
+
+
+def test_unit_conflict_and_rule() -> None:
+    q = parse_quantities
+    assert unit_conflict(q("kopi 200gr"), q("kopi 400 gram"))
+    assert not unit_conflict(q("gula 1kg"), q("gula 1000 gr"))  # same weight
+    assert not unit_conflict(q("kopi 200gr"), q("kopi 500ml"))  # different units
+    assert not unit_conflict(q("kopi 200gr"), q("kopi sachet"))  # one has no quantity
+    titles = ["kopi 200gr", "kopi 400gr", "kopi 200 gram"]
+    text = nb({i: [(j, 0.9) for j in range(3)] for i in range(3)}, 3)
+    cfg = FusionConfig(thresholds={"text": 0.8}, min2=False)
+    I, S = fuse({"text": text}, cfg, 3)
+    I2, _, dropped = drop_unit_conflicts(I, S, titles, {"text": text}, {"phash": 0.97})
+    assert sets(I2) == [{0, 2}, {1}, {0, 2}] and dropped == 4
+    # a very strong image signal keeps the pair
+    ph = nb({0: [(0, 1.0), (1, 1.0)], 1: [(1, 1.0), (0, 1.0)]}, 3)
+    I3, _, _ = drop_unit_conflicts(I, S, titles, {"text": text, "phash": ph}, {"phash": 0.97})
+    assert sets(I3) == [{0, 1, 2}, {0, 1}, {0, 2}]
+
+
+@pytest.mark.parametrize("slope", [0.06, -0.03, 0.0])
+def test_pool_rule_is_monotone_and_clipped(slope: float) -> None:
+    cfg = FusionConfig(
+        thresholds={"tfidf": 0.5, "text": 0.6}, tuned_rows=8000, pool_slopes={"tfidf": slope}
+    )
+    sizes = [500, 1000, 2000, 4000, 6000, 8000, 12000, 16000, 32000, 64000, 10**6]
+    th = [cfg.for_pool(n).thresholds["tfidf"] for n in sizes]
+    diffs = np.diff(th) * np.sign(slope or 1)
+    assert (diffs >= -1e-12).all()  # monotone in the direction of the slope
+    assert cfg.for_pool(8000) == cfg
+    assert cfg.for_pool(32000).thresholds["tfidf"] == pytest.approx(0.5 + 2 * slope)
+    assert cfg.for_pool(2000).thresholds["tfidf"] == pytest.approx(0.5 - 2 * slope)
+    assert cfg.for_pool(10**6).thresholds == cfg.for_pool(32000).thresholds  # clipped at 4x
+    assert cfg.for_pool(500).thresholds == cfg.for_pool(2000).thresholds  # and at 1/4
+    assert all(c.for_pool(4).thresholds["text"] == 0.6 for c in (cfg,))  # no slope, no move
+    assert FusionConfig(thresholds={"tfidf": 0.5}).for_pool(10) == FusionConfig(
+        thresholds={"tfidf": 0.5}
+    )
+
+
+def test_old_fusion_json_loads_and_defaults_keep_behaviour() -> None:
+    old = {
+        "thresholds": {"tfidf": 0.625, "phash": phash_similarity(6), "text": 0.92},
+        "min2": True,
+        "min2_signal": "tfidf",
+        "min2_floor": 0.35,
+        "max_matches": 50,
+        "tuned_rows": 27206,
+    }
+    cfg = FusionConfig.model_validate_json(json.dumps(old))
+    st = cfg.stages
+    assert not st.inb and st.qe_alpha is None and not st.unit_rule and not st.combined_weights
+    assert cfg.min2_reciprocal == 0 and cfg.pool_slopes == {} and cfg.for_pool(1000) == cfg
+    t = nb({0: [(0, 1), (1, 0.7)], 1: [(1, 1), (0, 0.7)]}, 2)
+    parts = {"tfidf": sp.csr_matrix(np.eye(2, dtype=np.float32))}
+    assert apply_stages(parts, {"tfidf": t}, cfg) == {"tfidf": t}
+    with pytest.raises(ValueError):
+        cfg.with_stages(inb=(0.5, 0.5, 0.5, 0.5))
+
+
+def test_min2_reciprocal_rank_check() -> None:
+    # 0's nearest is 1, but 1's nearest others are 2 then 0: rank 2, not rank 1.
+    t = nb({0: [(0, 1), (1, 0.6)], 1: [(1, 1), (2, 0.7), (0, 0.6)], 2: [(2, 1), (1, 0.7)]}, 3)
+    base = FusionConfig(thresholds={"tfidf": 0.9}, min2_signal="tfidf", min2_floor=0.5)
+    assert sets(fuse({"tfidf": t}, base, 3)[0])[0] == {0, 1}
+    assert sets(fuse({"tfidf": t}, base.with_(min2_reciprocal=1), 3)[0])[0] == {0}
+    assert sets(fuse({"tfidf": t}, base.with_(min2_reciprocal=2), 3)[0])[0] == {0, 1}
+
+
+def _random_pool(n: int, groups: int, seed: int) -> tuple[dict, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, groups, n)
+    centres = rng.normal(size=(groups, 16))
+    x = l2_normalize(centres[labels] + rng.normal(scale=0.9, size=(n, 16)))
+    y = l2_normalize(centres[labels] + rng.normal(scale=1.2, size=(n, 16)))
+    return {"text": knn_numpy(x, x, 51), "image": knn_numpy(y, y, 51)}, labels
+
+
+def test_pair_table_scores_like_fuse() -> None:
+    signals, labels = _random_pool(300, 60, 0)
+    table = PairTable(signals, labels)
+    for cfg in (
+        FusionConfig(thresholds={"text": 0.7, "image": 0.8}),
+        FusionConfig(thresholds={"text": 0.8}, min2_signal="image", min2_floor=0.3),
+        FusionConfig(thresholds={"text": 0.9}, min2_signal="text", min2_reciprocal=1),
+    ):
+        assert table.score(cfg) == pytest.approx(mean_f1(fuse(signals, cfg, 300)[0], labels))
+    _tuned, f = tune_tables([table], FusionConfig(thresholds={"text": 0.9, "image": 0.9}))
+    assert f > table.score(FusionConfig(thresholds={"text": 0.9, "image": 0.9})) + 0.01
+
+
+def test_fitted_pool_slopes_rise_with_pool_size() -> None:
+    # The same density of groups in bigger pools: more impostors near each row, so the best
+    # threshold rises with the pool size.
+    sizes = {
+        n: [PairTable(*_random_pool(n, n // 5, s)) for s in range(2)] for n in (100, 200, 400, 800)
+    }
+    slopes, tuned = fit_pool_slopes(sizes, FusionConfig(thresholds={"text": 0.5}))
+    assert set(tuned) == set(sizes) and slopes["text"] > 0
+
+
+def test_evaluate_ablation_cli(synth: Path, model_dir: Path, tmp_path: Path, capsys) -> None:
+    from index.cli import main
+
+    rep = tmp_path / "ablation.json"
+    args = ["evaluate", str(synth / "listings.csv"), "--model", str(model_dir), "--ablation"]
+    assert main([*args, "--folds", "3", "-q", "--report", str(rep)]) == 0
+    out = capsys.readouterr().out
+    for row in (
+        "TF-IDF alone",
+        "fused TF-IDF ∪ phash ∪ text",
+        "+ combined embedding",
+        "+ INB stage 1",
+        "+ INB stage 2",
+        "alternative: αQE instead of INB",
+        "+ min-2 rank-2 reciprocal",
+        "+ title unit rule",
+        "final (stages kept on the training folds)",
+    ):
+        assert row in out, row
+    assert "F1 by true group size" in out and "pool rule" in out
+    data = json.loads(rep.read_text())
+    assert len(data["table"]) == 9
+    for row in data["table"]:
+        assert len(row["f1"]) == 3 and all(0 <= f <= 1 for f in row["f1"])
+        assert set(row) >= {"precision", "recall", "matches", "gain", "by_group_size"}
+    assert len(data["pool_study"]) == 3
