@@ -49,6 +49,9 @@ class TextEncoderConfig(BaseModel):
     pooling: Literal["mean", "cls"] = "mean"
     normalized: bool = True
     lowercase: bool = True
+    # Title normalisation before tokenizing (`index.signals.normalize_title`: lower-case,
+    # HTML entities, numbers split from units); trained encoders set it.
+    normalize_titles: bool = False
     source: str = ""
 
 
@@ -182,11 +185,18 @@ def load_tokenizer(path: Path, max_length: int) -> Any:
     return tok
 
 
-def tokenize_texts(tokenizer: Any, texts: Sequence[str], lowercase: bool) -> dict[str, np.ndarray]:
+def tokenize_texts(
+    tokenizer: Any, texts: Sequence[str], lowercase: bool, normalize: bool = False
+) -> dict[str, np.ndarray]:
     """Tokenize a batch, padded to its longest member: `input_ids`, `attention_mask` (n, seq).
 
-    The one tokenization used at run time and in training.
+    The one tokenization used at run time and in training. `normalize` applies
+    `index.signals.normalize_title` first (which lower-cases too).
     """
+    if normalize:
+        from index.signals import normalize_title
+
+        texts = [normalize_title(t) for t in texts]
     texts = [t.lower() if lowercase else t for t in texts]
     encs = tokenizer.encode_batch(list(texts))
     seq = max(1, max((len(e.ids) for e in encs), default=1))
@@ -230,7 +240,8 @@ class OnnxTextEncoder(Encoder):
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         """Tokenize a batch, padded to its longest member: arrays of shape (n, seq)."""
-        feeds = tokenize_texts(self.tokenizer, texts, self.config.lowercase)
+        c = self.config
+        feeds = tokenize_texts(self.tokenizer, texts, c.lowercase, c.normalize_titles)
         if "token_type_ids" in self._inputs:
             feeds["token_type_ids"] = np.zeros_like(feeds["input_ids"])
         return feeds

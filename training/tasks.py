@@ -36,7 +36,7 @@ from training.export import (
     export_image_encoder,
     export_text_encoder,
 )
-from training.models import ImageNetwork, create_backbone, projection
+from training.models import ImageNetwork, TopLayers, bert_layers, create_backbone, projection
 from training.trainer import embed
 
 log = logging.getLogger(__name__)
@@ -120,10 +120,36 @@ class TextTask(Task):
         self.dim = config.dim or self.hidden
         self.encoder_batch = encoder_batch
         self._pooled: torch.Tensor | None = None
+        self._lower_states: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _tokens(self, idx: Sequence[int] | np.ndarray) -> dict[str, torch.Tensor]:
-        feeds = tokenize_texts(self.tokenizer, [self.titles[i] for i in idx], lowercase=True)
+        titles = [self.titles[i] for i in idx]
+        feeds = tokenize_texts(self.tokenizer, titles, True, self.config.normalize_titles)
         return {k: torch.from_numpy(v) for k, v in feeds.items()}
+
+    def _cache_path(self, kind: str) -> Path | None:
+        """Disk cache file for features of all titles, keyed by titles, encoder and `kind`."""
+        if self.cache_dir is None:
+            return None
+        import hashlib
+
+        h = hashlib.sha256("\n".join(self.titles).encode())
+        c = self.config
+        h.update(f"{c.base}|{c.max_length}|{c.normalize_titles}".encode())
+        return self.cache_dir / f"{kind}_{h.hexdigest()[:16]}.npy"
+
+    def _encode_all(self, fn: Any, out: torch.Tensor, desc: str) -> torch.Tensor:
+        """Fill `out[i]` with `fn(tokens)` for every title, in batches of similar length."""
+        n = len(self.titles)
+        order = np.argsort([len(t) for t in self.titles], kind="stable")
+        starts = range(0, n, self.encoder_batch)
+        with torch.no_grad():
+            for s in progress(starts, desc=desc, disable=not self.show_progress):
+                idx = order[s : s + self.encoder_batch]
+                t = {k: v.to(self.device) for k, v in self._tokens(idx).items()}
+                y = fn(**t).cpu()
+                out[torch.from_numpy(idx), : y.shape[1]] = y.to(out.dtype)
+        return out
 
     def pooled(self) -> torch.Tensor:
         """Mean-pooled frozen-encoder features of every title, (n, hidden), on CPU.
@@ -131,44 +157,99 @@ class TextTask(Task):
         Cached in memory, and on disk in `cache_dir` (keyed by the titles and the encoder),
         so a resumed or repeated run does not encode again.
         """
-        path = None
-        if self._pooled is None and self.cache_dir is not None:
-            import hashlib
-
-            h = hashlib.sha256("\n".join(self.titles).encode())
-            h.update(f"{self.config.base}|{self.config.max_length}".encode())
-            path = self.cache_dir / f"text_features_{h.hexdigest()[:16]}.npy"
-            if path.is_file():
-                self._pooled = torch.from_numpy(np.load(path))
         if self._pooled is None:
-            n = len(self.titles)
-            out = torch.zeros((n, self.hidden))
-            order = np.argsort([len(t) for t in self.titles], kind="stable")
-            starts = range(0, n, self.encoder_batch)
-            with torch.no_grad():
-                for s in progress(starts, desc="encode titles", disable=not self.show_progress):
-                    idx = order[s : s + self.encoder_batch]
-                    t = {k: v.to(self.device) for k, v in self._tokens(idx).items()}
-                    out[torch.from_numpy(idx)] = self.base.pool(**t).float().cpu()
-            self._pooled = out
-            if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                np.save(path, out.numpy())
+            path = self._cache_path("text_features")
+            if path is not None and path.is_file():
+                self._pooled = torch.from_numpy(np.load(path))
+            else:
+                out = torch.zeros((len(self.titles), self.hidden))
+                self._pooled = self._encode_all(self.base.pool, out, "encode titles")
+                if path is not None:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    np.save(path, self._pooled.numpy())
         return self._pooled
 
+    def _split(self) -> int:
+        """Index of the first trained layer in "top" mode."""
+        layers = bert_layers(self.base.model)
+        k = self.config.top_layers
+        if not 1 <= k <= len(layers):
+            raise ValueError(f"top_layers must be in 1..{len(layers)}, got {k}")
+        return len(layers) - k
+
+    def _lower(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Hidden states below the trained layers: (n, seq) ids, mask -> (n, seq, hidden)."""
+        model: Any = self.base.model
+        h = model.embeddings(input_ids=input_ids, token_type_ids=torch.zeros_like(input_ids))
+        m = attention_mask.to(h.dtype)
+        additive = (1.0 - m[:, None, None, :]) * torch.finfo(h.dtype).min  # (n, 1, 1, seq)
+        for layer in bert_layers(model)[: self._split()]:
+            out = layer(h, attention_mask=additive)
+            h = out[0] if isinstance(out, tuple) else out
+        return h
+
+    def lower_states(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """ "top" mode inputs of every title: frozen hidden states below the trained layers
+        (n, max_length, hidden) float16 and the attention mask (n, max_length) int64.
+
+        Computed once (cached on disk like `pooled`); each epoch then runs only the top
+        layers.
+        """
+        if self._lower_states is None:
+            n, seq = len(self.titles), self.config.max_length
+            mask = torch.zeros((n, seq), dtype=torch.int64)
+            for s in range(0, n, 4096):
+                idx = np.arange(s, min(n, s + 4096))
+                m = self._tokens(idx)["attention_mask"]
+                mask[s : s + len(idx), : m.shape[1]] = m
+            path = self._cache_path(f"text_layer{self._split()}")
+            if path is not None and path.is_file():
+                hidden = torch.from_numpy(np.load(path))
+            else:
+                hidden = torch.zeros((n, seq, self.hidden), dtype=torch.float16)
+                self._encode_all(self._lower, hidden, f"encode titles (layers 1-{self._split()})")
+                if path is not None:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    np.save(path, hidden.numpy())
+            self._lower_states = (hidden, mask)
+        return self._lower_states
+
+    def _top_batches(self, rows: np.ndarray, size: int) -> tuple[list[Any], np.ndarray]:
+        """Inference batches of `rows` in order of length, and that order."""
+        hidden, mask = self.lower_states()
+        order = np.argsort(mask[torch.from_numpy(rows)].sum(1).numpy(), kind="stable")
+        sel = torch.from_numpy(rows[order])
+        batches = [
+            {"hidden": hidden[sel[s : s + size]], "mask": mask[sel[s : s + size]]}
+            for s in range(0, len(rows), size)
+        ]
+        return batches, order
+
     def build(self) -> nn.Module:
-        if self.config.mode == "projection":
-            return projection(self.hidden, self.dim).to(self.device)
         import copy
 
+        if self.config.mode == "projection":
+            return projection(self.hidden, self.dim).to(self.device)
         proj = projection(self.hidden, self.dim) if self.config.dim else None
+        if self.config.mode == "top":
+            top = copy.deepcopy(bert_layers(self.base.model)[self._split() :])
+            return TopLayers(top, proj, self.config.layer_lr_mult).to(self.device)
         return TextEmbedder(copy.deepcopy(self.base.model), proj).to(self.device)
 
-    def loader(self, rows: np.ndarray, labels: np.ndarray, config: TrainConfig) -> DataLoader:
+    def loader(self, rows: np.ndarray, labels: np.ndarray, config: TrainConfig) -> Any:
         y = torch.from_numpy(labels.astype(np.int64))
         if self.config.mode == "projection":
             ds: Dataset[Any] = TensorDataset(self.pooled()[torch.from_numpy(rows)], y)
             return shuffled_loader(ds, config)
+        if self.config.mode == "top":
+            hidden, mask = self.lower_states()
+            r = torch.from_numpy(rows)
+            return LengthBatches(
+                lambda b: ({"hidden": hidden[r[b]], "mask": mask[r[b]]}, y[b]),
+                mask[r].sum(1).numpy(),
+                config.batch_size,
+                config.seed,
+            )
 
         def collate(batch: list[tuple[int, int]]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
             idx = [i for i, _ in batch]
@@ -181,6 +262,11 @@ class TextTask(Task):
         if self.config.mode == "projection":
             x = self.pooled()[torch.from_numpy(rows)]
             return embed(model, [x[s : s + 4096] for s in range(0, len(rows), 4096)])
+        if self.config.mode == "top":
+            batches, order = self._top_batches(rows, 256)
+            out = np.empty((len(rows), self.dim), np.float32)
+            out[order] = embed(model, batches)
+            return out
         batches = [
             self._tokens(rows[s : s + self.encoder_batch].tolist())
             for s in range(0, len(rows), self.encoder_batch)
@@ -188,19 +274,70 @@ class TextTask(Task):
         return embed(model, batches)
 
     def baseline(self, rows: np.ndarray) -> np.ndarray:
+        if self.config.mode == "top" and self._pooled is None:
+            # The frozen top layers over the cached states: the untrained encoder, at the
+            # cost of the top layers only.
+            frozen = TopLayers(bert_layers(self.base.model)[self._split() :], None)
+            batches, order = self._top_batches(rows, 256)
+            out = np.empty((len(rows), self.hidden), np.float32)
+            out[order] = embed(frozen, batches)
+            return out
         x = torch.nn.functional.normalize(self.pooled()[torch.from_numpy(rows)], dim=1)
         return x.numpy().astype(np.float32)
 
     def export(self, model: nn.Module, out_dir: Path) -> ExportResult:
         if self.config.mode == "projection":
             full = TextEmbedder(self.base.model, model)
+        elif self.config.mode == "top":
+            import copy
+
+            assert isinstance(model, TopLayers)
+            encoder = copy.deepcopy(self.base.model)
+            layers = bert_layers(encoder)
+            for i, layer in enumerate(model.layers):
+                layers[self._split() + i] = layer
+            full = TextEmbedder(encoder, model.projection)
         else:
             assert isinstance(model, TextEmbedder)
             full = model
         src = f"fine-tuned ({self.config.mode}) from {self.config.base or 'all-MiniLM-L6-v2'}"
         return export_text_encoder(
-            full.eval(), self.tokenizer_json, out_dir, max_length=self.config.max_length, source=src
+            full.eval(),
+            self.tokenizer_json,
+            out_dir,
+            max_length=self.config.max_length,
+            source=src,
+            normalize_titles=self.config.normalize_titles,
         )
+
+
+class LengthBatches:
+    """Training batches of rows of similar length, reshuffled every epoch.
+
+    Rows are sorted by length plus noise and cut into batches, whose order is shuffled, so
+    a batch pads to little more than its own longest row.
+
+    Args:
+        make: maps a batch's positions (b,) into `lengths` to `(inputs, labels)`.
+        lengths: (n,) tokens per row.
+    """
+
+    def __init__(
+        self, make: Any, lengths: np.ndarray, batch_size: int, seed: int, noise: float = 4.0
+    ) -> None:
+        self.make, self.lengths, self.batch_size = make, lengths, batch_size
+        self.seed, self.noise, self.epoch = seed, noise, 0
+
+    def __len__(self) -> int:
+        return max(1, -(-len(self.lengths) // self.batch_size))
+
+    def __iter__(self) -> Any:
+        rng = np.random.default_rng((self.seed, self.epoch))
+        self.epoch += 1
+        key = self.lengths + rng.uniform(0, self.noise, len(self.lengths))
+        batches = np.array_split(np.argsort(key, kind="stable"), len(self))  # all rows used
+        for b in rng.permutation(len(batches)):
+            yield self.make(torch.from_numpy(np.sort(batches[b])))
 
 
 def augment(img: Image.Image, size: tuple[int, int], rng: np.random.Generator) -> Image.Image:
