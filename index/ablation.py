@@ -111,7 +111,7 @@ def default_steps(dense: list[str]) -> list[Step]:
         return out
 
     def inb(c: FusionConfig) -> list[FusionConfig]:
-        return [c.with_stages(inb=(*c.stages.inb, t)) for t in (0.5, 0.6, 0.7)]
+        return [c.with_stages(inb=(*c.stages.inb, t)) for t in (0.5, 0.6, 0.7, 0.8)]
 
     def qe(c: FusionConfig) -> list[FusionConfig]:
         return [c.with_stages(inb=(), qe_alpha=3.0, qe_k=k) for k in (2, 3, 5)]
@@ -232,12 +232,19 @@ def pool_study(
     labels = cat.labels
     out = []
     k = len(fold_rows)
+    cache: dict[bytes, PairTable] = {}  # sub-pools of a fold recur in every outer fold
+
+    def table(rows: np.ndarray) -> PairTable:
+        key = hashlib.sha1(np.sort(rows).tobytes()).digest()
+        if key not in cache:
+            cache[key] = make_pool(cat, rows, dense, device).signals(start, device)[1]
+        return cache[key]
+
+    def tables(rows_list: list[np.ndarray]) -> list[PairTable]:
+        return [table(r) for r in rows_list]
+
     for f in progress(range(k), desc="pool study", unit="fold", disable=not show_progress):
         train = [g for g in range(k) if g != f]
-
-        def tables(rows_list: list[np.ndarray]) -> list[PairTable]:
-            ps = [make_pool(cat, r, dense, device) for r in rows_list]
-            return [p.signals(start, device)[1] for p in ps]
 
         sizes: dict[int, list[PairTable]] = {
             1: tables([r for g in train for r in sub_pools(fold_rows[g], labels, 4, seed=g)]),
@@ -342,6 +349,29 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def consensus(configs: list[FusionConfig], slopes: dict[str, float]) -> FusionConfig:
+    """One config from the per-fold final ones: the most common stage settings and min-2
+    rule, the median of each threshold, the mean tuned pool size, and the pool slopes."""
+    from collections import Counter
+
+    def mode(key: Callable[[FusionConfig], str]) -> FusionConfig:
+        best = Counter(key(c) for c in configs).most_common(1)[0][0]
+        return next(c for c in configs if key(c) == best)
+
+    base = mode(
+        lambda c: (
+            c.stages.model_dump_json()
+            + f"{c.min2}{c.min2_signal}{c.min2_reciprocal}{sorted(c.thresholds)}"
+        )
+    )
+    same = [c for c in configs if sorted(c.thresholds) == sorted(base.thresholds)]
+    th = {s: float(np.median([c.thresholds[s] for c in same])) for s in base.thresholds}
+    floor = float(np.median([c.min2_floor for c in same]))
+    rows = round(float(np.mean([c.tuned_rows or 0 for c in configs])))
+    kept = {s: v for s, v in slopes.items() if s in th}
+    return base.with_(thresholds=th, min2_floor=floor, tuned_rows=rows, pool_slopes=kept)
+
+
 def cmd_ablation(args: argparse.Namespace, cat: Catalogue) -> int:
     from index.commands import resolve_model
 
@@ -421,6 +451,12 @@ def cmd_ablation(args: argparse.Namespace, cat: Catalogue) -> int:
         f"\ntime: pools {t_pools:.0f}s, stages {t_abl:.0f}s, "
         f"pool study {elapsed - t_pools - t_abl:.0f}s, total {elapsed:.0f}s"
     )
+    if args.save_config:
+        final = [FusionConfig.model_validate(x["config"]) for x in results[-1]["folds"]]
+        best = consensus(final, slopes)
+        args.save_config.parent.mkdir(parents=True, exist_ok=True)
+        args.save_config.write_text(best.model_dump_json(indent=2), encoding="utf-8")
+        print(f"wrote {args.save_config} (final pipeline, thresholds for {best.tuned_rows} rows)")
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
         args.report.write_text(

@@ -20,7 +20,9 @@ GRIDS: dict[str, list[float]] = {
     "text": [round(float(t), 3) for t in np.arange(0.20, 0.981, 0.02)],
     "image": [round(float(t), 3) for t in np.arange(0.10, 0.981, 0.025)],
     "phash": [phash_similarity(d) for d in range(0, 17)],
-    "combined": [round(float(t), 3) for t in np.arange(0.20, 0.981, 0.02)],
+    # Blended (INB) combined embeddings bunch up near 1: finer steps at the top.
+    "combined": [round(float(t), 3) for t in np.arange(0.20, 0.891, 0.02)]
+    + [round(float(t), 3) for t in np.arange(0.90, 0.9951, 0.01)],
 }
 FLOORS: list[float] = [round(float(t), 2) for t in np.arange(0.0, 0.951, 0.05)]
 
@@ -242,8 +244,9 @@ def score_tables(tables: list[PairTable], config: FusionConfig) -> float:
 
 
 def coarse(grid: list[float], step: int = 2) -> list[float]:
-    """Every `step`-th value of a grid."""
-    return grid[::step]
+    """Every `step`-th value of a grid, and always its last."""
+    out = grid[::step]
+    return out if out[-1] == grid[-1] else [*out, grid[-1]]
 
 
 def tune_tables(

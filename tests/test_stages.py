@@ -218,9 +218,12 @@ def test_fitted_pool_slopes_rise_with_pool_size() -> None:
 def test_evaluate_ablation_cli(synth: Path, model_dir: Path, tmp_path: Path, capsys) -> None:
     from index.cli import main
 
-    rep = tmp_path / "ablation.json"
+    rep, cfg_path = tmp_path / "ablation.json", tmp_path / "fusion.json"
     args = ["evaluate", str(synth / "listings.csv"), "--model", str(model_dir), "--ablation"]
-    assert main([*args, "--folds", "3", "-q", "--report", str(rep)]) == 0
+    assert (
+        main([*args, "--folds", "3", "-q", "--report", str(rep), "--save-config", str(cfg_path)])
+        == 0
+    )
     out = capsys.readouterr().out
     for row in (
         "TF-IDF alone",
@@ -241,3 +244,5 @@ def test_evaluate_ablation_cli(synth: Path, model_dir: Path, tmp_path: Path, cap
         assert len(row["f1"]) == 3 and all(0 <= f <= 1 for f in row["f1"])
         assert set(row) >= {"precision", "recall", "matches", "gain", "by_group_size"}
     assert len(data["pool_study"]) == 3
+    saved = FusionConfig.model_validate_json(cfg_path.read_text())
+    assert saved.tuned_rows and set(saved.pool_slopes) <= set(saved.thresholds)
