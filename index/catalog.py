@@ -394,10 +394,14 @@ class LiveCatalogue:
 
         Returns:
             I (nq, max_matches) catalogue rows, S scores, and the per-signal neighbours.
+
+        The pool-size rule applies (`config.for_pool` of the catalogue size); the stages of
+        `config.stages` that need the catalogue's own neighbourhoods (combined embedding,
+        INB, alpha-QE), the reciprocal min-2 check and the unit rule are not applied here.
         """
         nb = self.query_neighbours(q, k)
         self_rows = np.array([self._row.get(p, -1) if p else -1 for p in self_ids], np.int64)
-        I, S = fuse_against(nb, config, self_rows)
+        I, S = fuse_against(nb, config.for_pool(len(self)), self_rows)
         return I, S, nb
 
 
