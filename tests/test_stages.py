@@ -246,3 +246,36 @@ def test_evaluate_ablation_cli(synth: Path, model_dir: Path, tmp_path: Path, cap
     assert len(data["pool_study"]) == 3
     saved = FusionConfig.model_validate_json(cfg_path.read_text())
     assert saved.tuned_rows and set(saved.pool_slopes) <= set(saved.thresholds)
+
+
+def test_match_applies_stages_from_config(synth: Path, model_dir: Path, tmp_path: Path) -> None:
+    import csv
+
+    from index.catalogue import read_catalogue
+    from index.cli import main
+    from index.fusion import to_lists
+    from index.pipeline import Encoders, embed, self_neighbours
+    from index.stages import feature_parts, fuse_stages
+
+    cfg = FusionConfig(
+        thresholds={"tfidf": 0.6, "phash": phash_similarity(6), "combined": 0.5},
+        min2_reciprocal=2,
+    ).with_stages(combined_weights={"tfidf": 1.0, "text": 1.0}, inb=(0.7,), unit_rule=True)
+    path = tmp_path / "fusion.json"
+    path.write_text(cfg.model_dump_json())
+    out = tmp_path / "sub.csv"
+    args = ["match", str(synth / "listings.csv"), "--model", str(model_dir), "-o", str(out)]
+    assert main([*args, "--config", str(path), "-q", "--device", "cpu"]) == 0
+    with open(out) as f:
+        sub = {r["posting_id"]: r["matches"].split() for r in csv.DictReader(f)}
+    # the CLI gives the library's staged matches, and the stages change them
+    cat = read_catalogue(synth / "listings.csv")
+    enc = Encoders.from_folder(model_dir, device="cpu")
+    feats = embed(cat, Encoders(text=enc.text))
+    nb = self_neighbours(feats, device="cpu")
+    staged = apply_stages(feature_parts(feats), nb, cfg, device="cpu")
+    assert set(staged) == {"tfidf", "phash", "text", "combined"}
+    lists = to_lists(fuse_stages(staged, cfg, cat.title)[0], cat.posting_id)
+    assert [sub[p] for p in cat.posting_id] == lists
+    plain = to_lists(fuse_stages(nb, cfg, cat.title)[0], cat.posting_id)
+    assert plain != lists
