@@ -225,10 +225,15 @@ def pool_study(
     device: str = "cpu",
     grid_step: int = 2,
     show_progress: bool = False,
+    within_folds: bool = False,
 ) -> list[dict[str, Any]]:
     """Per validation fold: thresholds tuned on the merged training folds (4N) carried to the
     validation pool (N) as they are and moved by the pool-size rule, whose slopes are fitted
-    on the training side only (sub-pools N/4 and N/2, the folds N, merged pairs 2N, all 4N)."""
+    on the training side only (sub-pools N/4 and N/2, the folds N, merged pairs 2N, all 4N).
+
+    `within_folds` (out-of-fold embeddings: each fold embedded by its own model, so rows of
+    two folds are not comparable) keeps every pool inside one fold: slopes from N/4, N/2
+    and N, and the carried thresholds are those tuned on the N/4 sub-pools."""
     labels = cat.labels
     out = []
     k = len(fold_rows)
@@ -258,8 +263,10 @@ def pool_study(
             ),
             16: tables([np.concatenate([fold_rows[g] for g in train])]),
         }
+        if within_folds:
+            del sizes[8], sizes[16]
         slopes, tuned = fit_pool_slopes(sizes, start, grid_step=grid_step)
-        big, _ = tune_tables(sizes[16], start, rounds=1, grid_step=grid_step)
+        big, _ = tune_tables(sizes[1 if within_folds else 16], start, rounds=1, grid_step=grid_step)
         same, _ = tune_tables(sizes[4], start, rounds=1, grid_step=grid_step)
         moved = big.with_(pool_slopes=slopes)
         res = {
@@ -407,7 +414,11 @@ def cmd_ablation(args: argparse.Namespace, cat: Catalogue) -> int:
     )
     results = run_ablation(pools, start, default_steps(list(dense)), device, show_progress=show)
     t_abl = time.perf_counter() - t0 - t_pools
-    study = pool_study(cat, dense, fold_rows, pools, start, device, show_progress=show)
+    # Saved out-of-fold embeddings come from one model per fold: pools never span folds.
+    within = args.oof is not None
+    study = pool_study(
+        cat, dense, fold_rows, pools, start, device, show_progress=show, within_folds=within
+    )
     elapsed = time.perf_counter() - t0
     table = summarize(results)
 
@@ -429,15 +440,13 @@ def cmd_ablation(args: argparse.Namespace, cat: Catalogue) -> int:
     print(f"{'stage':<36} " + " ".join(f"{s:>7}" for s in sizes))
     for r in table:
         print(f"{r['name']:<36} " + " ".join(f"{r['by_group_size'][s]:7.4f}" for s in sizes))
-    print(
-        f"\nPool size (validation pool N; thresholds tuned on the {len(pools) - 1} "
-        "merged training folds):"
-    )
+    src = "quarter-fold sub-pools (N/4)" if within else f"{len(pools) - 1} merged training folds"
+    print(f"\nPool size (validation pool N; thresholds tuned on the {src}):")
     for what in ("same_size", "carried", "pool_rule"):
         label = {
             "same_size": "tuned on N-row pools (as above)",
-            "carried": "tuned on merged folds, carried as is",
-            "pool_rule": "tuned on merged folds + pool rule",
+            "carried": "other-size pools, carried as is",
+            "pool_rule": "other-size pools + pool rule",
         }[what]
         print(f"  {label:<36} F1 {_fmt([s[what]['f1'] for s in study])}")
     slopes = {

@@ -279,3 +279,35 @@ def test_match_applies_stages_from_config(synth: Path, model_dir: Path, tmp_path
     assert [sub[p] for p in cat.posting_id] == lists
     plain = to_lists(fuse_stages(nb, cfg, cat.title)[0], cat.posting_id)
     assert plain != lists
+
+
+def test_ablation_with_saved_oof_keeps_pools_within_folds(
+    synth: Path, model_dir: Path, tmp_path: Path, capsys
+) -> None:
+    """Saved out-of-fold embeddings come from one model per fold, so no pool may mix folds
+    (the pool study then fits its slopes on sub-pools of single folds)."""
+    import hashlib
+
+    from index.catalogue import read_catalogue
+    from index.cli import main
+    from index.encoders import load_encoder
+    from index.tuning import group_folds
+
+    cat = read_catalogue(synth / "listings.csv")
+    oof = tmp_path / "model" / "oof"
+    oof.mkdir(parents=True)
+    np.save(oof / "text.npy", load_encoder(model_dir / "text").encode(cat.title))
+    fold_of = np.full(len(cat), -1, np.int64)
+    folds = group_folds(cat.labels, 3, seed=0)
+    for f, (_, va) in enumerate(folds):
+        fold_of[va] = f
+    np.save(oof / "folds.npy", fold_of)
+    ids = hashlib.sha256("\n".join(cat.posting_id).encode()).hexdigest()
+    (oof / "meta.json").write_text(json.dumps({"rows": len(cat), "posting_id_sha256": ids}))
+    rep = tmp_path / "ablation.json"
+    args = ["evaluate", str(synth / "listings.csv"), "--ablation", "--oof", str(oof.parent)]
+    assert main([*args, "-q", "--report", str(rep)]) == 0
+    assert "quarter-fold sub-pools" in capsys.readouterr().out
+    biggest_fold = max(len(va) for _, va in folds)
+    for study in json.loads(rep.read_text())["pool_study"]:
+        assert max(int(rows) for rows in study["sizes"]) <= biggest_fold
