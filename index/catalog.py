@@ -135,11 +135,7 @@ def signal_similarities(
 
 
 def _has(store: FaissFlatStore, pid: int) -> bool:
-    try:
-        store.vectors(np.array([pid]))
-    except RuntimeError:  # faiss: id not in the IDMap2
-        return False
-    return True
+    return bool(store.contains(np.array([pid], np.int64))[0])
 
 
 def matched_signals(sims: dict[str, float], config: FusionConfig) -> list[str]:

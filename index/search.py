@@ -72,9 +72,11 @@ def _pad(D: np.ndarray, I: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 @runtime_checkable
 class VectorStore(Protocol):
-    """A mutable collection of (id, vector) searched by inner product.
+    """A mutable collection of (id, vector) searched exactly by inner product.
 
-    FAISS implements it here; a distributed store (Milvus) can stand in later.
+    Implementations: `FaissFlatStore` (in process, GPU when present) and
+    `index.milvus.MilvusStore` (a Milvus collection: milvus-lite file or cluster). Search
+    is top-k only; callers apply similarity thresholds to the scores themselves.
     """
 
     dim: int
@@ -82,15 +84,22 @@ class VectorStore(Protocol):
     def __len__(self) -> int: ...
 
     def add(self, ids: np.ndarray, x: np.ndarray) -> None:
-        """Add or replace vectors `x` (n, dim) under int64 `ids` (n,)."""
+        """Upsert: add vectors `x` (n, dim) under int64 `ids` (n,), replacing existing ids."""
 
     def remove(self, ids: np.ndarray) -> int:
-        """Remove `ids`; returns how many were present."""
+        """Delete `ids`; returns how many were present."""
 
     def search(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """k nearest by inner product: D (nq, k) desc, I (nq, k) ids, -1 padded."""
+        """k nearest by inner product: scores D (nq, k) desc, ids I (nq, k), -1 padded."""
 
-    def save(self, path: Path) -> None: ...
+    def contains(self, ids: np.ndarray) -> np.ndarray:
+        """(n,) bool: which of `ids` are stored."""
+
+    def vectors(self, ids: np.ndarray) -> np.ndarray:
+        """Stored vectors of `ids`, shape (n, dim)."""
+
+    def save(self, path: Path) -> None:
+        """Persist (a file at `path`: the index itself, or a reference to where it lives)."""
 
 
 class FaissFlatStore:
@@ -133,8 +142,15 @@ class FaissFlatStore:
         D = np.where(I < 0, -np.inf, D).astype(np.float32)
         return _pad(D, I.astype(np.int64), k)
 
+    def contains(self, ids: np.ndarray) -> np.ndarray:
+        """(n,) bool: which of `ids` are stored."""
+        ids = np.asarray(ids, dtype=np.int64)
+        idmap: Any = self._cpu  # an IndexIDMap2: its ids are in id_map
+        stored = faiss.vector_to_array(idmap.id_map) if len(self) else np.zeros(0, np.int64)
+        return np.isin(ids, stored)
+
     def vectors(self, ids: np.ndarray) -> np.ndarray:
-        """Stored vectors of `ids`, shape (n, dim)."""
+        """Stored vectors of `ids`, shape (n, dim). Raises RuntimeError for an unknown id."""
         return (
             np.stack([self._cpu.reconstruct(int(i)) for i in ids])
             if len(ids)

@@ -44,6 +44,8 @@ def test_store_upsert_and_remove() -> None:
     assert s.remove(np.array([3, 99])) == 1
     _, I = s.search(x[[7]], 1)
     assert I[0, 0] == 7 and len(s) == 9
+    assert s.contains(np.array([3, 7, 99])).tolist() == [False, True, False]
+    assert FaissFlatStore(8, device="cpu").contains(np.array([0])).tolist() == [False]
 
 
 def test_self_knn_masks_invalid_rows() -> None:
