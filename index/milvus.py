@@ -57,6 +57,8 @@ class MilvusStore:
             raise ValueError(f"Milvus uri {uri!r}: a milvus-lite file must end in .db")
         self.dim = int(dim)
         self.uri = str(Path(uri).resolve()) if _is_local(uri) else str(uri)
+        if _is_local(uri):
+            Path(self.uri).parent.mkdir(parents=True, exist_ok=True)
         self.collection = collection
         self._token = token
         self.client = client if client is not None else MilvusClient(uri=self.uri, token=token)

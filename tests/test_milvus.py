@@ -109,7 +109,7 @@ def test_milvus_upsert_and_delete_seen_by_the_next_search(tmp_path: Path) -> Non
 
 def test_milvus_persists_and_reopens(tmp_path: Path) -> None:
     x = l2_normalize(np.random.default_rng(2).normal(size=(30, 8)))
-    s = MilvusStore(8, tmp_path / "m.db", collection="text")
+    s = MilvusStore(8, tmp_path / "new" / "m.db", collection="text")  # folder made
     s.add(np.arange(30), x)
     s.remove(np.array([4]))
     before = s.search(x, 5)
@@ -119,7 +119,7 @@ def test_milvus_persists_and_reopens(tmp_path: Path) -> None:
     assert len(back) == 29
     assert_same_neighbours(before, back.search(x, 5))
     with pytest.raises(ValueError, match="dimension"):
-        MilvusStore(16, tmp_path / "m.db", collection="text")
+        MilvusStore(16, tmp_path / "new" / "m.db", collection="text")
     with pytest.raises(ValueError, match=r"\.db"):
         MilvusStore(8, tmp_path / "m.sqlite")
 
