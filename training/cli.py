@@ -69,12 +69,6 @@ def _register_train(sub: Any) -> None:
         k.add_argument("--margin-warmup-epochs", type=int, default=0)
         k.add_argument("--folds", type=int, default=c_defaults.folds)
         k.add_argument("--no-final-fit", action="store_true", help="CV and thresholds only")
-        k.add_argument(
-            "--target-pool",
-            type=int,
-            default=0,
-            help="rows of the pool to match later (default: 2x the training rows)",
-        )
         k.add_argument("--limit-groups", type=int, help="use the first N label groups only")
         k.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
         k.add_argument("--compile", action="store_true", help="torch.compile the model")
@@ -172,7 +166,7 @@ def _train(args: argparse.Namespace) -> int:
         compile=args.compile,
         seed=args.seed,
     )
-    cv = CVConfig(folds=args.folds, final_fit=not args.no_final_fit, target_pool=args.target_pool)
+    cv = CVConfig(folds=args.folds, final_fit=not args.no_final_fit)
     show = not args.quiet
     logging.getLogger("training").setLevel(logging.INFO)
     task: Task
@@ -215,14 +209,18 @@ def _train(args: argparse.Namespace) -> int:
     )
     print(f"\nout-of-fold mean F1 ({cv.folds} folds, thresholds tuned on the folds):")
     for r in report["oof"]:
-        print(f"  {r['pipeline']:<36} {r['f1']:.4f}")
+        folds = " ".join(f"{f:.4f}" for f in r["per_fold"])
+        print(f"  {r['pipeline']:<36} {r['f1']:.4f}   per fold: {folds}")
     print("\npool-size study (threshold tuned per pool size):")
     for s in report["pool_study"]["sizes"]:
         th = " ".join(f"{k}={v:.3f}" for k, v in s["thresholds"].items())
         print(f"  {s['rows']:>6} rows  F1 {s['f1']:.4f}  {th}")
+    fusion = report["fusion"]
+    slopes = " ".join(f"{k}={v:+.3f}" for k, v in fusion["pool_slopes"].items())
     print(
-        f"\nthresholds for a pool of {report['target_pool']} rows written to "
-        f"{args.out / 'fusion.json'}; model folder {args.out} ({report['seconds']:.0f}s)"
+        f"\nthresholds tuned on pools of {fusion['tuned_rows']} rows, moved per doubling of "
+        f"the pool when matching ({slopes}), written to {args.out / 'fusion.json'}; "
+        f"model folder {args.out} ({report['seconds']:.0f}s)"
     )
     return 0
 

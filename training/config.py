@@ -107,7 +107,6 @@ class CVConfig:
 
     folds: int = 5
     final_fit: bool = True
-    target_pool: int = 0  # rows of the pool thresholds are meant for (0: 2x the training rows)
     extra: dict[str, Any] = field(default_factory=dict)
 
 

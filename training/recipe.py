@@ -169,19 +169,6 @@ def pool_study(
     return out
 
 
-def extrapolate(config: FusionConfig, slopes: dict[str, float], target_rows: int) -> FusionConfig:
-    """Thresholds moved along the fitted slope from the tuned pool size to `target_rows`;
-    only ever stricter (larger pools need stricter thresholds), within the grid."""
-    if not config.tuned_rows or target_rows <= config.tuned_rows:
-        return config
-    steps = float(np.log2(target_rows / config.tuned_rows))
-    th = {}
-    for s, t in config.thresholds.items():
-        grid = GRIDS[s]
-        th[s] = float(min(max(grid), max(t, t + slopes.get(s, 0.0) * steps)))
-    return config.with_(thresholds=th, tuned_rows=target_rows)
-
-
 def write_model_dir(
     out: Path,
     fusion: FusionConfig,
@@ -230,9 +217,15 @@ def _table(name: str, pools: list[Pool], start: FusionConfig, signal: str) -> li
     cfg_a, f_a = tune_pools(pools, alone, min2_signals=(signal,))
     cfg_f, f_f = tune_pools(pools, start)
     return [
-        {"pipeline": f"{signal} alone ({name})", "f1": f_a, "config": cfg_a.model_dump()},
-        {"pipeline": f"tfidf+phash+{signal} ({name})", "f1": f_f, "config": cfg_f.model_dump()},
+        _row(f"{signal} alone ({name})", pools, cfg_a, f_a),
+        _row(f"tfidf+phash+{signal} ({name})", pools, cfg_f, f_f),
     ]
+
+
+def _row(name: str, pools: list[Pool], cfg: FusionConfig, f1: float) -> dict[str, Any]:
+    """One OOF table row: the F1 over all pools, and each fold's pool scored on its own."""
+    per_fold = [score_pools([p], cfg) for p in pools]
+    return {"pipeline": name, "f1": f1, "per_fold": per_fold, "config": cfg.model_dump()}
 
 
 def run(
@@ -283,7 +276,7 @@ def run(
     cfg_t, f_t = tune_pools(
         tfidf_only, start.with_(thresholds={"tfidf": start.thresholds["tfidf"]})
     )
-    table.append({"pipeline": "tfidf alone", "f1": f_t, "config": cfg_t.model_dump()})
+    table.append(_row("tfidf alone", tfidf_only, cfg_t, f_t))
     if base is not None:
         table += _table("untrained", with_dense(base), start, m)
     pools = with_dense(res.oof)
@@ -291,10 +284,13 @@ def run(
     table += trained
     fused = FusionConfig.model_validate(trained[1]["config"])
     study = pool_study(cat, labels, folds, {m: res.oof}, fused)
-    target = cv.target_pool or 2 * len(rows)
-    final = extrapolate(fused, study["slope_per_doubling"], target)
-    # Signals this run did not tune keep the default thresholds.
-    final = final.with_(thresholds={**FusionConfig().thresholds, **final.thresholds})
+    # The thresholds tuned on the validation pools, with the study's slopes: matching a
+    # pool of another size moves them (`FusionConfig.for_pool`). Signals this run did not
+    # tune keep the default thresholds.
+    final = fused.with_(
+        thresholds={**FusionConfig().thresholds, **fused.thresholds},
+        pool_slopes=study["slope_per_doubling"],
+    )
 
     artifacts: dict[str, Path] = {}
     final_log: list[dict[str, Any]] = []
@@ -318,7 +314,6 @@ def run(
         "folds": cv.folds,
         "oof": table,
         "pool_study": study,
-        "target_pool": target,
         "fusion": final.model_dump(),
         "cv_logs": res.logs,
         "final_log": final_log,
