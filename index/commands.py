@@ -29,6 +29,19 @@ def register(sub: Any) -> None:
     p.add_argument("input", type=Path, help="listings CSV (posting_id,title[,image,image_phash])")
     _model_args(p)
     p.add_argument("-o", "--output", type=Path, required=True, help="submission CSV to write")
+    p.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="local: one process (default); ray: a Ray Data pipeline (encoder actors, "
+        "sharded top-51 search; needs the [scale] extra), same submission",
+    )
+    p.add_argument(
+        "--address", help="with --engine ray: a Ray cluster address (default: start a local one)"
+    )
+    p.add_argument(
+        "--shards", type=int, default=1, help="with --engine ray: catalogue shards (default 1)"
+    )
     p.set_defaults(func=cmd_match)
 
     p = sub.add_parser("evaluate", help="mean F1 on a labelled CSV, per signal and fused")
@@ -156,10 +169,50 @@ def _available(config: FusionConfig, nb: dict[str, Any]) -> FusionConfig:
     return config.with_(thresholds={k: v for k, v in config.thresholds.items() if k in nb})
 
 
+def _model_folder(args: argparse.Namespace) -> Path | None:
+    """The folder holding the encoders (text/, image/) that `resolve_model` loads from."""
+    if args.bundle is not None:
+        return Path(args.bundle) / "encoders"
+    return Path(args.model) if args.model is not None else None
+
+
+def _ray_features(cat: Catalogue, encoders: Encoders, args: argparse.Namespace) -> Any:
+    try:
+        from index.ray_engine import init_ray, ray_neighbours
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise CatalogueError(f"--engine ray needs Ray: pip install -e '.[scale]' ({e})") from e
+    if args.shards < 1:
+        raise CatalogueError(f"--shards must be at least 1, got {args.shards}")
+    t = time.perf_counter()
+    init_ray(args.address)
+    feats, nb = ray_neighbours(
+        cat,
+        _model_folder(args),
+        text=encoders.text is not None,
+        image=encoders.image is not None,
+        tfidf_config=TfidfConfig(),
+        shards=args.shards,
+        device=args.device,
+    )
+    for what, n in feats.issues.items():
+        if what not in cat.issues:
+            log.warning("%s: %d row(s): %s", args.input, n, what)
+    log.info(
+        "ray: features and neighbours for %d rows on %d shard(s) in %.1fs",
+        len(cat),
+        args.shards,
+        time.perf_counter() - t,
+    )
+    return feats, nb
+
+
 def cmd_match(args: argparse.Namespace) -> int:
     cat = _read(args)
     encoders, config = resolve_model(args)
-    feats, nb = _features(cat, encoders, args)
+    if getattr(args, "engine", "local") == "ray":
+        feats, nb = _ray_features(cat, encoders, args)
+    else:
+        feats, nb = _features(cat, encoders, args)
     nb = apply_stages(feature_parts(feats), nb, config, device=args.device)
     config = _available(config, nb)
     I, _ = fuse_stages(nb, config, cat.title)

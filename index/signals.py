@@ -9,16 +9,18 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict
-from sklearn.feature_extraction.text import TfidfVectorizer
 
 from index.errors import ImageError
 from index.progress import progress
 from index.search import K, no_neighbours
+
+if TYPE_CHECKING:
+    from sklearn.feature_extraction.text import TfidfVectorizer
 
 _HTML = re.compile(r"&(#\d+|[a-z]+);")
 # "500ml" -> "500 ml", "2x" -> "2 x": numbers and units become separate tokens.
@@ -57,6 +59,9 @@ class TitleTfidf:
         self.char: TfidfVectorizer | None = None
 
     def _vectorizers(self) -> tuple[TfidfVectorizer, TfidfVectorizer | None]:
+        # imported here: the k-NN side of this module (sparse_topk) runs without sklearn
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
         c = self.config
         word = TfidfVectorizer(
             token_pattern=r"(?u)\b\w+\b",
