@@ -285,6 +285,31 @@ def pool_study(
     return out
 
 
+def stage_slopes(
+    cat: Catalogue,
+    dense: dict[str, np.ndarray],
+    fold_rows: list[np.ndarray],
+    pools: list[Pool],
+    config: FusionConfig,
+    device: str = "cpu",
+    grid_step: int = 2,
+    show_progress: bool = False,
+) -> dict[str, float]:
+    """Pool-size slopes of a final pipeline's own thresholds (the combined one included),
+    fitted with its stages on, on pools inside single folds: quarter and half sub-pools of
+    each fold and the folds themselves (`pools`)."""
+    labels = cat.labels
+    start = config.with_(pool_slopes={})
+    sizes: dict[int, list[PairTable]] = {4: [p.signals(start, device)[1] for p in pools]}
+    for parts in (2, 4):
+        rows = [r for f, fr in enumerate(fold_rows) for r in sub_pools(fr, labels, parts, seed=f)]
+        bar = progress(rows, desc=f"stage slopes 1/{parts}", unit="pool", disable=not show_progress)
+        pools_p = [make_pool(cat, r, dense, device) for r in bar]
+        sizes[4 // parts] = [p.signals(start, device)[1] for p in pools_p]
+    slopes, _ = fit_pool_slopes(sizes, start, grid_step=grid_step)
+    return slopes
+
+
 # ---------------------------------------------------------------------------------------
 # CLI
 
@@ -463,6 +488,10 @@ def cmd_ablation(args: argparse.Namespace, cat: Catalogue) -> int:
     if args.save_config:
         final = [FusionConfig.model_validate(x["config"]) for x in results[-1]["folds"]]
         best = consensus(final, slopes)
+        # The stages' thresholds (combined) need slopes too, fitted with the stages on.
+        best = best.with_(
+            pool_slopes=stage_slopes(cat, dense, fold_rows, pools, best, device, show_progress=show)
+        )
         args.save_config.parent.mkdir(parents=True, exist_ok=True)
         args.save_config.write_text(best.model_dump_json(indent=2), encoding="utf-8")
         print(f"wrote {args.save_config} (final pipeline, thresholds for {best.tuned_rows} rows)")

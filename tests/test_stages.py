@@ -245,7 +245,7 @@ def test_evaluate_ablation_cli(synth: Path, model_dir: Path, tmp_path: Path, cap
         assert set(row) >= {"precision", "recall", "matches", "gain", "by_group_size"}
     assert len(data["pool_study"]) == 3
     saved = FusionConfig.model_validate_json(cfg_path.read_text())
-    assert saved.tuned_rows and set(saved.pool_slopes) <= set(saved.thresholds)
+    assert saved.tuned_rows and set(saved.pool_slopes) == set(saved.thresholds)
 
 
 def test_match_applies_stages_from_config(synth: Path, model_dir: Path, tmp_path: Path) -> None:
@@ -311,3 +311,23 @@ def test_ablation_with_saved_oof_keeps_pools_within_folds(
     biggest_fold = max(len(va) for _, va in folds)
     for study in json.loads(rep.read_text())["pool_study"]:
         assert max(int(rows) for rows in study["sizes"]) <= biggest_fold
+
+
+def test_stage_slopes_cover_the_combined_threshold(synth: Path, model_dir: Path) -> None:
+    """The pool-size rule of a stages config fits the combined threshold too (with the
+    stages on), not only the per-signal ones."""
+    from index.ablation import make_pool, stage_slopes
+    from index.catalogue import read_catalogue
+    from index.encoders import load_encoder
+    from index.tuning import group_folds
+
+    cat = read_catalogue(synth / "listings.csv")
+    dense = {"text": load_encoder(model_dir / "text").encode(cat.title)}
+    fold_rows = [va for _, va in group_folds(cat.labels, 2, seed=0)]
+    pools = [make_pool(cat, r, dense, "cpu") for r in fold_rows]
+    cfg = FusionConfig(thresholds={"tfidf": 0.6, "text": 0.9, "combined": 0.8}).with_stages(
+        combined_weights={"tfidf": 1.0, "text": 1.0}, inb=(0.7,)
+    )
+    slopes = stage_slopes(cat, dense, fold_rows, pools, cfg)
+    assert set(slopes) == {"tfidf", "text", "combined"}
+    assert all(-1.0 <= v <= 1.0 for v in slopes.values())
