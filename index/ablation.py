@@ -31,7 +31,7 @@ from index.metrics import f1_report
 from index.pipeline import Encoders, Features, embed, self_neighbours
 from index.progress import progress
 from index.stages import Part, apply_stages, feature_parts, fuse_stages
-from index.tuning import PairTable, fit_pool_slopes, group_folds, tune_tables
+from index.tuning import PairTable, fit_pool_slopes, group_folds, sub_pools, tune_tables
 
 #: Group-size buckets of the ablation's break-down (finer at the top than `SIZE_BUCKETS`).
 BUCKETS: tuple[tuple[int, int], ...] = (
@@ -208,14 +208,6 @@ def run_ablation(
     return out
 
 
-def sub_pools(rows: np.ndarray, labels: np.ndarray, parts: int, seed: int) -> list[np.ndarray]:
-    """`rows` split into `parts` group-disjoint pools of about equal size."""
-    uniq = np.unique(labels[rows])
-    rng = np.random.default_rng(seed)
-    a = rng.integers(0, parts, len(uniq))[np.searchsorted(uniq, labels[rows])]
-    return [rows[a == p] for p in range(parts) if (a == p).sum() >= 2]
-
-
 def pool_study(
     cat: Catalogue,
     dense: dict[str, np.ndarray],
@@ -248,12 +240,15 @@ def pool_study(
     def tables(rows_list: list[np.ndarray]) -> list[PairTable]:
         return [table(r) for r in rows_list]
 
+    def split(g: int, parts: int) -> list[np.ndarray]:
+        return sub_pools(fold_rows[g], labels, parts, seed=g, min_rows=2)
+
     for f in progress(range(k), desc="pool study", unit="fold", disable=not show_progress):
         train = [g for g in range(k) if g != f]
 
         sizes: dict[int, list[PairTable]] = {
-            1: tables([r for g in train for r in sub_pools(fold_rows[g], labels, 4, seed=g)]),
-            2: tables([r for g in train for r in sub_pools(fold_rows[g], labels, 2, seed=g)]),
+            1: tables([r for g in train for r in split(g, 4)]),
+            2: tables([r for g in train for r in split(g, 2)]),
             4: [pools[g].signals(start, device)[1] for g in train],
             8: tables(
                 [
@@ -302,7 +297,9 @@ def stage_slopes(
     start = config.with_(pool_slopes={})
     sizes: dict[int, list[PairTable]] = {4: [p.signals(start, device)[1] for p in pools]}
     for parts in (2, 4):
-        rows = [r for f, fr in enumerate(fold_rows) for r in sub_pools(fr, labels, parts, seed=f)]
+        rows = [
+            r for f, fr in enumerate(fold_rows) for r in sub_pools(fr, labels, parts, f, min_rows=2)
+        ]
         bar = progress(rows, desc=f"stage slopes 1/{parts}", unit="pool", disable=not show_progress)
         pools_p = [make_pool(cat, r, dense, device) for r in bar]
         sizes[4 // parts] = [p.signals(start, device)[1] for p in pools_p]

@@ -38,6 +38,17 @@ def group_folds(groups: np.ndarray, k: int, seed: int = 0) -> list[tuple[np.ndar
     return [(tr, va) for tr, va in gkf.split(np.zeros(len(groups)), groups=groups)]
 
 
+def sub_pools(
+    rows: np.ndarray, groups: np.ndarray, parts: int, seed: int, min_rows: int = 1
+) -> list[np.ndarray]:
+    """`rows` split into `parts` group-disjoint pools of about equal size (groups assigned
+    at random); pools with fewer than `min_rows` rows are left out."""
+    uniq = np.unique(groups[rows])
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, parts, len(uniq))[np.searchsorted(uniq, groups[rows])]
+    return [rows[a == p] for p in range(parts) if (a == p).sum() >= min_rows]
+
+
 #: One pool of rows matched among themselves: neighbours per signal and true labels.
 Pool = tuple[dict[str, Neighbours], np.ndarray]
 

@@ -10,10 +10,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from index.tuning import group_folds  # noqa: E402
+from index.tuning import group_folds, sub_pools  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
 from training.heads import ArcFace, CurricularFace, create_head  # noqa: E402
-from training.recipe import relabel, sub_pools  # noqa: E402
+from training.recipe import relabel  # noqa: E402
 from training.trainer import Trainer, embed, lr_lambda  # noqa: E402
 
 

@@ -22,7 +22,7 @@ from index.pipeline import Encoders, self_neighbours
 from index.pipeline import embed as embed_features
 from index.search import self_knn
 from index.signals import TfidfConfig
-from index.tuning import GRIDS, Pool, group_folds, score_pools, tune_pools
+from index.tuning import GRIDS, Pool, group_folds, score_pools, sub_pools, tune_pools
 from training.config import CVConfig, TrainConfig, save_config
 from training.tasks import Task
 from training.trainer import Trainer
@@ -112,15 +112,6 @@ def pool_signals(
     return nb
 
 
-def sub_pools(rows: np.ndarray, groups: np.ndarray, parts: int, seed: int) -> list[np.ndarray]:
-    """Split `rows` into `parts` group-disjoint pools of about equal size."""
-    uniq = np.unique(groups[rows])
-    rng = np.random.default_rng(seed)
-    assign = dict(zip(uniq.tolist(), rng.integers(0, parts, len(uniq)).tolist(), strict=True))
-    a = np.array([assign[g] for g in groups[rows].tolist()])
-    return [rows[a == p] for p in range(parts)]
-
-
 def pool_study(
     cat: Catalogue,
     labels: np.ndarray,
@@ -142,9 +133,9 @@ def pool_study(
     sizes: dict[int, list[Pool]] = {4: [], 2: [], 1: []}
     for f, (_, va) in enumerate(folds):
         for parts in sizes:
-            for p in sub_pools(va, labels, parts, seed=f):
-                if len(p) >= 2:  # a tiny fold can leave a sub-pool empty
-                    sizes[parts].append((pool_signals(cat, p, dense), labels[p]))
+            # min_rows: a tiny fold can leave a sub-pool empty
+            for p in sub_pools(va, labels, parts, seed=f, min_rows=2):
+                sizes[parts].append((pool_signals(cat, p, dense), labels[p]))
     out: dict[str, Any] = {"sizes": []}
     tuned: dict[int, FusionConfig] = {}
     for parts, pools in sizes.items():
