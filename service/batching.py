@@ -1,4 +1,9 @@
-"""Micro-batching: concurrent requests' items are collected for a few ms and run together."""
+"""Micro-batching: concurrent requests' items are collected for a few ms and run together.
+
+`Batcher` is the interface the engine uses for `/match` encodings; `MicroBatcher` is the
+in-process implementation (the default uvicorn engine), `service.ray_serve.ServeBatcher`
+the one built on Ray Serve's `serve.batch` (`pricematch serve --engine ray`).
+"""
 
 from __future__ import annotations
 
@@ -7,13 +12,44 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import anyio.to_thread
 import numpy as np
 
 T = TypeVar("T")
+T_contra = TypeVar("T_contra", contravariant=True)
 log = logging.getLogger("pricematch.service")
+
+
+class Batcher(Protocol[T_contra]):
+    """Batches concurrent `submit` calls into calls of one batch function.
+
+    Attributes:
+        kind: what batches (shown by `/readyz`).
+    """
+
+    kind: str
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def submit(self, item: T_contra) -> np.ndarray:
+        """The result row of `item`; raises what the batch function raised."""
+        ...
+
+
+class BatcherFactory(Protocol):
+    """Makes a `Batcher` for a batch function (`MicroBatcher` itself is one)."""
+
+    def __call__(
+        self,
+        fn: Callable[[Sequence[Any]], np.ndarray],
+        max_batch: int = ...,
+        wait_ms: float = ...,
+        observe: Callable[[int, float], None] | None = ...,
+    ) -> Batcher[Any]: ...
 
 
 class MicroBatcher(Generic[T]):
@@ -29,6 +65,8 @@ class MicroBatcher(Generic[T]):
         wait_ms: how long to wait for more items.
         observe: called with (batch size, seconds) after each call (metrics).
     """
+
+    kind = "micro-batcher"
 
     def __init__(
         self,

@@ -42,7 +42,7 @@ from index.errors import CatalogueError, ImageError
 from index.fusion import FusionConfig
 from index.pipeline import Encoders, match_catalogue
 from index.signals import TfidfConfig
-from service.batching import MicroBatcher, run_batches
+from service.batching import Batcher, BatcherFactory, MicroBatcher, run_batches
 from service.config import Settings
 from service.errors import PayloadTooLargeError
 from service.metrics import Metrics
@@ -123,7 +123,11 @@ def _fingerprint(encoders: Encoders) -> dict[str, Any]:
 
 
 class Engine:
-    """Loaded models and the catalogue; what `app.state.engine` holds."""
+    """Loaded models and the catalogue; what `app.state.engine` holds.
+
+    `batcher` makes the `/match` encoders' batchers: `MicroBatcher` (in process) by
+    default, `service.ray_serve.ServeBatcher` (Ray Serve's `serve.batch`) on Ray Serve.
+    """
 
     def __init__(
         self,
@@ -134,6 +138,7 @@ class Engine:
         catalogue: LiveCatalogue,
         meta: dict[str, Any],
         source: str,
+        batcher: BatcherFactory = MicroBatcher,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
@@ -145,11 +150,11 @@ class Engine:
         self.lock = threading.Lock()
         self.ready = False
         self.batch_slots = anyio.Semaphore(settings.batch_jobs)
-        self.batchers: dict[str, MicroBatcher[Any]] = {}
+        self.batchers: dict[str, Batcher[Any]] = {}
         for m in ("text", "image"):
             enc = getattr(encoders, m)
             if enc is not None:
-                self.batchers[m] = MicroBatcher(
+                self.batchers[m] = batcher(
                     self._encode_fn(m, enc),
                     max_batch=settings.max_batch,
                     wait_ms=settings.batch_wait_ms,
@@ -160,7 +165,9 @@ class Engine:
     # -- loading -------------------------------------------------------------------------
 
     @classmethod
-    def load(cls, settings: Settings, metrics: Metrics) -> Engine:
+    def load(
+        cls, settings: Settings, metrics: Metrics, batcher: BatcherFactory = MicroBatcher
+    ) -> Engine:
         """Load the bundle (or model folder) and the persisted catalogue, if any."""
         dev = settings.device
         if settings.bundle is not None:
@@ -187,7 +194,7 @@ class Engine:
             dims = {m: getattr(encoders, m).dim for m in ("text", "image") if getattr(encoders, m)}
             cat = initial or LiveCatalogue(dims=dims, device=dev)
         log.info("serving %s; catalogue of %d listings in %s", source, len(cat), settings.data_dir)
-        return cls(settings, metrics, encoders, fusion, cat, meta, source)
+        return cls(settings, metrics, encoders, fusion, cat, meta, source, batcher)
 
     def warm_up(self) -> None:
         """Run each encoder once (first calls allocate), then mark the engine ready."""
@@ -391,6 +398,7 @@ class Engine:
             "listings": len(self.catalogue),
             "signals": self.signals,
             "thresholds": self.fusion.thresholds,
+            "batching": {m: b.kind for m, b in self.batchers.items()},
             "providers": {
                 m: getattr(self.encoders, m).providers
                 for m in ("text", "image")

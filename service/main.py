@@ -17,6 +17,7 @@ from fastapi import FastAPI
 import index
 from service import errors
 from service.api.main import api_router
+from service.batching import BatcherFactory, MicroBatcher
 from service.config import Settings, get_settings
 from service.engine import Engine
 from service.limits import BodyLimitMiddleware
@@ -31,14 +32,21 @@ up to date (`/listings`). Errors are JSON `{"detail": ..., "error": ...}`.
 """
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """The service app; `settings` default to `get_settings()` (the environment)."""
+def create_app(
+    settings: Settings | None = None, batcher: BatcherFactory = MicroBatcher
+) -> FastAPI:
+    """The service app.
+
+    Args:
+        settings: defaults to `get_settings()` (the environment).
+        batcher: makes the `/match` encoders' batchers (Ray Serve passes its own).
+    """
     settings = settings or get_settings()
     metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = await anyio.to_thread.run_sync(Engine.load, settings, metrics)
+        engine = await anyio.to_thread.run_sync(Engine.load, settings, metrics, batcher)
         app.state.engine = engine
         await engine.start()
         warm = asyncio.create_task(anyio.to_thread.run_sync(engine.warm_up))
