@@ -54,6 +54,17 @@ class Settings(BaseSettings):
     warm_up: bool = Field(
         default=True, description="run the encoders once before /readyz says ready"
     )
+    # Ray Serve (`pricematch serve --engine ray`, service/ray_serve.py):
+    ray_address: str | None = Field(
+        default=None, description="Ray cluster to join (HOST:PORT); none: start a local Ray"
+    )
+    ray_replicas: int = Field(
+        default=1, ge=1, description="replicas (over 1: the catalogue is read-only)"
+    )
+    ray_num_cpus: float = Field(default=1.0, ge=0, description="CPUs reserved per replica")
+    ray_num_gpus: float = Field(
+        default=0.0, ge=0, description="GPUs per replica (fractions share one GPU)"
+    )
 
     def limit(self, mb: float) -> int:
         return int(mb * MB)
