@@ -1,9 +1,10 @@
 """A mutable catalogue, persisted atomically, and matching of new listings against it.
 
 `LiveCatalogue` holds listings that can be added, replaced and removed one by one: titles
-as TF-IDF rows, phash codes, and text/image embeddings in `FaissFlatStore`s keyed by a
-stable int64 id per listing. Rows are kept in insertion order (ids ascending), so a store's
-ids map back to rows with `searchsorted`.
+as TF-IDF rows, phash codes, and text/image embeddings in `VectorStore`s (`FaissFlatStore`
+by default; `index.milvus_catalog` puts them in Milvus) keyed by a stable int64 id per
+listing. Rows are kept in insertion order (ids ascending), so a store's ids map back to
+rows with `searchsorted`.
 
 Matching a query (a listing that may or may not be in the catalogue) follows the Kaggle
 rules of `index.fusion.fuse` exactly: the query is treated as one more row of the pool, its
@@ -15,7 +16,9 @@ gives what `index.pipeline.match_catalogue` gives on the same features.
 Persistence (`save_snapshot`/`load_snapshot`): every state is a complete folder
 `snap-NNNNNN/`; a `CURRENT` file names the live one and is replaced atomically
 (`os.replace`) only once the new folder is complete and synced, so a crash mid-write leaves
-the old state or the new one, never a broken one.
+the old state or the new one, never a broken one. A store is saved as `{m}.faiss`, or as
+`{m}{store.file_suffix}` for a store that names its own file (a reference to where its
+vectors live); `load_snapshot(open_store=...)` reopens such stores.
 """
 
 from __future__ import annotations
@@ -25,8 +28,9 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +42,7 @@ from index.fusion import FusionConfig, Neighbours, fuse, threshold
 from index.search import (
     FaissFlatStore,
     K,
+    VectorStore,
     as_f32,
     hamming_index,
     hamming_search,
@@ -52,7 +57,7 @@ DENSE = ("text", "image")
 
 
 def store_knn(
-    xq: np.ndarray, valid_q: np.ndarray, store: FaissFlatStore, ids: np.ndarray, k: int = K
+    xq: np.ndarray, valid_q: np.ndarray, store: VectorStore, ids: np.ndarray, k: int = K
 ) -> Neighbours:
     """k nearest stored vectors of each valid query row, as catalogue rows.
 
@@ -134,7 +139,7 @@ def signal_similarities(
     return out
 
 
-def _has(store: FaissFlatStore, pid: int) -> bool:
+def _has(store: VectorStore, pid: int) -> bool:
     return bool(store.contains(np.array([pid], np.int64))[0])
 
 
@@ -211,7 +216,7 @@ class LiveCatalogue:
     image_phash: list[str] = field(default_factory=list)
     ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     next_id: int = 0
-    stores: dict[str, FaissFlatStore] = field(default_factory=dict)
+    stores: dict[str, VectorStore] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.fixed_vocabulary = self.tfidf is not None
@@ -447,7 +452,7 @@ def save_snapshot(root: str | Path, cat: LiveCatalogue, meta: dict[str, Any]) ->
                 [cat.posting_id[i], cat.title[i], cat.image[i], cat.image_phash[i], cat.ids[i]]
             )
     for m, store in cat.stores.items():
-        store.save(tmp / f"{m}.faiss")
+        store.save(tmp / f"{m}{getattr(store, 'file_suffix', '.faiss')}")
     info = {
         "format": 1,
         "rows": len(cat),
@@ -492,8 +497,13 @@ def load_snapshot(
     meta: dict[str, Any],
     tfidf: TitleTfidf | None = None,
     device: str = "auto",
+    open_store: Callable[[str, Path, int], VectorStore] | None = None,
 ) -> LiveCatalogue | None:
     """The current snapshot under `root`, or None if there is none.
+
+    Args:
+        open_store: reopens the store of modality `m` (dimension `dim`) from the snapshot
+            folder, `open_store(m, folder, dim)`; default: `{m}.faiss` as a `FaissFlatStore`.
 
     Raises:
         BundleError: the snapshot was made for other feature spaces (`meta` differs) or is
@@ -518,7 +528,9 @@ def load_snapshot(
     if len(rows) != info["rows"]:
         raise BundleError(f"{snap}: {len(rows)} listings, meta.json says {info['rows']}")
     dims = {m: int(d) for m, d in info["dims"].items()}
-    stores = {m: FaissFlatStore.load(snap / f"{m}.faiss", device=device) for m in dims}
+    if open_store is None:
+        open_store = partial(open_faiss, device=device)
+    stores = {m: open_store(m, snap, d) for m, d in dims.items()}
     cat = LiveCatalogue(
         dims=dims,
         tfidf=tfidf if info["fixed_vocabulary"] else None,
@@ -532,3 +544,13 @@ def load_snapshot(
         stores=stores,
     )
     return cat
+
+
+def open_faiss(m: str, snap: Path, dim: int, device: str = "auto") -> VectorStore:
+    """`{m}.faiss` of a snapshot. Raises BundleError if the vectors live in Milvus."""
+    if not (snap / f"{m}.faiss").is_file() and (snap / f"{m}.milvus.json").is_file():
+        raise BundleError(
+            f"{snap} keeps its {m} vectors in Milvus ({m}.milvus.json); serve it with "
+            "PRICEMATCH_VECTOR_STORE=milvus"
+        )
+    return FaissFlatStore.load(snap / f"{m}.faiss", device=device)

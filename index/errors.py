@@ -23,3 +23,8 @@ class BundleError(PricematchError):
 
 class NotFoundError(PricematchError):
     """An unknown posting_id."""
+
+
+class StoreError(PricematchError):
+    """A vector store that cannot be used: not installed, unreachable, or out of step with
+    the catalogue."""

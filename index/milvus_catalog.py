@@ -1,0 +1,339 @@
+"""A `LiveCatalogue` whose text/image vectors live in Milvus, kept in step with its snapshots.
+
+The snapshot (`index.catalog.save_snapshot`) stays the source of truth. For a modality `m`
+in Milvus it holds `{m}.milvus.json` — the collection's uri, name, dim and the number of
+vectors it must hold — instead of the vectors, and every change goes through a journal:
+
+1. `LiveCatalogue.upsert`/`remove` only record the change in the `JournaledStore` (pending:
+   ids to upsert with their vectors, ids to delete); Milvus is not touched yet.
+2. `save_snapshot` writes the pending changes with the snapshot (`{m}.pending.npz`) and
+   commits it (`CURRENT`, one atomic rename).
+3. `MilvusVectors.apply` sends them to Milvus by the stable int64 ids (delete, upsert: doing
+   it twice is doing it once), flushes, and deletes the journal file: applied.
+
+A crash before 2 leaves the old snapshot and an untouched Milvus; a crash after 2 leaves a
+journal that the next start applies again (`MilvusVectors.attach`), as does the next
+search if applying failed while the service ran. A catalogue whose stores are FAISS ones
+(a bundle's on a first start, a new empty one, or a snapshot saved with FAISS) moves into
+empty collections the same way: its vectors become pending upserts, saved, then applied;
+so a restart never duplicates or loses vectors. On start each collection's size must be
+the snapshot's count, which catches a collection changed behind the service's back.
+
+pymilvus (and milvus-lite for a local `.db` file) come with the `[scale]` extra.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from index.catalog import (
+    LiveCatalogue,
+    _fsync_dir,
+    current_snapshot,
+    open_faiss,
+    save_snapshot,
+)
+from index.errors import StoreError
+from index.milvus import MilvusStore
+from index.search import VectorStore, as_f32
+
+log = logging.getLogger("pricematch.milvus")
+
+SUFFIX = ".milvus.json"  #: the store reference in a snapshot: `{m}.milvus.json`
+JOURNAL = ".pending.npz"  #: the changes not yet applied: `{m}.pending.npz`
+
+
+class JournaledStore:
+    """A `VectorStore` on a Milvus collection whose changes wait in a journal until applied.
+
+    `add`/`remove` only record pending changes; `contains`, `vectors` and `len` see them;
+    `search` applies them first, which needs them saved in a snapshot first (`save`, then
+    `saved(journal)` once the snapshot is committed).
+
+    Args:
+        store: the collection.
+        count: how many vectors the collection holds once the pending changes are applied.
+    """
+
+    file_suffix = SUFFIX
+
+    def __init__(self, store: MilvusStore, count: int) -> None:
+        self.store = store
+        self.dim = store.dim
+        self.count = count
+        self.upserts: dict[int, np.ndarray] = {}
+        self.deletes: set[int] = set()
+        self.journal: Path | None = None  # the saved file that holds every pending change
+
+    @property
+    def pending(self) -> int:
+        """Number of ids with a change not applied to Milvus yet."""
+        return len(self.upserts) + len(self.deletes)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def add(self, ids: np.ndarray, x: np.ndarray) -> None:
+        """Record an upsert of vectors `x` (n, dim) under distinct int64 `ids` (n,)."""
+        x = as_f32(x)
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        assert x.shape == (ids.size, self.dim), (x.shape, ids.shape, self.dim)
+        assert np.unique(ids).size == ids.size, "ids of one add must be distinct"
+        self.count += int((~self.contains(ids)).sum())
+        for i, v in zip(ids.tolist(), x, strict=True):
+            self.upserts[i] = v.copy()
+            self.deletes.discard(i)
+        self.journal = None
+
+    def remove(self, ids: np.ndarray) -> int:
+        """Record the deletion of `ids`; returns how many were present."""
+        ids = np.unique(np.asarray(ids, dtype=np.int64))
+        present = ids[self.contains(ids)].tolist()
+        for i in present:
+            self.upserts.pop(i, None)
+            self.deletes.add(i)
+        self.count -= len(present)
+        if present:
+            self.journal = None
+        return len(present)
+
+    def contains(self, ids: np.ndarray) -> np.ndarray:
+        """(n,) bool: which of `ids` are stored once the pending changes are applied."""
+        ids = np.asarray(ids, dtype=np.int64)
+        out = self.store.contains(ids)
+        for j, i in enumerate(ids.tolist()):
+            if i in self.upserts or i in self.deletes:
+                out[j] = i in self.upserts
+        return out
+
+    def vectors(self, ids: np.ndarray) -> np.ndarray:
+        """Vectors of `ids` (n, dim), pending upserts included. Raises KeyError if unknown."""
+        ids = np.asarray(ids, dtype=np.int64)
+        gone = [i for i in ids.tolist() if i in self.deletes]
+        if gone:
+            raise KeyError(f"ids not in the store: {gone[:5]}")
+        out = np.zeros((ids.size, self.dim), np.float32)
+        stored = [j for j, i in enumerate(ids.tolist()) if i not in self.upserts]
+        for j, i in enumerate(ids.tolist()):
+            if i in self.upserts:
+                out[j] = self.upserts[i]
+        if stored:
+            out[stored] = self.store.vectors(ids[stored])
+        return out
+
+    def search(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Apply any saved pending changes, then search the collection (top-k, by IP)."""
+        self.apply()
+        return self.store.search(xq, k)
+
+    def save(self, path: Path) -> None:
+        """Write the reference at `path` (`{m}.milvus.json`) and the pending changes beside
+        it (`{m}.pending.npz`); they are applied once the snapshot is committed."""
+        ref = {
+            "store": "milvus",
+            "uri": self.store.uri,
+            "collection": self.store.collection,
+            "dim": self.dim,
+            "count": self.count,
+        }
+        Path(path).write_text(json.dumps(ref, indent=2), encoding="utf-8")
+        if self.pending:
+            up = np.fromiter(self.upserts, np.int64, len(self.upserts))
+            vec = [self.upserts[i] for i in up.tolist()]
+            with open(journal_of(Path(path)), "wb") as f:
+                np.savez(
+                    f,
+                    upsert_ids=up,
+                    upsert_vectors=np.stack(vec) if vec else np.zeros((0, self.dim), np.float32),
+                    delete_ids=np.fromiter(sorted(self.deletes), np.int64, len(self.deletes)),
+                )
+
+    def load_journal(self, journal: Path) -> None:
+        """Take the pending changes saved in `journal` (a snapshot's `{m}.pending.npz`)."""
+        with np.load(journal) as z:
+            ids, vecs = z["upsert_ids"].tolist(), z["upsert_vectors"]
+            self.upserts = {i: vecs[j] for j, i in enumerate(ids)}
+            self.deletes = set(z["delete_ids"].tolist())
+        self.journal = journal
+
+    def saved(self, journal: Path) -> None:
+        """Note that every pending change is in `journal`, part of a committed snapshot."""
+        self.journal = journal
+
+    def apply(self) -> None:
+        """Send the pending changes to Milvus, flush, and delete their journal (applied).
+
+        Raises:
+            StoreError: there are pending changes that no snapshot holds.
+        """
+        if self.pending:
+            if self.journal is None:
+                raise StoreError(
+                    f"{self.pending} vector changes of collection {self.store.collection!r} "
+                    "are not saved in a snapshot; Milvus is changed only after that"
+                )
+            if self.deletes:
+                self.store.remove(np.fromiter(self.deletes, np.int64, len(self.deletes)))
+            if self.upserts:
+                ids = np.fromiter(self.upserts, np.int64, len(self.upserts))
+                self.store.add(ids, np.stack([self.upserts[i] for i in ids.tolist()]))
+            self.store.client.flush(self.store.collection)
+            self.upserts, self.deletes = {}, set()
+        if self.journal is not None and self.journal.exists():
+            self.journal.unlink()
+            _fsync_dir(self.journal.parent)
+        self.journal = None
+
+
+def journal_of(ref: Path) -> Path:
+    """`{m}.pending.npz` beside the reference `{m}.milvus.json`."""
+    return ref.with_name(ref.name.removesuffix(SUFFIX) + JOURNAL)
+
+
+class MilvusVectors:
+    """One Milvus connection for a catalogue's dense vectors: collection `{prefix}_{m}`
+    per modality `m` ("text", "image").
+
+    Args:
+        uri: a milvus-lite `.db` path or a server address (`http://host:19530`).
+        token: credentials for a server ("user:password" or an API key); "" for none.
+        prefix: collection name prefix.
+
+    Raises:
+        StoreError: pymilvus (or milvus-lite, for a `.db` file) is not installed, the uri
+            is malformed, or Milvus cannot be reached.
+    """
+
+    def __init__(self, uri: str | Path, token: str = "", prefix: str = "pricematch") -> None:
+        try:
+            from pymilvus import MilvusClient
+        except ImportError as e:
+            raise StoreError(
+                "the Milvus vector store needs pymilvus: pip install -e '.[scale]'"
+            ) from e
+        s = str(uri)
+        if "://" not in s:
+            if not s.endswith(".db"):
+                raise StoreError(
+                    f"Milvus uri {s!r}: a local milvus-lite file must end in .db; "
+                    "a server is http://host:19530"
+                )
+            try:
+                import milvus_lite  # noqa: F401
+            except ImportError as e:
+                raise StoreError(
+                    f"Milvus uri {s!r} is a local file, which needs milvus-lite: "
+                    "pip install -e '.[scale]'"
+                ) from e
+            Path(s).resolve().parent.mkdir(parents=True, exist_ok=True)
+            s = str(Path(s).resolve())
+        self.uri, self.prefix = s, prefix
+        try:
+            self.client: Any = MilvusClient(uri=s, token=token)
+        except Exception as e:  # pymilvus raises MilvusException, milvus-lite others
+            raise StoreError(f"cannot connect to Milvus at {s}: {_message(e)}") from e
+
+    def collection(self, m: str) -> str:
+        return f"{self.prefix}_{m}"
+
+    def _store(self, m: str, dim: int) -> MilvusStore:
+        return MilvusStore(dim, self.uri, collection=self.collection(m), client=self.client)
+
+    def open(self, m: str, snap: Path, dim: int) -> VectorStore:
+        """The store of modality `m` in snapshot `snap` (the `load_snapshot` hook): its
+        collection with the snapshot's pending changes, or its FAISS store (moved into
+        Milvus by `attach`)."""
+        ref_path = snap / f"{m}{SUFFIX}"
+        if not ref_path.is_file():
+            return open_faiss(m, snap, dim, device="cpu")
+        ref = json.loads(ref_path.read_text(encoding="utf-8"))
+        if ref["collection"] != self.collection(m):
+            raise StoreError(
+                f"the catalogue in {snap.parent} keeps its {m} vectors in Milvus collection "
+                f"{ref['collection']!r}, not {self.collection(m)!r}: set "
+                "PRICEMATCH_MILVUS_COLLECTION to its prefix"
+            )
+        if ref["uri"] != self.uri:
+            log.warning("catalogue saved with Milvus at %s, now at %s", ref["uri"], self.uri)
+        store = JournaledStore(self._store(m, dim), int(ref["count"]))
+        journal = journal_of(ref_path)
+        if journal.is_file():
+            store.load_journal(journal)  # applied by `attach`
+        return store
+
+    def attach(self, cat: LiveCatalogue, root: str | Path, meta: dict[str, Any]) -> None:
+        """Bring Milvus in step with `cat` on start (`cat` from `load_snapshot(open_store=
+        self.open)`, or a bundle's or a new catalogue when there is no snapshot yet).
+
+        FAISS stores move into their collections, which must be empty: their vectors
+        become pending upserts, saved with a new snapshot under `root`, then applied.
+        Pending changes of the current snapshot are applied again. Then every collection
+        must hold the number of vectors the snapshot says.
+
+        Raises:
+            StoreError: a collection holds vectors the catalogue does not know of.
+        """
+        moved = False
+        for m, store in list(cat.stores.items()):
+            if isinstance(store, JournaledStore):
+                continue
+            target = JournaledStore(self._store(m, store.dim), 0)
+            if len(target.store):
+                raise StoreError(
+                    f"Milvus collection {target.store.collection!r} at {self.uri} holds "
+                    f"{len(target.store)} vectors that the catalogue in {root} does not "
+                    "know of (it has no snapshot, or one saved with FAISS stores): drop "
+                    "the collection or set PRICEMATCH_MILVUS_COLLECTION to another prefix"
+                )
+            ids = cat.ids[store.contains(cat.ids)]
+            if ids.size:
+                target.add(ids, store.vectors(ids))
+            cat.stores[m] = target
+            moved = True
+        self.apply(cat, save_snapshot(root, cat, meta) if moved else None)
+        for store in _journaled(cat):
+            n = len(store.store)
+            if n != store.count:
+                raise StoreError(
+                    f"Milvus collection {store.store.collection!r} at {self.uri} holds {n} "
+                    f"vectors, the catalogue in {root} (snapshot "
+                    f"{getattr(current_snapshot(root), 'name', None)}) expects "
+                    f"{store.count}: it was changed outside this service, or "
+                    "PRICEMATCH_MILVUS_URI points at another Milvus"
+                )
+        if cat.stores:
+            log.info(
+                "vectors in Milvus at %s: %s",
+                self.uri,
+                ", ".join(f"{s.store.collection} ({len(s)})" for s in _journaled(cat)),
+            )
+
+    def apply(self, cat: LiveCatalogue, snap: Path | None = None) -> None:
+        """Apply `cat`'s pending vector changes to Milvus.
+
+        Args:
+            snap: the snapshot just saved with them (`save_snapshot`); None: the changes are
+                already known to be saved (loaded from the current snapshot).
+        """
+        journaled = {m: s for m, s in cat.stores.items() if isinstance(s, JournaledStore)}
+        if snap is not None:  # all of them first: one failing leaves the others retryable
+            for m, store in journaled.items():
+                store.saved(snap / f"{m}{JOURNAL}")
+        for store in journaled.values():
+            store.apply()
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _journaled(cat: LiveCatalogue) -> list[JournaledStore]:
+    return [s for s in cat.stores.values() if isinstance(s, JournaledStore)]
+
+
+def _message(e: Exception) -> str:
+    return str(getattr(e, "message", "") or e)
