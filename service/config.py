@@ -18,6 +18,8 @@ class Settings(BaseSettings):
     With `bundle` set, the bundle's encoders, thresholds and catalogue are served; without
     it, the encoders of `model_dir` (none: TF-IDF and phash only) and an empty catalogue
     that `POST /listings` fills. Catalogue changes persist under `data_dir` either way.
+    The text/image vectors are kept in process (FAISS) or, with `vector_store="milvus"`,
+    in Milvus collections (`index.milvus_catalog`).
     """
 
     model_config = SettingsConfigDict(
@@ -53,6 +55,22 @@ class Settings(BaseSettings):
     )
     warm_up: bool = Field(
         default=True, description="run the encoders once before /readyz says ready"
+    )
+    vector_store: Literal["faiss", "milvus"] = Field(
+        default="faiss",
+        description="where text/image vectors live: in process (faiss) or Milvus ([scale])",
+    )
+    milvus_uri: str | None = Field(
+        default=None,
+        description="milvus-lite .db file or http://host:19530; default <data_dir>/milvus.db",
+    )
+    milvus_token: SecretStr | None = Field(
+        default=None, description="Milvus credentials (user:password or API key)"
+    )
+    milvus_collection: str = Field(
+        default="pricematch",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,200}$",
+        description="collection name prefix: PREFIX_text, PREFIX_image",
     )
     # Ray Serve (`pricematch serve --engine ray`, service/ray_serve.py):
     ray_address: str | None = Field(

@@ -40,6 +40,7 @@ from index.catalogue import read_catalogue
 from index.encoders import Encoder, open_image
 from index.errors import CatalogueError, ImageError
 from index.fusion import FusionConfig
+from index.milvus_catalog import MilvusVectors
 from index.pipeline import Encoders, match_catalogue
 from index.signals import TfidfConfig
 from service.batching import Batcher, BatcherFactory, MicroBatcher, run_batches
@@ -122,6 +123,16 @@ def _fingerprint(encoders: Encoders) -> dict[str, Any]:
     return out
 
 
+def open_vectors(settings: Settings) -> MilvusVectors | None:
+    """The Milvus connection for the catalogue's vectors on `vector_store="milvus"`, else None
+    (FAISS stores in process, saved in the snapshots)."""
+    if settings.vector_store != "milvus":
+        return None
+    token = settings.milvus_token.get_secret_value() if settings.milvus_token else ""
+    uri = settings.milvus_uri or settings.data_dir / "milvus.db"
+    return MilvusVectors(uri, token=token, prefix=settings.milvus_collection)
+
+
 class Engine:
     """Loaded models and the catalogue; what `app.state.engine` holds.
 
@@ -147,6 +158,7 @@ class Engine:
         self.catalogue = catalogue
         self.meta = meta
         self.source = source
+        self.vectors: MilvusVectors | None = None  # set by `load` on vector_store=milvus
         self.lock = threading.Lock()
         self.ready = False
         self.batch_slots = anyio.Semaphore(settings.batch_jobs)
@@ -189,12 +201,24 @@ class Engine:
             meta = {"encoders": _fingerprint(encoders)}
             initial = None
             source = f"model {folder}" if folder else "no encoders (TF-IDF and phash only)"
-        cat = load_snapshot(settings.data_dir, meta, tfidf=tfidf, device=dev)
-        if cat is None:
-            dims = {m: getattr(encoders, m).dim for m in ("text", "image") if getattr(encoders, m)}
-            cat = initial or LiveCatalogue(dims=dims, device=dev)
+        vectors = open_vectors(settings)
+        opener = vectors.open if vectors is not None else None
+        try:
+            cat = load_snapshot(settings.data_dir, meta, tfidf, dev, open_store=opener)
+            if cat is None:
+                encs = {m: getattr(encoders, m) for m in ("text", "image")}
+                dims = {m: e.dim for m, e in encs.items() if e is not None}
+                cat = initial or LiveCatalogue(dims=dims, device=dev)
+            if vectors is not None:  # first start: vectors into Milvus; else pending re-applied
+                vectors.attach(cat, settings.data_dir, meta)
+        except BaseException:
+            if vectors is not None:
+                vectors.close()
+            raise
         log.info("serving %s; catalogue of %d listings in %s", source, len(cat), settings.data_dir)
-        return cls(settings, metrics, encoders, fusion, cat, meta, source, batcher)
+        engine = cls(settings, metrics, encoders, fusion, cat, meta, source, batcher)
+        engine.vectors = vectors
+        return engine
 
     def warm_up(self) -> None:
         """Run each encoder once (first calls allocate), then mark the engine ready."""
@@ -214,6 +238,8 @@ class Engine:
     async def stop(self) -> None:
         for b in self.batchers.values():
             await b.stop()
+        if self.vectors is not None:
+            self.vectors.close()
 
     def _observe(self, modality: str) -> Any:
         def observe(n: int, seconds: float) -> None:
@@ -364,18 +390,28 @@ class Engine:
         return await anyio.to_thread.run_sync(work)
 
     def _persist(self) -> None:
-        """Save the catalogue (lock held); on failure go back to the last saved state."""
+        """Save the catalogue (lock held); on failure go back to the last saved state.
+
+        With Milvus, the snapshot holds the vector changes (a journal) and they are applied
+        to Milvus after it is committed (`index.milvus_catalog`); if that fails, the change
+        is kept and applied again by the next search, write or start.
+        """
         try:
-            save_snapshot(self.settings.data_dir, self.catalogue, self.meta)
+            snap = save_snapshot(self.settings.data_dir, self.catalogue, self.meta)
         except BaseException:
             log.exception("saving the catalogue failed; reloading the last saved state")
             tfidf = self.catalogue.tfidf if self.catalogue.fixed_vocabulary else None
-            old = load_snapshot(self.settings.data_dir, self.meta, tfidf, self.settings.device)
+            opener = self.vectors.open if self.vectors is not None else None
+            old = load_snapshot(
+                self.settings.data_dir, self.meta, tfidf, self.settings.device, opener
+            )
             if old is not None:
                 self.catalogue = old
             raise
         finally:
             self.metrics.catalogue_size.set(len(self.catalogue))
+        if self.vectors is not None:
+            self.vectors.apply(self.catalogue, snap)
 
     def batch_match(self, csv: bytes, images_dir: Path | None) -> tuple[list[str], list[list[str]]]:
         """Kaggle semantics over an uploaded CSV: `index.pipeline.match_catalogue`, as
@@ -395,6 +431,7 @@ class Engine:
     def describe(self) -> dict[str, Any]:
         return {
             "source": self.source,
+            "vector_store": self.settings.vector_store,
             "listings": len(self.catalogue),
             "signals": self.signals,
             "thresholds": self.fusion.thresholds,

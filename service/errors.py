@@ -14,6 +14,7 @@ from index.errors import (
     ImageError,
     NotFoundError,
     PricematchError,
+    StoreError,
 )
 
 log = logging.getLogger("pricematch.service")
@@ -36,6 +37,7 @@ STATUS: list[tuple[type[PricematchError], int]] = [
     (CatalogueError, 400),
     (EncoderError, 422),
     (BundleError, 422),
+    (StoreError, 503),
     (PricematchError, 400),
 ]
 
