@@ -4,6 +4,8 @@
 #   cpu:           slim Python, onnxruntime + faiss-cpu          docker build --target cpu -t pricematch:cpu .
 # Both serve the default encoders (exported at build time; torch only in the build stage),
 # an empty catalogue persisted in /data, or a bundle mounted and named by PRICEMATCH_BUNDLE.
+# --build-arg EXTRAS="[scale]" adds the scale-out extra to the cpu image (pymilvus for
+# PRICEMATCH_VECTOR_STORE=milvus; compose's milvus profile builds it so).
 
 # ---- stage 1: export the default encoders to ONNX (needs torch; never shipped) ----------
 FROM python:3.11-slim AS models
@@ -20,6 +22,7 @@ RUN pip install ".[train]" \
 
 # ---- common settings of the run-time images ------------------------------------------
 FROM python:3.11-slim AS cpu
+ARG EXTRAS=""
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -33,7 +36,7 @@ COPY pyproject.toml README.md ./
 COPY index ./index
 COPY service ./service
 COPY training ./training
-RUN pip install . \
+RUN pip install "./${EXTRAS}" \
     && useradd --create-home --uid 10001 pricematch \
     && mkdir -p /data && chown pricematch /data
 COPY --from=models /models/default ./models/default
