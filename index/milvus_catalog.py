@@ -34,7 +34,6 @@ import numpy as np
 from index.catalog import (
     LiveCatalogue,
     _fsync_dir,
-    current_snapshot,
     open_faiss,
     save_snapshot,
 )
@@ -276,7 +275,8 @@ class MilvusVectors:
         must hold the number of vectors the snapshot says.
 
         Raises:
-            StoreError: a collection holds vectors the catalogue does not know of.
+            StoreError: a collection to move into is not empty, or a collection's size is
+                not the snapshot's count.
         """
         moved = False
         for m, store in list(cat.stores.items()):
@@ -301,10 +301,9 @@ class MilvusVectors:
             if n != store.count:
                 raise StoreError(
                     f"Milvus collection {store.store.collection!r} at {self.uri} holds {n} "
-                    f"vectors, the catalogue in {root} (snapshot "
-                    f"{getattr(current_snapshot(root), 'name', None)}) expects "
-                    f"{store.count}: it was changed outside this service, or "
-                    "PRICEMATCH_MILVUS_URI points at another Milvus"
+                    f"vectors, the catalogue in {root} expects {store.count}: it was "
+                    "changed outside this service, or PRICEMATCH_MILVUS_URI points at "
+                    "another Milvus"
                 )
         if cat.stores:
             log.info(
