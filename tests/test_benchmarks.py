@@ -1,0 +1,165 @@
+"""The pure helpers of the benchmark scripts (benchmarks/store_scale.py, engine_compare.py,
+procmem.py): recall, catalogue generation, submission comparison, /proc parsing. No timings."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks import engine_compare as ec
+from benchmarks import procmem
+from benchmarks import store_scale as ss
+
+
+def test_parse_size_and_label() -> None:
+    assert [ss.parse_size(s) for s in ("10k", "1M", "2500", "0.3M", "27206")] == [
+        10_000,
+        1_000_000,
+        2500,
+        300_000,
+        27206,
+    ]
+    assert [ss.size_label(n) for n in (10_000, 1_000_000, 300_000, 27206, 500)] == [
+        "10k",
+        "1M",
+        "300k",
+        "27206",
+        "500",
+    ]
+
+
+def test_nlist_for() -> None:
+    assert ss.nlist_for(1_000_000) == 4000
+    assert ss.nlist_for(10_000) == 256  # 4·√n = 400 capped at n // 39 training rows per list
+    assert ss.nlist_for(10) == 1
+
+
+@pytest.mark.parametrize("kind", ["clustered", "random"])
+def test_make_catalogue_unit_and_deterministic(kind: str) -> None:
+    x = ss.make_catalogue(3000, 32, seed=3, kind=kind, chunk=700)
+    assert x.shape == (3000, 32) and x.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(x, ss.make_catalogue(3000, 32, seed=3, kind=kind, chunk=700))
+    assert not np.array_equal(x, ss.make_catalogue(3000, 32, seed=4, kind=kind, chunk=700))
+
+
+def test_clustered_has_near_neighbours() -> None:
+    """Rows of the clustered catalogue have much closer nearest neighbours than random ones."""
+
+    def nn1(x: np.ndarray) -> float:
+        s = x[:200] @ x.T
+        s[np.arange(200), np.arange(200)] = -1
+        return float(np.median(s.max(axis=1)))
+
+    assert nn1(ss.make_catalogue(5000, 64)) > nn1(ss.make_catalogue(5000, 64, kind="random")) + 0.3
+
+
+def test_make_catalogue_unknown_kind() -> None:
+    with pytest.raises(ValueError, match="unknown"):
+        ss.make_catalogue(10, 4, kind="nope")
+
+
+def test_query_rows() -> None:
+    q = ss.query_rows(1000, 100, seed=0)
+    assert q.shape == (100,) and np.unique(q).size == 100 and q.min() >= 0 and q.max() < 1000
+    np.testing.assert_array_equal(q, ss.query_rows(1000, 100, seed=0))
+    assert ss.query_rows(50, 100).size == 50
+
+
+def test_recall_at_k() -> None:
+    I_true = np.array([[0, 1, 2], [3, 4, 5]])
+    D_true = np.array([[0.9, 0.8, 0.7], [0.9, 0.8, 0.7]], np.float32)
+    # exact: 1
+    assert ss.recall_at_k(I_true, D_true, I_true, D_true) == 1.0
+    # order does not matter
+    assert ss.recall_at_k(I_true[:, ::-1], D_true[:, ::-1], I_true, D_true) == 1.0
+    # one of six missed (a lower-scored id in its place)
+    I = np.array([[0, 1, 9], [3, 4, 5]])
+    D = np.array([[0.9, 0.8, 0.6], [0.9, 0.8, 0.7]], np.float32)
+    assert ss.recall_at_k(I, D, I_true, D_true) == pytest.approx(5 / 6)
+    # a different id tied with the k-th score counts (an exact search may keep either)
+    D_tie = np.array([[0.9, 0.8, 0.7], [0.9, 0.8, 0.7]], np.float32)
+    assert ss.recall_at_k(I, D_tie, I_true, D_true) == 1.0
+    # -1 padding never counts, whatever its score
+    I_pad = np.array([[0, 1, -1], [3, 4, 5]])
+    assert ss.recall_at_k(I_pad, D_tie, I_true, D_true) == pytest.approx(5 / 6)
+
+
+def test_summarise_rows() -> None:
+    runs = [
+        {
+            "n": 10_000,
+            "store": "ivf",
+            "build_s": 1.0,
+            "peak_rss_mib": 100.0,
+            "data_mib": 15.0,
+            "searches": [
+                {"nprobe": 4, "qps": 1000.0, "recall": 0.9},
+                {"nprobe": 16, "qps": 500.0, "recall": 0.99},
+            ],
+        },
+        {"n": 1_000_000, "store": "milvus", "error": "worker exit code 1 after 5s"},
+    ]
+    lines = ss.summarise(runs)
+    assert len(lines) == 2 + 3
+    assert "| 10k | ivf nprobe=16 |" in lines[3]
+    assert "worker exit code 1" in lines[4]
+
+
+def test_compare_submissions() -> None:
+    a = {"p1": ["p1", "p2"], "p2": ["p2", "p1"], "p3": ["p3"]}
+    b = {"p1": ["p2", "p1"], "p2": ["p2"], "p3": ["p3"], "p4": ["p4"]}
+    c = ec.compare_submissions(a, b)
+    assert c["rows"] == 3 and c["only_in_second"] == 1 and c["only_in_first"] == 0
+    assert c["rows_identical_sets"] == 2 and c["rows_differing"] == 1
+    assert c["rows_reordered_only"] == 1
+    assert c["matches_only_in_first"] == 1 and c["matches_only_in_second"] == 0
+    assert c["examples"] == ["p2"]
+
+
+def test_read_submission_and_score(tmp_path: Path) -> None:
+    p = tmp_path / "sub.csv"
+    p.write_text("posting_id,matches\np1,p1 p2\np2,p2 p1\n", encoding="utf-8")
+    assert ec.read_submission(p) == {"p1": ["p1", "p2"], "p2": ["p2", "p1"]}
+    assert ec.count_rows(p) == 2
+    assert ec.parse_score("rows 27206 mean_f1 0.7460\n") == 0.746
+    assert ec.parse_score("Traceback ...") is None
+
+
+def test_match_cmd_wraps_ray_in_a_netns(tmp_path: Path) -> None:
+    args = ec.argparse.Namespace(
+        csv=Path("/d/x.csv"), model=Path("/m"), images=None, extra=[], no_netns=False
+    )
+    local = ec.match_cmd(args, "local", 1, tmp_path / "a.csv")
+    assert local[1:4] == ["-m", "index.cli", "match"] and "--engine" not in local
+    ray = ec.match_cmd(args, "ray", 4, tmp_path / "b.csv")
+    assert ray[:3] == ["unshare", "-rn", "sh"]
+    assert ray[4].startswith("ip link set lo up && exec ") and "--engine ray --shards 4" in ray[4]
+    args.no_netns = True
+    assert ec.match_cmd(args, "ray", 2, tmp_path / "b.csv")[-4:] == [
+        "--engine",
+        "ray",
+        "--shards",
+        "2",
+    ]
+
+
+def test_proc_parsing() -> None:
+    st = procmem.parse_status("Name:\tpython\nVmHWM:\t  2048 kB\nVmRSS:\t  1024 kB\nThreads:\t3\n")
+    assert st == {"VmHWM": 2048, "VmRSS": 1024}
+    comm, ppid, start = procmem.parse_stat(
+        "42 (ray::Some (odd) name) S 7 42 42 0 -1 4194560 1 0 0 0 5 6 0 0 20 0 9 0 12345 1 2"
+    )
+    assert (comm, ppid, start) == ("ray::Some (odd) name", 7, 12345)
+    assert procmem.descendants(1, {2: 1, 3: 2, 4: 9, 5: 3}) == {1, 2, 3, 5}
+
+
+def test_tree_sampler_sees_this_process() -> None:
+    s = procmem.TreeSampler(os.getpid(), interval=0.05)
+    s.sample()
+    res = s.stop()
+    assert res["peak_tree_rss_mib"] > 1 and res["peak_processes"] >= 1
+    assert os.getpid() in s.alive()
