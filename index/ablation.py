@@ -31,7 +31,14 @@ from index.metrics import f1_report
 from index.pipeline import Encoders, Features, embed, self_neighbours
 from index.progress import progress
 from index.stages import Part, apply_stages, feature_parts, fuse_stages
-from index.tuning import PairTable, fit_pool_slopes, group_folds, sub_pools, tune_tables
+from index.tuning import (
+    PairTable,
+    fit_pool_slopes,
+    group_folds,
+    slopes_of,
+    sub_pools,
+    tune_tables,
+)
 
 #: Group-size buckets of the ablation's break-down (finer at the top than `SIZE_BUCKETS`).
 BUCKETS: tuple[tuple[int, int], ...] = (
@@ -59,7 +66,9 @@ class Pool:
         return len(self.rows)
 
     def signals(self, config: FusionConfig, device: str) -> tuple[dict[str, Neighbours], PairTable]:
-        """Neighbours with the config's stages, and their pair table (cached per stages)."""
+        """Neighbours with the config's stages (INB moved to this pool's size), and their
+        pair table (cached per stages)."""
+        config = config.for_pool(len(self))
         key = config.stages.model_dump_json() + str("combined" in config.thresholds)
         if key not in self.cache:
             nb = apply_stages(self.parts, self.nb, config, device=device)
@@ -280,6 +289,10 @@ def pool_study(
     return out
 
 
+#: INB threshold offsets tried at each pool size when fitting a stages config's slopes.
+INB_OFFSETS: tuple[float, ...] = (-0.1, 0.0, 0.1, 0.2)
+
+
 def stage_slopes(
     cat: Catalogue,
     dense: dict[str, np.ndarray],
@@ -289,22 +302,53 @@ def stage_slopes(
     device: str = "cpu",
     grid_step: int = 2,
     show_progress: bool = False,
+    merged: bool = False,
 ) -> dict[str, float]:
-    """Pool-size slopes of a final pipeline's own thresholds (the combined one included),
-    fitted with its stages on, on pools inside single folds: quarter and half sub-pools of
-    each fold and the folds themselves (`pools`)."""
+    """Pool-size slopes of a final pipeline's own thresholds (the combined one and the INB
+    stages' included), fitted with its stages on. At each pool size the INB thresholds
+    are shifted by each of `INB_OFFSETS`, the other thresholds tuned for each, and the best
+    kept (blending in a larger pool needs a stricter INB threshold, not only a stricter
+    final one). Pools: quarter and half sub-pools of each fold and the folds (`pools`);
+    with `merged` (one model embedded every row) also pairs of folds and four folds."""
     labels = cat.labels
     start = config.with_(pool_slopes={})
-    sizes: dict[int, list[PairTable]] = {4: [p.signals(start, device)[1] for p in pools]}
+    sizes: dict[str, list[Pool]] = {"N": pools}
     for parts in (2, 4):
         rows = [
             r for f, fr in enumerate(fold_rows) for r in sub_pools(fr, labels, parts, f, min_rows=2)
         ]
-        bar = progress(rows, desc=f"stage slopes 1/{parts}", unit="pool", disable=not show_progress)
-        pools_p = [make_pool(cat, r, dense, device) for r in bar]
-        sizes[4 // parts] = [p.signals(start, device)[1] for p in pools_p]
-    slopes, _ = fit_pool_slopes(sizes, start, grid_step=grid_step)
-    return slopes
+        bar = progress(rows, desc=f"stage slopes N/{parts}", unit="pool", disable=not show_progress)
+        sizes[f"N/{parts}"] = [make_pool(cat, r, dense, device) for r in bar]
+    if merged and len(fold_rows) >= 4:
+        sizes["2N"] = [
+            make_pool(cat, np.concatenate([fold_rows[a], fold_rows[a + 1]]), dense, device)
+            for a in (0, 2)
+        ]
+        sizes["4N"] = [make_pool(cat, np.concatenate(fold_rows[:4]), dense, device)]
+    offsets = INB_OFFSETS if start.stages.inb else (0.0,)
+    tuned: list[FusionConfig] = []
+    for name, ps in progress(
+        list(sizes.items()), desc="stage slopes", unit="size", disable=not show_progress
+    ):
+        best: tuple[float, FusionConfig] | None = None
+        for d in offsets:
+            inb = tuple(min(1.0, max(-1.0, t + d)) for t in start.stages.inb)
+            cand = start.with_stages(inb=inb)
+            cfg, f = tune_tables(
+                [p.signals(cand, device)[1] for p in ps],
+                cand,
+                rounds=1,
+                tune_min2=False,
+                grid_step=grid_step,
+            )
+            if best is None or f > best[0]:
+                best = (f, cfg)
+        assert best is not None
+        tuned.append(best[1])
+        if name != "N":
+            for p in ps:  # free the big pools' stage caches
+                p.cache.clear()
+    return slopes_of(tuned)
 
 
 # ---------------------------------------------------------------------------------------
@@ -487,7 +531,9 @@ def cmd_ablation(args: argparse.Namespace, cat: Catalogue) -> int:
         best = consensus(final, slopes)
         # The stages' thresholds (combined) need slopes too, fitted with the stages on.
         best = best.with_(
-            pool_slopes=stage_slopes(cat, dense, fold_rows, pools, best, device, show_progress=show)
+            pool_slopes=stage_slopes(
+                cat, dense, fold_rows, pools, best, device, show_progress=show, merged=not within
+            )
         )
         args.save_config.parent.mkdir(parents=True, exist_ok=True)
         args.save_config.write_text(best.model_dump_json(indent=2), encoding="utf-8")

@@ -18,6 +18,8 @@ SIGNALS: tuple[SignalName, ...] = ("tfidf", "phash", "text", "image", "combined"
 #: Pools from a quarter to four times the tuned size: the range the pool-size rule covers.
 POOL_RANGE = (0.25, 4.0)
 Neighbours = tuple[np.ndarray, np.ndarray]
+#: Keys of `FusionConfig.pool_slopes`: a signal's threshold, or "inb" (every INB stage's).
+SlopeKey = SignalName | Literal["inb"]
 
 
 def phash_similarity(max_hamming: int) -> float:
@@ -74,8 +76,9 @@ class FusionConfig(BaseModel):
         min2_reciprocal: 0 (off) or r: the at-least-one-match neighbour j of row i is taken
             only if i is among j's r nearest other rows in `min2_signal` (rank-r check).
         tuned_rows: size of the pool the thresholds were tuned on (None: hand-set).
-        pool_slopes: signal -> threshold change per doubling of the pool; `for_pool(n)`
-            moves the thresholds from `tuned_rows` to n along them (empty: no change).
+        pool_slopes: signal -> threshold change per doubling of the pool, and "inb" -> the
+            change of every INB stage's threshold; `for_pool(n)` moves them from
+            `tuned_rows` to n (empty: no change).
         stages: the match-quality stages (`Stages`), all off by default.
     """
 
@@ -97,7 +100,7 @@ class FusionConfig(BaseModel):
     min2_reciprocal: int = Field(default=0, ge=0, le=50)
     max_matches: int = Field(default=50, ge=1, le=50)
     tuned_rows: int | None = None
-    pool_slopes: dict[SignalName, float] = Field(default_factory=dict)
+    pool_slopes: dict[SlopeKey, float] = Field(default_factory=dict)
     stages: Stages = Field(default_factory=Stages)
 
     @field_validator("thresholds")
@@ -117,18 +120,20 @@ class FusionConfig(BaseModel):
         return self.with_(stages={**self.stages.model_dump(), **kw})
 
     def for_pool(self, n: int) -> FusionConfig:
-        """Thresholds moved to a pool of `n` rows: each by slope * log2(n / tuned_rows), the
-        ratio clipped to `POOL_RANGE`; monotone in n. Unchanged without slopes or
-        `tuned_rows`, or when n is the tuned size."""
+        """Thresholds (and INB stage thresholds) moved to a pool of `n` rows: each by
+        slope * log2(n / tuned_rows), the ratio clipped to `POOL_RANGE`; monotone in n.
+        Unchanged without slopes or `tuned_rows`, or when n is the tuned size."""
         if not self.pool_slopes or not self.tuned_rows or n == self.tuned_rows:
             return self
         lo, hi = POOL_RANGE
         steps = float(np.log2(min(hi, max(lo, n / self.tuned_rows))))
-        th = {
-            s: float(min(1.0, max(-1.0, t + self.pool_slopes.get(s, 0.0) * steps)))
-            for s, t in self.thresholds.items()
-        }
-        return self.with_(thresholds=th, tuned_rows=n, pool_slopes={})
+
+        def move(t: float, key: SlopeKey) -> float:
+            return float(min(1.0, max(-1.0, t + self.pool_slopes.get(key, 0.0) * steps)))
+
+        th = {s: move(t, s) for s, t in self.thresholds.items()}
+        inb = tuple(move(t, "inb") for t in self.stages.inb)
+        return self.with_(thresholds=th, tuned_rows=n, pool_slopes={}).with_stages(inb=inb)
 
 
 def threshold(D: np.ndarray, I: np.ndarray, t: float) -> np.ndarray:

@@ -321,10 +321,14 @@ def apply_stages(
     `stages.blend_signals` replaced by their blended (INB / alpha-QE) neighbours.
     With every stage off this returns `nb` unchanged.
 
+    The INB thresholds follow the pool-size rule (`FusionConfig.for_pool` of n rows).
+
     Args:
         parts: the matrix of each signal (`feature_parts(feats)`), n rows.
         nb: the signals' neighbours, (n, k) each.
     """
+    if nb:
+        config = config.for_pool(next(iter(nb.values()))[1].shape[0])
     st = config.stages
     out = dict(nb)
     wanted = ["combined"] if "combined" in config.thresholds else []

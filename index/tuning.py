@@ -20,9 +20,11 @@ GRIDS: dict[str, list[float]] = {
     "text": [round(float(t), 3) for t in np.arange(0.20, 0.981, 0.02)],
     "image": [round(float(t), 3) for t in np.arange(0.10, 0.981, 0.025)],
     "phash": [phash_similarity(d) for d in range(0, 17)],
-    # Blended (INB) combined embeddings bunch up near 1: finer steps at the top.
+    # Blended (INB) combined embeddings bunch up near 1: finer steps at the top (the best
+    # threshold after two INB stages was 0.999 on some 5k-row pools).
     "combined": [round(float(t), 3) for t in np.arange(0.20, 0.891, 0.02)]
-    + [round(float(t), 3) for t in np.arange(0.90, 0.9951, 0.01)],
+    + [round(float(t), 3) for t in np.arange(0.90, 0.9951, 0.01)]
+    + [0.995, 0.9975, 0.999],
 }
 FLOORS: list[float] = [round(float(t), 2) for t in np.arange(0.0, 0.951, 0.05)]
 
@@ -309,11 +311,30 @@ def tune_tables(
     return best[1].with_(tuned_rows=rows), best[0]
 
 
+def slopes_of(tuned: list[FusionConfig]) -> dict[str, float]:
+    """Least-squares slope, against log2(`tuned_rows`), of each threshold the configs share
+    and of their mean INB threshold ("inb", when every config blends): the pool-size rule
+    (change per doubling of the pool). Empty with fewer than two pool sizes."""
+    x = np.log2([c.tuned_rows or 1 for c in tuned])
+    if len(set(x.tolist())) < 2:
+        return {}
+    ys: dict[str, list[float | None]] = {
+        s: [c.thresholds.get(s) for c in tuned] for s in tuned[0].thresholds
+    }
+    if all(c.stages.inb for c in tuned):
+        ys["inb"] = [float(np.mean(c.stages.inb)) for c in tuned]
+    return {
+        s: float(np.polyfit(x, np.array(v, float), 1)[0])
+        for s, v in ys.items()
+        if all(y is not None for y in v)
+    }
+
+
 def fit_pool_slopes(
     sizes: dict[int, list[PairTable]], start: FusionConfig, grid_step: int = 1
 ) -> tuple[dict[str, float], dict[int, tuple[FusionConfig, float]]]:
     """The pool-size rule: tune `start` on pools of each size (key: any size label), then fit
-    each threshold against log2(mean pool rows) by least squares.
+    each threshold against log2(mean pool rows) by least squares (`slopes_of`).
 
     Returns:
         Slope per signal (threshold change per doubling of the pool) and, per size, the
@@ -324,10 +345,5 @@ def fit_pool_slopes(
         for k, ts in sizes.items()
         if ts
     }
-    x = np.log2([c.tuned_rows or 1 for c, _ in tuned.values()])
-    slopes: dict[str, float] = {}
-    for s in start.thresholds:
-        ys = [c.thresholds.get(s) for c, _ in tuned.values()]
-        if len(set(x.tolist())) > 1 and all(y is not None for y in ys):
-            slopes[s] = float(np.polyfit(x, np.array(ys, float), 1)[0])
-    return slopes, tuned
+    slopes = slopes_of([c for c, _ in tuned.values()])
+    return {k: v for k, v in slopes.items() if k in start.thresholds}, tuned

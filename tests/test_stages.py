@@ -154,6 +154,52 @@ def test_pool_rule_is_monotone_and_clipped(slope: float) -> None:
     )
 
 
+def test_pool_rule_moves_inb_thresholds_monotonically() -> None:
+    cfg = FusionConfig(
+        thresholds={"combined": 0.9}, tuned_rows=1000, pool_slopes={"inb": 0.05, "combined": 0.01}
+    ).with_stages(combined_weights={"tfidf": 1.0, "text": 1.0}, inb=(0.5, 0.98))
+    sizes = [100, 250, 500, 1000, 2000, 4000, 8000]
+    inb = np.array([cfg.for_pool(n).stages.inb for n in sizes])
+    assert (np.diff(inb, axis=0) >= 0).all()  # stricter blending in bigger pools
+    assert cfg.for_pool(2000).stages.inb == pytest.approx((0.55, 1.0))  # clipped at 1
+    assert cfg.for_pool(500).stages.inb == pytest.approx((0.45, 0.93))
+    assert cfg.for_pool(100).stages.inb == cfg.for_pool(250).stages.inb  # a quarter at most
+    assert cfg.for_pool(1000) == cfg
+
+
+def test_apply_stages_blends_with_the_moved_inb_thresholds() -> None:
+    rng = np.random.default_rng(1)
+    centres = l2_normalize(rng.normal(size=(6, 16)))
+    x = l2_normalize(np.repeat(centres, 5, axis=0) + 0.6 * rng.normal(size=(30, 16)))
+    t = l2_normalize(x + 0.3 * rng.normal(size=x.shape))
+    parts = {"tfidf": x.astype(np.float32), "text": t.astype(np.float32)}
+    nb = {s: space_self_knn(make_space([(v, 1.0)]), k=10, device="cpu") for s, v in parts.items()}
+    base = FusionConfig(thresholds={"combined": 0.8}).with_stages(
+        combined_weights={"tfidf": 1.0, "text": 1.0}, inb=(0.5,)
+    )
+    sloped = base.with_(tuned_rows=120, pool_slopes={"inb": 0.1})  # 30 rows: 2 halvings
+    got = apply_stages(parts, nb, sloped, k=10, device="cpu")["combined"]
+    want = apply_stages(parts, nb, base.with_stages(inb=(0.3,)), k=10, device="cpu")["combined"]
+    unmoved = apply_stages(parts, nb, base, k=10, device="cpu")["combined"]
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_allclose(got[0], want[0], atol=1e-6)
+    assert not np.allclose(got[0], unmoved[0], atol=1e-4)  # the move changed the blending
+
+
+def test_slopes_of_fits_thresholds_and_inb() -> None:
+    from index.tuning import slopes_of
+
+    tuned = [
+        FusionConfig(thresholds={"tfidf": 0.4 + 0.05 * i, "combined": 0.9}, tuned_rows=1000 * 2**i)
+        .with_stages(inb=(0.5 + 0.1 * i, 0.7 + 0.1 * i))
+        for i in range(3)
+    ]
+    got = slopes_of(tuned)
+    assert got == pytest.approx({"tfidf": 0.05, "combined": 0.0, "inb": 0.1})
+    assert slopes_of(tuned[:1]) == {}  # one pool size: no rule
+    assert "inb" not in slopes_of([c.with_stages(inb=()) for c in tuned])
+
+
 def test_old_fusion_json_loads_and_defaults_keep_behaviour() -> None:
     old = {
         "thresholds": {"tfidf": 0.625, "phash": phash_similarity(6), "text": 0.92},
@@ -245,7 +291,9 @@ def test_evaluate_ablation_cli(synth: Path, model_dir: Path, tmp_path: Path, cap
         assert set(row) >= {"precision", "recall", "matches", "gain", "by_group_size"}
     assert len(data["pool_study"]) == 3
     saved = FusionConfig.model_validate_json(cfg_path.read_text())
-    assert saved.tuned_rows and set(saved.pool_slopes) == set(saved.thresholds)
+    assert saved.tuned_rows
+    inb = {"inb"} if saved.stages.inb else set()
+    assert set(saved.pool_slopes) == set(saved.thresholds) | inb
 
 
 def test_match_applies_stages_from_config(synth: Path, model_dir: Path, tmp_path: Path) -> None:
@@ -329,5 +377,5 @@ def test_stage_slopes_cover_the_combined_threshold(synth: Path, model_dir: Path)
         combined_weights={"tfidf": 1.0, "text": 1.0}, inb=(0.7,)
     )
     slopes = stage_slopes(cat, dense, fold_rows, pools, cfg)
-    assert set(slopes) == {"tfidf", "text", "combined"}
+    assert set(slopes) == {"tfidf", "text", "combined", "inb"}
     assert all(-1.0 <= v <= 1.0 for v in slopes.values())
