@@ -34,13 +34,14 @@ def parse_status(text: str) -> dict[str, int]:
     return out
 
 
-def parse_stat(text: str) -> tuple[str, int, int]:
-    """(comm, ppid, starttime) from /proc/PID/stat (comm may hold spaces and parentheses)."""
+def parse_stat(text: str) -> tuple[str, int, int, int]:
+    """(comm, ppid, starttime, utime + stime in clock ticks) from /proc/PID/stat (comm may
+    hold spaces and parentheses)."""
     head, _, tail = text.rpartition(")")
     comm = head.partition("(")[2]
     fields = tail.split()
-    # fields[0] is the state (field 3 of stat); ppid is field 4, starttime field 22
-    return comm, int(fields[1]), int(fields[19])
+    # fields[0] is stat's field 3 (state): ppid is field 4, utime/stime 14/15, starttime 22
+    return comm, int(fields[1]), int(fields[19]), int(fields[11]) + int(fields[12])
 
 
 def descendants(root: int, ppid: dict[int, int]) -> set[int]:
@@ -64,8 +65,8 @@ def _read(path: Path) -> str | None:
         return None
 
 
-def processes() -> dict[int, tuple[str, int, int]]:
-    """pid -> (comm, ppid, starttime) of every process now."""
+def processes() -> dict[int, tuple[str, int, int, int]]:
+    """pid -> (comm, ppid, starttime, CPU ticks) of every process now."""
     out = {}
     for d in PROC.iterdir():
         if d.name.isdigit():
@@ -109,6 +110,8 @@ class TreeSampler:
     samples: int = 0
     #: (pid, starttime) -> (comm, peak RSS kB) of every process seen in the tree
     seen: dict[tuple[int, int], tuple[str, int]] = field(default_factory=dict)
+    #: (pid, starttime) -> CPU ticks (user + system) at the last sample
+    cpu: dict[tuple[int, int], int] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -140,6 +143,7 @@ class TreeSampler:
             key = (pid, procs[pid][2])
             old = self.seen.get(key, ("", 0))[1]
             self.seen[key] = (procs[pid][0], max(old, s["VmRSS"]))
+            self.cpu[key] = procs[pid][3]
             if self.pss:
                 pss += pss_kb(pid) or 0
         self.samples += 1
@@ -159,6 +163,9 @@ class TreeSampler:
             "peak_tree_pss_mib": self.peak_pss_kb / 1024 if self.pss else None,
             "peak_processes": self.peak_procs,
             "processes_seen": len(self.seen),
+            # CPU of the tree's processes as last sampled (what a process used after the
+            # last sample before it ended is missed)
+            "cpu_s": sum(self.cpu.values()) / os.sysconf("SC_CLK_TCK"),
             "samples": self.samples,
             "interval_s": self.interval,
             "peak_rss_mib_by_name": {k: v / 1024 for k, v in sorted(by_name.items())},

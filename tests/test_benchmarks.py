@@ -150,10 +150,10 @@ def test_match_cmd_wraps_ray_in_a_netns(tmp_path: Path) -> None:
 def test_proc_parsing() -> None:
     st = procmem.parse_status("Name:\tpython\nVmHWM:\t  2048 kB\nVmRSS:\t  1024 kB\nThreads:\t3\n")
     assert st == {"VmHWM": 2048, "VmRSS": 1024}
-    comm, ppid, start = procmem.parse_stat(
+    comm, ppid, start, cpu = procmem.parse_stat(
         "42 (ray::Some (odd) name) S 7 42 42 0 -1 4194560 1 0 0 0 5 6 0 0 20 0 9 0 12345 1 2"
     )
-    assert (comm, ppid, start) == ("ray::Some (odd) name", 7, 12345)
+    assert (comm, ppid, start, cpu) == ("ray::Some (odd) name", 7, 12345, 11)
     assert procmem.descendants(1, {2: 1, 3: 2, 4: 9, 5: 3}) == {1, 2, 3, 5}
 
 
@@ -161,5 +161,5 @@ def test_tree_sampler_sees_this_process() -> None:
     s = procmem.TreeSampler(os.getpid(), interval=0.05)
     s.sample()
     res = s.stop()
-    assert res["peak_tree_rss_mib"] > 1 and res["peak_processes"] >= 1
+    assert res["peak_tree_rss_mib"] > 1 and res["peak_processes"] >= 1 and res["cpu_s"] > 0
     assert os.getpid() in s.alive()
