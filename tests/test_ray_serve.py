@@ -187,21 +187,16 @@ def test_concurrent_match_is_batched_by_serve_batch(served, plain) -> None:
         for a, b in zip(g["body"]["matches"], w["body"]["matches"], strict=True):
             assert a["score"] == pytest.approx(b["score"], abs=1e-5)
 
-    def metric(name: str) -> float:
-        m = re.search(
-            rf'^{name}\{{(?:le="(?:[^"]+)",)?modality="text"\}} (\S+)$', res["metrics"], re.M
-        )
-        assert m, name
+    def metric(series: str) -> float:
+        name = re.escape(f"pricematch_encoder_batch_size_{series}")
+        m = re.search(rf"^{name} (\S+)$", res["metrics"], re.M)
+        assert m, series
         return float(m[1])
 
-    calls = metric("pricematch_encoder_batch_size_count")
-    items = metric("pricematch_encoder_batch_size_sum")
-    at_most_one = float(
-        re.search(r'batch_size_bucket\{le="1.0",modality="text"\} (\S+)', res["metrics"])[1]  # type: ignore[index]
-    )
-    at_most_max = float(
-        re.search(r'batch_size_bucket\{le="8.0",modality="text"\} (\S+)', res["metrics"])[1]  # type: ignore[index]
-    )
+    calls = metric('count{modality="text"}')
+    items = metric('sum{modality="text"}')
+    at_most_one = metric('bucket{le="1.0",modality="text"}')
+    at_most_max = metric('bucket{le="8.0",modality="text"}')
     assert items >= BURST
     assert at_most_one < calls  # some encoder call took more than one query
     assert at_most_max == calls  # none took more than max_batch
