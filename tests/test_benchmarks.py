@@ -163,3 +163,16 @@ def test_tree_sampler_sees_this_process() -> None:
     res = s.stop()
     assert res["peak_tree_rss_mib"] > 1 and res["peak_processes"] >= 1 and res["cpu_s"] > 0
     assert os.getpid() in s.alive()
+
+
+def test_pool_configs_reads_a_config_with_or_without_its_rule(tmp_path: Path) -> None:
+    from benchmarks.pool_configs import load_config
+    from index.fusion import FusionConfig
+
+    path = tmp_path / "fusion.json"
+    cfg = FusionConfig(thresholds={"tfidf": 0.5}, tuned_rows=100, pool_slopes={"tfidf": 0.05})
+    path.write_text(cfg.model_dump_json())
+    assert load_config(str(path)) == cfg
+    assert load_config(f"{path}:no-rule") == cfg.with_(pool_slopes={})
+    with pytest.raises(SystemExit, match="unknown suffix"):
+        load_config(f"{path}:nope")
