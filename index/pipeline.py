@@ -20,7 +20,7 @@ from index.encoders import Device, Encoder, load_encoder, open_image
 from index.errors import EncoderError, ImageError
 from index.fusion import FusionConfig, Neighbours, to_lists
 from index.progress import progress
-from index.search import K, hamming_self_knn, self_knn
+from index.search import K, hamming_self_knn, order_ties, self_knn
 from index.signals import TfidfConfig, TitleTfidf, fill_phash, phash_codes, sparse_knn
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,8 @@ def embed(
 def self_neighbours(
     feats: Features, k: int = K, device: Device = "auto", show_progress: bool = False
 ) -> dict[str, Neighbours]:
-    """Each row's k nearest rows (itself included) per available signal."""
+    """Each row's k nearest rows (itself included) per available signal; equal scores in
+    id order (`order_ties`, as the Ray engine's merged shards)."""
     out: dict[str, Neighbours] = {
         "tfidf": sparse_knn(feats.X, feats.X, k, show_progress=show_progress),
         "phash": hamming_self_knn(feats.phash, feats.phash_valid, k),
@@ -146,7 +147,7 @@ def self_neighbours(
         out["text"] = self_knn(feats.text, feats.text_valid, k, device=device)
     if feats.image is not None:
         out["image"] = self_knn(feats.image, feats.image_valid, k, device=device)
-    return out
+    return {name: order_ties(D, I) for name, (D, I) in out.items()}
 
 
 def match_catalogue(

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import scipy.sparse as sp
 
-from index.search import K, hamming_index, hamming_search, knn, no_neighbours
+from index.search import K, hamming_index, hamming_search, knn, no_neighbours, order_ties
 from index.signals import TfidfConfig, TitleTfidf, fill_phash, phash_codes, sparse_topk
 
 if TYPE_CHECKING:
@@ -174,11 +174,8 @@ def _csr(tf_idx: np.ndarray, tf_val: np.ndarray, width: int) -> sp.csr_matrix:
 def merge_topk(parts: list[Neighbours], k: int = K) -> Neighbours:
     """Global top-k from per-shard top-k lists (ids already global): by score descending,
     equal scores by row number ascending, padding (-1 / -inf) last."""
-    D = np.hstack([p[0] for p in parts])
-    I = np.hstack([p[1] for p in parts])
-    key_id = np.where(I < 0, np.iinfo(np.int64).max, I)
-    order = np.lexsort((key_id, -D.astype(np.float64)), axis=1)[:, :k]
-    return np.take_along_axis(D, order, axis=1), np.take_along_axis(I, order, axis=1)
+    D, I = order_ties(np.hstack([p[0] for p in parts]), np.hstack([p[1] for p in parts]))
+    return D[:, :k], I[:, :k]
 
 
 class _ShardActor:

@@ -59,6 +59,17 @@ def knn_numpy(xq: np.ndarray, xb: np.ndarray, k: int) -> tuple[np.ndarray, np.nd
     return _pad(D, I.astype(np.int64), k)
 
 
+def order_ties(D: np.ndarray, I: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's neighbours by score descending, equal scores by id ascending, padding
+    (-1) last: one order for equal scores whatever the search or the sharding gave.
+    Shapes (n, k)."""
+    assert D.shape == I.shape, (D.shape, I.shape)
+    key_id = np.where(I < 0, np.iinfo(np.int64).max, I)
+    key_d = np.where(I < 0, np.inf, -D.astype(np.float64))
+    order = np.lexsort((key_id, key_d), axis=1)
+    return np.take_along_axis(D, order, axis=1), np.take_along_axis(I, order, axis=1)
+
+
 def _pad(D: np.ndarray, I: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     if D.shape[1] >= k:
         return D[:, :k].astype(np.float32), I[:, :k]

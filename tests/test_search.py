@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import scipy.sparse as sp
 
 from index.search import (
@@ -80,3 +81,51 @@ def test_sparse_knn_matches_dense() -> None:
     np.testing.assert_allclose(D, ref, atol=1e-5)
     ok = I >= 0
     np.testing.assert_allclose(S[np.nonzero(ok)[0], I[ok]], D[ok], atol=1e-5)
+
+
+def test_order_ties_sorts_equal_scores_by_id_and_padding_last() -> None:
+    from index.search import order_ties
+
+    D = np.array([[0.9, 0.5, 0.9, -np.inf, 0.5], [1.0, 1.0, 0.2, 0.2, -np.inf]], np.float32)
+    I = np.array([[7, 4, 3, -1, 2], [5, 1, 9, 0, -1]], np.int64)
+    D2, I2 = order_ties(D, I)
+    assert I2.tolist() == [[3, 7, 2, 4, -1], [1, 5, 0, 9, -1]]
+    np.testing.assert_allclose(D2[:, :4], [[0.9, 0.9, 0.5, 0.5], [1.0, 1.0, 0.2, 0.2]], rtol=1e-6)
+
+
+def test_self_neighbours_give_equal_scores_in_id_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Exact duplicate titles tie on every signal; whatever order a search returns them in,
+    the single process orders them as the Ray engine's merged shards do (by row number), so
+    the at-least-one-match pick agrees."""
+    import index.pipeline as pipeline
+    from index.catalogue import Catalogue
+
+    titles = ["tas ransel hitam", "sepatu lari pria", "tas ransel hitam", "kopi bubuk 200gr"]
+    titles += ["tas ransel hitam", "sepatu lari pria"]
+    n = len(titles)
+    cat = Catalogue(
+        posting_id=[f"p{i}" for i in range(n)],
+        title=titles,
+        image=[""] * n,
+        image_phash=["0" * 16] * n,
+    )
+
+    def reversed_(search):  # the search's columns in reverse: ties (and scores) out of order
+        def run(*a, **kw):
+            D, I = search(*a, **kw)
+            return D[:, ::-1].copy(), I[:, ::-1].copy()
+
+        return run
+
+    monkeypatch.setattr(pipeline, "sparse_knn", reversed_(pipeline.sparse_knn))
+    monkeypatch.setattr(pipeline, "hamming_self_knn", reversed_(pipeline.hamming_self_knn))
+    nb = pipeline.self_neighbours(pipeline.embed(cat), k=n, device="cpu")
+    for name, (D, I) in nb.items():
+        for i in range(n):
+            d, ids = D[i][I[i] >= 0], I[i][I[i] >= 0]
+            assert (np.diff(d) <= 0).all(), (name, i, d.tolist())
+            for a in range(len(ids) - 1):
+                if d[a] == d[a + 1]:
+                    assert ids[a] < ids[a + 1], (name, i, ids.tolist(), d.tolist())
+    assert nb["tfidf"][1][4][:3].tolist() == [0, 2, 4]  # the three copies, by id
+    assert nb["phash"][1][3].tolist() == list(range(n))  # one phash: all tie, by id
