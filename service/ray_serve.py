@@ -32,6 +32,7 @@ from ray import serve
 from ray.serve.deployment import Application, Deployment
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from index.errors import PricematchError
 from index.ray_engine import init_ray
 from service.config import Settings
 from service.main import create_app
@@ -41,6 +42,9 @@ log = logging.getLogger("pricematch.service")
 
 #: Serve application name (one app; its route prefix is "/").
 APP_NAME = "pricematch"
+#: The longest `/match` batching wait on Ray Serve (`PRICEMATCH_BATCH_WAIT_MS`): a request
+#: never waits more than this for others to share its encoder call.
+MAX_WAIT_MS = 10.0
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
@@ -159,7 +163,15 @@ def deployment(settings: Settings) -> Deployment:
 
     `max_ongoing_requests` is twice `max_batch`, so a replica can fill a batch while the
     previous one is encoded (Serve's default of 5 would cap batches at 5).
+
+    Raises:
+        PricematchError: `batch_wait_ms` over `MAX_WAIT_MS`.
     """
+    if settings.batch_wait_ms > MAX_WAIT_MS:
+        raise PricematchError(
+            f"PRICEMATCH_BATCH_WAIT_MS is {settings.batch_wait_ms:g}: on Ray Serve /match "
+            f"waits at most {MAX_WAIT_MS:g} ms for a batch"
+        )
     actor: dict[str, Any] = {"num_cpus": settings.ray_num_cpus}
     if settings.ray_num_gpus > 0:
         actor["num_gpus"] = settings.ray_num_gpus
@@ -185,12 +197,12 @@ def run(
     (from a cluster) or shuts Serve and the local Ray down; without, returns once the app
     is running.
     """
+    app = application(settings)  # checks the settings before Ray starts
     init_ray(settings.ray_address, num_cpus=os.cpu_count() or 2)
     serve.start(http_options={"host": host, "port": port})
     log.info(
         "Ray Serve: deploying %d replica(s) on http://%s:%d", settings.ray_replicas, host, port
     )
-    app = application(settings)
     if not blocking:
         serve.run(app, name=APP_NAME, route_prefix="/")
         return

@@ -28,6 +28,7 @@ from fastapi.testclient import TestClient
 pytest.importorskip("ray.serve", reason="--engine ray needs Ray Serve (pip install -e '.[scale]')")
 
 from index.cli import main as cli_main
+from index.errors import PricematchError
 from index.fusion import FusionConfig
 from service import ray_serve
 from service.config import Settings
@@ -233,6 +234,9 @@ def test_replica_options_follow_the_settings() -> None:
     assert d.ray_actor_options == {"num_cpus": 2, "num_gpus": 0.25}
     assert d.max_ongoing_requests == 32
     assert ray_serve.deployment(Settings()).ray_actor_options == {"num_cpus": 1.0}
+    assert ray_serve.deployment(Settings(batch_wait_ms=10)).num_replicas == 1
+    with pytest.raises(PricematchError, match="at most 10 ms"):
+        ray_serve.deployment(Settings(batch_wait_ms=25))
 
 
 def test_cli_ray_engine_without_ray_is_one_clear_line(
