@@ -24,3 +24,17 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.fakes import make_model_dir
 
     return make_model_dir(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture(scope="session")
+def strict_model(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The fake encoders with stricter thresholds (the tiny text model knows few words)."""
+    import shutil
+
+    from index.fusion import FusionConfig
+
+    out = tmp_path_factory.mktemp("strict") / "model"
+    shutil.copytree(model_dir, out)
+    cfg = FusionConfig(thresholds={"tfidf": 0.6, "phash": 0.85, "text": 0.97, "image": 0.9})
+    (out / "fusion.json").write_text(cfg.model_dump_json())
+    return out

@@ -41,32 +41,29 @@ def _netns_ok() -> bool:
     return r.returncode == 0
 
 
-@pytest.fixture(scope="module")
-def ray_out(synth: Path, model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Submissions and neighbours of the Ray engine with 1 and 4 shards."""
+def run_in_netns(args: list[str], timeout: int) -> subprocess.CompletedProcess[str]:
+    """`python ARGS` from the repo root in a loopback-only network namespace (Ray's
+    processes listen on every interface); skips the test where that is not available."""
     if not _netns_ok():
         pytest.skip("needs `unshare -rn` (a loopback-only network namespace) to run Ray")
-    out = tmp_path_factory.mktemp("ray")
-    cmd = " ".join(
-        [
-            "ip link set lo up && exec",
-            sys.executable,
-            "-m tests.ray_run",
-            str(out),
-            str(synth / "listings.csv"),
-            str(synth / "images"),
-            str(model_dir),
-        ]
-    )
+    cmd = " ".join(["ip link set lo up && exec", sys.executable, *args])
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT)}
-    r = subprocess.run(
+    return subprocess.run(
         ["unshare", "-rn", "sh", "-c", cmd],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
     )
+
+
+@pytest.fixture(scope="module")
+def ray_out(synth: Path, model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Submissions and neighbours of the Ray engine with 1 and 4 shards."""
+    out = tmp_path_factory.mktemp("ray")
+    args = [str(out), str(synth / "listings.csv"), str(synth / "images"), str(model_dir)]
+    r = run_in_netns(["-m", "tests.ray_run", *args], timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return out
 

@@ -13,9 +13,7 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import re
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -29,12 +27,11 @@ pytest.importorskip("ray.serve", reason="--engine ray needs Ray Serve (pip insta
 
 from index.cli import main as cli_main
 from index.errors import PricematchError
-from index.fusion import FusionConfig
 from service import ray_serve
 from service.config import Settings
 from service.main import create_app
 from tests.ray_serve_run import send
-from tests.test_ray_engine import ROOT, _netns_ok
+from tests.test_ray_engine import ROOT, run_in_netns
 from tests.test_service import b64, listing_json, rows_of, wait_ready
 
 #: Settings of both the Ray deployments and the plain app (as PRICEMATCH_* for the CLI).
@@ -113,35 +110,14 @@ def _spec(synth: Path, model: Path, data: Path) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def strict_model(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The fake encoders with stricter thresholds (as in tests/test_service.py)."""
-    out = tmp_path_factory.mktemp("strict") / "model"
-    shutil.copytree(model_dir, out)
-    cfg = FusionConfig(thresholds={"tfidf": 0.6, "phash": 0.85, "text": 0.97, "image": 0.9})
-    (out / "fusion.json").write_text(cfg.model_dump_json())
-    return out
-
-
-@pytest.fixture(scope="module")
 def served(
     synth: Path, strict_model: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The spec and what Ray Serve answered to it."""
-    if not _netns_ok():
-        pytest.skip("needs `unshare -rn` (a loopback-only network namespace) to run Ray")
     out = tmp_path_factory.mktemp("ray_serve")
     spec = _spec(synth, strict_model, out / "data")
     (out / "spec.json").write_text(json.dumps(spec))
-    cmd = f"ip link set lo up && exec {sys.executable} -m tests.ray_serve_run {out}/spec.json {out}"
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT)}
-    r = subprocess.run(
-        ["unshare", "-rn", "sh", "-c", cmd],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=420,
-    )
+    r = run_in_netns(["-m", "tests.ray_serve_run", f"{out}/spec.json", str(out)], timeout=420)
     log = (out / "cli.log").read_text() if (out / "cli.log").exists() else ""
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:] + log[-3000:]
     return spec, json.loads((out / "result.json").read_text())

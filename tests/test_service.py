@@ -7,7 +7,6 @@ import asyncio
 import base64
 import csv
 import io
-import shutil
 import time
 import zipfile
 from collections.abc import Callable, Iterator
@@ -57,15 +56,13 @@ def wait_ready(c: TestClient) -> None:
     raise AssertionError("service never became ready")
 
 
-@pytest.fixture
-def client(tmp_path: Path, strict_model: Path) -> Iterator[Client]:
-    """Factory of ready clients; the same data_dir across calls (a restart)."""
+def clients(tmp_path: Path, model: Path, **defaults: Any) -> Iterator[Client]:
+    """Yields a factory of ready clients (settings: `defaults`, then the call's), all on
+    tmp_path/data, so a second call is a restart; closes them afterwards."""
     opened: list[TestClient] = []
 
     def make(**kw: Any) -> TestClient:
-        kw.setdefault("model_dir", strict_model)
-        kw.setdefault("data_dir", tmp_path / "data")
-        kw.setdefault("device", "cpu")
+        kw = {"model_dir": model, "data_dir": tmp_path / "data", "device": "cpu", **defaults, **kw}
         c = TestClient(create_app(Settings(**kw)), raise_server_exceptions=False)
         c.__enter__()
         opened.append(c)
@@ -75,6 +72,12 @@ def client(tmp_path: Path, strict_model: Path) -> Iterator[Client]:
     yield make
     for c in opened:
         c.__exit__(None, None, None)
+
+
+@pytest.fixture
+def client(tmp_path: Path, strict_model: Path) -> Iterator[Client]:
+    """Factory of ready clients; the same data_dir across calls (a restart)."""
+    yield from clients(tmp_path, strict_model)
 
 
 @pytest.fixture
@@ -99,16 +102,6 @@ def reference(synth: Path, model_dir: Path) -> tuple[list[str], list[list[str]]]
     enc = Encoders.from_folder(model_dir, device="cpu")
     matches, _ = match_catalogue(cat, config, enc, tfidf_config=TfidfConfig(), device="cpu")
     return cat.posting_id, matches
-
-
-@pytest.fixture(scope="module")
-def strict_model(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The fake encoders with stricter thresholds (the tiny text model knows few words)."""
-    out = tmp_path_factory.mktemp("strict") / "model"
-    shutil.copytree(model_dir, out)
-    cfg = FusionConfig(thresholds={"tfidf": 0.6, "phash": 0.85, "text": 0.97, "image": 0.9})
-    (out / "fusion.json").write_text(cfg.model_dump_json())
-    return out
 
 
 # -- match ------------------------------------------------------------------------------------

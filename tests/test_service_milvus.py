@@ -5,7 +5,6 @@ vectors loaded once, and clear errors for a bad uri or a collection out of step.
 
 from __future__ import annotations
 
-import shutil
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,49 +20,22 @@ from fastapi.testclient import TestClient
 
 from index.cli import main as cli_main
 from index.errors import BundleError, StoreError
-from index.fusion import FusionConfig
 from index.milvus import MilvusStore
 from index.milvus_catalog import JOURNAL, SUFFIX, JournaledStore
 from index.search import l2_normalize
 from service.config import Settings
-from service.main import create_app
-from tests.test_service import listing_json, rows_of, wait_ready
+from tests.test_service import clients, listing_json, rows_of
 
 Client = Callable[..., TestClient]
 TOL = 1e-5
-
-
-@pytest.fixture(scope="module")
-def strict_model(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The fake encoders with the thresholds tests/test_service.py uses."""
-    out = tmp_path_factory.mktemp("strict") / "model"
-    shutil.copytree(model_dir, out)
-    cfg = FusionConfig(thresholds={"tfidf": 0.6, "phash": 0.85, "text": 0.97, "image": 0.9})
-    (out / "fusion.json").write_text(cfg.model_dump_json())
-    return out
 
 
 @pytest.fixture
 def client(tmp_path: Path, strict_model: Path) -> Iterator[Client]:
     """Factory of ready clients on Milvus (tmp_path/m.db) unless told otherwise; the same
     data_dir and .db across calls, so a second call is a restart."""
-    opened: list[TestClient] = []
-
-    def make(**kw: Any) -> TestClient:
-        kw.setdefault("model_dir", strict_model)
-        kw.setdefault("data_dir", tmp_path / "data")
-        kw.setdefault("device", "cpu")
-        kw.setdefault("vector_store", "milvus")
-        kw.setdefault("milvus_uri", str(tmp_path / "m.db"))
-        c = TestClient(create_app(Settings(**kw)), raise_server_exceptions=False)
-        c.__enter__()
-        opened.append(c)
-        wait_ready(c)
-        return c
-
-    yield make
-    for c in opened:
-        c.__exit__(None, None, None)
+    db = str(tmp_path / "m.db")
+    yield from clients(tmp_path, strict_model, vector_store="milvus", milvus_uri=db)
 
 
 def stores(c: TestClient) -> dict[str, JournaledStore]:
