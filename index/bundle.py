@@ -25,7 +25,7 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -90,7 +90,8 @@ def _write_listings(path: Path, cat: Catalogue, phash: list[str]) -> None:
     cols = ["posting_id", "title", "image", "image_phash"]
     if cat.label_group is not None:
         cols.append("label_group")
-    images = [Path(f).name if f else "" for f in cat.image] if cat.image else [""] * len(cat)
+    names = cat.image_name or [""] * len(cat)
+    images = [PurePosixPath(f.replace("\\", "/")).name if f else "" for f in names]
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(cols)

@@ -271,7 +271,7 @@ class LiveCatalogue:
             device=device,
             posting_id=list(cat.posting_id),
             title=list(cat.title),
-            image=list(cat.image) if cat.image is not None else [""] * n,
+            image=list(cat.image_name) if cat.image_name is not None else [""] * n,
             image_phash=hexes,
             ids=np.arange(n, dtype=np.int64),
             next_id=n,

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TextIO
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -25,11 +26,55 @@ REQUIRED = ("posting_id", "title")
 OPTIONAL = ("image", "image_phash", "label_group")
 #: Largest CSV field accepted (bytes); a title is a few hundred.
 MAX_FIELD = 1 << 20
+#: What a posting_id may be, everywhere (CSVs, bundles, the service's routes).
+POSTING_ID_RULE = (
+    "1 to 200 characters, no '/', no control characters, no spaces at either end, "
+    "not only dots"
+)
+_BAD_ID_CHAR = re.compile(r"[/\x00-\x1f\x7f]")
+
+
+def check_posting_id(p: str) -> str | None:
+    """What is wrong with posting_id `p` under `POSTING_ID_RULE`, or None if nothing."""
+    if not p:
+        return "is empty"
+    if len(p) > 200:
+        return "is over 200 characters"
+    if m := _BAD_ID_CHAR.search(p):
+        return f"contains {m.group()!r}"
+    if p != p.strip():
+        return "starts or ends with a space"
+    if not p.strip("."):
+        return "is only dots"
+    return None
+
+
+def resolve_image(root: Path, name: str) -> Path | None:
+    """The file `name` (an `image` CSV value) names inside folder `root`, or None when the
+    name could leave it: absolute, a drive, `..`, a NUL, or a symlink leading outside.
+
+    `root` must be resolved (`Path.resolve()`).
+    """
+    if not name or "\x00" in name or PureWindowsPath(name).drive:
+        return None
+    parts = PurePosixPath(name.replace("\\", "/"))
+    if parts.is_absolute() or ".." in parts.parts:
+        return None
+    try:
+        path = (root / parts).resolve()
+    except (OSError, RuntimeError, ValueError):
+        return None
+    return path if path.is_relative_to(root) else None
 
 
 @dataclass
 class Catalogue:
-    """Listings as parallel columns. `image` holds paths resolved against the images folder."""
+    """Listings as parallel columns.
+
+    `image_name` is the CSV's `image` column as given; `image` holds the files those names
+    resolve to inside the images folder ("" where none), and is None without an images
+    folder: no image is ever opened then.
+    """
 
     posting_id: list[str]
     title: list[str]
@@ -37,6 +82,7 @@ class Catalogue:
     image_phash: list[str] | None = None
     label_group: list[str] | None = None
     issues: Counter[str] = field(default_factory=Counter)
+    image_name: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.posting_id)
@@ -62,6 +108,7 @@ class Catalogue:
             image=pick(self.image),
             image_phash=pick(self.image_phash),
             label_group=pick(self.label_group),
+            image_name=pick(self.image_name),
         )
 
     def first_groups(self, n: int) -> Catalogue:
@@ -76,29 +123,48 @@ class Catalogue:
         return [f"{n} row(s): {what}" for what, n in sorted(self.issues.items())]
 
 
-def parse_csv(data: bytes | str, source: str = "<upload>") -> tuple[list[str], list[list[str]]]:
-    """Decode and split a CSV into header and rows, with errors that name the line."""
+def _reader(data: bytes | str, source: str) -> tuple[list[str], Iterator[list[str]], Any]:
+    """The header, an iterator over the remaining rows and the csv reader (for `line_num`);
+    bytes are decoded as they are read (no second copy of the file)."""
     if isinstance(data, bytes):
-        try:
-            text = data.decode("utf-8-sig")
-        except UnicodeDecodeError as e:
-            line = data[: e.start].count(b"\n") + 1
-            raise CatalogueError(
-                f"{source}: not UTF-8 text (invalid byte 0x{data[e.start]:02x} on line {line}); "
-                "save the CSV as UTF-8"
-            ) from e
+        if not data.strip():
+            raise CatalogueError(f"{source}: the CSV is empty")
+        f: TextIO = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8-sig", newline="")
     else:
-        text = data
-    if not text.strip():
-        raise CatalogueError(f"{source}: the CSV is empty")
+        if not data.strip():
+            raise CatalogueError(f"{source}: the CSV is empty")
+        f = io.StringIO(data, newline="")
     csv.field_size_limit(MAX_FIELD)
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    reader = csv.reader(f, strict=True)
+
+    def rows() -> Iterator[list[str]]:
+        try:
+            yield from reader
+        except csv.Error as e:
+            raise CatalogueError(
+                f"{source}: malformed CSV near line {reader.line_num}: {e}"
+            ) from e
+        except UnicodeDecodeError as e:
+            raise _not_utf8(data, source) from e
+
+    it = rows()
+    header = [h.strip() for h in next(it, [])]
+    if not any(header):
+        raise CatalogueError(f"{source}: the CSV is empty")
+    return header, it, reader
+
+
+def _not_utf8(data: bytes | str, source: str) -> CatalogueError:
+    assert isinstance(data, bytes)
     try:
-        header = [h.strip() for h in next(reader)]
-        rows = list(reader)
-    except csv.Error as e:
-        raise CatalogueError(f"{source}: malformed CSV near line {reader.line_num}: {e}") from e
-    return header, rows
+        data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        return CatalogueError(
+            f"{source}: not UTF-8 text (invalid byte 0x{data[e.start]:02x} on line {line}); "
+            "save the CSV as UTF-8"
+        )
+    return CatalogueError(f"{source}: not UTF-8 text; save the CSV as UTF-8")
 
 
 def read_catalogue(
@@ -106,19 +172,23 @@ def read_catalogue(
     images_dir: str | Path | None = None,
     check_images: bool = True,
     source: str | None = None,
+    max_rows: int | None = None,
 ) -> Catalogue:
-    """Read a listings CSV.
+    """Read a listings CSV, in one pass that stops at the first hard problem.
 
     Args:
         src: a path, or the CSV's bytes (an upload).
-        images_dir: folder the `image` column's names are resolved against; without it
-            the image column is kept as given but no image is read.
+        images_dir: folder the `image` column's names are resolved against (a name that
+            would leave it counts as missing); without it the names are kept in
+            `image_name` and no image is read.
         check_images: with `images_dir`, count rows whose image file is missing.
         source: name used in error messages (defaults to the path).
+        max_rows: refuse a CSV with more listings than this.
 
     Raises:
         CatalogueError: unreadable file, not UTF-8, malformed CSV, missing required
-            columns, rows with the wrong number of fields, duplicate or empty posting_ids.
+            columns, rows with the wrong number of fields, duplicate, empty or invalid
+            posting_ids (`POSTING_ID_RULE`), more than `max_rows` rows.
     """
     if isinstance(src, bytes):
         data, name = src, source or "<upload>"
@@ -129,7 +199,7 @@ def read_catalogue(
             data = path.read_bytes()
         except OSError as e:
             raise CatalogueError(f"cannot read {name}: {e.strerror or e}") from e
-    header, rows = parse_csv(data, name)
+    header, rows, reader = _reader(data, name)
     missing = [c for c in REQUIRED if c not in header]
     if missing:
         raise CatalogueError(
@@ -140,38 +210,45 @@ def read_catalogue(
     dupcols = [c for c, n in Counter(header).items() if n > 1]
     if dupcols:
         raise CatalogueError(f"{name}: duplicate column(s) {', '.join(dupcols)}")
-    col = {h: i for i, h in enumerate(header)}
-    bad = [i for i, r in enumerate(rows) if len(r) != len(header) and any(r)]
-    if bad:
-        i = bad[0]
-        raise CatalogueError(
-            f"{name}: line {i + 2} has {len(rows[i])} field(s), the header has {len(header)} "
-            f"({len(bad)} such line(s))"
-        )
-    rows = [r for r in rows if any(r)]  # blank lines are not listings
-    if not rows:
+    keep = {c: header.index(c) for c in (*REQUIRED, *OPTIONAL) if c in header}
+    cols: dict[str, list[str]] = {c: [] for c in keep}
+    seen: dict[str, int] = {}  # posting_id -> its line
+    ip = keep["posting_id"]
+    for row in rows:
+        if not any(row):
+            continue  # blank lines are not listings
+        line = reader.line_num
+        if len(row) != len(header):
+            raise CatalogueError(
+                f"{name}: line {line} has {len(row)} field(s), the header has {len(header)}"
+            )
+        pid = row[ip].strip()
+        if not pid:
+            raise CatalogueError(f"{name}: empty posting_id on line {line}")
+        if why := check_posting_id(pid):
+            raise CatalogueError(
+                f"{name}: the posting_id on line {line} {why}; a posting_id is {POSTING_ID_RULE}"
+            )
+        if pid in seen:
+            raise CatalogueError(
+                f"{name}: duplicate posting_id {pid!r} on line {line} (first on line "
+                f"{seen[pid]})"
+            )
+        seen[pid] = line
+        if max_rows is not None and len(seen) > max_rows:
+            raise CatalogueError(f"{name}: over {max_rows:,} rows, the limit of one CSV")
+        for c, i in keep.items():
+            cols[c].append(row[i] if c == "title" else row[i].strip())
+    if not seen:
         raise CatalogueError(f"{name}: no rows after the header")
-
-    def column(c: str) -> list[str] | None:
-        return [r[col[c]].strip() for r in rows] if c in col else None
-
-    ids = column("posting_id")
-    assert ids is not None
-    empty_ids = [i + 2 for i, p in enumerate(ids) if not p]
-    if empty_ids:
-        raise CatalogueError(f"{name}: empty posting_id on line(s) {_lines(empty_ids)}")
-    dups = [p for p, n in Counter(ids).items() if n > 1]
-    if dups:
-        raise CatalogueError(
-            f"{name}: {len(dups)} duplicate posting_id(s), e.g. {', '.join(dups[:5])}"
-        )
-    titles = [r[col["title"]] for r in rows]
+    del seen
+    names = cols.get("image")
     cat = Catalogue(
-        posting_id=ids,
-        title=[" ".join(t.split()) for t in titles],
-        image=column("image"),
-        image_phash=column("image_phash"),
-        label_group=column("label_group"),
+        posting_id=cols["posting_id"],
+        title=[" ".join(t.split()) for t in cols["title"]],
+        image_phash=cols.get("image_phash"),
+        label_group=cols.get("label_group"),
+        image_name=names,
     )
     n_empty = sum(1 for t in cat.title if not t)
     if n_empty:
@@ -185,13 +262,19 @@ def read_catalogue(
     if cat.label_group is not None and any(not g for g in cat.label_group):
         lines = [i + 2 for i, g in enumerate(cat.label_group) if not g]
         raise CatalogueError(f"{name}: empty label_group on line(s) {_lines(lines)}")
-    if images_dir is not None and cat.image is not None:
+    if images_dir is not None and names is not None:
         root = Path(images_dir)
         if not root.is_dir():
             raise CatalogueError(f"images folder not found: {root}")
-        cat.image = [str(root / f) if f else "" for f in cat.image]
+        real = root.resolve()
+        found = [resolve_image(real, f) for f in names]
+        outside = sum(1 for f, p in zip(names, found, strict=True) if f and p is None)
+        if outside:
+            cat.issues["image name leaves the images folder (ignored)"] = outside
+        cat.image = [str(p) if p is not None else "" for p in found]
         if check_images:
-            n_missing = sum(1 for f in cat.image if not f or not Path(f).is_file())
+            n_missing = sum(1 for f in cat.image if f and not Path(f).is_file())
+            n_missing += sum(1 for f in names if not f)
             if n_missing:
                 cat.issues["image file missing (no image signal)"] = n_missing
     return cat

@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -272,6 +273,7 @@ def open_image(src: ImageInput) -> Image.Image:
         ImageError: missing file, not an image, truncated data, or over `MAX_IMAGE_PIXELS`.
     """
     name = "<bytes>" if isinstance(src, bytes) else str(src)
+    limit = f"the {MAX_IMAGE_PIXELS:,}-pixel limit (decompression bomb guard)"
     try:
         if isinstance(src, Image.Image):
             img = src
@@ -281,9 +283,7 @@ def open_image(src: ImageInput) -> Image.Image:
             img = Image.open(src)
         w, h = img.size
         if w * h > MAX_IMAGE_PIXELS:
-            raise ImageError(
-                f"{name}: image of {w}x{h} pixels is over the {MAX_IMAGE_PIXELS} limit"
-            )
+            raise ImageError(f"{name}: image of {w}x{h} pixels is over {limit}")
         img.load()
         return img.convert("RGB")
     except ImageError:
@@ -291,9 +291,13 @@ def open_image(src: ImageInput) -> Image.Image:
     except FileNotFoundError as e:
         raise ImageError(f"{name}: image file not found") from e
     except Image.DecompressionBombError as e:
-        raise ImageError(f"{name}: image too large (decompression bomb guard): {e}") from e
+        raise ImageError(f"{name}: image is over {limit}") from e
+    except Image.UnidentifiedImageError as e:
+        raise ImageError(f"{name}: not a readable image (unknown image format)") from e
     except (OSError, ValueError, SyntaxError) as e:
-        raise ImageError(f"{name}: not a readable image ({e})") from e
+        # PIL's messages can name its file object (`<_io.BytesIO object at 0x...>`)
+        why = re.sub(r"<[^<>]* at 0x[0-9a-fA-F]+>", "the image", str(e)) or type(e).__name__
+        raise ImageError(f"{name}: not a readable image ({why})") from e
 
 
 @register_encoder("onnx-image")

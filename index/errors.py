@@ -28,3 +28,8 @@ class NotFoundError(PricematchError):
 class StoreError(PricematchError):
     """A vector store that cannot be used: not installed, unreachable, or out of step with
     the catalogue."""
+
+
+class CancelledError(PricematchError):
+    """Work stopped on request (`index.progress.cancellable`): its client went away or the
+    process is stopping."""

@@ -13,8 +13,12 @@ from typing import Any, Protocol, runtime_checkable
 import faiss
 import numpy as np
 
+from index.progress import check_cancelled
+
 #: k for the matching search: at most 50 matches, plus the row itself.
 K = 51
+#: Queries per FAISS call in `knn` (cancellation is checked between calls).
+KNN_CHUNK = 16384
 
 
 def gpu_available() -> bool:
@@ -180,11 +184,19 @@ class FaissFlatStore:
 def knn(
     xq: np.ndarray, xb: np.ndarray, k: int, device: str = "auto"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact inner-product k-NN of `xq` in `xb`; ids are row numbers of `xb`."""
+    """Exact inner-product k-NN of `xq` in `xb`; ids are row numbers of `xb`.
+
+    Queries run in chunks of `KNN_CHUNK`, checking for cancellation between them."""
     xb = as_f32(xb)
     store = FaissFlatStore(xb.shape[1], device=device)
     store.add(np.arange(xb.shape[0], dtype=np.int64), xb)
-    return store.search(xq, k)
+    if xq.shape[0] <= KNN_CHUNK:
+        return store.search(xq, k)
+    parts = []
+    for s in range(0, xq.shape[0], KNN_CHUNK):
+        check_cancelled()
+        parts.append(store.search(xq[s : s + KNN_CHUNK], k))
+    return np.concatenate([D for D, _ in parts]), np.concatenate([I for _, I in parts])
 
 
 def self_knn(

@@ -73,5 +73,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from service.main import create_app
 
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
+    uvicorn.run(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        # SIGTERM: requests in flight get this long, then are cancelled (batches stop too)
+        timeout_graceful_shutdown=settings.shutdown_grace_s,
+    )
     return 0

@@ -45,11 +45,25 @@ class Settings(BaseSettings):
     max_request_mb: float = Field(
         default=20, gt=0, description="body limit of every route but batch"
     )
-    max_upload_mb: float = Field(default=512, gt=0, description="body limit of /batch-match")
+    max_upload_mb: float = Field(
+        default=512, gt=0, description="body limit of /batch-match (CSV + images zip)"
+    )
+    max_csv_mb: float = Field(default=32, gt=0, description="limit of a /batch-match CSV")
+    max_batch_rows: int = Field(default=100_000, ge=1, description="rows of a /batch-match CSV")
     max_image_mb: float = Field(default=10, gt=0, description="limit of one image (decoded bytes)")
-    max_unzipped_mb: float = Field(default=4096, gt=0, description="limit of a zip's content")
+    max_unzipped_mb: float = Field(default=1024, gt=0, description="limit of a zip's content")
+    max_zip_files: int = Field(default=100_000, ge=1, description="files in an images zip")
+    max_zip_ratio: float = Field(
+        default=50, gt=1, description="largest unpacked/packed size of one zip member"
+    )
     max_listings: int = Field(default=10_000, ge=1, description="listings per POST /listings")
     batch_jobs: int = Field(default=1, ge=1, description="concurrent /batch-match jobs")
+    shutdown_grace_s: int = Field(
+        default=5,
+        ge=0,
+        description="on SIGTERM, how long requests in flight may finish before they are "
+        "cancelled (a /batch-match stops at its next step)",
+    )
     api_key: SecretStr | None = Field(
         default=None, description="if set, write routes need X-API-Key"
     )

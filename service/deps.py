@@ -37,7 +37,10 @@ def require_api_key(
     expected = settings.api_key
     if expected is None:
         return
-    if key is None or not secrets.compare_digest(key, expected.get_secret_value()):
+    # Header values arrive as latin-1 text: compare bytes (compare_digest refuses non-ASCII
+    # str), the configured key as UTF-8 as a client would send it.
+    want = expected.get_secret_value().encode("utf-8")
+    if key is None or not secrets.compare_digest(key.encode("latin-1", "replace"), want):
         raise HTTPException(401, "missing or wrong X-API-Key header")
 
 

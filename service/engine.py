@@ -416,9 +416,11 @@ class Engine:
     def batch_match(self, csv: bytes, images_dir: Path | None) -> tuple[list[str], list[list[str]]]:
         """Kaggle semantics over an uploaded CSV: `index.pipeline.match_catalogue`, as
         `pricematch match` runs it (rows matched among themselves; the image encoder only
-        with images)."""
+        with images, which are only ever read inside `images_dir`)."""
         faiss.omp_set_num_threads(os.cpu_count() or 1)  # per thread: a pooled one may be at 1
-        cat = read_catalogue(csv, images_dir=images_dir, source="uploaded CSV")
+        cat = read_catalogue(
+            csv, images_dir=images_dir, source="uploaded CSV", max_rows=self.settings.max_batch_rows
+        )
         for line in cat.issue_lines():
             log.info("batch-match: %s", line)
         enc = Encoders(text=self.encoders.text, image=self.encoders.image if images_dir else None)

@@ -1,14 +1,30 @@
-"""Mapping of domain errors to HTTP responses (one handler), and a generic 500."""
+"""Every error answer of the service: one shape, `{"detail": str, "error": str}`.
+
+Domain errors map to 4xx in one handler (`STATUS`); request validation (422) and HTTP
+errors (401, 404, 405, 503...) get the same shape. Error bodies never echo the request's
+values and are encoded as ASCII JSON, so no input (NaN, lone surrogates, bytes) can make
+the handler itself fail. Anything unexpected is a logged, generic 500 answered by
+`CatchAllMiddleware`, which does not re-raise (the connection stays usable).
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Mapping
+from http import HTTPStatus
+from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from index.errors import (
     BundleError,
+    CancelledError,
     CatalogueError,
     EncoderError,
     ImageError,
@@ -28,11 +44,17 @@ class UnsupportedMediaError(PricematchError):
     """A request body in a format the route does not take."""
 
 
+class QueryError(PricematchError):
+    """A request whose fields are each valid but do not make a usable query."""
+
+
 #: Status code of each domain error; the first matching class (in order) wins.
 STATUS: list[tuple[type[PricematchError], int]] = [
     (NotFoundError, 404),
     (PayloadTooLargeError, 413),
     (UnsupportedMediaError, 415),
+    (QueryError, 422),
+    (CancelledError, 503),
     (ImageError, 400),
     (CatalogueError, 400),
     (EncoderError, 422),
@@ -41,27 +63,116 @@ STATUS: list[tuple[type[PricematchError], int]] = [
     (PricematchError, 400),
 ]
 
+#: Longest `detail` sent back (a message naming many bad fields is cut there).
+MAX_DETAIL = 2000
+
 
 def status_of(exc: PricematchError) -> int:
     return next(code for cls, code in STATUS if isinstance(exc, cls))
 
 
-async def domain_error(request: Request, exc: Exception) -> JSONResponse:
+def error_body(detail: object, error: str) -> bytes:
+    """The JSON error body; ASCII-only and NaN-free, so it always encodes."""
+    text = str(detail)
+    if len(text) > MAX_DETAIL:
+        text = text[: MAX_DETAIL - 3] + "..."
+    return json.dumps({"detail": text, "error": error}, ensure_ascii=True).encode("ascii")
+
+
+def error_response(
+    status: int, detail: object, error: str, headers: Mapping[str, str] | None = None
+) -> Response:
+    return Response(
+        error_body(detail, error),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+def reason(status: int) -> str:
+    """`NotFound`, `MethodNotAllowed`... from the status code."""
+    try:
+        return HTTPStatus(status).phrase.title().replace(" ", "").replace("-", "")
+    except ValueError:
+        return "HTTPError"
+
+
+def describe_validation(errors: Any) -> str:
+    """One line naming each invalid field and why, without the submitted values."""
+    parts = []
+    for e in errors:
+        loc = [str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path", "header")]
+        where = ".".join(loc) or "body"
+        parts.append(f"{where}: {e.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
+async def domain_error(request: Request, exc: Exception) -> Response:
     """A user-caused error: its status and its own message (it names the problem)."""
     assert isinstance(exc, PricematchError)
-    return JSONResponse(
-        {"detail": str(exc), "error": type(exc).__name__}, status_code=status_of(exc)
-    )
+    return error_response(status_of(exc), exc, type(exc).__name__)
 
 
-async def internal_error(request: Request, exc: Exception) -> JSONResponse:
-    """Anything else: logged with its traceback, answered without internals."""
-    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return JSONResponse(
-        {"detail": "internal server error", "error": "InternalError"}, status_code=500
-    )
+async def validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    return error_response(422, describe_validation(exc.errors()), "ValidationError")
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    cause = exc.__cause__
+    if isinstance(cause, PricematchError):  # e.g. a body limit hit while FastAPI parsed a form
+        return await domain_error(request, cause)
+    return error_response(exc.status_code, exc.detail, reason(exc.status_code), exc.headers)
+
+
+class CatchAllMiddleware:
+    """Answers an unexpected exception with a generic, logged 500 instead of dropping the
+    connection; a client that went away gets nothing (it is not an error of ours)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_)
+        except ClientDisconnect:
+            log.info("client went away during %s %s", scope.get("method"), scope.get("path"))
+        except Exception as exc:
+            log.error(
+                "unhandled error on %s %s", scope.get("method"), scope.get("path"), exc_info=exc
+            )
+            if started:  # half a response is out: only closing the connection is left
+                raise
+            body = error_body("internal server error", "InternalError")
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 500,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode()),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
 
 
 def install(app: FastAPI) -> None:
+    """Register the handlers; call before adding the outer middlewares."""
     app.add_exception_handler(PricematchError, domain_error)
-    app.add_exception_handler(Exception, internal_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_middleware(CatchAllMiddleware)

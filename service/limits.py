@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 
 from starlette.datastructures import UploadFile
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import PayloadTooLargeError
+from service.errors import PayloadTooLargeError, error_body
 
 
 def _too_large(limit: int) -> bytes:
-    return json.dumps(
-        {
-            "detail": f"request body over the {limit / (1 << 20):g} MB limit",
-            "error": "PayloadTooLargeError",
-        }
-    ).encode()
+    detail = f"request body over the {limit / (1 << 20):g} MB limit"
+    return error_body(detail, "PayloadTooLargeError")
 
 
 class BodyLimitMiddleware:

@@ -4,12 +4,37 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from index.catalogue import POSTING_ID_RULE, check_posting_id
 from index.fusion import SignalName
 
+
+def _unicode(s: str) -> str:
+    """Refuse text that cannot be stored as UTF-8 (lone surrogates such as "\\ud800")."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"not valid Unicode text (lone surrogate at character {e.start})") from e
+    return s
+
+
+def _posting_id(s: str) -> str:
+    problem = check_posting_id(s)
+    if problem:
+        raise ValueError(f"posting_id {problem} ({POSTING_ID_RULE})")
+    return s
+
+
+Text = Annotated[str, AfterValidator(_unicode)]
+PostingId = Annotated[
+    str,
+    Field(min_length=1, max_length=200, examples=["train_129225211"]),
+    AfterValidator(_unicode),
+    AfterValidator(_posting_id),
+]
 Phash = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{16}$", examples=["94974f937d4c2433"])]
-Threshold = Annotated[float, Field(ge=-1.0, le=1.0)]
+Threshold = Annotated[float, Field(ge=-1.0, le=1.0, allow_inf_nan=False)]
 
 EXAMPLE_TITLE = "Paper Bag Victoria Secret"
 
@@ -17,10 +42,12 @@ EXAMPLE_TITLE = "Paper Bag Victoria Secret"
 class ListingFields(BaseModel):
     """A listing as the Kaggle CSV has it; the image as base64 bytes."""
 
-    model_config = ConfigDict(extra="forbid")
-    title: str = Field("", max_length=5000, description="the listing's title")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    title: Text = Field("", max_length=5000, description="the listing's title")
     image: str | None = Field(
-        None, description="the photo as base64 (JPEG, PNG, WebP...); a data: URL is accepted"
+        None,
+        description="the photo as base64 (JPEG, PNG, WebP...); a data: URL is accepted; "
+        "an empty string is an error",
     )
     image_phash: Phash | None = Field(
         None,
@@ -33,16 +60,15 @@ class MatchRequest(ListingFields):
 
     model_config = ConfigDict(
         extra="forbid",
+        allow_inf_nan=False,
         json_schema_extra={
             "examples": [
                 {"title": EXAMPLE_TITLE, "image_phash": "94974f937d4c2433", "max_matches": 10},
-                {"posting_id": "train_129225211", "title": EXAMPLE_TITLE, "image": "<base64>"},
             ]
         },
     )
-    posting_id: str | None = Field(
+    posting_id: PostingId | None = Field(
         None,
-        max_length=200,
         description="the listing's id; if it is in the catalogue it is that listing (listed "
         "as its own match, as in Kaggle), otherwise it is left out of the matches",
     )
@@ -100,7 +126,7 @@ class MatchResponse(BaseModel):
 class ListingCreate(ListingFields):
     """A listing to add to the catalogue (replacing one with the same posting_id)."""
 
-    posting_id: str = Field(min_length=1, max_length=200, pattern=r"^\S(.*\S)?$")
+    posting_id: PostingId = Field(description=POSTING_ID_RULE)
 
 
 class ListingsCreate(BaseModel):
@@ -153,11 +179,25 @@ class Ready(BaseModel):
 
 
 class ErrorOut(BaseModel):
-    detail: str
-    error: str
+    """The body of every 4xx/5xx answer."""
+
+    detail: str = Field(description="what is wrong, for a person")
+    error: str = Field(description="the kind of error, for a program (e.g. `ValidationError`)")
 
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorOut, "description": "bad input (named in `detail`)"},
-    413: {"model": ErrorOut, "description": "upload or image over the limit"},
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for the error statuses a route can return."""
+    return {c: {"model": ErrorOut, "description": ERROR_WHEN[c]} for c in codes}
+
+
+ERROR_WHEN = {
+    400: "bad input (named in `detail`)",
+    401: "missing or wrong X-API-Key (only when the server has a key)",
+    404: "unknown posting_id",
+    409: "the catalogue is read-only (several Ray Serve replicas)",
+    413: "upload or image over the limit",
+    415: "a body that is neither JSON nor multipart/form-data",
+    422: "a field missing, out of range or of the wrong type",
+    500: "internal error (logged; the body says nothing more)",
+    503: "starting, stopping, or the vector store is unavailable",
 }

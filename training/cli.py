@@ -187,7 +187,9 @@ def _train(args: argparse.Namespace) -> int:
         other: dict[str, Any] = {"image": export_default_image}
     else:
         if cat.image is None:
-            raise CatalogueError(f"{args.input}: image training needs an image column")
+            raise CatalogueError(
+                f"{args.input}: image training needs an image column and --images"
+            )
         model_cfg = ImageModelConfig(
             backbone=args.backbone,
             pooling=args.pooling,

@@ -1,4 +1,9 @@
-"""POST /batch-match: a Kaggle test.csv in, the submission CSV out."""
+"""POST /batch-match: a Kaggle test.csv in, the submission CSV out.
+
+The job runs in a worker thread under a cancel event (`index.progress.cancellable`): a
+client that disconnects, or a server stopping (SIGTERM past `shutdown_grace_s`), stops it
+at its next step and frees its batch slot; its temporary folder is removed either way.
+"""
 
 from __future__ import annotations
 
@@ -6,57 +11,124 @@ import csv
 import io
 import shutil
 import tempfile
+import threading
 import zipfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Annotated
+from typing import IO, Annotated, TypeVar
 
+import anyio
 import anyio.to_thread
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import StreamingResponse
 
-from index.errors import CatalogueError, ImageError
+from index.errors import CancelledError, CatalogueError, ImageError
+from index.progress import cancellable, check_cancelled
 from service.config import Settings
 from service.deps import EngineDep, SettingsDep
 from service.errors import PayloadTooLargeError
 from service.limits import read_upload
-from service.schemas import ERRORS
+from service.schemas import errors
 
 router = APIRouter(tags=["matching"])
+T = TypeVar("T")
+MB = 1 << 20
 
 
-def extract_images(data: bytes, dest: Path, limit: int) -> int:
+@dataclass(frozen=True)
+class ZipLimits:
+    """What an images zip may hold (`Settings.max_unzipped_mb`, `max_zip_files`...)."""
+
+    total_bytes: int
+    files: int
+    member_bytes: int
+    ratio: float
+
+
+def zip_limits(settings: Settings) -> ZipLimits:
+    return ZipLimits(
+        total_bytes=settings.limit(settings.max_unzipped_mb),
+        files=settings.max_zip_files,
+        member_bytes=settings.limit(settings.max_image_mb),
+        ratio=settings.max_zip_ratio,
+    )
+
+
+def _member_name(filename: str) -> str | None:
+    """The base name a zip member is unpacked under; None for names it is not unpacked
+    under (folders, hidden files, NULs, names too long for a file system)."""
+    name = PurePosixPath(filename.replace("\\", "/")).name
+    if not name or name.startswith(".") or "\x00" in name or len(name.encode()) > 255:
+        return None
+    return name
+
+
+def extract_images(archive: IO[bytes] | bytes, dest: Path, limits: ZipLimits) -> int:
     """Unpack a zip's files into `dest` by base name (folders flattened); returns the count.
 
+    Every file lands directly in `dest` (no member path is followed), so nothing is written
+    outside it; the limits are checked on the directory first and again while unpacking
+    (a directory can lie).
+
     Raises:
-        ImageError: not a zip file.
-        PayloadTooLargeError: its content is over `limit` bytes (zip bomb guard).
+        ImageError: not a zip file, a corrupt member, two files of the same name.
+        PayloadTooLargeError: over a limit of `limits` (zip bomb guard).
     """
+    src = io.BytesIO(archive) if isinstance(archive, bytes) else archive
     try:
-        zf = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile as e:
+        zf = zipfile.ZipFile(src)
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
         raise ImageError("images: not a zip file") from e
+    total_mb = f"{limits.total_bytes / MB:g} MB"
     with zf:
-        members = [i for i in zf.infolist() if not i.is_dir()]
-        if sum(i.file_size for i in members) > limit:
+        members = [
+            (i, n) for i in zf.infolist() if not i.is_dir() and (n := _member_name(i.filename))
+        ]
+        if len(members) > limits.files:
             raise PayloadTooLargeError(
-                f"images: the zip holds over {limit / (1 << 20):g} MB once unpacked"
+                f"images: the zip holds {len(members):,} files; the limit is {limits.files:,}"
             )
-        n, written = 0, 0
-        for info in members:
-            name = PurePosixPath(info.filename.replace("\\", "/")).name
-            if not name or name.startswith("."):
-                continue
-            with zf.open(info) as src, open(dest / name, "wb") as dst:
-                while chunk := src.read(1 << 20):
-                    written += len(chunk)
-                    if written > limit:  # sizes in the directory can lie
-                        raise PayloadTooLargeError(
-                            f"images: the zip holds over {limit / (1 << 20):g} MB once unpacked"
-                        )
-                    dst.write(chunk)
-            n += 1
-        return n
+        if sum(i.file_size for i, _ in members) > limits.total_bytes:
+            raise PayloadTooLargeError(f"images: the zip holds over {total_mb} once unpacked")
+        seen: set[str] = set()
+        written = 0
+        for info, name in members:
+            check_cancelled()
+            if name in seen:
+                raise ImageError(f"images: two files named {name!r} in the zip")
+            seen.add(name)
+            cap = min(limits.member_bytes, int(max(info.compress_size, 1) * limits.ratio))
+            if info.file_size > cap:
+                raise PayloadTooLargeError(_member_too_large(name, limits))
+            size = 0
+            try:
+                with zf.open(info) as f, open(dest / name, "xb") as out:
+                    while chunk := f.read(MB):
+                        size += len(chunk)
+                        written += len(chunk)
+                        if size > cap:  # sizes in the directory can lie
+                            raise PayloadTooLargeError(_member_too_large(name, limits))
+                        if written > limits.total_bytes:
+                            raise PayloadTooLargeError(
+                                f"images: the zip holds over {total_mb} once unpacked"
+                            )
+                        out.write(chunk)
+            except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as e:
+                if isinstance(e, FileExistsError):
+                    raise ImageError(f"images: two files named {name!r} in the zip") from e
+                raise ImageError(f"images: cannot unpack {name!r} ({type(e).__name__})") from e
+            except NotImplementedError as e:  # an unsupported compression method
+                raise ImageError(f"images: cannot unpack {name!r} ({e})") from e
+        return len(members)
+
+
+def _member_too_large(name: str, limits: ZipLimits) -> str:
+    return (
+        f"images: {name!r} unpacks to over {limits.member_bytes / MB:g} MB or over "
+        f"{limits.ratio:g} times its packed size (zip bomb guard)"
+    )
 
 
 def server_images(settings: Settings, subdir: str | None) -> Path | None:
@@ -66,11 +138,15 @@ def server_images(settings: Settings, subdir: str | None) -> Path | None:
         if subdir:
             raise CatalogueError("images_subdir given but the server has no images folder")
         return None
-    folder = (root / (subdir or "")).resolve()
+    if not subdir:
+        return root.resolve()
+    if "\x00" in subdir or PurePosixPath(subdir).is_absolute() or ".." in Path(subdir).parts:
+        raise CatalogueError("images_subdir must be a folder inside the server's images folder")
+    folder = (root / subdir).resolve()
     if not folder.is_relative_to(root.resolve()):
         raise CatalogueError("images_subdir must be a folder inside the server's images folder")
     if not folder.is_dir():
-        raise CatalogueError(f"images_subdir {subdir!r} not found in the server's images folder")
+        raise CatalogueError("images_subdir: no such folder in the server's images folder")
     return folder
 
 
@@ -88,42 +164,95 @@ def submission_rows(ids: list[str], matches: list[list[str]]) -> Iterator[str]:
     yield buf.getvalue()
 
 
+@asynccontextmanager
+async def cancel_on_disconnect(request: Request) -> AsyncIterator[threading.Event]:
+    """An event set when the client disconnects; the block is cancelled then too.
+
+    After the block, `CancelledError` if the client went away (nobody reads the answer).
+    """
+    cancel = threading.Event()
+    error: Exception | None = None
+    async with anyio.create_task_group() as tg:
+
+        async def watch() -> None:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+            cancel.set()
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(watch)
+        try:
+            yield cancel
+        except Exception as e:  # raised below, not wrapped in the task group's ExceptionGroup
+            error = e
+        finally:
+            tg.cancel_scope.cancel()
+    if error is not None:
+        raise error
+    if cancel.is_set():
+        raise CancelledError("the client went away; the batch was cancelled")
+
+
+async def run_cancellable(fn: Callable[[], T], cancel: threading.Event) -> T:
+    """`fn()` in a worker thread under `cancellable(cancel)`; if this task is cancelled
+    (client gone, server stopping), the event is set and the thread is waited for."""
+    done = threading.Event()
+
+    def job() -> T:
+        try:
+            with cancellable(cancel):
+                return fn()
+        finally:
+            done.set()
+
+    try:
+        return await anyio.to_thread.run_sync(job, abandon_on_cancel=True)
+    except anyio.get_cancelled_exc_class():
+        cancel.set()
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(done.wait, 60.0)
+        raise
+
+
 @router.post(
     "/batch-match",
     response_class=StreamingResponse,
     responses={
         200: {"content": {"text/csv": {"example": "posting_id,matches\ntest_1,test_1 test_7\n"}}},
-        **ERRORS,
+        **errors(400, 413, 422, 500, 503),
     },
     summary="match the rows of a CSV among themselves (Kaggle submission)",
     description="Upload a `test.csv` (posting_id,title[,image,image_phash]) and optionally a zip "
-    "of its images; without a zip, image names are resolved under the server's images folder "
-    "(`PRICEMATCH_IMAGES_DIR`, optionally `images_subdir` inside it) when one is configured. "
-    "The result is exactly what `pricematch match` writes for the same CSV and model.",
+    "of its images; the `image` column names files of that zip (by base name). Without a "
+    "zip, image names are resolved under the server's images folder (`PRICEMATCH_IMAGES_DIR`, "
+    "optionally `images_subdir` inside it) when one is configured, and name nothing "
+    "otherwise; a name leaving its folder is ignored. The result is exactly what "
+    "`pricematch match` writes for the same CSV and model. A client that disconnects "
+    "cancels its job.",
 )
 async def batch_match(
+    request: Request,
     engine: EngineDep,
     settings: SettingsDep,
     csv_file: Annotated[UploadFile, File(alias="csv", description="the listings CSV")],
     images: Annotated[UploadFile | None, File(description="zip of the image files")] = None,
     images_subdir: Annotated[str | None, Form(description="folder in the server's")] = None,
 ) -> StreamingResponse:
-    data = await read_upload(csv_file, settings.limit(settings.max_upload_mb), "the CSV")
-    archive = (
-        await read_upload(images, settings.limit(settings.max_upload_mb), "the images zip")
-        if images is not None and images.filename
-        else None
-    )
-    async with engine.batch_slots:  # one heavy job at a time; others wait their turn
+    data = await read_upload(csv_file, settings.limit(settings.max_csv_mb), "the CSV")
+    archive = images.file if images is not None and images.filename else None
+    folder = None if archive is not None else server_images(settings, images_subdir)
+    async with cancel_on_disconnect(request) as cancel, engine.batch_slots:
         tmp = Path(tempfile.mkdtemp(prefix="pricematch-batch-"))
         try:
-            if archive is not None:
-                limit = settings.limit(settings.max_unzipped_mb)
-                await anyio.to_thread.run_sync(extract_images, archive, tmp, limit)
-                folder: Path | None = tmp
-            else:
-                folder = server_images(settings, images_subdir)
-            ids, matches = await anyio.to_thread.run_sync(engine.batch_match, data, folder)
+
+            def job() -> tuple[list[str], list[list[str]]]:
+                where = folder
+                if archive is not None:
+                    extract_images(archive, tmp, zip_limits(settings))
+                    where = tmp
+                return engine.batch_match(data, where)
+
+            ids, matches = await run_cancellable(job, cancel)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return StreamingResponse(

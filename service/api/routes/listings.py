@@ -3,27 +3,36 @@
 from __future__ import annotations
 
 import anyio.to_thread
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends, Request
 
 from service.deps import EngineDep, SettingsDep, WriteAccess
 from service.engine import Listing, decode_base64_image, decode_image, phash_of
-from service.errors import PayloadTooLargeError
+from service.errors import PayloadTooLargeError, UnsupportedMediaError
 from service.schemas import (
-    ERRORS,
     Deleted,
     ListingCreate,
     ListingOut,
     ListingsCreate,
     ListingsWritten,
+    errors,
 )
 
 router = APIRouter(prefix="/listings", tags=["catalogue"])
 
 
+def require_json(request: Request) -> None:
+    """415 unless the body is JSON (checked before the body is validated)."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "application/json" and not ctype.endswith("+json"):
+        raise UnsupportedMediaError(
+            f"content-type {ctype!r} not supported; send the listings as application/json"
+        )
+
+
 def to_listing(x: ListingCreate, image_limit: int) -> Listing:
     img = None
     what = f"image of listing {x.posting_id!r}"
-    if x.image:
+    if x.image is not None:
         img = decode_image(decode_base64_image(x.image, image_limit, what), image_limit, what)
     phash = (x.image_phash or "").lower() or (phash_of(img) if img is not None else "")
     return Listing(x.posting_id, " ".join(x.title.split()), img, phash, "")
@@ -32,8 +41,8 @@ def to_listing(x: ListingCreate, image_limit: int) -> Listing:
 @router.post(
     "",
     response_model=ListingsWritten,
-    dependencies=[WriteAccess],
-    responses=ERRORS,
+    dependencies=[WriteAccess, Depends(require_json)],
+    responses=errors(400, 401, 413, 415, 422, 500, 503),
     summary="add listings, replacing those with the same posting_id",
 )
 async def add_listings(
@@ -56,7 +65,7 @@ async def add_listings(
 @router.get(
     "/{posting_id}",
     response_model=ListingOut,
-    responses={404: ERRORS[400] | {"description": "unknown posting_id"}},
+    responses=errors(404, 500, 503),
 )
 async def get_listing(posting_id: str, engine: EngineDep) -> ListingOut:
     return ListingOut.model_validate(await engine.get(posting_id))
@@ -66,7 +75,7 @@ async def get_listing(posting_id: str, engine: EngineDep) -> ListingOut:
     "/{posting_id}",
     response_model=Deleted,
     dependencies=[WriteAccess],
-    responses={404: ERRORS[400] | {"description": "unknown posting_id"}},
+    responses=errors(401, 404, 500, 503),
 )
 async def delete_listing(posting_id: str, engine: EngineDep) -> Deleted:
     total = await engine.delete(posting_id)

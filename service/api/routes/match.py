@@ -11,20 +11,21 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
+from index.errors import ImageError
 from service.deps import EngineDep, SettingsDep
 from service.engine import Listing, decode_base64_image, decode_image, phash_of
-from service.errors import UnsupportedMediaError
+from service.errors import QueryError, UnsupportedMediaError
 from service.limits import read_upload
-from service.schemas import ERRORS, MatchItem, MatchRequest, MatchResponse
+from service.schemas import MatchItem, MatchRequest, MatchResponse, errors
 
 router = APIRouter(tags=["matching"])
 
 _MULTIPART = {
     "type": "object",
-    "required": ["title"],
+    "description": "at least one of title, image and image_phash",
     "properties": {
-        "title": {"type": "string"},
-        "posting_id": {"type": "string"},
+        "title": {"type": "string", "maxLength": 5000},
+        "posting_id": {"type": "string", "minLength": 1, "maxLength": 200},
         "image": {"type": "string", "format": "binary", "description": "the photo file"},
         "image_phash": {"type": "string", "pattern": "^[0-9a-fA-F]{16}$"},
         "threshold": {"type": "string", "description": 'JSON object, e.g. {"tfidf": 0.5}'},
@@ -60,13 +61,29 @@ def _invalid(e: ValidationError) -> RequestValidationError:
     return RequestValidationError(e.errors(include_url=False, include_context=False))
 
 
-async def parse_match_request(request: Request, image_limit: int) -> tuple[MatchRequest, bytes]:
-    """The request as a `MatchRequest` and its image bytes (b"" when none)."""
+async def parse_match_request(
+    request: Request, image_limit: int
+) -> tuple[MatchRequest, bytes | None]:
+    """The request as a `MatchRequest` and its image bytes (None when none was sent).
+
+    Raises:
+        QueryError: neither a title, an image nor an image_phash.
+        ImageError: an image part or field that is empty.
+    """
+    req, image = await _parse(request, image_limit)
+    if image is not None and not image:
+        raise ImageError("image: empty (send the photo's bytes, or leave the field out)")
+    if not req.title.strip() and image is None and not req.image_phash:
+        raise QueryError("a /match query needs a title, an image or an image_phash")
+    return req, image
+
+
+async def _parse(request: Request, image_limit: int) -> tuple[MatchRequest, bytes | None]:
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "multipart/form-data":
-        form = await request.form()
+        form = await request.form(max_files=1, max_fields=len(_MULTIPART["properties"]))
         fields: dict[str, Any] = {}
-        image = b""
+        image: bytes | None = None
         for key, value in form.multi_items():
             if isinstance(value, UploadFile):
                 if key != "image":
@@ -80,23 +97,26 @@ async def parse_match_request(request: Request, image_limit: int) -> tuple[Match
             try:
                 fields["threshold"] = json.loads(fields["threshold"])
             except json.JSONDecodeError as e:
-                msg = f"threshold: not a JSON object ({e})"
+                msg = f"not a JSON object ({e.msg} at character {e.pos})"
                 raise RequestValidationError(
                     [{"loc": ("body", "threshold"), "msg": msg, "type": "json_invalid"}]
                 ) from e
         try:
-            return MatchRequest.model_validate(fields), image
+            req = MatchRequest.model_validate(fields)
         except ValidationError as e:
             raise _invalid(e) from e
+        if image is None and req.image is not None:  # the photo as a base64 text field
+            image = decode_base64_image(req.image, image_limit)
+        return req, image
     if ctype in ("application/json", ""):
         body = await request.body()
         try:
             req = MatchRequest.model_validate_json(body or b"null")
         except ValidationError as e:
             raise _invalid(e) from e
-        if req.image:
+        if req.image is not None:
             return req, decode_base64_image(req.image, image_limit)
-        return req, b""
+        return req, None
     raise UnsupportedMediaError(
         f"content-type {ctype!r} not supported; send application/json or multipart/form-data"
     )
@@ -105,12 +125,13 @@ async def parse_match_request(request: Request, image_limit: int) -> tuple[Match
 @router.post(
     "/match",
     response_model=MatchResponse,
-    responses=ERRORS | {415: ERRORS[400] | {"description": "neither JSON nor multipart"}},
+    responses=errors(400, 413, 415, 422, 500, 503),
     openapi_extra=_BODY,
     summary="catalogue listings that are the same product as this one",
     description="Send the listing as JSON (image as base64) or as multipart form fields with "
-    "the image as a file. Each match carries its score and the signals that matched. The "
-    "query itself is listed only if its posting_id is in the catalogue.",
+    "the image as a file; a query needs at least one of title, image and image_phash. Each "
+    "match carries its score and the signals that matched. The query itself is listed only "
+    "if its posting_id is in the catalogue.",
 )
 async def match(request: Request, engine: EngineDep, settings: SettingsDep) -> MatchResponse:
     limit = settings.limit(settings.max_image_mb)
