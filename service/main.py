@@ -8,8 +8,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio.to_thread
 from fastapi import FastAPI
@@ -69,6 +70,8 @@ def create_app(
     app.state.metrics = metrics
     errors.install(app)
     app.include_router(api_router)
+    if settings.api_key is None:
+        app.openapi = _without_api_key(app)  # type: ignore[method-assign]
     batch_limit = settings.limit(settings.max_upload_mb)
     other_limit = settings.limit(settings.max_request_mb)
     app.add_middleware(
@@ -77,6 +80,24 @@ def create_app(
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
+
+
+def _without_api_key(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """`app.openapi` without the X-API-Key scheme and the 401s (no key is configured)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            schema.get("components", {}).pop("securitySchemes", None)
+            for ops in schema["paths"].values():
+                for op in ops.values():
+                    op.pop("security", None)
+                    op.get("responses", {}).pop("401", None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    return openapi
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

@@ -59,6 +59,14 @@ class Metrics:
         self.batch_rows = Counter(
             "pricematch_batch_match_rows_total", "rows matched by /batch-match", registry=r
         )
+        self.batch_running = Gauge(
+            "pricematch_batch_jobs_running", "/batch-match jobs running now", registry=r
+        )
+        self.batch_cancelled = Counter(
+            "pricematch_batch_jobs_cancelled_total",
+            "/batch-match jobs stopped because the client went away or the server stopped",
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

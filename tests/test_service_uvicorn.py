@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -29,26 +30,32 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@dataclass
+class Server:
+    """A running `pricematch serve`: its process, port and a client."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    client: httpx.Client
+
+
 @contextmanager
-def serve(model_dir: Path, data_dir: Path, log: Path) -> Iterator[httpx.Client]:
+def server(
+    model_dir: Path | None, data_dir: Path, log: Path, env: dict[str, str] | None = None
+) -> Iterator[Server]:
+    """Starts `pricematch serve` on a free loopback port, waits for /readyz, and stops it
+    with SIGTERM afterwards (kill after 20 s)."""
     port = free_port()
-    env = {**os.environ, "PRICEMATCH_BATCH_WAIT_MS": "50", "PRICEMATCH_NO_PROGRESS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "index.cli",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--model",
-        str(model_dir),
-        "--data-dir",
-        str(data_dir),
-        "--device",
-        "cpu",
-    ]
+    env = {
+        **os.environ,
+        "PRICEMATCH_BATCH_WAIT_MS": "50",
+        "PRICEMATCH_NO_PROGRESS": "1",
+        **(env or {}),
+    }
+    cmd = [sys.executable, "-m", "index.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--data-dir", str(data_dir), "--device", "cpu"]
+    if model_dir is not None:
+        cmd += ["--model", str(model_dir)]
     with open(log, "ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{port}"
@@ -64,14 +71,21 @@ def serve(model_dir: Path, data_dir: Path, log: Path) -> Iterator[httpx.Client]:
                     pass
                 assert time.monotonic() < deadline, "server not ready: " + log.read_text()
                 time.sleep(0.1)
-            yield c
+            yield Server(proc, port, c)
     finally:
-        proc.send_signal(signal.SIGTERM)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@contextmanager
+def serve(model_dir: Path, data_dir: Path, log: Path) -> Iterator[httpx.Client]:
+    with server(model_dir, data_dir, log) as s:
+        yield s.client
 
 
 def test_real_server_match_batch_and_restart(synth: Path, model_dir: Path, tmp_path: Path) -> None:

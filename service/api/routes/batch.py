@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import shutil
 import tempfile
 import threading
@@ -33,6 +34,7 @@ from service.limits import read_upload
 from service.schemas import errors
 
 router = APIRouter(tags=["matching"])
+log = logging.getLogger("pricematch.service")
 T = TypeVar("T")
 MB = 1 << 20
 
@@ -252,7 +254,17 @@ async def batch_match(
                     where = tmp
                 return engine.batch_match(data, where)
 
-            ids, matches = await run_cancellable(job, cancel)
+            metrics = engine.metrics
+            metrics.batch_running.inc()
+            try:
+                ids, matches = await run_cancellable(job, cancel)
+            except BaseException:
+                if cancel.is_set():
+                    metrics.batch_cancelled.inc()
+                    log.info("batch-match cancelled (client gone or server stopping)")
+                raise
+            finally:
+                metrics.batch_running.dec()
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return StreamingResponse(
