@@ -46,6 +46,7 @@ from index.signals import TfidfConfig
 from service.batching import Batcher, BatcherFactory, MicroBatcher, run_batches
 from service.config import Settings
 from service.errors import PayloadTooLargeError
+from service.jobs import Jobs
 from service.metrics import Metrics
 
 log = logging.getLogger("pricematch.service")
@@ -162,6 +163,7 @@ class Engine:
         self.lock = threading.Lock()
         self.ready = False
         self.batch_slots = anyio.Semaphore(settings.batch_jobs)
+        self.jobs = Jobs()
         self.batchers: dict[str, Batcher[Any]] = {}
         for m in ("text", "image"):
             enc = getattr(encoders, m)
@@ -236,6 +238,8 @@ class Engine:
             await b.start()
 
     async def stop(self) -> None:
+        """Cancel running jobs (their folders removed), stop the batchers, close stores."""
+        await anyio.to_thread.run_sync(self.jobs.stop)
         for b in self.batchers.values():
             await b.stop()
         if self.vectors is not None:

@@ -1,8 +1,8 @@
 """POST /batch-match: a Kaggle test.csv in, the submission CSV out.
 
-The job runs in a worker thread under a cancel event (`index.progress.cancellable`): a
-client that disconnects, or a server stopping (SIGTERM past `shutdown_grace_s`), stops it
-at its next step and frees its batch slot; its temporary folder is removed either way.
+The job runs as a `service.jobs.Job`: a client that disconnects, or a server stopping
+(SIGTERM past `shutdown_grace_s`), stops it at its next step and frees its batch slot; its
+temporary folder is removed either way.
 """
 
 from __future__ import annotations
@@ -10,26 +10,21 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import shutil
-import tempfile
-import threading
 import zipfile
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Annotated, TypeVar
 
-import anyio
-import anyio.to_thread
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import StreamingResponse
 
-from index.errors import CancelledError, CatalogueError, ImageError
-from index.progress import cancellable, check_cancelled
+from index.errors import CatalogueError, ImageError
+from index.progress import check_cancelled
 from service.config import Settings
 from service.deps import EngineDep, SettingsDep
 from service.errors import PayloadTooLargeError
+from service.jobs import cancel_on_disconnect
 from service.limits import read_upload
 from service.schemas import errors
 
@@ -166,56 +161,6 @@ def submission_rows(ids: list[str], matches: list[list[str]]) -> Iterator[str]:
     yield buf.getvalue()
 
 
-@asynccontextmanager
-async def cancel_on_disconnect(request: Request) -> AsyncIterator[threading.Event]:
-    """An event set when the client disconnects; the block is cancelled then too.
-
-    After the block, `CancelledError` if the client went away (nobody reads the answer).
-    """
-    cancel = threading.Event()
-    error: Exception | None = None
-    async with anyio.create_task_group() as tg:
-
-        async def watch() -> None:
-            while (await request.receive())["type"] != "http.disconnect":
-                pass
-            cancel.set()
-            tg.cancel_scope.cancel()
-
-        tg.start_soon(watch)
-        try:
-            yield cancel
-        except Exception as e:  # raised below, not wrapped in the task group's ExceptionGroup
-            error = e
-        finally:
-            tg.cancel_scope.cancel()
-    if error is not None:
-        raise error
-    if cancel.is_set():
-        raise CancelledError("the client went away; the batch was cancelled")
-
-
-async def run_cancellable(fn: Callable[[], T], cancel: threading.Event) -> T:
-    """`fn()` in a worker thread under `cancellable(cancel)`; if this task is cancelled
-    (client gone, server stopping), the event is set and the thread is waited for."""
-    done = threading.Event()
-
-    def job() -> T:
-        try:
-            with cancellable(cancel):
-                return fn()
-        finally:
-            done.set()
-
-    try:
-        return await anyio.to_thread.run_sync(job, abandon_on_cancel=True)
-    except anyio.get_cancelled_exc_class():
-        cancel.set()
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(done.wait, 60.0)
-        raise
-
-
 @router.post(
     "/batch-match",
     response_class=StreamingResponse,
@@ -244,20 +189,19 @@ async def batch_match(
     archive = images.file if images is not None and images.filename else None
     folder = None if archive is not None else server_images(settings, images_subdir)
     async with cancel_on_disconnect(request) as cancel, engine.batch_slots:
-        tmp = Path(tempfile.mkdtemp(prefix="pricematch-batch-"))
-        try:
+        with engine.jobs.open(cancel) as job:
 
-            def job() -> tuple[list[str], list[list[str]]]:
+            def work() -> tuple[list[str], list[list[str]]]:
                 where = folder
                 if archive is not None:
-                    extract_images(archive, tmp, zip_limits(settings))
-                    where = tmp
+                    extract_images(archive, job.folder, zip_limits(settings))
+                    where = job.folder
                 return engine.batch_match(data, where)
 
             metrics = engine.metrics
             metrics.batch_running.inc()
             try:
-                ids, matches = await run_cancellable(job, cancel)
+                ids, matches = await engine.jobs.run(job, work)
             except BaseException:
                 if cancel.is_set():
                     metrics.batch_cancelled.inc()
@@ -265,8 +209,6 @@ async def batch_match(
                 raise
             finally:
                 metrics.batch_running.dec()
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
     return StreamingResponse(
         submission_rows(ids, matches),
         media_type="text/csv",
