@@ -31,7 +31,14 @@ POSTING_ID_RULE = (
     "1 to 200 characters, no '/', no control characters, no spaces at either end, "
     "not only dots"
 )
-_BAD_ID_CHAR = re.compile(r"[/\x00-\x1f\x7f]")
+_SPACE = r"\t\n\v\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+_CTRL = r"/\x00-\x1f\x7f"
+#: `POSTING_ID_RULE` as one regex, valid in Python and in JSON Schema (ECMA): 1-200
+#: characters is checked apart.
+_N, _A, _E = rf"[^.{_CTRL}{_SPACE}]", rf"[^{_CTRL}]", rf"[^{_CTRL}{_SPACE}]"  # no lookahead
+POSTING_ID_PATTERN = rf"^(?:{_N}(?:{_A}*{_E})?|\.(?:{_A}*{_N}|{_A}*[^.{_CTRL}]{_A}*{_E}))$"
+_ID = re.compile(POSTING_ID_PATTERN)
+_BAD_ID_CHAR = re.compile(rf"[{_CTRL}]")
 
 
 def check_posting_id(p: str) -> str | None:
@@ -40,13 +47,13 @@ def check_posting_id(p: str) -> str | None:
         return "is empty"
     if len(p) > 200:
         return "is over 200 characters"
+    if _ID.fullmatch(p):
+        return None
     if m := _BAD_ID_CHAR.search(p):
         return f"contains {m.group()!r}"
-    if p != p.strip():
-        return "starts or ends with a space"
     if not p.strip("."):
         return "is only dots"
-    return None
+    return "starts or ends with a space"
 
 
 def resolve_image(root: Path, name: str) -> Path | None:

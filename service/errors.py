@@ -20,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from index.errors import (
@@ -124,7 +125,23 @@ async def http_error(request: Request, exc: Exception) -> Response:
     cause = exc.__cause__
     if isinstance(cause, PricematchError):  # e.g. a body limit hit while FastAPI parsed a form
         return await domain_error(request, cause)
-    return error_response(exc.status_code, exc.detail, reason(exc.status_code), exc.headers)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:  # every method of the path, not only the first route's
+        headers["Allow"] = ", ".join(allowed_methods(request))
+    return error_response(exc.status_code, exc.detail, reason(exc.status_code), headers)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """The methods some route takes at this path (each tried through `Route.matches`)."""
+    methods = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+    return [
+        m
+        for m in methods
+        if any(
+            r.matches({**request.scope, "method": m})[0] == Match.FULL
+            for r in request.app.router.routes
+        )
+    ]
 
 
 class CatchAllMiddleware:

@@ -70,8 +70,7 @@ def create_app(
     app.state.metrics = metrics
     errors.install(app)
     app.include_router(api_router)
-    if settings.api_key is None:
-        app.openapi = _without_api_key(app)  # type: ignore[method-assign]
+    app.openapi = _openapi(app, settings)  # type: ignore[method-assign]
     batch_limit = settings.limit(settings.max_upload_mb)
     other_limit = settings.limit(settings.max_request_mb)
     app.add_middleware(
@@ -82,18 +81,27 @@ def create_app(
     return app
 
 
-def _without_api_key(app: FastAPI) -> Callable[[], dict[str, Any]]:
-    """`app.openapi` without the X-API-Key scheme and the 401s (no key is configured)."""
+def _openapi(app: FastAPI, settings: Settings) -> Callable[[], dict[str, Any]]:
+    """`app.openapi` as a generated client needs it: multipart fields without FastAPI's
+    `null` alternative (a form cannot send null), and, with no key configured, without the
+    X-API-Key scheme and the 401s."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = build()
-            schema.get("components", {}).pop("securitySchemes", None)
-            for ops in schema["paths"].values():
-                for op in ops.values():
-                    op.pop("security", None)
-                    op.get("responses", {}).pop("401", None)
+            for name, body in schema.get("components", {}).get("schemas", {}).items():
+                if name.startswith("Body_"):
+                    for prop in body.get("properties", {}).values():
+                        alts = [a for a in prop.pop("anyOf", []) if a.get("type") != "null"]
+                        if len(alts) == 1:
+                            prop.update(alts[0])
+            if settings.api_key is None:
+                schema.get("components", {}).pop("securitySchemes", None)
+                for ops in schema["paths"].values():
+                    for op in ops.values():
+                        op.pop("security", None)
+                        op.get("responses", {}).pop("401", None)
             app.openapi_schema = schema
         return app.openapi_schema
 

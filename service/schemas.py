@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
-from index.catalogue import POSTING_ID_RULE, check_posting_id
+from index.catalogue import POSTING_ID_PATTERN, POSTING_ID_RULE, check_posting_id
 from index.fusion import SignalName
 
 
@@ -26,15 +26,25 @@ def _posting_id(s: str) -> str:
     return s
 
 
+def _whole(v: object) -> object:
+    """JSON's 1.0 is the integer 1 (JSON Schema says so); strict parsing would refuse it."""
+    return int(v) if isinstance(v, float) and v.is_integer() else v
+
+
 Text = Annotated[str, AfterValidator(_unicode)]
 PostingId = Annotated[
     str,
-    Field(min_length=1, max_length=200, examples=["train_129225211"]),
+    Field(
+        min_length=1,
+        max_length=200,
+        examples=["train_129225211"],
+        json_schema_extra={"pattern": POSTING_ID_PATTERN},
+    ),
     AfterValidator(_unicode),
     AfterValidator(_posting_id),
 ]
 Phash = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{16}$", examples=["94974f937d4c2433"])]
-Threshold = Annotated[float, Field(ge=-1.0, le=1.0, allow_inf_nan=False)]
+Threshold = Annotated[float, Field(ge=-1.0, le=1.0, allow_inf_nan=False, strict=True)]
 
 EXAMPLE_TITLE = "Paper Bag Victoria Secret"
 
@@ -46,6 +56,7 @@ class ListingFields(BaseModel):
     title: Text = Field("", max_length=5000, description="the listing's title")
     image: str | None = Field(
         None,
+        json_schema_extra={"minLength": 1},  # checked by the routes: "" is a 400 that says so
         description="the photo as base64 (JPEG, PNG, WebP...); a data: URL is accepted; "
         "an empty string is an error",
     )
@@ -78,7 +89,9 @@ class MatchRequest(ListingFields):
         '{"tfidf": 0.5}; phash similarity is 1 - hamming/64',
         examples=[{"tfidf": 0.5, "text": 0.9}],
     )
-    max_matches: int = Field(50, ge=1, le=50, description="most matches returned")
+    max_matches: Annotated[int, BeforeValidator(_whole)] = Field(
+        50, ge=1, le=50, description="most matches returned"
+    )
 
 
 class MatchItem(BaseModel):

@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
+from index.catalogue import POSTING_ID_PATTERN
 from index.errors import ImageError
 from service.deps import EngineDep, SettingsDep
 from service.engine import Listing, decode_base64_image, decode_image, phash_of
@@ -20,24 +21,39 @@ from service.schemas import MatchItem, MatchRequest, MatchResponse, errors
 
 router = APIRouter(tags=["matching"])
 
-_MULTIPART = {
+#: A query needs at least one of these (JSON Schema for both bodies; `parse_match_request`).
+NEEDS_ONE = [
+    {"required": ["title"], "properties": {"title": {"pattern": "\\S"}}},
+    {"required": ["image"], "properties": {"image": {"type": "string"}}},
+    {"required": ["image_phash"], "properties": {"image_phash": {"type": "string"}}},
+]
+_MULTIPART: dict[str, Any] = {
     "type": "object",
-    "description": "at least one of title, image and image_phash",
+    "additionalProperties": False,
+    "description": "at least one of title, image and image_phash; an empty posting_id, "
+    "image_phash or threshold counts as not sent",
+    "anyOf": [
+        NEEDS_ONE[0],
+        {"required": ["image"], "properties": {"image": {"minLength": 1}}},
+        {"required": ["image_phash"], "properties": {"image_phash": {"minLength": 16}}},
+    ],
     "properties": {
         "title": {"type": "string", "maxLength": 5000},
-        "posting_id": {"type": "string", "minLength": 1, "maxLength": 200},
+        "posting_id": {"type": "string", "maxLength": 200, "pattern": f"^$|{POSTING_ID_PATTERN}"},
         "image": {"type": "string", "format": "binary", "description": "the photo file"},
-        "image_phash": {"type": "string", "pattern": "^[0-9a-fA-F]{16}$"},
+        "image_phash": {"type": "string", "pattern": "^([0-9a-fA-F]{16})?$"},
         "threshold": {"type": "string", "description": 'JSON object, e.g. {"tfidf": 0.5}'},
         "max_matches": {"type": "integer", "minimum": 1, "maximum": 50, "default": 50},
     },
 }
+#: Form fields that, sent empty, count as not sent (an empty text box).
+_EMPTY_IS_ABSENT = {"posting_id", "image_phash", "threshold"}
 _BODY = {
     "requestBody": {
         "required": True,
         "content": {
             "application/json": {
-                "schema": MatchRequest.model_json_schema(),
+                "schema": {**MatchRequest.model_json_schema(), "anyOf": NEEDS_ONE},
                 "examples": {
                     "title and phash": {
                         "value": {
@@ -91,7 +107,7 @@ async def _parse(request: Request, image_limit: int) -> tuple[MatchRequest, byte
                         [{"loc": ("body", key), "msg": "unexpected file", "type": "value_error"}]
                     )
                 image = await read_upload(value, image_limit, "image")
-            else:
+            elif value or key not in _EMPTY_IS_ABSENT:
                 fields[key] = value
         if "threshold" in fields:
             try:
@@ -111,7 +127,7 @@ async def _parse(request: Request, image_limit: int) -> tuple[MatchRequest, byte
     if ctype in ("application/json", ""):
         body = await request.body()
         try:
-            req = MatchRequest.model_validate_json(body or b"null")
+            req = MatchRequest.model_validate_json(body or b"null", strict=True)
         except ValidationError as e:
             raise _invalid(e) from e
         if req.image is not None:
