@@ -19,14 +19,11 @@ import argparse
 import csv
 import io
 import json
-import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import zipfile
 from collections import Counter
 from pathlib import Path
@@ -35,13 +32,13 @@ from typing import Any
 import httpx
 from PIL import Image
 
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `benchmarks` from this checkout
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.serving import start_serve  # noqa: E402
+
 KEY = "campaign-key"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def png(color: tuple[int, int, int]) -> bytes:
@@ -226,38 +223,14 @@ def main(argv: list[str] | None = None) -> int:
     canary = work / "canary" / "canary.png"
     canary.parent.mkdir()
     canary.write_bytes(png((200, 10, 10)))
-    port = free_port()
     log = work / "server.log"
-    cmd = [
-        sys.executable,
-        "-m",
-        "index.cli",
-        "serve",
-        "--port",
-        str(port),
-        "--host",
-        "127.0.0.1",
-        "--data-dir",
-        str(work / "data"),
-        "--device",
-        "cpu",
-    ]
-    if args.model:
-        cmd += ["--model", str(args.model)]
-    env = {**os.environ, "PRICEMATCH_API_KEY": KEY, "PRICEMATCH_NO_PROGRESS": "1"}
+    env = {"PRICEMATCH_API_KEY": KEY}
+    model = ["--model", str(args.model.resolve())] if args.model else []
     with open(log, "wb") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=canary.parent)
-    base = f"http://127.0.0.1:{port}"
+        proc, base = start_serve(work / "data", *model, env=env, log=f, cwd=canary.parent)
     summary: dict[str, Any] = {"families": {}, "health_failures": 0, "canary_matched": 0}
     try:
         with httpx.Client(base_url=base, timeout=60) as c:
-            for _ in range(600):
-                try:
-                    if c.get("/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.1)
             cases = hand_made(canary)
             for family, target, kw in cases:
                 method, path = target.split(" ", 1)
@@ -301,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
                 summary["schemathesis"] = {
                     "generated": int(m[1]) if m else None,
                     "failures": dict(Counter(re.findall(r"^- (ST\d+ [^\n]+)$", run.stdout, re.M))),
+                    "invalid_components": re.findall(r"Invalid component: ([^\n]+)", run.stdout),
                 }
             summary["health_after"] = c.get("/healthz").status_code
     finally:

@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,16 +23,12 @@ from typing import Any
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from procmem import machine, status_kb
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `benchmarks` from this checkout
+    sys.path.insert(0, str(ROOT))
 
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from benchmarks.procmem import machine, status_kb  # noqa: E402
+from benchmarks.serving import start_serve  # noqa: E402
 
 
 def csv_mb(mb: float, dup_at: float) -> bytes:
@@ -60,31 +54,9 @@ def bomb_zip() -> bytes:
 
 def run_case(name: str, files: dict[str, Any]) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="pricematch-mem-"))
-    port = free_port()
-    env = {**os.environ, "PRICEMATCH_NO_PROGRESS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "index.cli",
-        "serve",
-        "--port",
-        str(port),
-        "--data-dir",
-        str(work / "data"),
-        "--device",
-        "cpu",
-        "--log-level",
-        "warning",
-    ]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc, base = start_serve(work / "data", "--log-level", "warning")
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300) as c:
-            for _ in range(600):
-                try:
-                    if c.get("/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.1)
+        with httpx.Client(base_url=base, timeout=300) as c:
             idle = status_kb(proc.pid)["VmHWM"]
             t = time.perf_counter()
             r = c.post("/batch-match", files=files)
