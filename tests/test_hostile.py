@@ -378,6 +378,12 @@ def test_zip_bombs_and_odd_archives(client: Client) -> None:
     check_error(post(_zip({"x/a.jpg": b"1", "y/a.jpg": b"2"})), 400, "two files named 'a.jpg'")
     check_error(post(b"PK\x03\x04 not really"), 400, "not a zip")
     check_error(post(b""), 400, "not a zip")
+    both = c.post(
+        "/batch-match",
+        files={"csv": ("t.csv", small), "images": ("i.zip", _zip({"a.jpg": jpeg((1, 2, 3))}))},
+        data={"images_subdir": "x"},
+    )
+    check_error(both, 400, "not both")
     ok = post(_zip({"a.jpg": jpeg((1, 2, 3)), "__MACOSX/._a.jpg": b"x", "dir/": b""}))
     assert ok.status_code == 200, ok.text
     still_serving(c)

@@ -14,7 +14,7 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO, Annotated, TypeVar
+from typing import IO, Annotated
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import StreamingResponse
@@ -30,7 +30,6 @@ from service.schemas import errors
 
 router = APIRouter(tags=["matching"])
 log = logging.getLogger("pricematch.service")
-T = TypeVar("T")
 MB = 1 << 20
 
 
@@ -183,10 +182,14 @@ async def batch_match(
     settings: SettingsDep,
     csv_file: Annotated[UploadFile, File(alias="csv", description="the listings CSV")],
     images: Annotated[UploadFile | None, File(description="zip of the image files")] = None,
-    images_subdir: Annotated[str | None, Form(description="folder in the server's")] = None,
+    images_subdir: Annotated[
+        str | None, Form(description="a folder inside the server's images folder")
+    ] = None,
 ) -> StreamingResponse:
     data = await read_upload(csv_file, settings.limit(settings.max_csv_mb), "the CSV")
     archive = images.file if images is not None and images.filename else None
+    if archive is not None and images_subdir:
+        raise CatalogueError("give either an images zip or images_subdir, not both")
     folder = None if archive is not None else server_images(settings, images_subdir)
     async with cancel_on_disconnect(request) as cancel, engine.batch_slots:
         with engine.jobs.open(cancel) as job:
