@@ -12,13 +12,26 @@ from typing import Any
 
 import numpy as np
 
+from index.ablation import (
+    consensus,
+    default_steps,
+    load_oof,
+    make_pool,
+    mean_std,
+    pool_study,
+    run_ablation,
+    stage_slopes,
+    summarize,
+)
 from index.catalogue import Catalogue, read_catalogue, write_submission
 from index.errors import CatalogueError, EncoderError
 from index.fusion import SIGNALS, FusionConfig, to_lists
 from index.metrics import f1_report
 from index.pipeline import Encoders, embed, self_neighbours
+from index.progress import progress
 from index.signals import TfidfConfig
-from index.stages import apply_stages, feature_parts, fuse_stages
+from index.stages import apply_stages, fuse_stages
+from index.tuning import group_folds
 
 log = logging.getLogger("pricematch")
 
@@ -213,7 +226,7 @@ def cmd_match(args: argparse.Namespace) -> int:
         feats, nb = _ray_features(cat, encoders, args)
     else:
         feats, nb = _features(cat, encoders, args)
-    nb = apply_stages(feature_parts(feats), nb, config, device=args.device)
+    nb = apply_stages(feats.parts(), nb, config, device=args.device)
     config = _available(config, nb)
     I, _ = fuse_stages(nb, config, cat.title)
     matches = to_lists(I, cat.posting_id)
@@ -259,12 +272,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         cat = cat.first_groups(args.limit)
     labels = cat.labels
     if args.ablation:
-        from index.ablation import cmd_ablation
-
         return cmd_ablation(args, cat)
     encoders, config = resolve_model(args)
     feats, nb = _features(cat, encoders, args)
-    nb = apply_stages(feature_parts(feats), nb, config, device=args.device)
+    nb = apply_stages(feats.parts(), nb, config, device=args.device)
     config = _available(config, nb)
     show = not args.quiet
     titles = cat.title
@@ -329,4 +340,115 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     path = make_catalogue(args.out, SyntheticSpec(products=args.products, seed=args.seed))
     print(f"wrote {path} and {args.out / 'images'}")
+    return 0
+
+
+def cmd_ablation(args: argparse.Namespace, cat: Catalogue) -> int:
+    t0 = time.perf_counter()
+    labels = cat.labels
+    show = not args.quiet
+    device = args.device
+    if args.oof is not None:
+        dense, fold_of = load_oof(args.oof, cat)
+        source = f"out-of-fold embeddings {args.oof}"
+    else:
+        encoders, _ = resolve_model(args)
+        feats = embed(cat, encoders, show_progress=show)
+        dense = {m: getattr(feats, m) for m in ("text", "image") if getattr(feats, m) is not None}
+        for m in list(dense):
+            dense[m] = np.where(getattr(feats, f"{m}_valid")[:, None], dense[m], 0).astype(
+                np.float32
+            )
+        fold_of = np.full(len(cat), -1, np.int64)
+        for f, (_, va) in enumerate(group_folds(labels, args.folds, args.seed)):
+            fold_of[va] = f
+        source = f"embedded with {args.model or 'no model'}"
+    fold_rows = [np.flatnonzero(fold_of == f) for f in sorted(set(fold_of.tolist()) - {-1})]
+    if len(fold_rows) < 2:
+        raise CatalogueError("the ablation needs at least 2 folds")
+    pools = [
+        make_pool(cat, r, dense, device)
+        for r in progress(fold_rows, desc="pools", unit="pool", disable=not show)
+    ]
+    t_pools = time.perf_counter() - t0
+    start = FusionConfig().with_(
+        thresholds={k: v for k, v in FusionConfig().thresholds.items() if k in pools[0].nb}
+    )
+    results = run_ablation(pools, start, default_steps(list(dense)), device, show_progress=show)
+    t_abl = time.perf_counter() - t0 - t_pools
+    # Saved out-of-fold embeddings come from one model per fold: pools never span folds.
+    within = args.oof is not None
+    study = pool_study(
+        cat, dense, fold_rows, pools, start, device, show_progress=show, within_folds=within
+    )
+    elapsed = time.perf_counter() - t0
+    table = summarize(results)
+
+    print(
+        f"\n{args.input}: {len(cat)} rows, {len(np.unique(labels))} groups; {len(pools)} folds "
+        f"(pools of ~{round(np.mean([len(p) for p in pools]))} rows); {source}"
+    )
+    print("thresholds tuned on the other folds' pools; mean ± std over folds\n")
+    print(f"{'stage':<36} {'F1':>17} {'gain':>17} {'prec':>6} {'recall':>6} {'matches':>7} kept")
+    for r in table:
+        gain = mean_std(r["gain"]) if r["gain"] is not None else ""
+        kept = f"{r['kept']}/{len(pools)}" if r["kept"] is not None else "-"
+        print(
+            f"{r['name']:<36} {mean_std(r['f1']):>17} {gain:>17} {np.mean(r['precision']):6.4f} "
+            f"{np.mean(r['recall']):6.4f} {np.mean(r['matches']):7.2f} {kept}"
+        )
+    print("\nF1 by true group size (mean over folds):")
+    sizes = list(table[0]["by_group_size"])
+    print(f"{'stage':<36} " + " ".join(f"{s:>7}" for s in sizes))
+    for r in table:
+        print(f"{r['name']:<36} " + " ".join(f"{r['by_group_size'][s]:7.4f}" for s in sizes))
+    src = "quarter-fold sub-pools (N/4)" if within else f"{len(pools) - 1} merged training folds"
+    print(f"\nPool size (validation pool N; thresholds tuned on the {src}):")
+    for what in ("same_size", "carried", "pool_rule"):
+        label = {
+            "same_size": "tuned on N-row pools (as above)",
+            "carried": "other-size pools, carried as is",
+            "pool_rule": "other-size pools + pool rule",
+        }[what]
+        print(f"  {label:<36} F1 {mean_std([s[what]['f1'] for s in study])}")
+    slopes = {
+        s: float(np.mean([x["slopes"].get(s, 0.0) for x in study])) for s in study[0]["slopes"]
+    }
+    print(
+        "  slopes per doubling (mean over folds): "
+        + ", ".join(f"{s} {v:+.3f}" for s, v in slopes.items())
+    )
+    print(
+        f"\ntime: pools {t_pools:.0f}s, stages {t_abl:.0f}s, "
+        f"pool study {elapsed - t_pools - t_abl:.0f}s, total {elapsed:.0f}s"
+    )
+    if args.save_config:
+        final = [FusionConfig.model_validate(x["config"]) for x in results[-1]["folds"]]
+        best = consensus(final, slopes)
+        # The stages' thresholds (combined) need slopes too, fitted with the stages on.
+        best = best.with_(
+            pool_slopes=stage_slopes(
+                cat, dense, fold_rows, pools, best, device, show_progress=show, merged=not within
+            )
+        )
+        args.save_config.parent.mkdir(parents=True, exist_ok=True)
+        args.save_config.write_text(best.model_dump_json(indent=2), encoding="utf-8")
+        print(f"wrote {args.save_config} (final pipeline, thresholds for {best.tuned_rows} rows)")
+    if args.report:
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.write_text(
+            json.dumps(
+                {
+                    "input": str(args.input),
+                    "source": source,
+                    "table": table,
+                    "steps": results,
+                    "pool_study": study,
+                    "seconds": elapsed,
+                },
+                indent=2,
+                default=float,
+            ),
+            encoding="utf-8",
+        )
     return 0

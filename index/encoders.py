@@ -13,10 +13,8 @@ registered class; `create_encoder(name, folder)` does the same by registry name.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,17 +24,14 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from index.errors import EncoderError, ImageError
+from index.errors import EncoderError
+from index.images import ImageInput, open_image
 from index.progress import progress
+from index.text import normalize_title
 
 log = logging.getLogger(__name__)
 
 Device = Literal["auto", "cpu", "cuda"]
-
-#: Images above this many pixels are refused (decompression-bomb guard), ~ 8k x 8k.
-MAX_IMAGE_PIXELS = 64_000_000
-Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
-
 
 class TextEncoderConfig(BaseModel):
     """`config.json` of a text encoder artifact."""
@@ -50,7 +45,7 @@ class TextEncoderConfig(BaseModel):
     pooling: Literal["mean", "cls"] = "mean"
     normalized: bool = True
     lowercase: bool = True
-    # Title normalisation before tokenizing (`index.signals.normalize_title`: lower-case,
+    # Title normalisation before tokenizing (`index.text.normalize_title`: lower-case,
     # HTML entities, numbers split from units); trained encoders set it.
     normalize_titles: bool = False
     source: str = ""
@@ -192,11 +187,9 @@ def tokenize_texts(
     """Tokenize a batch, padded to its longest member: `input_ids`, `attention_mask` (n, seq).
 
     The one tokenization used at run time and in training. `normalize` applies
-    `index.signals.normalize_title` first (which lower-cases too).
+    `index.text.normalize_title` first (which lower-cases too).
     """
     if normalize:
-        from index.signals import normalize_title
-
         texts = [normalize_title(t) for t in texts]
     texts = [t.lower() if lowercase else t for t in texts]
     encs = tokenizer.encode_batch(list(texts))
@@ -261,43 +254,6 @@ class OnnxTextEncoder(Encoder):
             (emb,) = self._session.run(None, feeds)  # (b, dim)
             out[idx] = emb
         return _l2n(out)
-
-
-ImageInput = str | Path | bytes | Image.Image
-
-
-def open_image(src: ImageInput) -> Image.Image:
-    """Open and fully decode an image as RGB.
-
-    Raises:
-        ImageError: missing file, not an image, truncated data, or over `MAX_IMAGE_PIXELS`.
-    """
-    name = "<bytes>" if isinstance(src, bytes) else str(src)
-    limit = f"the {MAX_IMAGE_PIXELS:,}-pixel limit (decompression bomb guard)"
-    try:
-        if isinstance(src, Image.Image):
-            img = src
-        elif isinstance(src, bytes):
-            img = Image.open(io.BytesIO(src))
-        else:
-            img = Image.open(src)
-        w, h = img.size
-        if w * h > MAX_IMAGE_PIXELS:
-            raise ImageError(f"{name}: image of {w}x{h} pixels is over {limit}")
-        img.load()
-        return img.convert("RGB")
-    except ImageError:
-        raise
-    except FileNotFoundError as e:
-        raise ImageError(f"{name}: image file not found") from e
-    except Image.DecompressionBombError as e:
-        raise ImageError(f"{name}: image is over {limit}") from e
-    except Image.UnidentifiedImageError as e:
-        raise ImageError(f"{name}: not a readable image (unknown image format)") from e
-    except (OSError, ValueError, SyntaxError) as e:
-        # PIL's messages can name its file object (`<_io.BytesIO object at 0x...>`)
-        why = re.sub(r"<[^<>]* at 0x[0-9a-fA-F]+>", "the image", str(e)) or type(e).__name__
-        raise ImageError(f"{name}: not a readable image ({why})") from e
 
 
 @register_encoder("onnx-image")

@@ -16,12 +16,14 @@ import numpy as np
 import scipy.sparse as sp
 
 from index.catalogue import Catalogue
-from index.encoders import Device, Encoder, load_encoder, open_image
+from index.encoders import Device, Encoder, load_encoder
 from index.errors import EncoderError, ImageError
 from index.fusion import FusionConfig, Neighbours, to_lists
+from index.images import open_image
 from index.progress import progress
 from index.search import K, hamming_self_knn, order_ties, self_knn
 from index.signals import TfidfConfig, TitleTfidf, fill_phash, phash_codes, sparse_knn
+from index.stages import Part, apply_stages, fuse_stages
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,18 @@ class Features:
 
     def __len__(self) -> int:
         return int(self.X.shape[0])
+
+    def parts(self) -> dict[str, Part]:
+        """The searchable matrix of each signal present (zero rows where invalid), as the
+        stages take them."""
+        out: dict[str, Part] = {"tfidf": self.X}
+        for name in ("text", "image"):
+            x, valid = getattr(self, name), getattr(self, f"{name}_valid")
+            if x is not None:
+                out[name] = (
+                    x if valid is None else np.where(valid[:, None], x, 0).astype(np.float32)
+                )
+        return out
 
 
 def embed_images(
@@ -164,10 +178,8 @@ def match_catalogue(
         Per row, the matching posting_ids (itself first, at most `config.max_matches`),
         and the features computed on the way.
     """
-    from index.stages import apply_stages, feature_parts, fuse_stages
-
     feats = embed(cat, encoders, tfidf_config=tfidf_config, show_progress=show_progress)
     nb = self_neighbours(feats, device=device, show_progress=show_progress)
-    nb = apply_stages(feature_parts(feats), nb, config, device=device)
+    nb = apply_stages(feats.parts(), nb, config, device=device)
     I, _ = fuse_stages(nb, config, cat.title)
     return to_lists(I, cat.posting_id), feats

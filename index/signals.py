@@ -7,7 +7,6 @@ and row ids (-1 padded), so that fusion treats every signal alike.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -16,25 +15,13 @@ import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict
 
 from index.errors import ImageError
+from index.images import compute_phash
 from index.progress import progress
 from index.search import K, no_neighbours
+from index.text import normalize_title
 
 if TYPE_CHECKING:
     from sklearn.feature_extraction.text import TfidfVectorizer
-
-_HTML = re.compile(r"&(#\d+|[a-z]+);")
-# "500ml" -> "500 ml", "2x" -> "2 x": numbers and units become separate tokens.
-_NUM_UNIT = re.compile(r"(?<=\d)(?=[^\W\d_])|(?<=[^\W\d_])(?=\d)")
-
-
-def normalize_title(title: str) -> str:
-    """Lower-case, decode HTML entities, split numbers from units, squeeze spaces."""
-    import html
-
-    t = html.unescape(title).lower() if _HTML.search(title) else title.lower()
-    t = _NUM_UNIT.sub(" ", t)
-    return " ".join(t.split())
-
 
 class TfidfConfig(BaseModel):
     """How titles become TF-IDF vectors: word and char n-grams, stacked and re-normalised."""
@@ -200,15 +187,6 @@ def phash_codes(hashes: list[str]) -> tuple[np.ndarray, np.ndarray]:
             except ValueError:
                 pass
     return codes, valid
-
-
-def compute_phash(image: str | Path | bytes) -> str:
-    """imagehash's 64-bit perceptual hash as 16 hex digits (as the Kaggle column)."""
-    import imagehash
-
-    from index.encoders import open_image
-
-    return str(imagehash.phash(open_image(image)))
 
 
 def fill_phash(

@@ -17,16 +17,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import Any, TypeAlias
 
 import numpy as np
 import scipy.sparse as sp
 
 from index.fusion import FusionConfig, Neighbours, fuse
 from index.search import K, as_f32, l2_normalize, no_neighbours, self_knn
-
-if TYPE_CHECKING:
-    from index.pipeline import Features
 
 Part: TypeAlias = np.ndarray | sp.csr_matrix
 Space: TypeAlias = list[Part]
@@ -271,16 +268,6 @@ def drop_unit_conflicts(
 # Running the stages a config asks for
 
 
-def feature_parts(feats: Features) -> dict[str, Part]:
-    """The searchable matrix of each signal present in `feats` (zero rows where invalid)."""
-    out: dict[str, Part] = {"tfidf": feats.X}
-    for name in ("text", "image"):
-        x, valid = getattr(feats, name), getattr(feats, f"{name}_valid")
-        if x is not None:
-            out[name] = x if valid is None else np.where(valid[:, None], x, 0).astype(np.float32)
-    return out
-
-
 def signal_space(name: str, parts: Mapping[str, Part], config: FusionConfig) -> Space | None:
     """The space of a signal: its own matrix, or for "combined" the weighted parts named by
     `config.stages.combined_weights` that are present (None when it cannot be built)."""
@@ -324,7 +311,7 @@ def apply_stages(
     The INB thresholds follow the pool-size rule (`FusionConfig.for_pool` of n rows).
 
     Args:
-        parts: the matrix of each signal (`feature_parts(feats)`), n rows.
+        parts: the matrix of each signal (`Features.parts()`), n rows.
         nb: the signals' neighbours, (n, k) each.
     """
     if nb:

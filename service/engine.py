@@ -37,9 +37,10 @@ from index.catalog import (
     signal_similarities,
 )
 from index.catalogue import read_catalogue
-from index.encoders import Encoder, open_image
+from index.encoders import Encoder
 from index.errors import CatalogueError, ImageError
 from index.fusion import FusionConfig
+from index.images import open_image
 from index.milvus_catalog import MilvusVectors
 from index.pipeline import Encoders, match_catalogue
 from index.signals import TfidfConfig
@@ -104,7 +105,7 @@ def decode_image(data: bytes, limit: int, what: str = "image") -> Image.Image:
 
 
 def phash_of(img: Image.Image) -> str:
-    """The Kaggle-style phash of a decoded image (as `index.signals.compute_phash`)."""
+    """The Kaggle-style phash of a decoded image (as `index.images.compute_phash`)."""
     import imagehash
 
     return str(imagehash.phash(img))

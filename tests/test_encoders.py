@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from index import encoders as E
+from index import images
 from index.errors import EncoderError, ImageError
 
 
@@ -77,38 +78,38 @@ def test_cuda_request_without_cuda_is_clear() -> None:
 
 def test_open_image_errors(tmp_path: Path) -> None:
     with pytest.raises(ImageError, match="not found"):
-        E.open_image(tmp_path / "none.jpg")
+        images.open_image(tmp_path / "none.jpg")
     with pytest.raises(ImageError, match="not a readable image"):
-        E.open_image(b"hello")
+        images.open_image(b"hello")
     buf = io.BytesIO()
     Image.new("RGB", (64, 64)).save(buf, format="PNG")
     truncated = buf.getvalue()[:60]
     with pytest.raises(ImageError):
-        E.open_image(truncated)
-    assert E.open_image(buf.getvalue()).size == (64, 64)
+        images.open_image(truncated)
+    assert images.open_image(buf.getvalue()).size == (64, 64)
 
 
 def test_decompression_bomb_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     buf = io.BytesIO()
     Image.new("L", (300, 300)).save(buf, format="PNG")
-    monkeypatch.setattr(E, "MAX_IMAGE_PIXELS", 10_000)
+    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 10_000)
     with pytest.raises(ImageError, match="300x300 pixels is over the 10,000-pixel limit"):
-        E.open_image(buf.getvalue())
+        images.open_image(buf.getvalue())
 
     def png(w: int, h: int) -> bytes:
         b = io.BytesIO()
         Image.new("L", (w, h)).save(b, format="PNG")
         return b.getvalue()
 
-    assert E.open_image(png(100, 100)).size == (100, 100)  # exactly at the limit: kept
+    assert images.open_image(png(100, 100)).size == (100, 100)  # exactly at the limit: kept
     with pytest.raises(ImageError, match="100x101 pixels"):
-        E.open_image(png(100, 101))
+        images.open_image(png(100, 101))
 
 
 def test_documented_pixel_limit_and_messages_without_reprs() -> None:
-    assert E.MAX_IMAGE_PIXELS == 64_000_000
+    assert images.MAX_IMAGE_PIXELS == 64_000_000
     assert Image.MAX_IMAGE_PIXELS == 64_000_000  # PIL's own guard refuses at twice this
     with pytest.raises(ImageError) as e:
-        E.open_image(b"hello")
+        images.open_image(b"hello")
     assert "0x" not in str(e.value) and "<_io" not in str(e.value)
     assert str(e.value) == "<bytes>: not a readable image (unknown image format)"

@@ -26,7 +26,7 @@ from index.commands import resolve_model
 from index.fusion import Neighbours, to_lists
 from index.pipeline import embed, self_neighbours
 from index.signals import TfidfConfig
-from index.stages import apply_stages, feature_parts, fuse_stages
+from index.stages import apply_stages, fuse_stages
 from tests.test_cli import read_sub
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,7 +105,7 @@ def _local(synth: Path, model_dir: Path, tmp_path: Path) -> tuple[list[str], dic
     encoders, config = resolve_model(args)
     feats = embed(cat, encoders, tfidf_config=TfidfConfig())
     nb = self_neighbours(feats, device=args.device)
-    return cat.title, apply_stages(feature_parts(feats), nb, config), config
+    return cat.title, apply_stages(feats.parts(), nb, config), config
 
 
 def _check_submissions(

@@ -303,7 +303,7 @@ def test_match_applies_stages_from_config(synth: Path, model_dir: Path, tmp_path
     from index.cli import main
     from index.fusion import to_lists
     from index.pipeline import Encoders, embed, self_neighbours
-    from index.stages import feature_parts, fuse_stages
+    from index.stages import fuse_stages
 
     cfg = FusionConfig(
         thresholds={"tfidf": 0.6, "phash": phash_similarity(6), "combined": 0.5},
@@ -321,7 +321,7 @@ def test_match_applies_stages_from_config(synth: Path, model_dir: Path, tmp_path
     enc = Encoders.from_folder(model_dir, device="cpu")
     feats = embed(cat, Encoders(text=enc.text))
     nb = self_neighbours(feats, device="cpu")
-    staged = apply_stages(feature_parts(feats), nb, cfg, device="cpu")
+    staged = apply_stages(feats.parts(), nb, cfg, device="cpu")
     assert set(staged) == {"tfidf", "phash", "text", "combined"}
     lists = to_lists(fuse_stages(staged, cfg, cat.title)[0], cat.posting_id)
     assert [sub[p] for p in cat.posting_id] == lists

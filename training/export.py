@@ -273,7 +273,7 @@ def export_text_encoder(
         max_length: Token limit (special tokens included) written to the config.
         source: Provenance note for the config.
         parity_texts: Titles compared between ONNX Runtime and PyTorch.
-        normalize_titles: The model was trained on `index.signals.normalize_title` output;
+        normalize_titles: The model was trained on `index.text.normalize_title` output;
             written to the config so the run-time encoder normalises too.
 
     Returns:
