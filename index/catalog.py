@@ -412,7 +412,7 @@ _SNAP = re.compile(r"^snap-(\d{6,})$")
 LISTING_COLUMNS = ("posting_id", "title", "image", "image_phash", "id")
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -465,7 +465,7 @@ def save_snapshot(root: str | Path, cat: LiveCatalogue, meta: dict[str, Any]) ->
     for p in tmp.iterdir():
         with open(p, "rb") as fh:
             os.fsync(fh.fileno())
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     os.rename(tmp, root / name)
     cur_tmp = root / "CURRENT.tmp"
     with open(cur_tmp, "w", encoding="utf-8") as fh:
@@ -473,7 +473,7 @@ def save_snapshot(root: str | Path, cat: LiveCatalogue, meta: dict[str, Any]) ->
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(cur_tmp, root / "CURRENT")  # the commit point
-    _fsync_dir(root)
+    fsync_dir(root)
     for p in root.iterdir():  # older snapshots and leftovers of interrupted writes
         if p.name != name and (_SNAP.match(p.name) or p.name.endswith(".tmp")) and p.is_dir():
             shutil.rmtree(p, ignore_errors=True)

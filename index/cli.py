@@ -32,8 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
         seen.add(ep.value)
         try:
             reg = ep.load()
-        except ImportError as e:  # a layer not installed in this environment
-            log.debug("commands of %s unavailable: %s", ep.value, e)
+        except ImportError as e:  # a broken install: say so, keep the other commands
+            print(f"pricematch: the {ep.name} commands are unavailable ({e})", file=sys.stderr)
             continue
         reg(sub)
     if "index.cli:register" not in seen:  # running from a source tree without entry points

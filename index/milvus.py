@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from index.search import _pad, as_f32
+from index.search import as_f32, pad_results
 
 #: Rows per insert/upsert/get call, and queries per search call (well under the gRPC
 #: message limit at 1280 float32 dimensions).
@@ -136,7 +136,7 @@ class MilvusStore:
                     D[s + j, :n] = [h["distance"] for h in row[:n]]
                     I[s + j, :n] = [h["id"] for h in row[:n]]
         o = np.argsort(-D, axis=1, kind="stable")  # descending, whatever the server's order
-        return _pad(np.take_along_axis(D, o, axis=1), np.take_along_axis(I, o, axis=1), k)
+        return pad_results(np.take_along_axis(D, o, axis=1), np.take_along_axis(I, o, axis=1), k)
 
     def contains(self, ids: np.ndarray) -> np.ndarray:
         """(n,) bool: which of `ids` are stored."""

@@ -33,7 +33,7 @@ import numpy as np
 
 from index.catalog import (
     LiveCatalogue,
-    _fsync_dir,
+    fsync_dir,
     open_faiss,
     save_snapshot,
 )
@@ -185,7 +185,7 @@ class JournaledStore:
             self.upserts, self.deletes = {}, set()
         if self.journal is not None and self.journal.exists():
             self.journal.unlink()
-            _fsync_dir(self.journal.parent)
+            fsync_dir(self.journal.parent)
         self.journal = None
 
 

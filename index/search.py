@@ -13,6 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 import faiss
 import numpy as np
 
+from index.errors import StoreError
 from index.progress import check_cancelled
 
 #: k for the matching search: at most 50 matches, plus the row itself.
@@ -27,8 +28,22 @@ def gpu_available() -> bool:
     return bool(get is not None and get() > 0)
 
 
+def check_device(device: str) -> None:
+    """Raise for `device="cuda"` without a GPU FAISS (as the encoders do; "auto" falls back).
+
+    Raises:
+        StoreError: cuda asked, but this faiss build has no GPU support or sees no GPU.
+    """
+    if device == "cuda" and not gpu_available():
+        raise StoreError(
+            "device 'cuda' requested but faiss has no GPU here (install the [gpu] extra, "
+            "faiss-gpu-cu12, on a CUDA host; or use --device auto/cpu)"
+        )
+
+
 def _to_device(index: faiss.Index, device: str) -> faiss.Index:
     """Move a CPU index to GPU 0 when asked ('auto'/'cuda') and possible; else return it."""
+    check_device(device)
     if device == "cpu" or not gpu_available():
         return index
     res = faiss.StandardGpuResources()
@@ -60,7 +75,7 @@ def knn_numpy(xq: np.ndarray, xb: np.ndarray, k: int) -> tuple[np.ndarray, np.nd
     kk = min(k, xb.shape[0])
     I = np.argsort(-S, axis=1, kind="stable")[:, :kk]
     D = np.take_along_axis(S, I, axis=1)
-    return _pad(D, I.astype(np.int64), k)
+    return pad_results(D, I.astype(np.int64), k)
 
 
 def order_ties(D: np.ndarray, I: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -74,7 +89,8 @@ def order_ties(D: np.ndarray, I: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.take_along_axis(D, order, axis=1), np.take_along_axis(I, order, axis=1)
 
 
-def _pad(D: np.ndarray, I: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def pad_results(D: np.ndarray, I: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """D, I (nq, k' ) cut or padded (-inf, -1) to k columns."""
     if D.shape[1] >= k:
         return D[:, :k].astype(np.float32), I[:, :k]
     nq = D.shape[0]
@@ -121,6 +137,7 @@ class FaissFlatStore:
     """Exact inner-product store (`IndexIDMap2(IndexFlatIP)`), on GPU when available."""
 
     def __init__(self, dim: int, device: str = "auto", index: faiss.Index | None = None) -> None:
+        check_device(device)
         self.dim = dim
         self.device = device
         self._cpu = index if index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
@@ -149,13 +166,13 @@ class FaissFlatStore:
         xq = as_f32(xq)
         assert xq.shape[1] == self.dim, (xq.shape, self.dim)
         if len(self) == 0:
-            return _pad(np.zeros((xq.shape[0], 0), np.float32), np.zeros((xq.shape[0], 0)), k)
+            return no_neighbours(xq.shape[0], k)
         if self._search_index is None:
             self._search_index = _to_device(self._cpu, self.device)
         kk = min(k, len(self))  # GPU flat search allows k <= 2048; matching uses 51
         D, I = self._search_index.search(xq, kk)
         D = np.where(I < 0, -np.inf, D).astype(np.float32)
-        return _pad(D, I.astype(np.int64), k)
+        return pad_results(D, I.astype(np.int64), k)
 
     def contains(self, ids: np.ndarray) -> np.ndarray:
         """(n,) bool: which of `ids` are stored."""

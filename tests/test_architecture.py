@@ -107,3 +107,17 @@ def test_layers(pkg: str, forbidden: tuple[str, ...]) -> None:
             if top in forbidden and not (top == "argparse" and m in CLI_MODULES):
                 bad.append(f"{m} imports {n}")
     assert bad == []
+
+
+def test_no_private_name_is_imported_across_modules() -> None:
+    files = module_files()
+    bad = []
+    for m, p in files.items():
+        for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module in files:
+                bad += [
+                    f"{m} imports {node.module}.{a.name}"
+                    for a in node.names
+                    if a.name.startswith("_") and not a.name.startswith("__")
+                ]
+    assert bad == []

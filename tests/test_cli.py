@@ -153,3 +153,39 @@ def test_console_script_runs(tmp_path: Path) -> None:
     )
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "s" / "listings.csv").is_file()
+
+
+def test_a_layer_that_fails_to_load_is_named(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """A broken layer's commands are missing with a message, the others still work."""
+    import index.cli as cli
+
+    class Broken:
+        name, value = "imaging", "imaging.cli:register"
+
+        def load(self) -> None:
+            raise ImportError("No module named 'torch'")
+
+    real = cli.entry_points
+
+    def eps(group: str) -> list[object]:
+        return [*real(group=group), Broken()]
+
+    monkeypatch.setattr(cli, "entry_points", eps)
+    parser = cli.build_parser()
+    assert "the imaging commands are unavailable (No module named 'torch')" in (
+        capsys.readouterr().err
+    )
+    assert parser.parse_args(["sample", "--out", "x"]).command == "sample"
+
+
+def test_faiss_cuda_without_a_gpu_is_a_clear_error() -> None:
+    from index.errors import StoreError
+    from index.search import FaissFlatStore, gpu_available
+
+    if gpu_available():
+        pytest.skip("this host has a GPU faiss")
+    with pytest.raises(StoreError, match="device 'cuda' requested but faiss has no GPU"):
+        FaissFlatStore(4, device="cuda")
+    assert FaissFlatStore(4, device="auto").device == "auto"  # auto falls back to the CPU
