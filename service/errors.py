@@ -144,6 +144,14 @@ def allowed_methods(request: Request) -> list[str]:
     ]
 
 
+async def send_error(send: Send, status: int, detail: object, error: str) -> None:
+    """Send a whole error answer from ASGI middleware (outside FastAPI's handlers)."""
+    body = error_body(detail, error)
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 class CatchAllMiddleware:
     """Answers an unexpected exception with a generic, logged 500 instead of dropping the
     connection; a client that went away gets nothing (it is not an error of ours)."""
@@ -173,18 +181,7 @@ class CatchAllMiddleware:
             )
             if started:  # half a response is out: only closing the connection is left
                 raise
-            body = error_body("internal server error", "InternalError")
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 500,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode()),
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
+            await send_error(send, 500, "internal server error", "InternalError")
 
 
 def install(app: FastAPI) -> None:

@@ -7,12 +7,7 @@ from collections.abc import Callable
 from starlette.datastructures import UploadFile
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import PayloadTooLargeError, error_body
-
-
-def _too_large(limit: int) -> bytes:
-    detail = f"request body over the {limit / (1 << 20):g} MB limit"
-    return error_body(detail, "PayloadTooLargeError")
+from service.errors import PayloadTooLargeError, send_error
 
 
 class BodyLimitMiddleware:
@@ -29,18 +24,8 @@ class BodyLimitMiddleware:
         limit = self.limit_for(scope["path"])
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
-            body = _too_large(limit)
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 413,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode()),
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
+            detail = f"request body over the {limit / (1 << 20):g} MB limit"
+            await send_error(send, 413, detail, "PayloadTooLargeError")
             return
         seen = 0
 

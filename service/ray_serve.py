@@ -16,7 +16,6 @@ This module imports Ray; only `--engine ray` imports it (`pip install -e ".[scal
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -35,6 +34,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from index.errors import PricematchError
 from index.ray_engine import init_ray
 from service.config import Settings
+from service.errors import send_error
 from service.main import create_app
 
 T = TypeVar("T")
@@ -108,13 +108,10 @@ class ReadOnlyCatalogue:
 
     def __init__(self, app: ASGIApp, replicas: int) -> None:
         self.app = app
-        self.body = json.dumps(
-            {
-                "detail": f"the catalogue is read-only with {replicas} Ray Serve replicas "
-                "(each holds its own copy); update it with PRICEMATCH_RAY_REPLICAS=1",
-                "error": "ReadOnlyCatalogueError",
-            }
-        ).encode()
+        self.detail = (
+            f"the catalogue is read-only with {replicas} Ray Serve replicas "
+            "(each holds its own copy); update it with PRICEMATCH_RAY_REPLICAS=1"
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
@@ -123,12 +120,7 @@ class ReadOnlyCatalogue:
             and scope["method"] in WRITE_METHODS
             and (path == "/listings" or path.startswith("/listings/"))
         ):
-            headers = [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(self.body)).encode()),
-            ]
-            await send({"type": "http.response.start", "status": 409, "headers": headers})
-            await send({"type": "http.response.body", "body": self.body})
+            await send_error(send, 409, self.detail, "ReadOnlyCatalogueError")
             return
         await self.app(scope, receive, send)
 
