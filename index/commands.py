@@ -25,12 +25,12 @@ from index.ablation import (
 )
 from index.catalogue import Catalogue, read_catalogue, write_submission
 from index.errors import CatalogueError, EncoderError
-from index.fusion import SIGNALS, FusionConfig, to_lists
+from index.fusion import SIGNALS, FusionConfig
 from index.metrics import f1_report
-from index.pipeline import Encoders, embed, self_neighbours
+from index.pipeline import Encoders, NeighbourStep, embed, self_match, self_neighbours
 from index.progress import progress
 from index.signals import TfidfConfig
-from index.stages import apply_stages, fuse_stages
+from index.stages import fuse_stages
 from index.tuning import group_folds
 
 log = logging.getLogger("pricematch")
@@ -177,11 +177,6 @@ def _features(cat: Catalogue, encoders: Encoders, args: argparse.Namespace) -> A
     return feats, nb
 
 
-def _available(config: FusionConfig, nb: dict[str, Any]) -> FusionConfig:
-    """`config` without thresholds for signals that were not computed."""
-    return config.with_(thresholds={k: v for k, v in config.thresholds.items() if k in nb})
-
-
 def _model_folder(args: argparse.Namespace) -> Path | None:
     """The folder holding the encoders (text/, image/) that `resolve_model` loads from."""
     if args.bundle is not None:
@@ -222,20 +217,20 @@ def _ray_features(cat: Catalogue, encoders: Encoders, args: argparse.Namespace) 
 def cmd_match(args: argparse.Namespace) -> int:
     cat = _read(args)
     encoders, config = resolve_model(args)
-    if getattr(args, "engine", "local") == "ray":
-        feats, nb = _ray_features(cat, encoders, args)
-    else:
-        feats, nb = _features(cat, encoders, args)
-    nb = apply_stages(feats.parts(), nb, config, device=args.device)
-    config = _available(config, nb)
-    I, _ = fuse_stages(nb, config, cat.title)
-    matches = to_lists(I, cat.posting_id)
+    r = self_match(cat, config, encoders, _neighbour_step(args), device=args.device)
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    write_submission(args.output, cat.posting_id, matches)
-    used = "+".join(s for s in nb if s in config.thresholds)
-    mean = float(np.mean([len(m) for m in matches]))
+    write_submission(args.output, cat.posting_id, r.matches)
+    used = "+".join(s for s in r.neighbours if s in r.config.thresholds)
+    mean = float(np.mean([len(m) for m in r.matches]))
     print(f"wrote {args.output}: {len(cat)} rows, signals {used}; {mean:.2f} matches per row")
     return 0
+
+
+def _neighbour_step(args: argparse.Namespace) -> NeighbourStep:
+    """The neighbour step `--engine` asks for, logging what it found."""
+    if getattr(args, "engine", "local") == "ray":
+        return lambda cat, encoders: _ray_features(cat, encoders, args)
+    return lambda cat, encoders: _features(cat, encoders, args)
 
 
 def _row(
@@ -274,9 +269,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.ablation:
         return cmd_ablation(args, cat)
     encoders, config = resolve_model(args)
-    feats, nb = _features(cat, encoders, args)
-    nb = apply_stages(feats.parts(), nb, config, device=args.device)
-    config = _available(config, nb)
+    result = self_match(cat, config, encoders, _neighbour_step(args), device=args.device)
+    nb, config = result.neighbours, result.config
     show = not args.quiet
     titles = cat.title
     rows = []

@@ -8,7 +8,7 @@ rows per signal; `match_catalogue` runs the whole Kaggle-style self-match.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -164,6 +164,57 @@ def self_neighbours(
     return {name: order_ties(D, I) for name, (D, I) in out.items()}
 
 
+#: The neighbour step of a self-match: features and every signal's neighbours of a
+#: catalogue (`local_neighbours` in this process; `index.ray_engine` on Ray).
+NeighbourStep = Callable[[Catalogue, Encoders], tuple[Features, dict[str, Neighbours]]]
+
+
+def local_neighbours(
+    tfidf_config: TfidfConfig | None = None, device: Device = "auto", show_progress: bool = False
+) -> NeighbourStep:
+    """The single-process neighbour step: `embed`, then `self_neighbours`."""
+
+    def step(cat: Catalogue, encoders: Encoders) -> tuple[Features, dict[str, Neighbours]]:
+        feats = embed(cat, encoders, tfidf_config=tfidf_config, show_progress=show_progress)
+        return feats, self_neighbours(feats, device=device, show_progress=show_progress)
+
+    return step
+
+
+@dataclass
+class SelfMatch:
+    """What a self-match computed: features, neighbours after the stages, the config as
+    applied (thresholds of the computed signals only), fused rows and the matches."""
+
+    features: Features
+    neighbours: dict[str, Neighbours]
+    config: FusionConfig
+    I: np.ndarray  # (n, max_matches) fused row ids, -1 padded
+    matches: list[list[str]]
+
+
+def self_match(
+    cat: Catalogue,
+    config: FusionConfig,
+    encoders: Encoders | None = None,
+    neighbours: NeighbourStep | None = None,
+    device: Device = "auto",
+) -> SelfMatch:
+    """Kaggle semantics, the one path of `pricematch match`, `evaluate`, `/batch-match` and
+    `--engine ray`: the rows of `cat` matched among themselves (each row's matches: itself
+    first, at most `config.max_matches`).
+
+    Args:
+        neighbours: the neighbour step (default: `local_neighbours(device=device)`).
+    """
+    step = neighbours or local_neighbours(device=device)
+    feats, nb = step(cat, encoders or Encoders())
+    nb = apply_stages(feats.parts(), nb, config, device=device)
+    config = config.with_(thresholds={k: v for k, v in config.thresholds.items() if k in nb})
+    I, _ = fuse_stages(nb, config, cat.title)
+    return SelfMatch(feats, nb, config, I, to_lists(I, cat.posting_id))
+
+
 def match_catalogue(
     cat: Catalogue,
     config: FusionConfig,
@@ -172,14 +223,7 @@ def match_catalogue(
     device: Device = "auto",
     show_progress: bool = False,
 ) -> tuple[list[list[str]], Features]:
-    """Kaggle semantics: match the rows of `cat` among themselves.
-
-    Returns:
-        Per row, the matching posting_ids (itself first, at most `config.max_matches`),
-        and the features computed on the way.
-    """
-    feats = embed(cat, encoders, tfidf_config=tfidf_config, show_progress=show_progress)
-    nb = self_neighbours(feats, device=device, show_progress=show_progress)
-    nb = apply_stages(feats.parts(), nb, config, device=device)
-    I, _ = fuse_stages(nb, config, cat.title)
-    return to_lists(I, cat.posting_id), feats
+    """`self_match` in this process; returns the matches and the features."""
+    step = local_neighbours(tfidf_config, device, show_progress)
+    r = self_match(cat, config, encoders, step, device)
+    return r.matches, r.features

@@ -12,9 +12,9 @@ The pipeline (Ray is imported lazily; install with `pip install -e ".[scale]"`):
    shard, takes each shard's top-51 per signal and merges them into the global top-51
    (`merge_topk`: by score, equal scores by row number).
 
-The driver then runs exactly what `cmd_match` runs: `apply_stages` (stages that need the
-whole pool, e.g. the combined embedding or INB, run there on the gathered features) and
-`fuse_stages`. For an exact search the merged top-51 holds the same rows and scores as the
+The driver then runs the rest of `index.pipeline.self_match` (this module is its neighbour
+step): `apply_stages` (stages that need the whole pool, e.g. the combined embedding or INB,
+run there on the gathered features) and `fuse_stages`. For an exact search the merged top-51 holds the same rows and scores as the
 single-process search, up to the order of equal scores.
 """
 
