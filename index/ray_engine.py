@@ -14,8 +14,9 @@ The pipeline (Ray is imported lazily; install with `pip install -e ".[scale]"`):
 
 The driver then runs the rest of `index.pipeline.self_match` (this module is its neighbour
 step): `apply_stages` (stages that need the whole pool, e.g. the combined embedding or INB,
-run there on the gathered features) and `fuse_stages`. For an exact search the merged top-51 holds the same rows and scores as the
-single-process search, up to the order of equal scores.
+run there on the gathered features) and `fuse_stages`. For an exact search the merged
+top-51 holds the same rows and scores as the single-process search, up to the order of
+equal scores.
 """
 
 from __future__ import annotations
