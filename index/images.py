@@ -52,7 +52,7 @@ def open_image(src: ImageInput) -> Image.Image:
         raise ImageError(f"{name}: not a readable image ({why})") from e
 
 
-def compute_phash(image: str | Path | bytes) -> str:
+def compute_phash(image: ImageInput) -> str:
     """imagehash's 64-bit perceptual hash as 16 hex digits (as the Kaggle column)."""
     import imagehash
 

@@ -7,8 +7,6 @@ catalogue reads and writes; a write is persisted (atomically) before it is answe
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import logging
 import math
@@ -38,15 +36,13 @@ from index.catalog import (
 )
 from index.catalogue import read_catalogue
 from index.encoders import Encoder
-from index.errors import CatalogueError, ImageError
+from index.errors import CatalogueError
 from index.fusion import FusionConfig
-from index.images import open_image
 from index.milvus_catalog import MilvusVectors
 from index.pipeline import Encoders, match_catalogue
 from index.signals import TfidfConfig
 from service.batching import Batcher, BatcherFactory, MicroBatcher, run_batches
 from service.config import Settings
-from service.errors import PayloadTooLargeError
 from service.jobs import Jobs
 from service.metrics import Metrics
 
@@ -72,43 +68,6 @@ class Match:
     signals: list[str]
     similarities: dict[str, float]
     is_self: bool
-
-
-def decode_base64_image(data: str, limit: int, what: str = "image") -> bytes:
-    """Bytes of a base64 image (a `data:` URL prefix is accepted).
-
-    Raises:
-        PayloadTooLargeError: over `limit` bytes once decoded.
-        ImageError: not valid base64.
-    """
-    if data.startswith("data:") and "," in data:
-        data = data.split(",", 1)[1]
-    data = "".join(data.split())
-    if len(data) * 3 // 4 > limit:
-        raise PayloadTooLargeError(f"{what} is over the {limit / (1 << 20):g} MB limit")
-    try:
-        return base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise ImageError(f"{what}: not valid base64 ({e})") from e
-
-
-def decode_image(data: bytes, limit: int, what: str = "image") -> Image.Image:
-    """Decode image bytes to RGB, with the size limit and the decompression-bomb guard."""
-    if len(data) > limit:
-        raise PayloadTooLargeError(f"{what} is over the {limit / (1 << 20):g} MB limit")
-    if not data:
-        raise ImageError(f"{what}: empty file")
-    try:
-        return open_image(data)
-    except ImageError as e:
-        raise ImageError(f"{what}: {str(e).removeprefix('<bytes>: ')}") from e
-
-
-def phash_of(img: Image.Image) -> str:
-    """The Kaggle-style phash of a decoded image (as `index.images.compute_phash`)."""
-    import imagehash
-
-    return str(imagehash.phash(img))
 
 
 def _fingerprint(encoders: Encoders) -> dict[str, Any]:

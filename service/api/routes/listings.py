@@ -5,8 +5,10 @@ from __future__ import annotations
 import anyio.to_thread
 from fastapi import APIRouter, Depends, Request
 
+from index.images import compute_phash
+from service.api.uploads import decode_base64_image, decode_image
 from service.deps import EngineDep, SettingsDep, WriteAccess
-from service.engine import Listing, decode_base64_image, decode_image, phash_of
+from service.engine import Listing
 from service.errors import PayloadTooLargeError, UnsupportedMediaError
 from service.schemas import (
     Deleted,
@@ -34,7 +36,7 @@ def to_listing(x: ListingCreate, image_limit: int) -> Listing:
     what = f"image of listing {x.posting_id!r}"
     if x.image is not None:
         img = decode_image(decode_base64_image(x.image, image_limit, what), image_limit, what)
-    phash = (x.image_phash or "").lower() or (phash_of(img) if img is not None else "")
+    phash = (x.image_phash or "").lower() or (compute_phash(img) if img is not None else "")
     return Listing(x.posting_id, " ".join(x.title.split()), img, phash, "")
 
 

@@ -13,8 +13,10 @@ from starlette.datastructures import UploadFile
 
 from index.catalogue import POSTING_ID_PATTERN
 from index.errors import ImageError
+from index.images import compute_phash
+from service.api.uploads import decode_base64_image, decode_image
 from service.deps import EngineDep, SettingsDep
-from service.engine import Listing, decode_base64_image, decode_image, phash_of
+from service.engine import Listing
 from service.errors import QueryError, UnsupportedMediaError
 from service.limits import read_upload
 from service.schemas import MatchItem, MatchRequest, MatchResponse, errors
@@ -155,7 +157,7 @@ async def match(request: Request, engine: EngineDep, settings: SettingsDep) -> M
     img = await anyio.to_thread.run_sync(decode_image, image, limit) if image else None
     phash = (req.image_phash or "").lower()
     if not phash and img is not None:
-        phash = await anyio.to_thread.run_sync(phash_of, img)
+        phash = await anyio.to_thread.run_sync(compute_phash, img)
     listing = Listing(req.posting_id, " ".join(req.title.split()), img, phash)
     threshold = dict(req.threshold or {})
     matches, config = await engine.match(listing, threshold, req.max_matches)
