@@ -133,14 +133,11 @@ class Catalogue:
 def _reader(data: bytes | str, source: str) -> tuple[list[str], Iterator[list[str]], Any]:
     """The header, an iterator over the remaining rows and the csv reader (for `line_num`);
     bytes are decoded as they are read (no second copy of the file)."""
-    if isinstance(data, bytes):
-        if not data.strip():
-            raise CatalogueError(f"{source}: the CSV is empty")
-        f: TextIO = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8-sig", newline="")
-    else:
-        if not data.strip():
-            raise CatalogueError(f"{source}: the CSV is empty")
-        f = io.StringIO(data, newline="")
+    f: TextIO = (
+        io.TextIOWrapper(io.BytesIO(data), encoding="utf-8-sig", newline="")
+        if isinstance(data, bytes)
+        else io.StringIO(data, newline="")
+    )
     csv.field_size_limit(MAX_FIELD)
     reader = csv.reader(f, strict=True)
 
@@ -156,7 +153,7 @@ def _reader(data: bytes | str, source: str) -> tuple[list[str], Iterator[list[st
 
     it = rows()
     header = [h.strip() for h in next(it, [])]
-    if not any(header):
+    if not any(header):  # no bytes, only white space, or a blank first line
         raise CatalogueError(f"{source}: the CSV is empty")
     return header, it, reader
 

@@ -347,12 +347,8 @@ def cmd_ablation(args: argparse.Namespace, cat: Catalogue) -> int:
         source = f"out-of-fold embeddings {args.oof}"
     else:
         encoders, _ = resolve_model(args)
-        feats = embed(cat, encoders, show_progress=show)
-        dense = {m: getattr(feats, m) for m in ("text", "image") if getattr(feats, m) is not None}
-        for m in list(dense):
-            dense[m] = np.where(getattr(feats, f"{m}_valid")[:, None], dense[m], 0).astype(
-                np.float32
-            )
+        parts = embed(cat, encoders, show_progress=show).parts()  # zero rows where invalid
+        dense = {m: parts[m] for m in ("text", "image") if m in parts}
         fold_of = np.full(len(cat), -1, np.int64)
         for f, (_, va) in enumerate(group_folds(labels, args.folds, args.seed)):
             fold_of[va] = f

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 Device = Literal["auto", "cpu", "cuda"]
 
+
 class TextEncoderConfig(BaseModel):
     """`config.json` of a text encoder artifact."""
 

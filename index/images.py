@@ -53,7 +53,9 @@ def open_image(src: ImageInput) -> Image.Image:
 
 
 def compute_phash(image: ImageInput) -> str:
-    """imagehash's 64-bit perceptual hash as 16 hex digits (as the Kaggle column)."""
+    """imagehash's 64-bit perceptual hash as 16 hex digits (as the Kaggle column); a
+    decoded image is hashed as it is, anything else is opened first."""
     import imagehash
 
-    return str(imagehash.phash(open_image(image)))
+    img = image if isinstance(image, Image.Image) else open_image(image)
+    return str(imagehash.phash(img))

@@ -45,9 +45,6 @@ class Jobs:
         self._jobs: set[Job] = set()
         self._lock = threading.Lock()
 
-    def __len__(self) -> int:
-        return len(self._jobs)
-
     @contextmanager
     def open(self, cancel: threading.Event | None = None) -> Iterator[Job]:
         """A registered job with a new temporary folder, removed on exit."""

@@ -93,9 +93,11 @@ def _openapi(app: FastAPI, settings: Settings) -> Callable[[], dict[str, Any]]:
             for name, body in schema.get("components", {}).get("schemas", {}).items():
                 if name.startswith("Body_"):
                     for prop in body.get("properties", {}).values():
-                        alts = [a for a in prop.pop("anyOf", []) if a.get("type") != "null"]
-                        if len(alts) == 1:
-                            prop.update(alts[0])
+                        alts = prop.get("anyOf", [])
+                        rest = [a for a in alts if a.get("type") != "null"]
+                        if len(rest) == 1 and len(alts) == 2:  # X | None
+                            del prop["anyOf"]
+                            prop.update(rest[0])
             if settings.api_key is None:
                 schema.get("components", {}).pop("securitySchemes", None)
                 for ops in schema["paths"].values():

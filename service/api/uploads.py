@@ -1,5 +1,6 @@
-"""Decoding what a request uploads: base64 images and image bytes, with the size limits
-and the decompression-bomb guard (the routes' part; the engine takes decoded listings)."""
+"""Reading what a request uploads: its media type, base64 images and image bytes, with the
+size limits and the decompression-bomb guard (the routes' part; the engine takes decoded
+listings)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,16 @@ import base64
 import binascii
 
 from PIL import Image
+from starlette.requests import Request
 
 from index.errors import ImageError
 from index.images import open_image
 from service.errors import PayloadTooLargeError
+
+
+def media_type(request: Request) -> str:
+    """The request body's media type, lower-case, without parameters ("" when none)."""
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
 def decode_base64_image(data: str, limit: int, what: str = "image") -> bytes:

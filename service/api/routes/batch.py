@@ -21,7 +21,7 @@ from fastapi.responses import StreamingResponse
 
 from index.errors import CatalogueError, ImageError
 from index.progress import check_cancelled
-from service.config import Settings
+from service.config import MB, Settings
 from service.deps import EngineDep, SettingsDep
 from service.errors import PayloadTooLargeError
 from service.jobs import cancel_on_disconnect
@@ -30,7 +30,6 @@ from service.schemas import errors
 
 router = APIRouter(tags=["matching"])
 log = logging.getLogger("pricematch.service")
-MB = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -111,9 +110,9 @@ def extract_images(archive: IO[bytes] | bytes, dest: Path, limits: ZipLimits) ->
                                 f"images: the zip holds over {total_mb} once unpacked"
                             )
                         out.write(chunk)
+            except FileExistsError as e:  # names that differ only where the disk ignores it
+                raise ImageError(f"images: two files named {name!r} in the zip") from e
             except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as e:
-                if isinstance(e, FileExistsError):
-                    raise ImageError(f"images: two files named {name!r} in the zip") from e
                 raise ImageError(f"images: cannot unpack {name!r} ({type(e).__name__})") from e
             except NotImplementedError as e:  # an unsupported compression method
                 raise ImageError(f"images: cannot unpack {name!r} ({e})") from e

@@ -6,7 +6,7 @@ import anyio.to_thread
 from fastapi import APIRouter, Depends, Request
 
 from index.images import compute_phash
-from service.api.uploads import decode_base64_image, decode_image
+from service.api.uploads import decode_base64_image, decode_image, media_type
 from service.deps import EngineDep, SettingsDep, WriteAccess
 from service.engine import Listing
 from service.errors import PayloadTooLargeError, UnsupportedMediaError
@@ -24,7 +24,7 @@ router = APIRouter(prefix="/listings", tags=["catalogue"])
 
 def require_json(request: Request) -> None:
     """415 unless the body is JSON (checked before the body is validated)."""
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    ctype = media_type(request)
     if ctype != "application/json" and not ctype.endswith("+json"):
         raise UnsupportedMediaError(
             f"content-type {ctype!r} not supported; send the listings as application/json"

@@ -14,7 +14,7 @@ from starlette.datastructures import UploadFile
 from index.catalogue import POSTING_ID_PATTERN
 from index.errors import ImageError
 from index.images import compute_phash
-from service.api.uploads import decode_base64_image, decode_image
+from service.api.uploads import decode_base64_image, decode_image, media_type
 from service.deps import EngineDep, SettingsDep
 from service.engine import Listing
 from service.errors import QueryError, UnsupportedMediaError
@@ -97,7 +97,7 @@ async def parse_match_request(
 
 
 async def _parse(request: Request, image_limit: int) -> tuple[MatchRequest, bytes | None]:
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    ctype = media_type(request)
     if ctype == "multipart/form-data":
         form = await request.form(max_files=1, max_fields=len(_MULTIPART["properties"]))
         fields: dict[str, Any] = {}
