@@ -2,7 +2,7 @@
 
 Each photo in IMAGES (e.g. the 37 real Shopee train photos) becomes a group of 4-6
 listings: crops, rotations, recolouring, overlay text and JPEG re-encoding of it
-(`index.synthetic.reshoot`). Out-of-fold mean F1 (GroupKFold, thresholds tuned on the
+(`index.data.synthetic.reshoot`). Out-of-fold mean F1 (GroupKFold, thresholds tuned on the
 folds) of: phash alone, the untrained backbone, the fine-tuned backbone.
 
     python benchmarks/image_reshoot.py ../shared/data/images --out out/reshoot
@@ -23,7 +23,7 @@ from PIL import Image
 
 def make_groups(images: Path, out: Path, seed: int) -> Path:
     """Write out/listings.csv + out/images/: each source photo re-shot 4-6 times."""
-    from index.synthetic import reshoot
+    from index.data.synthetic import reshoot
 
     rng = np.random.default_rng(seed)
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -59,9 +59,9 @@ def main() -> None:
 
     import torch
 
-    from index.catalogue import read_catalogue
-    from index.fusion import FusionConfig, phash_similarity
-    from index.tuning import tune_pools
+    from index.data.listings import read_catalogue
+    from index.matching.fusion import FusionConfig, phash_similarity
+    from index.tuning.grids import tune_pools
     from training.config import CVConfig, ImageModelConfig, TrainConfig
     from training.recipe import cross_validate, pool_signals
     from training.tasks import ImageTask

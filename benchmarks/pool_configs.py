@@ -19,9 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from index.ablation import _eval, load_oof, make_pool
-from index.catalogue import read_catalogue
-from index.fusion import FusionConfig
+from index.data.listings import read_catalogue
+from index.data.oof import read_oof
+from index.matching.fusion import FusionConfig
+from index.tuning.ablation import evaluate_pool, make_pool
 
 
 def load_config(spec: str) -> FusionConfig:
@@ -44,14 +45,14 @@ def main() -> None:
 
     configs = {spec: load_config(spec) for spec in args.configs}
     cat = read_catalogue(args.input)
-    dense, _ = load_oof(args.oof, cat)
+    dense, _ = read_oof(args.oof, cat.posting_id)
     t0 = time.perf_counter()
     pool = make_pool(cat, np.arange(len(cat)), dense, args.device)
     print(f"{args.input}: one pool of {len(pool)} rows ({time.perf_counter() - t0:.0f} s)")
     results = []
     for spec, cfg in configs.items():
         t = time.perf_counter()
-        rep = _eval(pool, cfg, args.device)
+        rep = evaluate_pool(pool, cfg, args.device)
         moved = cfg.for_pool(len(pool))
         row = {
             "config": spec,

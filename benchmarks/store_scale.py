@@ -270,7 +270,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     import faiss
     from tqdm import tqdm
 
-    from index.search import FaissFlatStore
+    from index.search.stores import FaissFlatStore
 
     n, store = args.worker_size, args.worker_store
     data = args.data if args.npy is None else str(args.npy)
@@ -335,7 +335,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
             _log(f"ivf nprobe={ivf.nprobe}: {nq / np.median(times):.0f} q/s, recall {rec:.4f}")
 
     elif store == "milvus":
-        from index.milvus import MilvusStore
+        from index.store.milvus import MilvusStore
 
         db = args.work / f"milvus-{n}.db"
         shutil.rmtree(db, ignore_errors=True)

@@ -19,7 +19,7 @@ class Settings(BaseSettings):
     it, the encoders of `model_dir` (none: TF-IDF and phash only) and an empty catalogue
     that `POST /listings` fills. Catalogue changes persist under `data_dir` either way.
     The text/image vectors are kept in process (FAISS) or, with `vector_store="milvus"`,
-    in Milvus collections (`index.milvus_catalog`).
+    in Milvus collections (`index.store.milvus`).
     """
 
     model_config = SettingsConfigDict(

@@ -7,7 +7,6 @@ catalogue reads and writes; a write is persisted (atomically) before it is answe
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
@@ -25,22 +24,19 @@ import faiss
 import numpy as np
 from PIL import Image
 
-from index.bundle import load_bundle, sha256
-from index.catalog import (
-    LiveCatalogue,
-    QueryFeatures,
-    load_snapshot,
-    matched_signals,
-    save_snapshot,
-    signal_similarities,
-)
-from index.catalogue import read_catalogue
-from index.encoders import Encoder
+from index.data.listings import read_catalogue
 from index.errors import CatalogueError
-from index.fusion import FusionConfig
-from index.milvus_catalog import MilvusVectors
-from index.pipeline import Encoders, match_catalogue
-from index.signals import TfidfConfig
+from index.features.embed import Encoders, QueryFeatures
+from index.features.encoders import Encoder
+from index.features.tfidf import TfidfConfig
+from index.matching.fusion import FusionConfig
+from index.matching.selfmatch import match_catalogue
+from index.store.atomic import sha256
+from index.store.bundle import load_bundle
+from index.store.live import LiveCatalogue
+from index.store.milvus import MilvusVectors
+from index.store.model import fingerprint, load_model
+from index.store.snapshots import load_snapshot, save_snapshot
 from service.batching import Batcher, BatcherFactory, MicroBatcher, run_batches
 from service.config import Settings
 from service.jobs import Jobs
@@ -68,20 +64,6 @@ class Match:
     signals: list[str]
     similarities: dict[str, float]
     is_self: bool
-
-
-def _fingerprint(encoders: Encoders) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for m in ("text", "image"):
-        enc: Encoder | None = getattr(encoders, m)
-        if enc is None:
-            continue
-        files = sorted(p for p in enc.folder.iterdir() if p.is_file())
-        h = hashlib.sha256()
-        for p in files:
-            h.update(p.name.encode() + sha256(p).encode())
-        out[m] = {"dim": enc.dim, "sha256": h.hexdigest()}
-    return out
 
 
 def open_vectors(settings: Settings) -> MilvusVectors | None:
@@ -151,34 +133,28 @@ class Engine:
             initial: LiveCatalogue | None = LiveCatalogue.from_bundle(bundle, device=dev)
             source = f"bundle {bundle.folder}"
         else:
-            folder = settings.model_dir
-            encoders = Encoders.from_folder(folder, device=dev) if folder else Encoders()
-            cfg = folder / "fusion.json" if folder else None
-            fusion = (
-                FusionConfig.model_validate_json(cfg.read_text(encoding="utf-8"))
-                if cfg is not None and cfg.is_file()
-                else FusionConfig()
-            )
+            model = load_model(settings.model_dir, device=dev)
+            encoders, fusion, folder = model.encoders, model.fusion, model.folder
             tfidf = None
-            meta = {"encoders": _fingerprint(encoders)}
+            meta = {"encoders": fingerprint(encoders)}
             initial = None
             source = f"model {folder}" if folder else "no encoders (TF-IDF and phash only)"
         vectors = open_vectors(settings)
         opener = vectors.open if vectors is not None else None
         try:
-            cat = load_snapshot(settings.data_dir, meta, tfidf, dev, open_store=opener)
-            if cat is None:
+            live = load_snapshot(settings.data_dir, meta, tfidf, dev, open_store=opener)
+            if live is None:
                 encs = {m: getattr(encoders, m) for m in ("text", "image")}
                 dims = {m: e.dim for m, e in encs.items() if e is not None}
-                cat = initial or LiveCatalogue(dims=dims, device=dev)
+                live = initial or LiveCatalogue(dims=dims, device=dev)
             if vectors is not None:  # first start: vectors into Milvus; else pending re-applied
-                vectors.attach(cat, settings.data_dir, meta)
+                vectors.attach(live, settings.data_dir, meta)
         except BaseException:
             if vectors is not None:
                 vectors.close()
             raise
-        log.info("serving %s; catalogue of %d listings in %s", source, len(cat), settings.data_dir)
-        engine = cls(settings, metrics, encoders, fusion, cat, meta, source, batcher)
+        log.info("serving %s; catalogue of %d listings in %s", source, len(live), settings.data_dir)
+        engine = cls(settings, metrics, encoders, fusion, live, meta, source, batcher)
         engine.vectors = vectors
         return engine
 
@@ -226,33 +202,49 @@ class Engine:
         out = ["tfidf", "phash"]
         return out + [m for m in ("text", "image") if getattr(self.encoders, m) is not None]
 
-    async def _query_features(self, listings: list[Listing]) -> QueryFeatures:
-        """Features of a few listings, the encoders micro-batched with other requests."""
-        text = image = image_valid = None
-        if "text" in self.batchers:
-            b = self.batchers["text"]
-            text = np.stack([await b.submit(x.title) for x in listings])
-        if "image" in self.batchers:
-            enc = self.encoders.image
-            assert enc is not None
-            image = np.zeros((len(listings), enc.dim), np.float32)
-            image_valid = np.zeros(len(listings), bool)
-            for i, x in enumerate(listings):
-                if x.image is not None:
-                    image[i] = await self.batchers["image"].submit(x.image)
-                    image_valid[i] = True
+    def _features(
+        self,
+        listings: list[Listing],
+        text: np.ndarray | None,
+        image: tuple[np.ndarray, np.ndarray] | None,
+    ) -> QueryFeatures:
+        """The one feature builder: titles and phashes of `listings`, with the embeddings
+        computed for them (text (n, d); image (n, d) and its (n,) validity)."""
+        x, valid = image if image is not None else (None, None)
         return QueryFeatures.build(
             [x.title for x in listings],
             [x.image_phash for x in listings],
             text=text,
-            image=image,
-            image_valid=image_valid,
+            image=x,
+            image_valid=valid,
         )
+
+    def _image_slots(self, listings: list[Listing]) -> tuple[np.ndarray, np.ndarray, list[int]]:
+        """Zero image embeddings, their validity, and the rows that have a photo to fill."""
+        enc = self.encoders.image
+        assert enc is not None
+        rows = [i for i, x in enumerate(listings) if x.image is not None]
+        valid = np.zeros(len(listings), bool)
+        valid[rows] = True
+        return np.zeros((len(listings), enc.dim), np.float32), valid, rows
+
+    async def _query_features(self, listings: list[Listing]) -> QueryFeatures:
+        """Features of a few listings, the encoders micro-batched with other requests."""
+        text = image = None
+        if "text" in self.batchers:
+            b = self.batchers["text"]
+            text = np.stack([await b.submit(x.title) for x in listings])
+        if "image" in self.batchers:
+            x, valid, rows = self._image_slots(listings)
+            for i in rows:
+                x[i] = await self.batchers["image"].submit(listings[i].image)
+            image = (x, valid)
+        return self._features(listings, text, image)
 
     def _bulk_features(self, listings: list[Listing]) -> QueryFeatures:
         """Features of many listings at once (POST /listings), in the calling thread."""
         s = self.settings
-        text = image = image_valid = None
+        text = image = None
         t = time.perf_counter()
         if self.encoders.text is not None:
             enc = self.encoders.text
@@ -260,22 +252,14 @@ class Engine:
             self.metrics.encoder_seconds.labels("text").observe(time.perf_counter() - t)
         if self.encoders.image is not None:
             ienc = self.encoders.image
-            image = np.zeros((len(listings), ienc.dim), np.float32)
-            rows = [i for i, x in enumerate(listings) if x.image is not None]
-            image_valid = np.zeros(len(listings), bool)
+            x, valid, rows = self._image_slots(listings)
             if rows:
                 t = time.perf_counter()
                 imgs = [listings[i].image for i in rows]
-                image[rows] = run_batches(ienc.encode, imgs, s.image_batch_size)
-                image_valid[rows] = True
+                x[rows] = run_batches(ienc.encode, imgs, s.image_batch_size)
                 self.metrics.encoder_seconds.labels("image").observe(time.perf_counter() - t)
-        return QueryFeatures.build(
-            [x.title for x in listings],
-            [x.image_phash for x in listings],
-            text=text,
-            image=image,
-            image_valid=image_valid,
-        )
+            image = (x, valid)
+        return self._features(listings, text, image)
 
     # -- the routes' work ----------------------------------------------------------------
 
@@ -285,7 +269,7 @@ class Engine:
         threshold: dict[Any, float] | None = None,
         max_matches: int = 50,
     ) -> tuple[list[Match], FusionConfig]:
-        """Catalogue listings matching `listing`, best first (see `index.catalog`)."""
+        """Catalogue listings matching `listing`, best first (see `index.store.live`)."""
         config = self.fusion
         if threshold:
             config = config.with_(thresholds={**config.thresholds, **threshold})
@@ -296,26 +280,18 @@ class Engine:
             # requests' threads (the setting is per thread; batch_match sets its own).
             faiss.omp_set_num_threads(1)
             with self.lock:
-                cat = self.catalogue
-                I, S, nb = cat.match(feats, config, [listing.posting_id])
-                sims = signal_similarities(nb, I)[0]
-                out = []
-                for r, s, sim in zip(I[0].tolist(), S[0].tolist(), sims, strict=False):
-                    if r < 0:
-                        break
-                    own = listing.posting_id is not None and cat.posting_id[r] == listing.posting_id
-                    used = matched_signals(sim, config) or [f"nearest:{config.min2_signal}"]
-                    out.append(
-                        Match(
-                            posting_id=cat.posting_id[r],
-                            title=cat.title[r],
-                            score=1.0 if own or not math.isfinite(s) else round(float(s), 6),
-                            signals=["self"] if own else used,
-                            similarities={k: round(v, 6) for k, v in sim.items()},
-                            is_self=own,
-                        )
-                    )
-                return out[:max_matches]
+                found = self.catalogue.match(feats, config, [listing.posting_id])[0]
+            return [
+                Match(
+                    posting_id=m.posting_id,
+                    title=m.title,
+                    score=1.0 if m.is_self or not math.isfinite(m.score) else round(m.score, 6),
+                    signals=m.signals,
+                    similarities={k: round(v, 6) for k, v in m.similarities.items()},
+                    is_self=m.is_self,
+                )
+                for m in found[:max_matches]
+            ]
 
         return await anyio.to_thread.run_sync(search), config
 
@@ -357,7 +333,7 @@ class Engine:
         """Save the catalogue (lock held); on failure go back to the last saved state.
 
         With Milvus, the snapshot holds the vector changes (a journal) and they are applied
-        to Milvus after it is committed (`index.milvus_catalog`); if that fails, the change
+        to Milvus after it is committed (`index.store.milvus`); if that fails, the change
         is kept and applied again by the next search, write or start.
         """
         try:
@@ -378,7 +354,7 @@ class Engine:
             self.vectors.apply(self.catalogue, snap)
 
     def batch_match(self, csv: bytes, images_dir: Path | None) -> tuple[list[str], list[list[str]]]:
-        """Kaggle semantics over an uploaded CSV: `index.pipeline.match_catalogue`, as
+        """Kaggle semantics over an uploaded CSV: `index.matching.selfmatch.match_catalogue`, as
         `pricematch match` runs it (rows matched among themselves; the image encoder only
         with images, which are only ever read inside `images_dir`)."""
         faiss.omp_set_num_threads(os.cpu_count() or 1)  # per thread: a pooled one may be at 1

@@ -32,7 +32,7 @@ from ray.serve.deployment import Application, Deployment
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from index.errors import PricematchError
-from index.ray_engine import init_ray
+from index.scale.ray_engine import init_ray
 from service.config import Settings
 from service.errors import send_error
 from service.main import create_app

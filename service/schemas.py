@@ -6,8 +6,8 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
-from index.catalogue import POSTING_ID_PATTERN, POSTING_ID_RULE, check_posting_id
-from index.fusion import SignalName
+from index.data.listings import POSTING_ID_PATTERN, POSTING_ID_RULE, check_posting_id
+from index.matching.fusion import SignalName
 
 
 def _unicode(s: str) -> str:

@@ -11,7 +11,7 @@ os.environ.setdefault("PRICEMATCH_NO_PROGRESS", "1")
 @pytest.fixture(scope="session")
 def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A synthetic catalogue folder: listings.csv (with label_group) and images/."""
-    from index.synthetic import SyntheticSpec, make_catalogue
+    from index.data.synthetic import SyntheticSpec, make_catalogue
 
     root = tmp_path_factory.mktemp("synth")
     make_catalogue(root, SyntheticSpec(products=30, singletons=3, seed=1))
@@ -31,7 +31,7 @@ def strict_model(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     """The fake encoders with stricter thresholds (the tiny text model knows few words)."""
     import shutil
 
-    from index.fusion import FusionConfig
+    from index.matching.fusion import FusionConfig
 
     out = tmp_path_factory.mktemp("strict") / "model"
     shutil.copytree(model_dir, out)

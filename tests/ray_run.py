@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from index import ray_engine
-from index.cli import main
+from index.cli.parser import main
+from index.scale import ray_engine
 
 
 def run(out: Path, csv_path: str, images: str, model: str) -> int:

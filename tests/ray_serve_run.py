@@ -77,7 +77,7 @@ def run(spec: dict[str, Any], out: Path) -> dict[str, Any]:
     import ray
     from ray import serve
 
-    from index.ray_engine import init_ray
+    from index.scale.ray_engine import init_ray
     from service import ray_serve
     from service.config import Settings
 

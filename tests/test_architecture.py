@@ -11,7 +11,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("index", "service", "training")
-CLI_MODULES = {"index.cli", "index.commands", "service.cli", "training.cli"}
+CLI_MODULES = {"service.cli", "training.cli"}  # and the modules of `index.cli`
+
+
+def is_cli(module: str) -> bool:
+    return module in CLI_MODULES or module == "index.cli" or module.startswith("index.cli.")
 
 
 def module_files() -> dict[str, Path]:
@@ -104,7 +108,7 @@ def test_layers(pkg: str, forbidden: tuple[str, ...]) -> None:
             continue
         for n in imports_of(p):
             top = n.split(".")[0]
-            if top in forbidden and not (top == "argparse" and m in CLI_MODULES):
+            if top in forbidden and not (top == "argparse" and is_cli(m)):
                 bad.append(f"{m} imports {n}")
     assert bad == []
 
@@ -121,3 +125,78 @@ def test_no_private_name_is_imported_across_modules() -> None:
                     if a.name.startswith("_") and not a.name.startswith("__")
                 ]
     assert bad == []
+
+
+#: `index/`'s layers, bottom up: a module imports only from its own layer and those below
+#: (store and tuning side by side: neither imports the other).
+INDEX_LAYERS: list[tuple[str, ...]] = [
+    ("errors",),
+    ("progress",),
+    ("data",),
+    ("search",),
+    ("features",),
+    ("matching",),
+    ("store", "tuning"),
+    ("scale",),
+    ("cli",),
+]
+
+
+#: Leaf modules everything above `progress` may import (title text; images and phash):
+#: they import only `errors` and `progress`.
+LEAF_MODULES = {"index.features.text", "index.features.images"}
+
+
+def layer_of(module: str) -> float:
+    if module in LEAF_MODULES:
+        return 1.5
+    part = module.split(".")[1] if "." in module else ""
+    for i, names in enumerate(INDEX_LAYERS):
+        if part in names:
+            return i
+    raise AssertionError(f"{module} is in no layer of INDEX_LAYERS")
+
+
+def test_index_is_subpackages_by_concern() -> None:
+    flat = sorted(p.name for p in (ROOT / "index").glob("*.py"))
+    assert flat == ["__init__.py", "errors.py", "progress.py"]
+    subs = sorted(p.name for p in (ROOT / "index").iterdir() if (p / "__init__.py").is_file())
+    assert subs == sorted(n for names in INDEX_LAYERS[2:] for n in names)
+
+
+def layering_violations(g: dict[str, set[str]]) -> list[str]:
+    """Imports of `index.*` modules into a higher layer, or across the two sides of one."""
+    bad = []
+    for m, deps in sorted(g.items()):
+        if not m.startswith("index.") or m == "index":
+            continue
+        own = layer_of(m)
+        for n in sorted(deps):
+            if not n.startswith("index.") or n == m:
+                continue
+            other = layer_of(n)
+            side = n.split(".")[1] != m.split(".")[1] and m not in LEAF_MODULES
+            if other > own or (other == own and side):
+                bad.append(f"{m} imports {n}")
+    return bad
+
+
+def test_index_layers_import_only_downwards() -> None:
+    assert layering_violations(graph()) == []
+
+
+def test_layer_check_catches_an_upward_import() -> None:
+    ok = {"index.features.embed": {"index.search.knn", "index.errors"}}
+    assert layering_violations(ok) == []
+    up = {"index.search.knn": {"index.features.embed"}}
+    assert layering_violations(up) == ["index.search.knn imports index.features.embed"]
+    side = {"index.store.live": {"index.tuning.grids"}}
+    assert layering_violations(side) == ["index.store.live imports index.tuning.grids"]
+    leaf = {"index.data.synthetic": {"index.features.images"}}
+    assert layering_violations(leaf) == []
+    from_leaf = {"index.features.images": {"index.data.listings"}}
+    assert layering_violations(from_leaf) == [
+        "index.features.images imports index.data.listings"
+    ]
+    with pytest.raises(AssertionError):
+        layer_of("index.nowhere.x")

@@ -167,7 +167,7 @@ def test_tree_sampler_sees_this_process() -> None:
 
 def test_pool_configs_reads_a_config_with_or_without_its_rule(tmp_path: Path) -> None:
     from benchmarks.pool_configs import load_config
-    from index.fusion import FusionConfig
+    from index.matching.fusion import FusionConfig
 
     path = tmp_path / "fusion.json"
     cfg = FusionConfig(thresholds={"tfidf": 0.5}, tuned_rows=100, pool_slopes={"tfidf": 0.05})

@@ -12,12 +12,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from index.bundle import load_bundle
-from index.catalog import LiveCatalogue, QueryFeatures, load_snapshot, save_snapshot
 from index.errors import BundleError
-from index.fusion import FusionConfig, fuse
-from index.search import hamming_self_knn
-from index.signals import TfidfConfig, TitleTfidf, phash_codes
+from index.features.embed import QueryFeatures
+from index.features.images import phash_codes
+from index.features.tfidf import TfidfConfig, TitleTfidf
+from index.matching.fusion import FusionConfig, fuse
+from index.search.knn import hamming_self_knn
+from index.store.bundle import load_bundle
+from index.store.live import LiveCatalogue
+from index.store.snapshots import load_snapshot, save_snapshot
 from tests.test_fusion import nb, sets
 
 
@@ -79,7 +82,7 @@ def test_tfidf_is_binary_by_default() -> None:
 def test_load_bundle_refuses_a_flipped_byte_in_any_file(
     synth: Path, strict_model: Path, tmp_path: Path
 ) -> None:
-    from index.cli import main as cli_main
+    from index.cli.parser import main as cli_main
 
     bundle = tmp_path / "b"
     args = ["build-index", str(synth / "listings.csv"), "--model", str(strict_model)]

@@ -3,17 +3,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index.bundle import load_bundle, save_bundle, verify_bundle, write_atomic
-from index.catalogue import read_catalogue
+from index.data.listings import read_catalogue
 from index.errors import BundleError
-from index.fusion import FusionConfig
-from index.pipeline import Encoders, embed
+from index.features.embed import embed
+from index.matching.fusion import FusionConfig
+from index.store.atomic import write_atomic
+from index.store.bundle import load_bundle, save_bundle, verify_bundle
+from index.store.model import load_encoders
 
 
 @pytest.fixture(scope="module")
 def built(synth: Path, model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     cat = read_catalogue(synth / "listings.csv", images_dir=synth / "images")
-    enc = Encoders.from_folder(model_dir, device="cpu")
+    enc = load_encoders(model_dir, device="cpu")
     feats = embed(cat, enc)
     cfg = FusionConfig(thresholds={"tfidf": 0.6, "text": 0.9}, tuned_rows=len(cat))
     out = tmp_path_factory.mktemp("b") / "bundle"

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from index.catalogue import read_catalogue, write_submission
+from index.data.listings import read_catalogue, write_submission
 from index.errors import CatalogueError, ImageError
-from index.pipeline import Encoders, embed, embed_images
+from index.features.embed import Encoders, embed, embed_images
 
 HEADER = "posting_id,image,image_phash,title,label_group\n"
 
@@ -84,7 +84,7 @@ def test_soft_problems_are_counted_not_dropped(tmp_path: Path) -> None:
 
 
 def test_embed_images_skips_unreadable(tmp_path: Path, model_dir: Path) -> None:
-    from index.encoders import load_encoder
+    from index.features.encoders import load_encoder
 
     Image.new("RGB", (50, 30), (0, 100, 200)).save(tmp_path / "ok.png")
     (tmp_path / "bad.jpg").write_bytes(b"garbage")

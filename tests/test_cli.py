@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from index.cli import main
+from index.cli.parser import main
 
 
 def read_sub(path: Path) -> dict[str, list[str]]:
@@ -159,7 +159,7 @@ def test_a_layer_that_fails_to_load_is_named(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     """A broken layer's commands are missing with a message, the others still work."""
-    import index.cli as cli
+    import index.cli.parser as cli
 
     class Broken:
         name, value = "imaging", "imaging.cli:register"
@@ -182,7 +182,8 @@ def test_a_layer_that_fails_to_load_is_named(
 
 def test_faiss_cuda_without_a_gpu_is_a_clear_error() -> None:
     from index.errors import StoreError
-    from index.search import FaissFlatStore, gpu_available
+    from index.search.knn import gpu_available
+    from index.search.stores import FaissFlatStore
 
     if gpu_available():
         pytest.skip("this host has a GPU faiss")

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from index import encoders as E
-from index import images
 from index.errors import EncoderError, ImageError
+from index.features import encoders as E
+from index.features import images
 
 
 def test_registry_lists_valid_names(model_dir: Path) -> None:

@@ -27,14 +27,14 @@ import timm  # noqa: E402
 from PIL import Image  # noqa: E402
 from transformers import BertConfig, BertModel  # noqa: E402
 
-from index.encoders import (  # noqa: E402
+from index.errors import EncoderError, ImageError  # noqa: E402
+from index.features.encoders import (  # noqa: E402
     ImageEncoderConfig,
     OnnxImageEncoder,
     OnnxTextEncoder,
     TextEncoderConfig,
     load_encoder,
 )
-from index.errors import EncoderError, ImageError  # noqa: E402
 from training import export  # noqa: E402
 from training.export import (  # noqa: E402
     PARITY_TOL,
@@ -350,9 +350,9 @@ def test_export_default(tmp_path: Path) -> None:
     np.testing.assert_allclose(np.linalg.norm(img, axis=1), 1.0, atol=1e-5)
 
     # The exported folder is a model folder: thresholds included, usable by `match`.
-    from index.cli import main
-    from index.fusion import FusionConfig
-    from index.synthetic import SyntheticSpec, make_catalogue
+    from index.cli.parser import main
+    from index.data.synthetic import SyntheticSpec, make_catalogue
+    from index.matching.fusion import FusionConfig
 
     assert FusionConfig.model_validate_json((tmp_path / "fusion.json").read_text()) == (
         FusionConfig()

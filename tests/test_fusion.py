@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from index.fusion import FusionConfig, fuse, phash_similarity, to_lists
+from index.matching.fusion import FusionConfig, fuse, phash_similarity, to_lists
 
 
 def nb(

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from index.metrics import f1_report, group_sizes, mean_f1, row_scores
+from index.tuning.metrics import f1_report, group_sizes, mean_f1, row_scores
 
 
 def test_row_f1_hand_computed() -> None:

@@ -1,4 +1,4 @@
-"""index.milvus.MilvusStore on milvus-lite (a local .db file, in-process server on 127.0.0.1):
+"""index.store.milvus.MilvusStore on milvus-lite (a local .db file, in-process server on 127.0.0.1):
 the same neighbours and scores as the FAISS flat store, upserts and deletes seen by the next
 search, exact duplicates kept, and a catalogue that matches the same on either store."""
 
@@ -12,12 +12,14 @@ import pytest
 pytest.importorskip("pymilvus", reason="MilvusStore needs pymilvus (pip install -e '.[scale]')")
 pytest.importorskip("milvus_lite", reason="local Milvus tests need milvus-lite ('.[scale]')")
 
-from index.catalog import LiveCatalogue, QueryFeatures
-from index.catalogue import read_catalogue
-from index.fusion import FusionConfig
-from index.milvus import MilvusStore
-from index.pipeline import Encoders, Features, embed
-from index.search import FaissFlatStore, K, VectorStore, l2_normalize
+from index.data.listings import read_catalogue
+from index.features.embed import Features, QueryFeatures, embed
+from index.matching.fusion import FusionConfig
+from index.search.knn import K, l2_normalize
+from index.search.stores import FaissFlatStore, VectorStore
+from index.store.live import LiveCatalogue
+from index.store.milvus import MilvusStore
+from index.store.model import load_encoders
 
 TIE = 1e-5
 
@@ -25,7 +27,7 @@ TIE = 1e-5
 @pytest.fixture(scope="module")
 def feats(synth: Path, model_dir: Path) -> tuple[list[str], list[str], Features]:
     cat = read_catalogue(synth / "listings.csv", images_dir=synth / "images")
-    return cat.posting_id, cat.title, embed(cat, Encoders.from_folder(model_dir, device="cpu"))
+    return cat.posting_id, cat.title, embed(cat, load_encoders(model_dir, device="cpu"))
 
 
 def _stores(tmp_path: Path, dim: int, name: str = "v") -> tuple[FaissFlatStore, MilvusStore]:
@@ -140,7 +142,7 @@ def test_catalogue_matches_the_same_on_milvus_stores(
         live = LiveCatalogue(dims=dims, tfidf=f.tfidf, device="cpu", stores=dict(stores))
         live.upsert(ids, [""] * len(ids), q)
         live.remove(ids[5])
-        out.append(live.match(q, config, ids)[0])
+        out.append(live.search(q, config, ids)[0])
         assert live.get(ids[0])["signals"][-2:] == ["text", "image"]
     for a, b in zip(*out, strict=True):  # equal scores may come in another order
         assert a[0] == b[0] and set(a.tolist()) == set(b.tolist())

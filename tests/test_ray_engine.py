@@ -1,4 +1,4 @@
-"""`pricematch match --engine ray` (index/ray_engine.py): the Ray Data pipeline gives the
+"""`pricematch match --engine ray` (index/scale/ray_engine.py): the Ray Data pipeline gives the
 single-process submission, and 4 catalogue shards give what 1 shard gives.
 
 Ray's processes bind every interface, so the Ray part runs in a subprocess inside a
@@ -20,13 +20,14 @@ import pytest
 
 pytest.importorskip("ray", reason="--engine ray needs Ray (pip install -e '.[scale]')")
 
-from index.catalogue import read_catalogue
-from index.cli import build_parser, main
-from index.commands import resolve_model
-from index.fusion import Neighbours, to_lists
-from index.pipeline import embed, self_neighbours
-from index.signals import TfidfConfig
-from index.stages import apply_stages, fuse_stages
+from index.cli.commands import resolve_model
+from index.cli.parser import build_parser, main
+from index.data.listings import read_catalogue
+from index.features.embed import embed
+from index.features.tfidf import TfidfConfig
+from index.matching.fusion import Neighbours, to_lists
+from index.matching.selfmatch import self_neighbours
+from index.matching.stages import apply_stages, fuse_stages
 from tests.test_cli import read_sub
 
 ROOT = Path(__file__).resolve().parents[1]

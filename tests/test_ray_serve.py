@@ -25,7 +25,7 @@ from fastapi.testclient import TestClient
 
 pytest.importorskip("ray.serve", reason="--engine ray needs Ray Serve (pip install -e '.[scale]')")
 
-from index.cli import main as cli_main
+from index.cli.parser import main as cli_main
 from index.errors import PricematchError
 from service import ray_serve
 from service.config import Settings

@@ -2,15 +2,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from index.search import (
-    FaissFlatStore,
-    hamming_self_knn,
-    knn,
-    knn_numpy,
-    l2_normalize,
-    self_knn,
-)
-from index.signals import sparse_knn
+from index.search.knn import hamming_self_knn, knn, knn_numpy, l2_normalize, self_knn, sparse_knn
+from index.search.stores import FaissFlatStore
 
 
 def _data(n: int, d: int, seed: int = 0) -> np.ndarray:
@@ -84,7 +77,7 @@ def test_sparse_knn_matches_dense() -> None:
 
 
 def test_order_ties_sorts_equal_scores_by_id_and_padding_last() -> None:
-    from index.search import order_ties
+    from index.search.knn import order_ties
 
     D = np.array([[0.9, 0.5, 0.9, -np.inf, 0.5], [1.0, 1.0, 0.2, 0.2, -np.inf]], np.float32)
     I = np.array([[7, 4, 3, -1, 2], [5, 1, 9, 0, -1]], np.int64)
@@ -97,8 +90,8 @@ def test_self_neighbours_give_equal_scores_in_id_order(monkeypatch: pytest.Monke
     """Exact duplicate titles tie on every signal; whatever order a search returns them in,
     the single process orders them as the Ray engine's merged shards do (by row number), so
     the at-least-one-match pick agrees."""
-    import index.pipeline as pipeline
-    from index.catalogue import Catalogue
+    import index.matching.selfmatch as pipeline
+    from index.data.listings import Catalogue
 
     titles = ["tas ransel hitam", "sepatu lari pria", "tas ransel hitam", "kopi bubuk 200gr"]
     titles += ["tas ransel hitam", "sepatu lari pria"]

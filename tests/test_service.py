@@ -18,11 +18,12 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from index.catalogue import read_catalogue
-from index.cli import main as cli_main
-from index.fusion import FusionConfig
-from index.pipeline import Encoders, match_catalogue
-from index.signals import TfidfConfig
+from index.cli.parser import main as cli_main
+from index.data.listings import read_catalogue
+from index.features.tfidf import TfidfConfig
+from index.matching.fusion import FusionConfig
+from index.matching.selfmatch import match_catalogue
+from index.store.model import load_encoders
 from service.batching import MicroBatcher
 from service.config import Settings
 from service.deps import get_engine
@@ -99,7 +100,7 @@ def reference(synth: Path, model_dir: Path) -> tuple[list[str], list[list[str]]]
     """Self-match of the synthetic catalogue by the library (what the catalogue should give)."""
     cat = read_catalogue(synth / "listings.csv", images_dir=synth / "images")
     config = FusionConfig.model_validate_json((model_dir / "fusion.json").read_text())
-    enc = Encoders.from_folder(model_dir, device="cpu")
+    enc = load_encoders(model_dir, device="cpu")
     matches, _ = match_catalogue(cat, config, enc, tfidf_config=TfidfConfig(), device="cpu")
     return cat.posting_id, matches
 

@@ -1,4 +1,4 @@
-"""index.catalog: query-vs-catalogue search and fusion against exact/self-match references,
+"""index.store.live: query-vs-catalogue search and fusion against exact/self-match references,
 and the atomic snapshot persistence the service relies on."""
 
 from __future__ import annotations
@@ -9,20 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index.catalog import (
-    LiveCatalogue,
-    QueryFeatures,
-    current_snapshot,
-    fuse_against,
-    load_snapshot,
-    save_snapshot,
-    store_knn,
-)
-from index.catalogue import read_catalogue
+from index.data.listings import read_catalogue
 from index.errors import BundleError, NotFoundError
-from index.fusion import FusionConfig, fuse
-from index.pipeline import Encoders, Features, embed, self_neighbours
-from index.search import FaissFlatStore, hamming_knn, knn_numpy
+from index.features.embed import Features, QueryFeatures, embed
+from index.matching.fusion import FusionConfig, fuse
+from index.matching.selfmatch import self_neighbours
+from index.search.knn import hamming_knn, knn_numpy
+from index.search.stores import FaissFlatStore
+from index.store.live import LiveCatalogue, fuse_against, store_knn
+from index.store.model import load_encoders
+from index.store.snapshots import current_snapshot, load_snapshot, save_snapshot
 
 
 def test_hamming_knn_matches_exact_distances() -> None:
@@ -90,7 +86,7 @@ def _query(feats: Features, ids: list[str], rows: np.ndarray) -> QueryFeatures:
 @pytest.fixture(scope="module")
 def pool(synth: Path, model_dir: Path) -> tuple[list[str], Features, dict]:
     cat = read_catalogue(synth / "listings.csv", images_dir=synth / "images")
-    feats = embed(cat, Encoders.from_folder(model_dir, device="cpu"))
+    feats = embed(cat, load_encoders(model_dir, device="cpu"))
     feats.tfidf_titles = cat.title  # type: ignore[attr-defined]
     return cat.posting_id, feats, self_neighbours(feats, device="cpu")
 
@@ -104,7 +100,7 @@ def test_members_match_as_in_the_self_match(pool: tuple[list[str], Features, dic
     want, _ = fuse(nb, CONFIG, len(ids))
     live = _live(feats, ids)
     rows = np.arange(len(ids))
-    I, S, _ = live.match(_query(feats, ids, rows), CONFIG, ids)
+    I, S, _ = live.search(_query(feats, ids, rows), CONFIG, ids)
     for r in rows:
         got = [int(x) for x in I[r] if x >= 0]
         assert got[0] == r and np.isposinf(S[r, 0])
@@ -122,7 +118,7 @@ def test_outsider_matches_as_if_it_were_in_the_pool(
     for r in range(0, len(ids), 7):
         rest = np.array([i for i in range(len(ids)) if i != r])
         live = _live(feats, ids, rest)
-        I, _, _ = live.match(_query(feats, ids, np.array([r])), CONFIG, [None])
+        I, _, _ = live.search(_query(feats, ids, np.array([r])), CONFIG, [None])
         got = {ids[rest[x]] for x in I[0] if x >= 0}
         assert got == {ids[x] for x in want[r] if x >= 0 and x != r}, r
         checked += len(got) > 0
@@ -151,12 +147,12 @@ def test_upsert_replace_remove_and_refit(pool: tuple[list[str], Features, dict])
     q2 = QueryFeatures.build(["wardah lipstick matte 3gr", "kaos polos"], ["", ""])
     assert live.upsert(["a", "c"], ["", ""], q2) == (1, 1)
     assert live.posting_id == ["b", "a", "c"] and live.get("a")["title"].endswith("3gr")
-    I, _, _ = live.match(QueryFeatures.build(["lipstick wardah matte 3gr"], [""]), CONFIG, [None])
+    I, _, _ = live.search(QueryFeatures.build(["lipstick wardah matte 3gr"], [""]), CONFIG, [None])
     assert [live.posting_id[x] for x in I[0] if x >= 0] == ["a"]
     live.remove("a")
     with pytest.raises(NotFoundError):
         live.remove("a")
-    I, _, _ = live.match(
+    I, _, _ = live.search(
         QueryFeatures.build(["indomie goreng"], ["ffff000000000001"]), CONFIG, [None]
     )
     assert [live.posting_id[x] for x in I[0] if x >= 0] == ["b"]
@@ -174,7 +170,7 @@ def test_snapshot_round_trip_and_crash_leaves_old_state(
     assert back.image_phash == live.image_phash and back.next_id == live.next_id
     q = _query(feats, ids, np.arange(10))
     np.testing.assert_array_equal(
-        back.match(q, CONFIG, ids[:10])[0], live.match(q, CONFIG, ids[:10])[0]
+        back.search(q, CONFIG, ids[:10])[0], live.search(q, CONFIG, ids[:10])[0]
     )
     with pytest.raises(BundleError, match="other encoders"):
         load_snapshot(tmp_path, {"encoders": "y"})
@@ -201,7 +197,8 @@ def test_snapshot_round_trip_and_crash_leaves_old_state(
 def test_sparse_topk_equals_sparse_knn() -> None:
     import scipy.sparse as sp
 
-    from index.signals import TitleTfidf, sparse_knn, sparse_topk
+    from index.features.tfidf import TitleTfidf
+    from index.search.knn import sparse_knn, sparse_topk
 
     titles = [f"wardah lipstick {i % 7} matte {i % 3}" for i in range(80)] + ["", "kaos polos"]
     tf = TitleTfidf().fit(titles)

@@ -18,11 +18,10 @@ pytest.importorskip("milvus_lite", reason="local Milvus tests need milvus-lite (
 
 from fastapi.testclient import TestClient
 
-from index.cli import main as cli_main
+from index.cli.parser import main as cli_main
 from index.errors import BundleError, StoreError
-from index.milvus import MilvusStore
-from index.milvus_catalog import JOURNAL, SUFFIX, JournaledStore
-from index.search import l2_normalize
+from index.search.knn import l2_normalize
+from index.store.milvus import JOURNAL, SUFFIX, JournaledStore, MilvusStore
 from service.config import Settings
 from tests.test_service import clients, listing_json, rows_of
 
@@ -185,7 +184,7 @@ def test_a_bundle_is_loaded_into_milvus_once(
     assert cli_main([*build, "--out", str(bundle), "-q", "--device", "cpu"]) == 0
     n = len(rows_of(synth))  # no images in the bundle: text vectors only
     # The first start dies after one batch of the bundle's vectors went into Milvus.
-    monkeypatch.setattr("index.milvus.BATCH", 16)
+    monkeypatch.setattr("index.store.milvus.BATCH", 16)
     fail_once(monkeypatch, MilvusClient, "upsert", after=1)
     with pytest.raises(RuntimeError, match="injected"):
         client(bundle=bundle, model_dir=None)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from index.cli import main as cli_main
+from index.cli.parser import main as cli_main
 
 
 def free_port() -> int:

@@ -9,21 +9,21 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from index.fusion import FusionConfig, fuse, phash_similarity
-from index.metrics import mean_f1
-from index.search import knn_numpy, l2_normalize
-from index.stages import (
+from index.features.text import parse_quantities, unit_conflict
+from index.matching.fusion import FusionConfig, fuse, phash_similarity
+from index.matching.stages import (
     alpha_qe,
     apply_stages,
     blend,
     combine,
     drop_unit_conflicts,
     make_space,
-    parse_quantities,
     space_self_knn,
-    unit_conflict,
 )
-from index.tuning import PairTable, fit_pool_slopes, tune_tables
+from index.search.knn import knn_numpy, l2_normalize
+from index.store.model import load_encoders
+from index.tuning.grids import PairTable, fit_pool_slopes, tune_tables
+from index.tuning.metrics import mean_f1
 from tests.test_fusion import nb, sets
 
 
@@ -187,7 +187,7 @@ def test_apply_stages_blends_with_the_moved_inb_thresholds() -> None:
 
 
 def test_slopes_of_fits_thresholds_and_inb() -> None:
-    from index.tuning import slopes_of
+    from index.tuning.grids import slopes_of
 
     tuned = [
         FusionConfig(thresholds={"tfidf": 0.4 + 0.05 * i, "combined": 0.9}, tuned_rows=1000 * 2**i)
@@ -262,7 +262,7 @@ def test_fitted_pool_slopes_rise_with_pool_size() -> None:
 
 
 def test_evaluate_ablation_cli(synth: Path, model_dir: Path, tmp_path: Path, capsys) -> None:
-    from index.cli import main
+    from index.cli.parser import main
 
     rep, cfg_path = tmp_path / "ablation.json", tmp_path / "fusion.json"
     args = ["evaluate", str(synth / "listings.csv"), "--model", str(model_dir), "--ablation"]
@@ -299,11 +299,12 @@ def test_evaluate_ablation_cli(synth: Path, model_dir: Path, tmp_path: Path, cap
 def test_match_applies_stages_from_config(synth: Path, model_dir: Path, tmp_path: Path) -> None:
     import csv
 
-    from index.catalogue import read_catalogue
-    from index.cli import main
-    from index.fusion import to_lists
-    from index.pipeline import Encoders, embed, self_neighbours
-    from index.stages import fuse_stages
+    from index.cli.parser import main
+    from index.data.listings import read_catalogue
+    from index.features.embed import Encoders, embed
+    from index.matching.fusion import to_lists
+    from index.matching.selfmatch import self_neighbours
+    from index.matching.stages import fuse_stages
 
     cfg = FusionConfig(
         thresholds={"tfidf": 0.6, "phash": phash_similarity(6), "combined": 0.5},
@@ -318,7 +319,7 @@ def test_match_applies_stages_from_config(synth: Path, model_dir: Path, tmp_path
         sub = {r["posting_id"]: r["matches"].split() for r in csv.DictReader(f)}
     # the CLI gives the library's staged matches, and the stages change them
     cat = read_catalogue(synth / "listings.csv")
-    enc = Encoders.from_folder(model_dir, device="cpu")
+    enc = load_encoders(model_dir, device="cpu")
     feats = embed(cat, Encoders(text=enc.text))
     nb = self_neighbours(feats, device="cpu")
     staged = apply_stages(feats.parts(), nb, cfg, device="cpu")
@@ -336,10 +337,10 @@ def test_ablation_with_saved_oof_keeps_pools_within_folds(
     (the pool study then fits its slopes on sub-pools of single folds)."""
     import hashlib
 
-    from index.catalogue import read_catalogue
-    from index.cli import main
-    from index.encoders import load_encoder
-    from index.tuning import group_folds
+    from index.cli.parser import main
+    from index.data.listings import read_catalogue
+    from index.features.encoders import load_encoder
+    from index.tuning.grids import group_folds
 
     cat = read_catalogue(synth / "listings.csv")
     oof = tmp_path / "model" / "oof"
@@ -364,10 +365,10 @@ def test_ablation_with_saved_oof_keeps_pools_within_folds(
 def test_stage_slopes_cover_the_combined_threshold(synth: Path, model_dir: Path) -> None:
     """The pool-size rule of a stages config fits the combined threshold too (with the
     stages on), not only the per-signal ones."""
-    from index.ablation import make_pool, stage_slopes
-    from index.catalogue import read_catalogue
-    from index.encoders import load_encoder
-    from index.tuning import group_folds
+    from index.data.listings import read_catalogue
+    from index.features.encoders import load_encoder
+    from index.tuning.ablation import make_pool, stage_slopes
+    from index.tuning.grids import group_folds
 
     cat = read_catalogue(synth / "listings.csv")
     dense = {"text": load_encoder(model_dir / "text").encode(cat.title)}

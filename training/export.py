@@ -1,8 +1,8 @@
-"""Export PyTorch encoders to the ONNX artifact folders that `index.encoders` loads.
+"""Export PyTorch encoders to the ONNX artifact folders that `index.features.encoders` loads.
 
 Each export writes ``model.onnx`` and ``config.json`` (plus ``tokenizer.json`` for text),
 checks the graph with ``onnx.checker``, then loads the folder back through
-`index.encoders.load_encoder` and compares the run-time encoder with the PyTorch module on
+`index.features.encoders.load_encoder` and compares the run-time encoder with the PyTorch module on
 the same inputs, prepared by the run-time encoder itself (its tokenizer or its image
 preprocessing, as the artifact's config says). A difference above `PARITY_TOL` raises
 `EncoderError`; the measured difference is returned and written to ``parity.json``.
@@ -30,17 +30,17 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from index.encoders import (
+from index.errors import EncoderError
+from index.features.encoders import (
     ImageEncoderConfig,
-    ImageInput,
     OnnxImageEncoder,
     OnnxTextEncoder,
     TextEncoderConfig,
     load_encoder,
-    open_image,
 )
-from index.errors import EncoderError
-from index.fusion import FusionConfig
+from index.features.images import ImageInput, open_image
+from index.matching.fusion import FusionConfig
+from index.store.model import FUSION, write_fusion
 
 log = logging.getLogger(__name__)
 
@@ -273,7 +273,7 @@ def export_text_encoder(
         max_length: Token limit (special tokens included) written to the config.
         source: Provenance note for the config.
         parity_texts: Titles compared between ONNX Runtime and PyTorch.
-        normalize_titles: The model was trained on `index.text.normalize_title` output;
+        normalize_titles: The model was trained on `index.features.text.normalize_title` output;
             written to the config so the run-time encoder normalises too.
 
     Returns:
@@ -535,5 +535,5 @@ def export_default(out: Path, parity_images: Sequence[ImageInput] | None = None)
     text = export_default_text(out / "text")
     image = export_default_image(out / "image", parity_images)
     # Thresholds for these encoders travel with them (see FusionConfig's defaults).
-    (out / "fusion.json").write_text(FusionConfig().model_dump_json(indent=2), encoding="utf-8")
+    write_fusion(out / FUSION, FusionConfig())
     return DefaultExport(text=text, image=image)

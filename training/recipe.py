@@ -15,14 +15,17 @@ from typing import Any
 
 import numpy as np
 
-from index.catalogue import Catalogue
-from index.fusion import FusionConfig, Neighbours
-from index.metrics import mean_f1
-from index.pipeline import Encoders, self_neighbours
-from index.pipeline import embed as embed_features
-from index.search import self_knn
-from index.signals import TfidfConfig
-from index.tuning import GRIDS, Pool, group_folds, score_pools, sub_pools, tune_pools
+from index.data.listings import Catalogue
+from index.data.oof import write_oof
+from index.features.embed import Encoders
+from index.features.embed import embed as embed_features
+from index.features.tfidf import TfidfConfig
+from index.matching.fusion import FusionConfig, Neighbours
+from index.matching.selfmatch import self_neighbours
+from index.search.knn import self_knn
+from index.store.model import write_model
+from index.tuning.grids import GRIDS, Pool, group_folds, score_pools, sub_pools, tune_pools
+from index.tuning.metrics import mean_f1
 from training.config import CVConfig, TrainConfig, save_config
 from training.tasks import Task
 from training.trainer import Trainer
@@ -167,39 +170,14 @@ def write_model_dir(
     report: dict[str, Any],
     artifacts: dict[str, Path],
 ) -> None:
-    """Assemble a model folder: encoder artifacts, fusion.json, configs and the CV report."""
-    out.mkdir(parents=True, exist_ok=True)
-    for name, src in artifacts.items():
-        dst = out / name
-        if dst.resolve() != src.resolve():
-            shutil.rmtree(dst, ignore_errors=True)
-            shutil.copytree(src, dst)
-    (out / "fusion.json").write_text(fusion.model_dump_json(indent=2), encoding="utf-8")
+    """Assemble a model folder (`index.store.model.write_model`: encoder artifacts and
+    fusion.json), then the training configs and the CV report beside them."""
+    write_model(out, fusion, artifacts)
     for name, cfg in configs.items():
         save_config(cfg, out / f"{name}.json")
     (out / "cv_report.json").write_text(
         json.dumps(report, indent=2, default=float), encoding="utf-8"
     )
-
-
-def save_oof(folder: Path, modality: str, res: CVResult, cat: Catalogue) -> None:
-    """Write the out-of-fold embeddings for later evaluation (`evaluate --ablation`).
-
-    Files: ``{modality}.npy`` (n, dim) float32 row-aligned with the training CSV,
-    ``folds.npy`` (n,) int fold of each row (-1: not used), ``meta.json`` (rows, posting-id
-    checksum, so a reader can tell the embeddings belong to its CSV).
-    """
-    import hashlib
-
-    folder.mkdir(parents=True, exist_ok=True)
-    fold = np.full(len(cat), -1, np.int64)
-    for f, (_, va) in enumerate(res.folds):
-        fold[va] = f
-    np.save(folder / f"{modality}.npy", res.oof.astype(np.float32))
-    np.save(folder / "folds.npy", fold)
-    ids = hashlib.sha256("\n".join(map(str, cat.posting_id)).encode()).hexdigest()
-    meta = {"rows": len(cat), "posting_id_sha256": ids, "folds": len(res.folds)}
-    (folder / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
 
 
 def _table(name: str, pools: list[Pool], start: FusionConfig, signal: str) -> list[dict[str, Any]]:
@@ -311,7 +289,7 @@ def run(
         "cv_seconds": res.seconds,
         "seconds": time.perf_counter() - t0,
     }
-    save_oof(out / "oof", m, res, cat)
+    write_oof(out / "oof", m, res.oof, res.folds, cat.posting_id)
     write_model_dir(
         out,
         final,

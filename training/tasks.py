@@ -19,14 +19,14 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from index.encoders import (
+from index.errors import ImageError
+from index.features.encoders import (
     ImageEncoderConfig,
     load_tokenizer,
-    open_image,
     preprocess_image,
     tokenize_texts,
 )
-from index.errors import ImageError
+from index.features.images import open_image
 from index.progress import progress
 from training.config import ImageModelConfig, TextModelConfig, TrainConfig
 from training.export import (

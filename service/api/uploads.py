@@ -11,7 +11,7 @@ from PIL import Image
 from starlette.requests import Request
 
 from index.errors import ImageError
-from index.images import open_image
+from index.features.images import open_image
 from service.errors import PayloadTooLargeError
 
 

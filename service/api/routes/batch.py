@@ -146,7 +146,7 @@ def server_images(settings: Settings, subdir: str | None) -> Path | None:
 
 
 def submission_rows(ids: list[str], matches: list[list[str]]) -> Iterator[str]:
-    """The Kaggle submission CSV (as `index.catalogue.write_submission`), in chunks."""
+    """The Kaggle submission CSV (as `index.data.listings.write_submission`), in chunks."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["posting_id", "matches"])

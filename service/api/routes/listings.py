@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio.to_thread
 from fastapi import APIRouter, Depends, Request
 
-from index.images import compute_phash
+from index.features.images import compute_phash
 from service.api.uploads import decode_base64_image, decode_image, media_type
 from service.deps import EngineDep, SettingsDep, WriteAccess
 from service.engine import Listing

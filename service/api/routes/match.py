@@ -11,9 +11,9 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
-from index.catalogue import POSTING_ID_PATTERN
+from index.data.listings import POSTING_ID_PATTERN
 from index.errors import ImageError
-from index.images import compute_phash
+from index.features.images import compute_phash
 from service.api.uploads import decode_base64_image, decode_image, media_type
 from service.deps import EngineDep, SettingsDep
 from service.engine import Listing

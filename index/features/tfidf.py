@@ -1,7 +1,7 @@
-"""Title TF-IDF and perceptual-hash signals.
+"""Title TF-IDF: word (and optional char n-gram) vectorisers fitted on the normalised
+titles, their rows L2-normalised; saved with a bundle and loaded back as fitted.
 
-Each signal ends as neighbours `(D, I)` of shape (n, k): similarity in [0, 1], descending,
-and row ids (-1 padded), so that fusion treats every signal alike.
+Its neighbours come from `index.search.knn.sparse_knn`, as `(D, I)` like every signal.
 """
 
 from __future__ import annotations
@@ -14,11 +14,7 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict
 
-from index.errors import ImageError
-from index.images import compute_phash
-from index.progress import progress
-from index.search import K, no_neighbours
-from index.text import normalize_title
+from index.features.text import normalize_title
 
 if TYPE_CHECKING:
     from sklearn.feature_extraction.text import TfidfVectorizer
@@ -129,83 +125,3 @@ class TitleTfidf:
         return self
 
 
-def sparse_topk(Xq: sp.csr_matrix, XbT: sp.csr_matrix, k: int = K) -> tuple[np.ndarray, np.ndarray]:
-    """Exact cosine top-k of L2-normalised sparse rows `Xq` against `XbT` = Xb.T (CSR),
-    all queries in one dense (nq, nb) block; zero similarities are not neighbours."""
-    assert Xq.shape[1] == XbT.shape[0], (Xq.shape, XbT.shape)
-    nq, nb = Xq.shape[0], XbT.shape[1]
-    D, I = no_neighbours(nq, k)
-    if nb == 0 or nq == 0:
-        return D, I
-    kk = min(k, nb)
-    S = (Xq @ XbT).toarray()  # (nq, nb)
-    top = (
-        np.argpartition(-S, kk - 1, axis=1)[:, :kk] if kk < nb else np.tile(np.arange(nb), (nq, 1))
-    )
-    Dt = np.take_along_axis(S, top, axis=1)
-    o = np.argsort(-Dt, axis=1, kind="stable")
-    Dt, top = np.take_along_axis(Dt, o, axis=1), np.take_along_axis(top, o, axis=1)
-    ok = Dt > 0  # a zero similarity shares no term: not a neighbour
-    D[:, :kk] = np.where(ok, Dt, -np.inf)
-    I[:, :kk] = np.where(ok, top, -1)
-    return D, I
-
-
-def sparse_knn(
-    Xq: sp.csr_matrix,
-    Xb: sp.csr_matrix,
-    k: int = K,
-    chunk: int = 512,
-    show_progress: bool = False,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Exact cosine k-NN between L2-normalised sparse rows, in row chunks.
-
-    Memory is bounded by one dense (chunk, nb) block, so 70k rows fit in a few hundred MB.
-    Zero rows (empty titles) get no neighbours.
-    """
-    assert Xq.shape[1] == Xb.shape[1], (Xq.shape, Xb.shape)
-    nq = Xq.shape[0]
-    D = np.full((nq, k), -np.inf, np.float32)
-    I = np.full((nq, k), -1, np.int64)
-    XbT = sp.csr_matrix(Xb.T)
-    starts = range(0, nq, chunk)
-    for s in progress(starts, desc="tfidf neighbours", unit="chunk", disable=not show_progress):
-        D[s : s + chunk], I[s : s + chunk] = sparse_topk(Xq[s : s + chunk], XbT, k)
-    return D, I
-
-
-def phash_codes(hashes: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """16-hex-digit phash strings -> (n, 8) uint8 codes and (n,) validity mask."""
-    n = len(hashes)
-    codes = np.zeros((n, 8), np.uint8)
-    valid = np.zeros(n, bool)
-    for i, h in enumerate(hashes):
-        if h and len(h) == 16:
-            try:
-                codes[i] = np.frombuffer(bytes.fromhex(h), np.uint8)
-                valid[i] = True
-            except ValueError:
-                pass
-    return codes, valid
-
-
-def fill_phash(
-    hashes: list[str], images: list[str] | None, show_progress: bool = False
-) -> tuple[list[str], int]:
-    """Given phashes (one per row, "" where none), computing the missing ones from images.
-
-    Returns:
-        The hashes ("" where none) and the count of images that could not be read.
-    """
-    out = list(hashes)
-    failed = 0
-    if images is None:
-        return out, 0
-    assert len(images) == len(out), (len(images), len(out))
-    todo = [i for i in range(len(out)) if not out[i] and images[i]]
-    for i in progress(todo, desc="phash", unit="img", disable=not show_progress):
-        try:
-            out[i] = compute_phash(images[i])
-        except ImageError:
-            failed += 1
-    return out, failed

@@ -12,7 +12,7 @@ The pipeline (Ray is imported lazily; install with `pip install -e ".[scale]"`):
    shard, takes each shard's top-51 per signal and merges them into the global top-51
    (`merge_topk`: by score, equal scores by row number).
 
-The driver then runs the rest of `index.pipeline.self_match` (this module is its neighbour
+The driver then runs the rest of `index.matching.selfmatch.self_match` (this module is its neighbour
 step): `apply_stages` (stages that need the whole pool, e.g. the combined embedding or INB,
 run there on the gathered features) and `fuse_stages`. For an exact search the merged
 top-51 holds the same rows and scores as the single-process search, up to the order of
@@ -29,13 +29,22 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import scipy.sparse as sp
 
-from index.search import K, hamming_index, hamming_search, knn, no_neighbours, order_ties
-from index.signals import TfidfConfig, TitleTfidf, fill_phash, phash_codes, sparse_topk
+from index.features.images import fill_phash, phash_codes
+from index.features.tfidf import TfidfConfig, TitleTfidf
+from index.search.knn import (
+    K,
+    hamming_index,
+    hamming_search,
+    knn,
+    no_neighbours,
+    order_ties,
+    sparse_topk,
+)
 
 if TYPE_CHECKING:
-    from index.catalogue import Catalogue
-    from index.fusion import Neighbours
-    from index.pipeline import Features
+    from index.data.listings import Catalogue
+    from index.features.embed import Features
+    from index.matching.fusion import Neighbours
 
 # Imports are kept light (no sklearn, ONNX Runtime, encoders at module level): every Ray
 # worker that runs a shard actor or a k-NN join imports this module.
@@ -95,14 +104,14 @@ class _EncodeActor:
     embeddings (each chunk encoded as one batch)."""
 
     def __init__(self, folder: str, text: bool, image: bool, device: str) -> None:
-        from index.encoders import load_encoder
+        from index.store.model import load_encoders
 
-        root = Path(folder)
-        self.text = load_encoder(root / "text", device=device) if text else None  # type: ignore[arg-type]
-        self.image = load_encoder(root / "image", device=device) if image else None  # type: ignore[arg-type]
+        wanted = [m for m, on in (("text", text), ("image", image)) if on]
+        encoders = load_encoders(folder, device=device, modalities=wanted)  # type: ignore[arg-type]
+        self.text, self.image = encoders.text, encoders.image
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from index.pipeline import embed_images
+        from index.features.embed import embed_images, title_mask
 
         rows = _explode(batch)
         titles = [str(t) for t in rows["title"]]
@@ -115,7 +124,7 @@ class _EncodeActor:
                     for a, b in itertools.pairwise(bounds)
                 ]
             )
-            rows["text_valid"] = np.array([bool(t) for t in titles])
+            rows["text_valid"] = title_mask(titles)
         if self.image is not None:
             images = [str(p) for p in rows["image_path"]]
             rows["image"], rows["image_valid"] = embed_images(self.image, images)
@@ -259,7 +268,7 @@ def ray_neighbours(
     """
     import ray
 
-    from index.pipeline import Features
+    from index.features.embed import build_features
 
     n = len(cat)
     has_images = cat.image is not None
@@ -301,25 +310,17 @@ def ray_neighbours(
     whole = {c: v[order] for c, v in whole.items()}
     assert np.array_equal(whole["row"], np.arange(n)), "rows lost in the pipeline"
     X = _csr(whole["tf_idx"], whole["tf_val"], width)
-    issues: dict[str, int] = dict(cat.issues)
     failed = int(whole["phash_failed"].sum()) if has_images else 0
-    if failed:
-        issues["image unreadable for phash (no phash signal)"] = failed
-    feats = Features(
-        tfidf=tfidf,
-        X=X,
-        phash=np.ascontiguousarray(whole["phash_code"], dtype=np.uint8),
-        phash_valid=whole["phash_valid"].astype(bool),
-        issues=issues,
+    phash = (
+        np.ascontiguousarray(whole["phash_code"], dtype=np.uint8),
+        whole["phash_valid"].astype(bool),
     )
-    for s in DENSE:
-        if f"{s}_valid" in whole:
-            setattr(feats, s, np.ascontiguousarray(whole[s], dtype=np.float32))
-            setattr(feats, f"{s}_valid", whole[f"{s}_valid"].astype(bool))
-    if feats.image is not None and cat.image is not None and feats.image_valid is not None:
-        missing = int(sum(1 for f in cat.image if f) - feats.image_valid.sum())
-        if missing:
-            issues["image missing or unreadable (no image signal)"] = missing
+    dense = {
+        s: (np.ascontiguousarray(whole[s], dtype=np.float32), whole[f"{s}_valid"].astype(bool))
+        for s in DENSE
+        if f"{s}_valid" in whole
+    }
+    feats = build_features(cat, tfidf, X, phash, failed, dense)
 
     # Long-lived shard actors, each holding one contiguous slice of the catalogue.
     shards = max(1, min(shards, n))
@@ -332,10 +333,8 @@ def ray_neighbours(
             "phash": feats.phash[a:b],
             "phash_valid": feats.phash_valid[a:b],
         }
-        for s in DENSE:
-            x, valid = getattr(feats, s), getattr(feats, f"{s}_valid")
-            if x is not None:
-                data[s], data[f"{s}_valid"] = x[a:b], valid[a:b]
+        for s, (x, valid) in feats.dense().items():
+            data[s], data[f"{s}_valid"] = x[a:b], valid[a:b]
         handles.append(Shard.remote(int(a), ray.put(data), device))
     nb_ds = feats_ds.map_batches(
         _join,

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance
 
+from index.features.images import compute_phash
+
 BRANDS = [
     "Wardah",
     "Emina",
@@ -148,8 +150,6 @@ def reshoot(rng: np.random.Generator, img: Image.Image, strength: float = 1.0) -
 
 def make_catalogue(out: str | Path, spec: SyntheticSpec | None = None, images: bool = True) -> Path:
     """Write `out/listings.csv` (+ `out/images/`) with known `label_group`s; returns the CSV."""
-    import imagehash
-
     spec = spec or SyntheticSpec()
     rng = np.random.default_rng(spec.seed)
     root = Path(out)
@@ -173,7 +173,7 @@ def make_catalogue(out: str | Path, spec: SyntheticSpec | None = None, images: b
             if images:
                 shot.save(root / "images" / name, quality=90)
             rows.append(
-                [pid, name, str(imagehash.phash(shot)), _title(rng, brand, item, size), label]
+                [pid, name, compute_phash(shot), _title(rng, brand, item, size), label]
             )
     order = rng.permutation(len(rows))
     path = root / "listings.csv"

@@ -12,10 +12,19 @@ from typing import Any
 
 import numpy as np
 
-from index.ablation import (
+from index.data.listings import Catalogue, read_catalogue, write_submission
+from index.data.oof import read_oof
+from index.errors import CatalogueError, EncoderError
+from index.features.embed import Encoders, Features, embed
+from index.features.tfidf import TfidfConfig
+from index.matching.fusion import SIGNALS, FusionConfig
+from index.matching.selfmatch import NeighbourStep, local_neighbours, self_match
+from index.matching.stages import fuse_stages
+from index.progress import progress
+from index.store.model import FUSION, load_model, read_fusion, write_fusion
+from index.tuning.ablation import (
     consensus,
     default_steps,
-    load_oof,
     make_pool,
     mean_std,
     pool_study,
@@ -23,15 +32,8 @@ from index.ablation import (
     stage_slopes,
     summarize,
 )
-from index.catalogue import Catalogue, read_catalogue, write_submission
-from index.errors import CatalogueError, EncoderError
-from index.fusion import SIGNALS, FusionConfig
-from index.metrics import f1_report
-from index.pipeline import Encoders, NeighbourStep, embed, self_match, self_neighbours
-from index.progress import progress
-from index.signals import TfidfConfig
-from index.stages import fuse_stages
-from index.tuning import group_folds
+from index.tuning.grids import group_folds
+from index.tuning.metrics import f1_report
 
 log = logging.getLogger("pricematch")
 
@@ -126,30 +128,20 @@ def _signals(args: argparse.Namespace) -> set[str]:
 
 def resolve_model(args: argparse.Namespace) -> tuple[Encoders, FusionConfig]:
     """Encoders and fusion config from --bundle / --model / --config / --signals / --images."""
-    folder = None
+    folder = _model_folder(args)
+    if args.bundle is not None and not (args.bundle / FUSION).is_file():
+        raise EncoderError(f"{args.bundle} is not a bundle (no {FUSION})")
+    model = load_model(folder, device=args.device)
+    encoders, config = model.encoders, model.fusion
     if args.bundle is not None:
-        folder = args.bundle / "encoders"
-        cfg_path = args.bundle / "fusion.json"
-        if not cfg_path.is_file():
-            raise EncoderError(f"{args.bundle} is not a bundle (no fusion.json)")
-    elif args.model is not None:
-        folder = args.model
-        cfg_path = args.model / "fusion.json"
-    else:
-        cfg_path = None
-    encoders = Encoders.from_folder(folder, device=args.device) if folder else Encoders()
+        config = read_fusion(args.bundle / FUSION)
     if folder is None:
         log.info(
             "no --model or --bundle: matching on TF-IDF and phash only "
             "(`pricematch export-default --out models/default` gives the default encoders)"
         )
     if args.config is not None:
-        cfg_path = args.config
-    config = FusionConfig()
-    if cfg_path is not None and cfg_path.is_file():
-        config = FusionConfig.model_validate_json(cfg_path.read_text(encoding="utf-8"))
-    elif args.config is not None:
-        raise CatalogueError(f"config file not found: {args.config}")
+        config = read_fusion(args.config)
     chosen = _signals(args)
     if "text" not in chosen:
         encoders.text = None
@@ -168,13 +160,18 @@ def _read(args: argparse.Namespace) -> Catalogue:
 
 def _features(cat: Catalogue, encoders: Encoders, args: argparse.Namespace) -> Any:
     t = time.perf_counter()
-    feats = embed(cat, encoders, tfidf_config=TfidfConfig(), show_progress=not args.quiet)
+    step = local_neighbours(TfidfConfig(), device=args.device, show_progress=not args.quiet)
+    feats, nb = step(cat, encoders)
+    _log_issues(cat, feats, args)
+    log.info("features and neighbours for %d rows in %.1fs", len(cat), time.perf_counter() - t)
+    return feats, nb
+
+
+def _log_issues(cat: Catalogue, feats: Features, args: argparse.Namespace) -> None:
+    """What the features lack beyond the CSV's own issues (logged when it was read)."""
     for what, n in feats.issues.items():
         if what not in cat.issues:
             log.warning("%s: %d row(s): %s", args.input, n, what)
-    nb = self_neighbours(feats, device=args.device, show_progress=not args.quiet)
-    log.info("features and neighbours for %d rows in %.1fs", len(cat), time.perf_counter() - t)
-    return feats, nb
 
 
 def _model_folder(args: argparse.Namespace) -> Path | None:
@@ -186,7 +183,7 @@ def _model_folder(args: argparse.Namespace) -> Path | None:
 
 def _ray_features(cat: Catalogue, encoders: Encoders, args: argparse.Namespace) -> Any:
     try:
-        from index.ray_engine import init_ray, ray_neighbours
+        from index.scale.ray_engine import init_ray, ray_neighbours
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise CatalogueError(f"--engine ray needs Ray: pip install -e '.[scale]' ({e})") from e
     if args.shards < 1:
@@ -202,9 +199,7 @@ def _ray_features(cat: Catalogue, encoders: Encoders, args: argparse.Namespace) 
         shards=args.shards,
         device=args.device,
     )
-    for what, n in feats.issues.items():
-        if what not in cat.issues:
-            log.warning("%s: %d row(s): %s", args.input, n, what)
+    _log_issues(cat, feats, args)
     log.info(
         "ray: features and neighbours for %d rows on %d shard(s) in %.1fs",
         len(cat),
@@ -257,7 +252,7 @@ def _fmt_thresholds(config: FusionConfig) -> str:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from index.tuning import single_signal, tune
+    from index.tuning.grids import single_signal, tune
 
     t0 = time.perf_counter()
     cat = _read(args)
@@ -312,12 +307,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         )
     if args.save_config:
         args.save_config.parent.mkdir(parents=True, exist_ok=True)
-        args.save_config.write_text(best.model_dump_json(indent=2), encoding="utf-8")
+        write_fusion(args.save_config, best)
     return 0
 
 
 def cmd_build_index(args: argparse.Namespace) -> int:
-    from index.bundle import save_bundle
+    from index.store.bundle import save_bundle
 
     cat = _read(args)
     encoders, config = resolve_model(args)
@@ -330,7 +325,7 @@ def cmd_build_index(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from index.synthetic import SyntheticSpec, make_catalogue
+    from index.data.synthetic import SyntheticSpec, make_catalogue
 
     path = make_catalogue(args.out, SyntheticSpec(products=args.products, seed=args.seed))
     print(f"wrote {path} and {args.out / 'images'}")
@@ -343,7 +338,7 @@ def cmd_ablation(args: argparse.Namespace, cat: Catalogue) -> int:
     show = not args.quiet
     device = args.device
     if args.oof is not None:
-        dense, fold_of = load_oof(args.oof, cat)
+        dense, fold_of = read_oof(args.oof, cat.posting_id)
         source = f"out-of-fold embeddings {args.oof}"
     else:
         encoders, _ = resolve_model(args)
@@ -422,7 +417,7 @@ def cmd_ablation(args: argparse.Namespace, cat: Catalogue) -> int:
             )
         )
         args.save_config.parent.mkdir(parents=True, exist_ok=True)
-        args.save_config.write_text(best.model_dump_json(indent=2), encoding="utf-8")
+        write_fusion(args.save_config, best)
         print(f"wrote {args.save_config} (final pipeline, thresholds for {best.tuned_rows} rows)")
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)

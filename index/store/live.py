@@ -1,57 +1,40 @@
-"""A mutable catalogue, persisted atomically, and matching of new listings against it.
+"""The live (serving) catalogue: listings changed one by one, and new listings matched
+against it with their explanations (persisted by `index.store.snapshots`).
 
 `LiveCatalogue` holds listings that can be added, replaced and removed one by one: titles
 as TF-IDF rows, phash codes, and text/image embeddings in `VectorStore`s (`FaissFlatStore`
-by default; `index.milvus_catalog` puts them in Milvus) keyed by a stable int64 id per
+by default; `index.store.milvus` puts them in Milvus) keyed by a stable int64 id per
 listing. Rows are kept in insertion order (ids ascending), so a store's ids map back to
 rows with `searchsorted`.
 
 Matching a query (a listing that may or may not be in the catalogue) follows the Kaggle
-rules of `index.fusion.fuse` exactly: the query is treated as one more row of the pool, its
+rules of `index.matching.fusion.fuse` exactly: the query is treated as one more row of the pool, its
 neighbours per signal are searched in the catalogue (`query_neighbours`), and
 `fuse_against` runs `fuse` on them with the query as "the row itself". A query whose
 posting_id is in the catalogue *is* that row, so matching every catalogue row this way
-gives what `index.pipeline.match_catalogue` gives on the same features.
+gives what `index.matching.selfmatch.match_catalogue` gives on the same features.
 
-Persistence (`save_snapshot`/`load_snapshot`): every state is a complete folder
-`snap-NNNNNN/`; a `CURRENT` file names the live one and is replaced atomically
-(`os.replace`) only once the new folder is complete and synced, so a crash mid-write leaves
-the old state or the new one, never a broken one. A store is saved as `{m}.faiss`, or as
-`{m}{store.file_suffix}` for a store that names its own file (a reference to where its
-vectors live); `load_snapshot(open_store=...)` reopens such stores.
 """
 
 from __future__ import annotations
 
-import csv
-import json
-import os
-import re
-import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import partial
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
 
-from index.errors import BundleError, NotFoundError
-from index.fusion import FusionConfig, Neighbours, fuse, threshold
-from index.search import (
-    FaissFlatStore,
-    K,
-    VectorStore,
-    as_f32,
-    hamming_index,
-    hamming_search,
-    no_neighbours,
-)
-from index.signals import TitleTfidf, phash_codes, sparse_topk
+from index.errors import NotFoundError
+from index.features.embed import QueryFeatures
+from index.features.images import phash_codes, phash_hex
+from index.features.tfidf import TitleTfidf
+from index.matching.fusion import FusionConfig, Neighbours, fuse, threshold
+from index.search.knn import K, as_f32, hamming_index, hamming_search, no_neighbours, sparse_topk
+from index.search.stores import FaissFlatStore, VectorStore
 
 if TYPE_CHECKING:
-    from index.bundle import Bundle
+    from index.store.bundle import Bundle
 
 DENSE = ("text", "image")
 
@@ -144,7 +127,8 @@ def _has(store: VectorStore, pid: int) -> bool:
 
 
 def matched_signals(sims: dict[str, float], config: FusionConfig) -> list[str]:
-    """Signals whose similarity passes its threshold (as `index.fusion.threshold` decides)."""
+    """Signals whose similarity passes its threshold (as `index.matching.fusion.threshold`
+    decides)."""
     out = []
     for name, s in sims.items():
         t = config.thresholds.get(name)  # type: ignore[call-overload]
@@ -156,44 +140,17 @@ def matched_signals(sims: dict[str, float], config: FusionConfig) -> list[str]:
     return out
 
 
-@dataclass
-class QueryFeatures:
-    """Features of listings to match (or to add), in the catalogue's feature spaces."""
+@dataclass(frozen=True)
+class CatalogueMatch:
+    """One match of a query: the catalogue listing, its fused score and why it matched."""
 
-    title: list[str]
-    phash: np.ndarray  # (n, 8) uint8
-    phash_valid: np.ndarray  # (n,) bool
-    text: np.ndarray | None = None  # (n, d) float32
-    text_valid: np.ndarray | None = None
-    image: np.ndarray | None = None
-    image_valid: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return len(self.title)
-
-    @classmethod
-    def build(
-        cls,
-        titles: Sequence[str],
-        phashes: Sequence[str],
-        text: np.ndarray | None = None,
-        image: np.ndarray | None = None,
-        image_valid: np.ndarray | None = None,
-    ) -> QueryFeatures:
-        """From titles, 16-hex-digit phashes ("" for none) and optional embeddings."""
-        n = len(titles)
-        assert len(phashes) == n
-        codes, pvalid = phash_codes(list(phashes))
-        tv = None
-        if text is not None:
-            assert text.shape[0] == n
-            tv = np.array([bool(t) for t in titles], bool)
-        if image is not None:
-            assert image.shape[0] == n
-            image_valid = np.ones(n, bool) if image_valid is None else image_valid
-        else:
-            image_valid = None
-        return cls(list(titles), codes, pvalid, text, tv, image, image_valid)
+    row: int
+    posting_id: str
+    title: str
+    score: float  # fused similarity; +inf for the query's own listing
+    is_self: bool
+    signals: list[str]  # "self", the signals passing their thresholds, or "nearest:<signal>"
+    similarities: dict[str, float]  # each signal's similarity, where it found the listing
 
 
 @dataclass
@@ -264,7 +221,7 @@ class LiveCatalogue:
         cat = bundle.catalogue
         n = len(cat)
         valid = bundle.masks.get("phash", np.zeros(n, bool))
-        hexes = [bytes(c).hex() if v else "" for c, v in zip(bundle.phash, valid, strict=True)]
+        hexes = phash_hex(bundle.phash, valid)
         live = cls(
             dims={m: s.dim for m, s in bundle.stores.items()},
             tfidf=bundle.tfidf,
@@ -293,15 +250,15 @@ class LiveCatalogue:
         self._drop([self._row[p] for p in replaced])
         new_ids = np.arange(self.next_id, self.next_id + n, dtype=np.int64)
         self.next_id += n
+        dense = feats.dense()
         for m, store in self.stores.items():
-            x, valid = getattr(feats, m), getattr(feats, f"{m}_valid")
-            if x is None:
+            if m not in dense:
                 continue
+            x, valid = dense[m]
             rows = np.flatnonzero(valid)
             if rows.size:
                 store.add(new_ids[rows], x[rows])
-        pairs = zip(feats.phash, feats.phash_valid, strict=True)
-        hexes = [bytes(c).hex() if v else "" for c, v in pairs]
+        hexes = phash_hex(feats.phash, feats.phash_valid)
         base = len(self.posting_id)
         self.posting_id += list(posting_ids)
         self.title += list(feats.title)
@@ -374,15 +331,15 @@ class LiveCatalogue:
             "tfidf": sparse_topk(Xq, self._XT, k),
             "phash": hamming_search(*self._hamming, q.phash, q.phash_valid, k),
         }
+        dense = q.dense()
         for m, store in self.stores.items():
-            x, valid = getattr(q, m), getattr(q, f"{m}_valid")
-            if x is None or valid is None:
-                out[m] = no_neighbours(len(q), k)
+            if m in dense:
+                out[m] = store_knn(*dense[m], store, self.ids, k)
             else:
-                out[m] = store_knn(x, valid, store, self.ids, k)
+                out[m] = no_neighbours(len(q), k)
         return out
 
-    def match(
+    def search(
         self, q: QueryFeatures, config: FusionConfig, self_ids: Sequence[str | None], k: int = K
     ) -> tuple[np.ndarray, np.ndarray, dict[str, Neighbours]]:
         """Match queries against the catalogue with `fuse` rules (see `fuse_against`).
@@ -405,152 +362,35 @@ class LiveCatalogue:
         I, S = fuse_against(nb, config.for_pool(len(self)), self_rows)
         return I, S, nb
 
+    def match(
+        self, q: QueryFeatures, config: FusionConfig, self_ids: Sequence[str | None], k: int = K
+    ) -> list[list[CatalogueMatch]]:
+        """`search`, each query's matches (best first) with why they matched.
 
-# -- persistence -----------------------------------------------------------------------------
-
-_SNAP = re.compile(r"^snap-(\d{6,})$")
-LISTING_COLUMNS = ("posting_id", "title", "image", "image_phash", "id")
-
-
-def fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def save_snapshot(root: str | Path, cat: LiveCatalogue, meta: dict[str, Any]) -> Path:
-    """Write `cat` as a new snapshot under `root` and make it the current one, atomically.
-
-    Args:
-        root: the data folder of the catalogue.
-        cat: the catalogue.
-        meta: caller's identity of the feature spaces (e.g. encoder fingerprints), saved in
-            `meta.json` and checked by `load_snapshot`.
-
-    Returns:
-        The snapshot folder.
-    """
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    seqs = [int(g.group(1)) for p in root.iterdir() if (g := _SNAP.match(p.name))]
-    name = f"snap-{max(seqs, default=0) + 1:06d}"
-    tmp = root / f".{name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    with open(tmp / "listings.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(LISTING_COLUMNS)
-        for i in range(len(cat)):
-            w.writerow(
-                [cat.posting_id[i], cat.title[i], cat.image[i], cat.image_phash[i], cat.ids[i]]
-            )
-    for m, store in cat.stores.items():
-        store.save(tmp / f"{m}{getattr(store, 'file_suffix', '.faiss')}")
-    info = {
-        "format": 1,
-        "rows": len(cat),
-        "next_id": cat.next_id,
-        "dims": cat.dims,
-        "fixed_vocabulary": cat.fixed_vocabulary,
-        "meta": meta,
-    }
-    (tmp / "meta.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
-    for p in tmp.iterdir():
-        with open(p, "rb") as fh:
-            os.fsync(fh.fileno())
-    fsync_dir(tmp)
-    os.rename(tmp, root / name)
-    cur_tmp = root / "CURRENT.tmp"
-    with open(cur_tmp, "w", encoding="utf-8") as fh:
-        fh.write(name + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(cur_tmp, root / "CURRENT")  # the commit point
-    fsync_dir(root)
-    for p in root.iterdir():  # older snapshots and leftovers of interrupted writes
-        if p.name != name and (_SNAP.match(p.name) or p.name.endswith(".tmp")) and p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
-    return root / name
-
-
-def current_snapshot(root: str | Path) -> Path | None:
-    """The snapshot folder `CURRENT` names, or None when nothing was saved yet."""
-    cur = Path(root) / "CURRENT"
-    if not cur.is_file():
-        return None
-    name = cur.read_text(encoding="utf-8").strip()
-    snap = Path(root) / name
-    if not _SNAP.match(name) or not (snap / "meta.json").is_file():
-        raise BundleError(f"{root}: CURRENT names {name!r}, which is not a complete snapshot")
-    return snap
-
-
-def load_snapshot(
-    root: str | Path,
-    meta: dict[str, Any],
-    tfidf: TitleTfidf | None = None,
-    device: str = "auto",
-    open_store: Callable[[str, Path, int], VectorStore] | None = None,
-) -> LiveCatalogue | None:
-    """The current snapshot under `root`, or None if there is none.
-
-    Args:
-        open_store: reopens the store of modality `m` (dimension `dim`) from the snapshot
-            folder, `open_store(m, folder, dim)`; default: `{m}.faiss` as a `FaissFlatStore`.
-
-    Raises:
-        BundleError: the snapshot was made for other feature spaces (`meta` differs) or is
-            unreadable.
-    """
-    snap = current_snapshot(root)
-    if snap is None:
-        return None
-    info = json.loads((snap / "meta.json").read_text(encoding="utf-8"))
-    if info.get("meta") != meta:
-        raise BundleError(
-            f"{root} holds a catalogue built with other encoders or another bundle "
-            f"({info.get('meta')} vs {meta}); point the data folder elsewhere or move it away"
-        )
-    csv.field_size_limit(1 << 20)
-    with open(snap / "listings.csv", newline="", encoding="utf-8") as f:
-        r = csv.reader(f)
-        header = next(r)
-        if tuple(header) != LISTING_COLUMNS:
-            raise BundleError(f"{snap}/listings.csv: unexpected header {header}")
-        rows = list(r)
-    if len(rows) != info["rows"]:
-        raise BundleError(f"{snap}: {len(rows)} listings, meta.json says {info['rows']}")
-    dims = {m: int(d) for m, d in info["dims"].items()}
-    if open_store is None:
-        open_store = partial(open_faiss, device=device)
-    stores = {m: open_store(m, snap, d) for m, d in dims.items()}
-    cat = LiveCatalogue(
-        dims=dims,
-        tfidf=tfidf if info["fixed_vocabulary"] else None,
-        device=device,
-        posting_id=[r[0] for r in rows],
-        title=[r[1] for r in rows],
-        image=[r[2] for r in rows],
-        image_phash=[r[3] for r in rows],
-        ids=np.array([int(r[4]) for r in rows], np.int64),
-        next_id=int(info["next_id"]),
-        stores=stores,
-    )
-    return cat
-
-
-def open_faiss(m: str, snap: Path, dim: int, device: str = "auto") -> VectorStore:
-    """`{m}.faiss` of a snapshot. Raises BundleError if the vectors live in Milvus."""
-    if not (snap / f"{m}.faiss").is_file() and (snap / f"{m}.milvus.json").is_file():
-        raise BundleError(
-            f"{snap} keeps its {m} vectors in Milvus ({m}.milvus.json); serve it with "
-            "PRICEMATCH_VECTOR_STORE=milvus"
-        )
-    return FaissFlatStore.load(snap / f"{m}.faiss", device=device)
+        A match's `signals` are "self" (the query's own listing), else the signals whose
+        similarity passes `config`'s threshold (`matched_signals`), else
+        "nearest:<min2 signal>" (kept by the at-least-one-match rule).
+        """
+        I, S, nb = self.search(q, config, self_ids, k)
+        out = []
+        for j, sims in enumerate(signal_similarities(nb, I)):
+            own_id = self_ids[j]
+            row = []
+            for r, s, sim in zip(I[j].tolist(), S[j].tolist(), sims, strict=False):
+                if r < 0:
+                    break
+                own = own_id is not None and self.posting_id[r] == own_id
+                used = matched_signals(sim, config) or [f"nearest:{config.min2_signal}"]
+                row.append(
+                    CatalogueMatch(
+                        row=r,
+                        posting_id=self.posting_id[r],
+                        title=self.title[r],
+                        score=float(s),
+                        is_self=own,
+                        signals=["self"] if own else used,
+                        similarities=sim,
+                    )
+                )
+            out.append(row)
+        return out

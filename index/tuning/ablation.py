@@ -14,28 +14,26 @@ validation pool as they are and moved by the pool-size rule fitted on training s
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from index.catalogue import Catalogue
-from index.errors import CatalogueError
-from index.fusion import FusionConfig, Neighbours
-from index.metrics import f1_report
-from index.pipeline import Encoders, Features, embed, self_neighbours
+from index.data.listings import Catalogue
+from index.features.embed import Encoders, Features, Part, embed
+from index.matching.fusion import FusionConfig, Neighbours
+from index.matching.selfmatch import self_neighbours
+from index.matching.stages import apply_stages, fuse_stages
 from index.progress import progress
-from index.stages import Part, apply_stages, fuse_stages
-from index.tuning import (
+from index.tuning.grids import (
     PairTable,
     fit_pool_slopes,
     slopes_of,
     sub_pools,
     tune_tables,
 )
+from index.tuning.metrics import f1_report
 
 #: Group-size buckets of the ablation's break-down (finer at the top than `SIZE_BUCKETS`).
 BUCKETS: tuple[tuple[int, int], ...] = (
@@ -81,8 +79,8 @@ def make_pool(cat: Catalogue, rows: np.ndarray, dense: dict[str, np.ndarray], de
     sub.image = None
     feats: Features = embed(sub, Encoders())
     for name, x in dense.items():
-        setattr(feats, name, np.ascontiguousarray(x[rows], dtype=np.float32))
-        setattr(feats, f"{name}_valid", np.abs(x[rows]).sum(axis=1) > 0)
+        xr = np.ascontiguousarray(x[rows], dtype=np.float32)
+        feats.set_dense(name, xr, np.abs(xr).sum(axis=1) > 0)
     nb = self_neighbours(feats, device=device)  # type: ignore[arg-type]
     return Pool(rows, cat.labels[rows], list(sub.title), feats.parts(), nb)
 
@@ -90,15 +88,22 @@ def make_pool(cat: Catalogue, rows: np.ndarray, dense: dict[str, np.ndarray], de
 Candidates = Callable[[FusionConfig], list[FusionConfig]]
 
 
+#: What a row is: "reference" (measured alone, e.g. TF-IDF alone), "stage" (joins the
+#: pipeline when it helps on the training folds), "combined" (a stage the alternatives
+#: start from), "alternative" (instead of the stages after "combined"; its gain is over
+#: the combined row), "final" (the pipeline as kept).
+Role = Literal["reference", "stage", "combined", "alternative", "final"]
+
+
 @dataclass
 class Step:
     """One ablation row: candidate configs built from the running config of a fold."""
 
-    name: str
+    name: str  # for display only; control flow goes by `role`
     candidates: Candidates
-    cumulative: bool = True  # False: an alternative, measured but never joins the pipeline
+    cumulative: bool = True  # False: measured but never joins the pipeline
     reciprocal: tuple[int, ...] = ()
-    after_combined: bool = False  # start from the combined-embedding row (an alternative)
+    role: Role = "stage"
 
 
 def default_steps(dense: list[str]) -> list[Step]:
@@ -127,6 +132,7 @@ def default_steps(dense: list[str]) -> list[Step]:
             "TF-IDF alone",
             lambda c: [c.with_(thresholds={"tfidf": 0.55}, min2_signal="tfidf")],
             cumulative=False,
+            role="reference",
         ),
         Step(
             "fused " + " ∪ ".join(["TF-IDF", "phash", *modal]),
@@ -135,10 +141,10 @@ def default_steps(dense: list[str]) -> list[Step]:
     ]
     if modal:
         steps += [
-            Step("+ combined embedding", combined),
+            Step("+ combined embedding", combined, role="combined"),
             Step("+ INB stage 1", inb),
             Step("+ INB stage 2", inb),
-            Step("alternative: αQE instead of INB", qe, cumulative=False, after_combined=True),
+            Step("alternative: αQE instead of INB", qe, cumulative=False, role="alternative"),
         ]
     steps += [
         Step("+ min-2 rank-2 reciprocal", lambda c: [c], reciprocal=(1, 2)),
@@ -154,7 +160,7 @@ class FoldState:
     base_before_inb: FusionConfig | None = None
 
 
-def _eval(pool: Pool, cfg: FusionConfig, device: str) -> dict[str, Any]:
+def evaluate_pool(pool: Pool, cfg: FusionConfig, device: str) -> dict[str, Any]:
     nb, _ = pool.signals(cfg, device)
     I, _ = fuse_stages(nb, cfg, pool.titles)
     return f1_report(I, pool.labels, BUCKETS)
@@ -177,7 +183,7 @@ def run_ablation(
         folds = []
         for f in range(k):
             train = [p for g, p in enumerate(pools) if g != f]
-            base = alt_base[f] if step.after_combined else states[f].running
+            base = alt_base[f] if step.role == "alternative" else states[f].running
             best: tuple[float, FusionConfig] | None = None
             for cand in step.candidates(base):
                 tables = [p.signals(cand, device)[1] for p in train]
@@ -188,9 +194,9 @@ def run_ablation(
                     best = (f_tr, cfg)
             assert best is not None
             f_tr, cfg = best
-            rep = _eval(pools[f], cfg, device)
+            rep = evaluate_pool(pools[f], cfg, device)
             kept = step.cumulative and f_tr > states[f].train_f1 + 1e-6
-            if step.name.startswith("+ combined"):
+            if step.role == "combined":
                 alt_base[f] = cfg if kept else states[f].running
             if kept or (step.cumulative and states[f].train_f1 < 0):
                 states[f] = FoldState(cfg, f_tr)
@@ -198,10 +204,12 @@ def run_ablation(
             folds.append(
                 {"report": rep, "config": cfg.model_dump(), "train_f1": f_tr, "kept": kept}
             )
-        out.append({"name": step.name, "cumulative": step.cumulative, "folds": folds})
+        out.append(
+            {"name": step.name, "role": step.role, "cumulative": step.cumulative, "folds": folds}
+        )
     final = [
         {
-            "report": _eval(pools[f], states[f].running, device),
+            "report": evaluate_pool(pools[f], states[f].running, device),
             "config": states[f].running.model_dump(),
             "train_f1": states[f].train_f1,
             "kept": True,
@@ -209,7 +217,12 @@ def run_ablation(
         for f in range(k)
     ]
     out.append(
-        {"name": "final (stages kept on the training folds)", "cumulative": True, "folds": final}
+        {
+            "name": "final (stages kept on the training folds)",
+            "role": "final",
+            "cumulative": True,
+            "folds": final,
+        }
     )
     return out
 
@@ -276,9 +289,9 @@ def pool_study(
                 str(c.tuned_rows): {"f1": f1, "thresholds": dict(c.thresholds)}
                 for c, f1 in tuned.values()
             },
-            "carried": _eval(pools[f], big, device),
-            "pool_rule": _eval(pools[f], moved, device),
-            "same_size": _eval(pools[f], same, device),
+            "carried": evaluate_pool(pools[f], big, device),
+            "pool_rule": evaluate_pool(pools[f], moved, device),
+            "same_size": evaluate_pool(pools[f], same, device),
             "carried_config": big.model_dump(),
             "moved_thresholds": moved.for_pool(len(pools[f])).thresholds,
         }
@@ -352,26 +365,6 @@ def stage_slopes(
 # CLI
 
 
-def load_oof(folder: Path, cat: Catalogue) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Saved out-of-fold embeddings (text.npy / image.npy) and folds.npy of `cat`'s rows."""
-    d = folder / "oof" if (folder / "oof" / "meta.json").is_file() else folder
-    meta_path = d / "meta.json"
-    if not meta_path.is_file():
-        raise CatalogueError(f"{folder}: no oof/meta.json (made by `pricematch train`)")
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    ids = hashlib.sha256("\n".join(map(str, cat.posting_id)).encode()).hexdigest()
-    if meta.get("rows") != len(cat) or meta.get("posting_id_sha256") != ids:
-        raise CatalogueError(
-            f"{d}: out-of-fold embeddings belong to another CSV "
-            f"({meta.get('rows')} rows, not these {len(cat)})"
-        )
-    dense = {m: np.load(d / f"{m}.npy") for m in ("text", "image") if (d / f"{m}.npy").is_file()}
-    for m, x in dense.items():
-        if x.shape[0] != len(cat):
-            raise CatalogueError(f"{d}/{m}.npy has {x.shape[0]} rows, not {len(cat)}")
-    return dense, np.load(d / "folds.npy")
-
-
 def mean_std(vals: list[float]) -> str:
     """`mean ± std` of a list (4 decimals)."""
     a = np.array(vals)
@@ -388,6 +381,7 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         f1 = [x["report"]["f1"] for x in r["folds"]]
         row = {
             "name": r["name"],
+            "role": r["role"],
             "f1": f1,
             "precision": [x["report"]["precision"] for x in r["folds"]],
             "recall": [x["report"]["recall"] for x in r["folds"]],
@@ -406,13 +400,13 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 for s in r["folds"][0]["report"]["by_group_size"]
             },
         }
-        if r["name"].startswith("alternative"):
+        if r["role"] == "alternative":
             row["gain"] = None if base is None else [a - b for a, b in zip(f1, base, strict=True)]
-        elif r["name"].startswith("final"):
+        elif r["role"] == "final":
             row["gain"] = None
-        if r["name"].startswith("+ combined"):
+        if r["role"] == "combined":
             base = f1
-        if r["cumulative"] and not r["name"].startswith("final"):
+        if r["cumulative"] and r["role"] != "final":
             prev = [
                 a if x["kept"] else b for a, b, x in zip(f1, prev or f1, r["folds"], strict=True)
             ]

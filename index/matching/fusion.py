@@ -1,6 +1,6 @@
 """Fusion: per-signal thresholds, union of signals, the at-least-one-match rule, the cap.
 
-A signal is neighbours `(D, I)` of shape (n, k) (see `index.search`). `fuse` turns a dict of
+A signal is neighbours `(D, I)` of shape (n, k) (see `index.search.knn`). `fuse` turns a dict of
 them into matches `I` (n, max_matches), -1 padded, the row itself always in column 0.
 All thresholds live in one `FusionConfig`, saved with each bundle.
 """
@@ -28,7 +28,7 @@ def phash_similarity(max_hamming: int) -> float:
 
 
 class Stages(BaseModel):
-    """Match-quality stages around the fusion (`index.stages`); all off by default.
+    """Match-quality stages around the fusion (`index.matching.stages`); all off by default.
 
     Attributes:
         combined_weights: modality -> weight of the combined embedding (each modality

@@ -57,10 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def register(sub: Any) -> None:
     """Add the library's commands: match, evaluate, build-index, sample."""
-    from index import commands
+    from index.cli.commands import register as add_commands
 
-    commands.register(sub)
+    add_commands(sub)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

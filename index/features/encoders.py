@@ -25,9 +25,10 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from index.errors import EncoderError
-from index.images import ImageInput, open_image
+from index.features.images import ImageInput, open_image
+from index.features.text import normalize_title
 from index.progress import progress
-from index.text import normalize_title
+from index.search.knn import l2_normalize
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ class TextEncoderConfig(BaseModel):
     pooling: Literal["mean", "cls"] = "mean"
     normalized: bool = True
     lowercase: bool = True
-    # Title normalisation before tokenizing (`index.text.normalize_title`: lower-case,
+    # Title normalisation before tokenizing (`index.features.text.normalize_title`: lower-case,
     # HTML entities, numbers split from units); trained encoders set it.
     normalize_titles: bool = False
     source: str = ""
@@ -164,12 +165,6 @@ def load_encoder(folder: str | Path, device: Device = "auto") -> Encoder:
     return create_encoder(read_encoder_config(folder)["encoder"], folder, device=device)
 
 
-def _l2n(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    n = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(n, 1e-12)
-
-
 def load_tokenizer(path: Path, max_length: int) -> Any:
     """A `tokenizers.Tokenizer` truncating at `max_length`, unpadded (batches pad themselves)."""
     from tokenizers import Tokenizer
@@ -188,7 +183,7 @@ def tokenize_texts(
     """Tokenize a batch, padded to its longest member: `input_ids`, `attention_mask` (n, seq).
 
     The one tokenization used at run time and in training. `normalize` applies
-    `index.text.normalize_title` first (which lower-cases too).
+    `index.features.text.normalize_title` first (which lower-cases too).
     """
     if normalize:
         texts = [normalize_title(t) for t in texts]
@@ -254,7 +249,7 @@ class OnnxTextEncoder(Encoder):
             feeds = self.tokenize([texts[i] for i in idx])
             (emb,) = self._session.run(None, feeds)  # (b, dim)
             out[idx] = emb
-        return _l2n(out)
+        return l2_normalize(out)
 
 
 @register_encoder("onnx-image")
@@ -284,4 +279,4 @@ class OnnxImageEncoder(Encoder):
             xb = np.stack([self.preprocess(open_image(i)) for i in items[s : s + batch_size]])
             (emb,) = self._session.run(None, {self._input: xb})  # (b, dim)
             out[s : s + len(xb)] = emb
-        return _l2n(out)
+        return l2_normalize(out)

@@ -1,4 +1,4 @@
-"""Exact k-NN by inner product on L2-normalised float32 vectors, behind a small store interface.
+"""All k-NN of the project: dense (FAISS inner product), sparse (TF-IDF cosine) and Hamming (phash).
 
 Conventions (as in faiss): `xq` (nq, d) queries, `xb` (nb, d) database, `k` neighbours;
 results `D` (nq, k) similarities in descending order and `I` (nq, k) int64 ids, with
@@ -7,14 +7,14 @@ results `D` (nq, k) similarities in descending order and `I` (nq, k) int64 ids, 
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import faiss
 import numpy as np
+import scipy.sparse as sp
 
 from index.errors import StoreError
-from index.progress import check_cancelled
+from index.progress import check_cancelled, progress
 
 #: k for the matching search: at most 50 matches, plus the row itself.
 K = 51
@@ -41,7 +41,7 @@ def check_device(device: str) -> None:
         )
 
 
-def _to_device(index: faiss.Index, device: str) -> faiss.Index:
+def to_device(index: faiss.Index, device: str) -> faiss.Index:
     """Move a CPU index to GPU 0 when asked ('auto'/'cuda') and possible; else return it."""
     check_device(device)
     if device == "cpu" or not gpu_available():
@@ -101,118 +101,31 @@ def pad_results(D: np.ndarray, I: np.ndarray, k: int) -> tuple[np.ndarray, np.nd
     return Dp, Ip
 
 
-@runtime_checkable
-class VectorStore(Protocol):
-    """A mutable collection of (id, vector) searched exactly by inner product.
-
-    Implementations: `FaissFlatStore` (in process, GPU when present) and
-    `index.milvus.MilvusStore` (a Milvus collection: milvus-lite file or cluster). Search
-    is top-k only; callers apply similarity thresholds to the scores themselves.
-    """
-
-    dim: int
-
-    def __len__(self) -> int: ...
-
-    def add(self, ids: np.ndarray, x: np.ndarray) -> None:
-        """Upsert: add vectors `x` (n, dim) under int64 `ids` (n,), replacing existing ids."""
-
-    def remove(self, ids: np.ndarray) -> int:
-        """Delete `ids`; returns how many were present."""
-
-    def search(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """k nearest by inner product: scores D (nq, k) desc, ids I (nq, k), -1 padded."""
-
-    def contains(self, ids: np.ndarray) -> np.ndarray:
-        """(n,) bool: which of `ids` are stored."""
-
-    def vectors(self, ids: np.ndarray) -> np.ndarray:
-        """Stored vectors of `ids`, shape (n, dim)."""
-
-    def save(self, path: Path) -> None:
-        """Persist (a file at `path`: the index itself, or a reference to where it lives)."""
-
-
-class FaissFlatStore:
-    """Exact inner-product store (`IndexIDMap2(IndexFlatIP)`), on GPU when available."""
-
-    def __init__(self, dim: int, device: str = "auto", index: faiss.Index | None = None) -> None:
-        check_device(device)
-        self.dim = dim
-        self.device = device
-        self._cpu = index if index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
-        self._search_index: faiss.Index | None = None
-
-    def __len__(self) -> int:
-        return int(self._cpu.ntotal)
-
-    def add(self, ids: np.ndarray, x: np.ndarray) -> None:
-        x = as_f32(x)
-        ids = np.ascontiguousarray(ids, dtype=np.int64)
-        assert x.shape == (ids.shape[0], self.dim), (x.shape, ids.shape, self.dim)
-        self.remove(ids)
-        self._cpu.add_with_ids(x, ids)
-        self._search_index = None
-
-    def remove(self, ids: np.ndarray) -> int:
-        ids = np.ascontiguousarray(ids, dtype=np.int64)
-        if len(self) == 0 or ids.size == 0:
-            return 0
-        n = int(self._cpu.remove_ids(faiss.IDSelectorBatch(ids)))
-        self._search_index = None
-        return n
-
-    def search(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        xq = as_f32(xq)
-        assert xq.shape[1] == self.dim, (xq.shape, self.dim)
-        if len(self) == 0:
-            return no_neighbours(xq.shape[0], k)
-        if self._search_index is None:
-            self._search_index = _to_device(self._cpu, self.device)
-        kk = min(k, len(self))  # GPU flat search allows k <= 2048; matching uses 51
-        D, I = self._search_index.search(xq, kk)
-        D = np.where(I < 0, -np.inf, D).astype(np.float32)
-        return pad_results(D, I.astype(np.int64), k)
-
-    def contains(self, ids: np.ndarray) -> np.ndarray:
-        """(n,) bool: which of `ids` are stored."""
-        ids = np.asarray(ids, dtype=np.int64)
-        idmap: Any = self._cpu  # an IndexIDMap2: its ids are in id_map
-        stored = faiss.vector_to_array(idmap.id_map) if len(self) else np.zeros(0, np.int64)
-        return np.isin(ids, stored)
-
-    def vectors(self, ids: np.ndarray) -> np.ndarray:
-        """Stored vectors of `ids`, shape (n, dim). Raises RuntimeError for an unknown id."""
-        return (
-            np.stack([self._cpu.reconstruct(int(i)) for i in ids])
-            if len(ids)
-            else np.zeros((0, self.dim), np.float32)
-        )
-
-    def save(self, path: Path) -> None:
-        faiss.write_index(self._cpu, str(path))
-
-    @classmethod
-    def load(cls, path: Path, device: str = "auto") -> FaissFlatStore:
-        index = faiss.read_index(str(path))
-        return cls(index.d, device=device, index=index)
-
-
 def knn(
     xq: np.ndarray, xb: np.ndarray, k: int, device: str = "auto"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact inner-product k-NN of `xq` in `xb`; ids are row numbers of `xb`.
+    """Exact inner-product k-NN of `xq` in `xb` (`IndexFlatIP`); ids are row numbers of `xb`.
 
     Queries run in chunks of `KNN_CHUNK`, checking for cancellation between them."""
-    xb = as_f32(xb)
-    store = FaissFlatStore(xb.shape[1], device=device)
-    store.add(np.arange(xb.shape[0], dtype=np.int64), xb)
+    xq, xb = as_f32(xq), as_f32(xb)
+    assert xq.shape[1] == xb.shape[1], (xq.shape, xb.shape)
+    if xb.shape[0] == 0:
+        return no_neighbours(xq.shape[0], k)
+    flat = faiss.IndexFlatIP(xb.shape[1])
+    flat.add(xb)
+    index = to_device(flat, device)
+    kk = min(k, xb.shape[0])  # GPU flat search allows k <= 2048; matching uses 51
+
+    def search(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        D, I = index.search(q, kk)
+        return pad_results(np.where(I < 0, -np.inf, D).astype(np.float32), I.astype(np.int64), k)
+
     if xq.shape[0] <= KNN_CHUNK:
-        return store.search(xq, k)
+        return search(xq)
     parts = []
     for s in range(0, xq.shape[0], KNN_CHUNK):
         check_cancelled()
-        parts.append(store.search(xq[s : s + KNN_CHUNK], k))
+        parts.append(search(xq[s : s + KNN_CHUNK]))
     return np.concatenate([D for D, _ in parts]), np.concatenate([I for _, I in parts])
 
 
@@ -297,3 +210,48 @@ def hamming_self_knn(
     """
     valid = np.ones(codes.shape[0], bool) if valid is None else valid
     return hamming_knn(codes, valid, codes, valid, k)
+
+
+def sparse_topk(Xq: sp.csr_matrix, XbT: sp.csr_matrix, k: int = K) -> tuple[np.ndarray, np.ndarray]:
+    """Exact cosine top-k of L2-normalised sparse rows `Xq` against `XbT` = Xb.T (CSR),
+    all queries in one dense (nq, nb) block; zero similarities are not neighbours."""
+    assert Xq.shape[1] == XbT.shape[0], (Xq.shape, XbT.shape)
+    nq, nb = Xq.shape[0], XbT.shape[1]
+    D, I = no_neighbours(nq, k)
+    if nb == 0 or nq == 0:
+        return D, I
+    kk = min(k, nb)
+    S = (Xq @ XbT).toarray()  # (nq, nb)
+    top = (
+        np.argpartition(-S, kk - 1, axis=1)[:, :kk] if kk < nb else np.tile(np.arange(nb), (nq, 1))
+    )
+    Dt = np.take_along_axis(S, top, axis=1)
+    o = np.argsort(-Dt, axis=1, kind="stable")
+    Dt, top = np.take_along_axis(Dt, o, axis=1), np.take_along_axis(top, o, axis=1)
+    ok = Dt > 0  # a zero similarity shares no term: not a neighbour
+    D[:, :kk] = np.where(ok, Dt, -np.inf)
+    I[:, :kk] = np.where(ok, top, -1)
+    return D, I
+
+
+def sparse_knn(
+    Xq: sp.csr_matrix,
+    Xb: sp.csr_matrix,
+    k: int = K,
+    chunk: int = 512,
+    show_progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact cosine k-NN between L2-normalised sparse rows, in row chunks.
+
+    Memory is bounded by one dense (chunk, nb) block, so 70k rows fit in a few hundred MB.
+    Zero rows (empty titles) get no neighbours.
+    """
+    assert Xq.shape[1] == Xb.shape[1], (Xq.shape, Xb.shape)
+    nq = Xq.shape[0]
+    D = np.full((nq, k), -np.inf, np.float32)
+    I = np.full((nq, k), -1, np.int64)
+    XbT = sp.csr_matrix(Xb.T)
+    starts = range(0, nq, chunk)
+    for s in progress(starts, desc="tfidf neighbours", unit="chunk", disable=not show_progress):
+        D[s : s + chunk], I[s : s + chunk] = sparse_topk(Xq[s : s + chunk], XbT, k)
+    return D, I

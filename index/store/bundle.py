@@ -12,17 +12,15 @@ Layout::
     encoders/text/, encoders/image/   the ONNX encoder artifacts used to build it
 
 Written to a temporary folder then renamed into place, so a crash leaves the old bundle
-or the new one, never half of one; verified against the manifest on load.
+or the new one, never half of one (`index.store.atomic.write_atomic`); verified against
+the manifest on load.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
-import os
 import shutil
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -31,24 +29,19 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-import index
-from index.catalogue import Catalogue, read_catalogue
-from index.encoders import Device
+from index import __version__
+from index.data.listings import Catalogue, read_catalogue
 from index.errors import BundleError
-from index.fusion import FusionConfig
-from index.pipeline import Encoders, Features
-from index.search import FaissFlatStore
-from index.signals import TitleTfidf
+from index.features.embed import Encoders, Features
+from index.features.encoders import Device
+from index.features.images import phash_hex
+from index.features.tfidf import TitleTfidf
+from index.matching.fusion import FusionConfig
+from index.search.stores import FaissFlatStore
+from index.store.atomic import sha256, write_atomic
+from index.store.model import FUSION, load_encoders, read_fusion, write_fusion
 
 FORMAT = 1
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _versions() -> dict[str, str]:
@@ -57,33 +50,12 @@ def _versions() -> dict[str, str]:
     import sklearn
 
     return {
-        "pricematch": index.__version__,
+        "pricematch": __version__,
         "faiss": faiss.__version__,
         "onnxruntime": onnxruntime.__version__,
         "scikit-learn": sklearn.__version__,
         "numpy": np.__version__,
     }
-
-
-def write_atomic(out: Path, fill: Any) -> Path:
-    """Create folder `out` by calling `fill(tmp_folder)` then renaming it into place."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        fill(tmp)
-        old = None
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(out, old)
-        os.rename(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
 
 
 def _write_listings(path: Path, cat: Catalogue, phash: list[str]) -> None:
@@ -102,10 +74,6 @@ def _write_listings(path: Path, cat: Catalogue, phash: list[str]) -> None:
             w.writerow(row)
 
 
-def _hex(codes: np.ndarray, valid: np.ndarray) -> list[str]:
-    return [bytes(c).hex() if v else "" for c, v in zip(codes, valid, strict=True)]
-
-
 def save_bundle(
     out: str | Path,
     cat: Catalogue,
@@ -119,17 +87,15 @@ def save_bundle(
     assert len(feats) == n, (len(feats), n)
 
     def fill(tmp: Path) -> None:
-        (tmp / "fusion.json").write_text(fusion.model_dump_json(indent=2), encoding="utf-8")
-        _write_listings(tmp / "listings.csv", cat, _hex(feats.phash, feats.phash_valid))
+        write_fusion(tmp / FUSION, fusion)
+        _write_listings(tmp / "listings.csv", cat, phash_hex(feats.phash, feats.phash_valid))
         feats.tfidf.save(tmp)
         sp.save_npz(tmp / "tfidf.npz", feats.X)
         np.save(tmp / "phash.npy", feats.phash)
         masks = {"phash": feats.phash_valid}
         dims: dict[str, int] = {"tfidf": int(feats.X.shape[1])}
-        for m in ("text", "image"):
-            x, valid, enc = getattr(feats, m), getattr(feats, f"{m}_valid"), getattr(encoders, m)
-            if x is None:
-                continue
+        for m, (x, valid) in feats.dense().items():
+            enc = getattr(encoders, m)
             store = FaissFlatStore(x.shape[1], device="cpu")
             rows = np.flatnonzero(valid)
             store.add(rows, x[rows])
@@ -203,7 +169,7 @@ def load_bundle(folder: str | Path, device: Device = "auto", with_encoders: bool
     n = manifest["rows"]
     if len(cat) != n:
         raise BundleError(f"{root}: listings.csv has {len(cat)} rows, manifest says {n}")
-    fusion = FusionConfig.model_validate_json((root / "fusion.json").read_text(encoding="utf-8"))
+    fusion = read_fusion(root / FUSION)
     masks = dict(np.load(root / "masks.npz"))
     stores = {
         m: FaissFlatStore.load(root / f"{m}.faiss", device=device)
@@ -212,7 +178,7 @@ def load_bundle(folder: str | Path, device: Device = "auto", with_encoders: bool
     }
     enc_dir = root / "encoders"
     encoders = (
-        Encoders.from_folder(enc_dir, device=device)
+        load_encoders(enc_dir, device=device)
         if with_encoders and enc_dir.is_dir()
         else Encoders()
     )

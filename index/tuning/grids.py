@@ -9,9 +9,9 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from index.fusion import FusionConfig, Neighbours, fuse, phash_similarity
-from index.metrics import group_sizes, mean_f1
+from index.matching.fusion import FusionConfig, Neighbours, fuse, phash_similarity
 from index.progress import progress
+from index.tuning.metrics import group_sizes, mean_f1
 
 #: Candidate thresholds per signal.
 GRIDS: dict[str, list[float]] = {
@@ -185,7 +185,7 @@ class PairTable:
         self.same = labels[self.row] == labels[col]
         self.drop = np.zeros(len(uniq), bool)
         if titles is not None:
-            from index.stages import parse_quantities, unit_conflict
+            from index.features.text import parse_quantities, unit_conflict
 
             q = [parse_quantities(t) for t in titles]
             has = np.array([bool(x) for x in q])

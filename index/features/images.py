@@ -1,5 +1,5 @@
-"""Images: opening (fully decoded RGB, with the decompression-bomb guard) and the Kaggle
-phash (a leaf module: it imports only `index.errors`)."""
+"""Images: opening (fully decoded RGB, with the decompression-bomb guard), the Kaggle phash
+and its codes (16 hex digits <-> (n, 8) uint8). Imports only `index.errors`/`progress`."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ import io
 import re
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from index.errors import ImageError
+from index.progress import progress
 
 #: Images above this many pixels are refused (decompression-bomb guard), ~ 8k x 8k.
 MAX_IMAGE_PIXELS = 64_000_000
@@ -59,3 +61,45 @@ def compute_phash(image: ImageInput) -> str:
 
     img = image if isinstance(image, Image.Image) else open_image(image)
     return str(imagehash.phash(img))
+
+
+def phash_codes(hashes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """16-hex-digit phash strings -> (n, 8) uint8 codes and (n,) validity mask."""
+    n = len(hashes)
+    codes = np.zeros((n, 8), np.uint8)
+    valid = np.zeros(n, bool)
+    for i, h in enumerate(hashes):
+        if h and len(h) == 16:
+            try:
+                codes[i] = np.frombuffer(bytes.fromhex(h), np.uint8)
+                valid[i] = True
+            except ValueError:
+                pass
+    return codes, valid
+
+
+def phash_hex(codes: np.ndarray, valid: np.ndarray) -> list[str]:
+    """(n, 8) uint8 codes and (n,) validity -> 16-hex-digit strings ("" where invalid)."""
+    return [bytes(c).hex() if v else "" for c, v in zip(codes, valid, strict=True)]
+
+
+def fill_phash(
+    hashes: list[str], images: list[str] | None, show_progress: bool = False
+) -> tuple[list[str], int]:
+    """Given phashes (one per row, "" where none), computing the missing ones from images.
+
+    Returns:
+        The hashes ("" where none) and the count of images that could not be read.
+    """
+    out = list(hashes)
+    failed = 0
+    if images is None:
+        return out, 0
+    assert len(images) == len(out), (len(images), len(out))
+    todo = [i for i in range(len(out)) if not out[i] and images[i]]
+    for i in progress(todo, desc="phash", unit="img", disable=not show_progress):
+        try:
+            out[i] = compute_phash(images[i])
+        except ImageError:
+            failed += 1
+    return out, failed

@@ -1,0 +1,1 @@
+"""Listings in and out: the CSV reader/writer, synthetic catalogues, the out-of-fold format."""

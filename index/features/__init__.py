@@ -1,0 +1,1 @@
+"""Title text, images and phash, encoders, TF-IDF, and `embed` (listings -> features)."""

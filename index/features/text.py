@@ -1,0 +1,76 @@
+"""Title text: the normalisation applied before TF-IDF and before tokenizing, and the
+quantities a title states (the unit rule's parser). A leaf module: it imports nothing of
+the project."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+_HTML = re.compile(r"&(#\d+|[a-z]+);")
+# "500ml" -> "500 ml", "2x" -> "2 x": numbers and units become separate tokens.
+_NUM_UNIT = re.compile(r"(?<=\d)(?=[^\W\d_])|(?<=[^\W\d_])(?=\d)")
+
+
+def normalize_title(title: str) -> str:
+    """Lower-case, decode HTML entities, split numbers from units, squeeze spaces."""
+    import html
+
+    t = html.unescape(title).lower() if _HTML.search(title) else title.lower()
+    t = _NUM_UNIT.sub(" ", t)
+    return " ".join(t.split())
+
+
+#: unit spelling -> (canonical unit, factor to the canonical unit)
+UNITS: dict[str, tuple[str, float]] = {
+    **{u: ("g", 1.0) for u in ("g", "gr", "grm", "gram", "grams", "gramm", "gms")},
+    **{u: ("g", 1000.0) for u in ("kg", "kgs", "kilo", "kilogram")},
+    "mg": ("g", 0.001),
+    **{u: ("ml", 1.0) for u in ("ml", "mls", "cc")},
+    **{u: ("ml", 1000.0) for u in ("l", "lt", "ltr", "liter", "litre", "liters")},
+    **{
+        u: ("pcs", 1.0)
+        for u in ("pcs", "pc", "piece", "pieces", "biji", "butir", "lembar", "sachet", "pasang")
+    },
+    "mah": ("mah", 1.0),
+    "gb": ("gb", 1.0),
+    "tb": ("gb", 1024.0),
+    **{u: ("mm", 1.0) for u in ("mm",)},
+    **{u: ("mm", 10.0) for u in ("cm",)},
+    "inch": ("inch", 1.0),
+}
+
+
+_UNIT_ALT = "|".join(sorted(map(re.escape, UNITS), key=len, reverse=True))
+
+
+_QTY = re.compile(r"(?<![\d.,])(\d+(?:[.,]\d+)?)\s*(" + _UNIT_ALT + r")(?![a-z0-9])", re.I)
+
+
+def _number(s: str, factor: float) -> float:
+    if "." in s or "," in s:
+        whole, frac = re.split(r"[.,]", s)
+        # "1.000 ml", "2,500 mAh": a 3-digit group after the separator of a small integer
+        # part is a thousands separator (Indonesian writing); "1,5 kg" and "0.5 l" are decimals.
+        thousands = len(frac) == 3 and whole != "0" and factor == 1.0
+        return float(whole + frac) if thousands else float(f"{whole}.{frac}")
+    return float(s)
+
+
+def parse_quantities(title: str) -> dict[str, frozenset[float]]:
+    """Quantities written in a title, by canonical unit (g, ml, pcs, mah, gb, mm, inch).
+
+    `200gr` / `200 gram` -> {"g": {200}}; `1kg` -> {"g": {1000}}; `1,5 L` -> {"ml": {1500}};
+    `2pcs` / `2 biji` -> {"pcs": {2}}. A title can hold several values of one unit.
+    """
+    out: dict[str, set[float]] = {}
+    for num, unit in _QTY.findall(title):
+        canon, factor = UNITS[unit.lower()]
+        v = round(_number(num, factor) * factor, 6)
+        out.setdefault(canon, set()).add(v)
+    return {u: frozenset(v) for u, v in out.items()}
+
+
+def unit_conflict(a: Mapping[str, frozenset[float]], b: Mapping[str, frozenset[float]]) -> bool:
+    """True when both carry some unit and share none of its values (`200gr` vs `400gr`)."""
+    return any(u in b and not (a[u] & b[u]) for u in a)

@@ -1,0 +1,1 @@
+"""Fusion, the match-quality stages and the one self-match path."""

@@ -1,0 +1,103 @@
+"""The Kaggle self-match, one path for `pricematch match`, `evaluate`, `/batch-match` and
+`--engine ray`: a neighbour step (features and every signal's k nearest rows, in this
+process by `local_neighbours` or on Ray), then the stages and the fusion (`self_match`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from index.data.listings import Catalogue
+from index.features.embed import Encoders, Features, embed
+from index.features.encoders import Device
+from index.features.tfidf import TfidfConfig
+from index.matching.fusion import FusionConfig, Neighbours, to_lists
+from index.matching.stages import apply_stages, fuse_stages
+from index.search.knn import K, hamming_self_knn, order_ties, self_knn, sparse_knn
+
+log = logging.getLogger(__name__)
+
+
+def self_neighbours(
+    feats: Features, k: int = K, device: Device = "auto", show_progress: bool = False
+) -> dict[str, Neighbours]:
+    """Each row's k nearest rows (itself included) per available signal; equal scores in
+    id order (`order_ties`, as the Ray engine's merged shards)."""
+    out: dict[str, Neighbours] = {
+        "tfidf": sparse_knn(feats.X, feats.X, k, show_progress=show_progress),
+        "phash": hamming_self_knn(feats.phash, feats.phash_valid, k),
+    }
+    if feats.text is not None:
+        out["text"] = self_knn(feats.text, feats.text_valid, k, device=device)
+    if feats.image is not None:
+        out["image"] = self_knn(feats.image, feats.image_valid, k, device=device)
+    return {name: order_ties(D, I) for name, (D, I) in out.items()}
+
+
+#: The neighbour step of a self-match: features and every signal's neighbours of a
+#: catalogue (`local_neighbours` in this process; `index.scale.ray_engine` on Ray).
+NeighbourStep = Callable[[Catalogue, Encoders], tuple[Features, dict[str, Neighbours]]]
+
+
+def local_neighbours(
+    tfidf_config: TfidfConfig | None = None, device: Device = "auto", show_progress: bool = False
+) -> NeighbourStep:
+    """The single-process neighbour step: `embed`, then `self_neighbours`."""
+
+    def step(cat: Catalogue, encoders: Encoders) -> tuple[Features, dict[str, Neighbours]]:
+        feats = embed(cat, encoders, tfidf_config=tfidf_config, show_progress=show_progress)
+        return feats, self_neighbours(feats, device=device, show_progress=show_progress)
+
+    return step
+
+
+@dataclass
+class SelfMatch:
+    """What a self-match computed: features, neighbours after the stages, the config as
+    applied (thresholds of the computed signals only), fused rows and the matches."""
+
+    features: Features
+    neighbours: dict[str, Neighbours]
+    config: FusionConfig
+    I: np.ndarray  # (n, max_matches) fused row ids, -1 padded
+    matches: list[list[str]]
+
+
+def self_match(
+    cat: Catalogue,
+    config: FusionConfig,
+    encoders: Encoders | None = None,
+    neighbours: NeighbourStep | None = None,
+    device: Device = "auto",
+) -> SelfMatch:
+    """Kaggle semantics, the one path of `pricematch match`, `evaluate`, `/batch-match` and
+    `--engine ray`: the rows of `cat` matched among themselves (each row's matches: itself
+    first, at most `config.max_matches`).
+
+    Args:
+        neighbours: the neighbour step (default: `local_neighbours(device=device)`).
+    """
+    step = neighbours or local_neighbours(device=device)
+    feats, nb = step(cat, encoders or Encoders())
+    nb = apply_stages(feats.parts(), nb, config, device=device)
+    config = config.with_(thresholds={k: v for k, v in config.thresholds.items() if k in nb})
+    I, _ = fuse_stages(nb, config, cat.title)
+    return SelfMatch(feats, nb, config, I, to_lists(I, cat.posting_id))
+
+
+def match_catalogue(
+    cat: Catalogue,
+    config: FusionConfig,
+    encoders: Encoders | None = None,
+    tfidf_config: TfidfConfig | None = None,
+    device: Device = "auto",
+    show_progress: bool = False,
+) -> tuple[list[list[str]], Features]:
+    """`self_match` in this process; returns the matches and the features."""
+    step = local_neighbours(tfidf_config, device, show_progress)
+    r = self_match(cat, config, encoders, step, device)
+    return r.matches, r.features

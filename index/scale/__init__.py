@@ -1,0 +1,1 @@
+"""Beyond one process: the Ray Data engine of `pricematch match --engine ray`."""

@@ -1,0 +1,1 @@
+"""All k-NN (dense, sparse, Hamming) and the vector stores."""

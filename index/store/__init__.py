@@ -1,0 +1,1 @@
+"""What is kept on disk: model folders, bundles, the live catalogue, snapshots, Milvus."""

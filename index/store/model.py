@@ -1,0 +1,113 @@
+"""The model folder, the one owner of its format.
+
+Layout::
+
+    text/, image/      ONNX encoder artifacts, each with its config.json (either optional)
+    fusion.json        the FusionConfig the encoders were tuned with (optional: defaults)
+    ...                anything else training leaves (configs, cv_report.json, oof/)
+
+`pricematch export-default` and `pricematch train` write it (`write_model`,
+`write_fusion`); `pricematch match --model`, the service and bundles read it (`load_model`,
+`load_encoders`, `read_fusion`). A bundle holds the same two parts: `encoders/` and its own
+`fusion.json`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from index.errors import CatalogueError, EncoderError
+from index.features.embed import DENSE, Encoders
+from index.features.encoders import Device, Encoder, load_encoder
+from index.matching.fusion import FusionConfig
+from index.store.atomic import sha256
+
+#: The fusion config's file name, in a model folder and in a bundle.
+FUSION = "fusion.json"
+
+
+@dataclass(frozen=True)
+class Model:
+    """What a model folder gives: its encoders and its fusion config."""
+
+    folder: Path | None
+    encoders: Encoders
+    fusion: FusionConfig
+
+
+def read_fusion(path: str | Path) -> FusionConfig:
+    """A fusion.json file. Raises CatalogueError when it is missing."""
+    p = Path(path)
+    if not p.is_file():
+        raise CatalogueError(f"config file not found: {p}")
+    return FusionConfig.model_validate_json(p.read_text(encoding="utf-8"))
+
+
+def write_fusion(path: str | Path, config: FusionConfig) -> Path:
+    """Write `config` as a fusion.json file (indented JSON)."""
+    p = Path(path)
+    p.write_text(config.model_dump_json(indent=2), encoding="utf-8")
+    return p
+
+
+def load_encoders(
+    folder: str | Path, device: Device = "auto", modalities: Sequence[str] = DENSE
+) -> Encoders:
+    """Load `folder/text` and `folder/image` where present (of `modalities` only).
+
+    Raises:
+        EncoderError: no such folder, or no encoder in it.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise EncoderError(f"model folder not found: {root}")
+    found = {m: root / m for m in modalities if (root / m / "config.json").is_file()}
+    if not found:
+        raise EncoderError(f"{root} holds no encoder (expected text/ or image/ with config.json)")
+    return Encoders(**{m: load_encoder(p, device=device) for m, p in found.items()})
+
+
+def load_model(folder: str | Path | None, device: Device = "auto") -> Model:
+    """A model folder's encoders and fusion config (defaults without fusion.json); None
+    gives no encoders and the default config (TF-IDF and phash only)."""
+    if folder is None:
+        return Model(None, Encoders(), FusionConfig())
+    root = Path(folder)
+    encoders = load_encoders(root, device=device)
+    fusion = read_fusion(root / FUSION) if (root / FUSION).is_file() else FusionConfig()
+    return Model(root, encoders, fusion)
+
+
+def fingerprint(encoders: Encoders) -> dict[str, Any]:
+    """Identity of the loaded encoders: per modality its dim and a sha256 over its
+    artifact folder's files (what a saved catalogue's feature spaces depend on)."""
+    out: dict[str, Any] = {}
+    for m in DENSE:
+        enc: Encoder | None = getattr(encoders, m)
+        if enc is None:
+            continue
+        files = sorted(p for p in enc.folder.iterdir() if p.is_file())
+        h = hashlib.sha256()
+        for p in files:
+            h.update(p.name.encode() + sha256(p).encode())
+        out[m] = {"dim": enc.dim, "sha256": h.hexdigest()}
+    return out
+
+
+def write_model(out: str | Path, fusion: FusionConfig, artifacts: dict[str, Path]) -> Path:
+    """Assemble a model folder: copy the encoder artifacts (`{"text": folder, ...}`) into it
+    (an artifact already in place stays) and write its fusion.json."""
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    for name, src in artifacts.items():
+        dst = root / name
+        if dst.resolve() != Path(src).resolve():
+            shutil.rmtree(dst, ignore_errors=True)
+            shutil.copytree(src, dst)
+    write_fusion(root / FUSION, fusion)
+    return root

@@ -1,0 +1,1 @@
+"""Metrics, threshold grids and the ablation."""
