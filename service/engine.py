@@ -30,6 +30,7 @@ from index.features.embed import Encoders, QueryFeatures
 from index.features.encoders import Encoder
 from index.features.tfidf import TfidfConfig
 from index.matching.fusion import FusionConfig
+from index.matching.ranker import Ranker
 from index.matching.selfmatch import match_catalogue
 from index.store.atomic import sha256
 from index.store.bundle import load_bundle
@@ -102,6 +103,8 @@ class Engine:
         self.meta = meta
         self.source = source
         self.vectors: MilvusVectors | None = None  # set by `load` on vector_store=milvus
+        self.ranker: Ranker | None = None  # the model's pair re-ranker (set by `load`)
+        self.match_ranker = False  # whether /match uses it (its signals are all searched)
         self.lock = threading.Lock()
         self.ready = False
         self.batch_slots = anyio.Semaphore(settings.batch_jobs)
@@ -132,9 +135,11 @@ class Engine:
             meta: dict[str, Any] = {"bundle": sha256(bundle.folder / "manifest.json")}
             initial: LiveCatalogue | None = LiveCatalogue.from_bundle(bundle, device=dev)
             source = f"bundle {bundle.folder}"
+            ranker: Ranker | None = None  # a bundle holds no ranker
         else:
             model = load_model(settings.model_dir, device=dev)
             encoders, fusion, folder = model.encoders, model.fusion, model.folder
+            ranker = model.ranker
             tfidf = None
             meta = {"encoders": fingerprint(encoders)}
             initial = None
@@ -155,6 +160,16 @@ class Engine:
             raise
         log.info("serving %s; catalogue of %d listings in %s", source, len(live), settings.data_dir)
         engine = cls(settings, metrics, encoders, fusion, live, meta, source, batcher)
+        engine.ranker = ranker
+        if ranker is not None:
+            searched = {"tfidf", "phash", *live.stores}
+            engine.match_ranker = set(ranker.signals) <= searched
+            if not engine.match_ranker:
+                log.warning(
+                    "the ranker uses stage signals (%s): /batch-match uses it, /match decides "
+                    "by the fusion thresholds",
+                    ", ".join(sorted(set(ranker.signals) - searched)),
+                )
         engine.vectors = vectors
         return engine
 
@@ -280,7 +295,10 @@ class Engine:
             # requests' threads (the setting is per thread; batch_match sets its own).
             faiss.omp_set_num_threads(1)
             with self.lock:
-                found = self.catalogue.match(feats, config, [listing.posting_id])[0]
+                if self.ranker is not None and self.match_ranker and not threshold:
+                    found = self.catalogue.rank(feats, self.ranker, [listing.posting_id])[0]
+                else:
+                    found = self.catalogue.match(feats, config, [listing.posting_id])[0]
             return [
                 Match(
                     posting_id=m.posting_id,
@@ -365,7 +383,15 @@ class Engine:
             log.info("batch-match: %s", line)
         enc = Encoders(text=self.encoders.text, image=self.encoders.image if images_dir else None)
         matches, _ = match_catalogue(
-            cat, self.fusion, enc, tfidf_config=TfidfConfig(), device=self.settings.device
+            cat,
+            self.fusion,
+            enc,
+            tfidf_config=TfidfConfig(),
+            device=self.settings.device,
+            # a ranker trained with photos decides only batches that come with photos
+            ranker=self.ranker
+            if self.ranker is not None and ("image" not in self.ranker.signals or images_dir)
+            else None,
         )
         self.metrics.batch_rows.inc(len(cat))
         return cat.posting_id, matches

@@ -103,7 +103,8 @@ def assert_same_up_to_ties(
 def _local(synth: Path, model_dir: Path, tmp_path: Path) -> tuple[list[str], dict, object]:
     args = build_parser().parse_args(_args(synth, model_dir, tmp_path / "local.csv"))
     cat = read_catalogue(args.input, images_dir=args.images)
-    encoders, config = resolve_model(args)
+    model = resolve_model(args)
+    encoders, config = model.encoders, model.fusion
     feats = embed(cat, encoders, tfidf_config=TfidfConfig())
     nb = self_neighbours(feats, device=args.device)
     return cat.title, apply_stages(feats.parts(), nb, config), config

@@ -52,7 +52,7 @@ def _register_train(sub: Any) -> None:
             "a final fit on all rows, and export to a model folder for `match --model`."
         ),
     )
-    kinds = p.add_subparsers(dest="modality", required=True, metavar="{text,image}")
+    kinds = p.add_subparsers(dest="modality", required=True, metavar="{text,image,ranker}")
     t_defaults, c_defaults = TrainConfig(), CVConfig()
     for kind in ("text", "image"):
         k = kinds.add_parser(kind, help=f"train the {kind} encoder")
@@ -116,6 +116,14 @@ def _register_train(sub: Any) -> None:
     image.add_argument("--input-size", type=int, default=im.input_size[0])
     image.add_argument("--workers", type=int, default=0, help="data loader processes")
     p.set_defaults(func=_train)
+    from index.cli.ranker import add_arguments
+
+    add_arguments(
+        kinds.add_parser(
+            "ranker",
+            help="train the pair re-ranker (LightGBM, no torch) into an existing model folder",
+        )
+    )
 
 
 #: Per-modality defaults where text (projection on frozen features) and image differ.

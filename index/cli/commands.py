@@ -14,6 +14,7 @@ import numpy as np
 
 from index.data.listings import Catalogue, read_catalogue, write_submission
 from index.data.oof import read_oof
+from index.data.pairs import is_pair_folder, read_pair_folder
 from index.errors import CatalogueError, EncoderError
 from index.features.embed import Encoders, Features, embed
 from index.features.tfidf import TfidfConfig
@@ -21,7 +22,7 @@ from index.matching.fusion import SIGNALS, FusionConfig
 from index.matching.selfmatch import NeighbourStep, local_neighbours, self_match
 from index.matching.stages import fuse_stages
 from index.progress import progress
-from index.store.model import FUSION, load_model, read_fusion, write_fusion
+from index.store.model import FUSION, Model, load_model, read_fusion, write_fusion
 from index.tuning.ablation import (
     consensus,
     default_steps,
@@ -32,8 +33,8 @@ from index.tuning.ablation import (
     stage_slopes,
     summarize,
 )
-from index.tuning.grids import group_folds
-from index.tuning.metrics import f1_report
+from index.tuning.grids import group_folds, single_signal
+from index.tuning.metrics import f1_report, pair_report
 
 log = logging.getLogger("pricematch")
 
@@ -60,7 +61,17 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_match)
 
     p = sub.add_parser("evaluate", help="mean F1 on a labelled CSV, per signal and fused")
-    p.add_argument("input", type=Path, help="labelled listings CSV (with label_group)")
+    p.add_argument(
+        "input",
+        type=Path,
+        help="labelled listings CSV (with label_group), or an entity-matching folder "
+        "(tableA.csv[, tableB.csv], train/valid/test.csv pairs)",
+    )
+    p.add_argument(
+        "--split",
+        default="valid",
+        help="entity-matching folder: the labelled pairs scored (default valid)",
+    )
     _model_args(p)
     p.add_argument("--tune", action="store_true", help="sweep every threshold on these rows")
     p.add_argument("--report", type=Path, help="write the full report as JSON")
@@ -108,6 +119,11 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--config", type=Path, help="fusion.json overriding the model's thresholds")
     p.add_argument(
+        "--no-ranker",
+        action="store_true",
+        help="ignore the model's pair re-ranker (decide by the fusion thresholds)",
+    )
+    p.add_argument(
         "--signals",
         default=",".join(SIGNALS),
         help="comma-separated signals to use (default: all available: %(default)s)",
@@ -126,8 +142,9 @@ def _signals(args: argparse.Namespace) -> set[str]:
     return chosen
 
 
-def resolve_model(args: argparse.Namespace) -> tuple[Encoders, FusionConfig]:
-    """Encoders and fusion config from --bundle / --model / --config / --signals / --images."""
+def resolve_model(args: argparse.Namespace) -> Model:
+    """Encoders, fusion config and ranker from --bundle / --model / --config / --signals /
+    --images / --no-ranker."""
     folder = _model_folder(args)
     if args.bundle is not None and not (args.bundle / FUSION).is_file():
         raise EncoderError(f"{args.bundle} is not a bundle (no {FUSION})")
@@ -148,7 +165,8 @@ def resolve_model(args: argparse.Namespace) -> tuple[Encoders, FusionConfig]:
     if "image" not in chosen or args.images is None:
         encoders.image = None
     keep = {k: v for k, v in config.thresholds.items() if k in chosen}
-    return encoders, config.with_(thresholds=keep)
+    ranker = None if getattr(args, "no_ranker", False) else model.ranker
+    return Model(model.folder, encoders, config.with_(thresholds=keep), ranker)
 
 
 def _read(args: argparse.Namespace) -> Catalogue:
@@ -211,11 +229,15 @@ def _ray_features(cat: Catalogue, encoders: Encoders, args: argparse.Namespace) 
 
 def cmd_match(args: argparse.Namespace) -> int:
     cat = _read(args)
-    encoders, config = resolve_model(args)
-    r = self_match(cat, config, encoders, _neighbour_step(args), device=args.device)
+    model = resolve_model(args)
+    encoders, config = model.encoders, model.fusion
+    step = _neighbour_step(args)
+    r = self_match(cat, config, encoders, step, device=args.device, ranker=model.ranker)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     write_submission(args.output, cat.posting_id, r.matches)
     used = "+".join(s for s in r.neighbours if s in r.config.thresholds)
+    if model.ranker is not None:
+        used += " (pair re-ranker)"
     mean = float(np.mean([len(m) for m in r.matches]))
     print(f"wrote {args.output}: {len(cat)} rows, signals {used}; {mean:.2f} matches per row")
     return 0
@@ -251,10 +273,46 @@ def _fmt_thresholds(config: FusionConfig) -> str:
     return " ".join(parts)
 
 
+def _evaluate_pairs(args: argparse.Namespace) -> int:
+    """Pairwise P/R/F1 on one split's labelled pairs; the matching runs over all records."""
+    data = read_pair_folder(args.input)
+    split = data.pairs(args.split)
+    cat = data.catalogue
+    model = resolve_model(args)
+    result = self_match(cat, model.fusion, model.encoders, _neighbour_step(args), args.device)
+    rows = [("fused", result.I)]
+    for s in result.neighbours:
+        if s in result.config.thresholds:
+            I, _ = fuse_stages(result.neighbours, single_signal(s, result.config), cat.title)
+            rows.insert(len(rows) - 1, (f"{s} alone", I))
+    if model.ranker is not None:
+        I, _ = model.ranker.match(result.features, result.neighbours, cat.title)
+        rows.append(("pair re-ranker", I))
+    print(
+        f"\n{args.input}: {len(cat)} records; {len(split)} labelled {args.split} pairs "
+        f"({int(split.label.sum())} matches); scored on those pairs only"
+    )
+    print(f"{'pipeline':<24} {'P':>6} {'R':>6} {'F1':>6}")
+    report = []
+    for name, I in rows:
+        r = pair_report(I, split.left, split.right, split.label)
+        report.append({"name": name, **r})
+        print(f"{name:<24} {r['precision']:6.3f} {r['recall']:6.3f} {r['f1']:6.3f}")
+    if args.report:
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.write_text(
+            json.dumps({"input": str(args.input), "split": args.split, "rows": report}, indent=2),
+            encoding="utf-8",
+        )
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from index.tuning.grids import single_signal, tune
+    from index.tuning.grids import tune
 
     t0 = time.perf_counter()
+    if is_pair_folder(args.input):
+        return _evaluate_pairs(args)
     cat = _read(args)
     if cat.label_group is None:
         raise CatalogueError(f"{args.input}: evaluate needs a label_group column")
@@ -263,7 +321,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     labels = cat.labels
     if args.ablation:
         return cmd_ablation(args, cat)
-    encoders, config = resolve_model(args)
+    model = resolve_model(args)
+    encoders, config = model.encoders, model.fusion
     result = self_match(cat, config, encoders, _neighbour_step(args), device=args.device)
     nb, config = result.neighbours, result.config
     show = not args.quiet
@@ -278,6 +337,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             tuned, _ = tune(nb, labels, single, min2_signals=(s,), show_progress=show)
             rows.append(_row(f"{s} alone (tuned)", tuned, nb, labels, titles))
     rows.append(_row("fused", config, nb, labels, titles))
+    if model.ranker is not None:
+        I, _ = model.ranker.match(result.features, nb, titles)
+        rep = f1_report(I, labels)
+        rows.append({**rep, "name": "pair re-ranker", "config": config.model_dump()})
     best = config
     if args.tune:
         best, _ = tune(nb, labels, config, show_progress=show)
@@ -315,7 +378,8 @@ def cmd_build_index(args: argparse.Namespace) -> int:
     from index.store.bundle import save_bundle
 
     cat = _read(args)
-    encoders, config = resolve_model(args)
+    model = resolve_model(args)
+    encoders, config = model.encoders, model.fusion
     if args.images is not None and encoders.image is None and args.bundle is None and args.model:
         log.warning("--images given but the model has no image encoder")
     feats = embed(cat, encoders, tfidf_config=TfidfConfig(), show_progress=not args.quiet)
@@ -341,7 +405,7 @@ def cmd_ablation(args: argparse.Namespace, cat: Catalogue) -> int:
         dense, fold_of = read_oof(args.oof, cat.posting_id)
         source = f"out-of-fold embeddings {args.oof}"
     else:
-        encoders, _ = resolve_model(args)
+        encoders = resolve_model(args).encoders
         parts = embed(cat, encoders, show_progress=show).parts()  # zero rows where invalid
         dense = {m: parts[m] for m in ("text", "image") if m in parts}
         fold_of = np.full(len(cat), -1, np.int64)

@@ -16,6 +16,7 @@ from index.features.embed import Encoders, Features, embed
 from index.features.encoders import Device
 from index.features.tfidf import TfidfConfig
 from index.matching.fusion import FusionConfig, Neighbours, to_lists
+from index.matching.ranker import Ranker
 from index.matching.stages import apply_stages, fuse_stages
 from index.search.knn import K, hamming_self_knn, order_ties, self_knn, sparse_knn
 
@@ -73,6 +74,7 @@ def self_match(
     encoders: Encoders | None = None,
     neighbours: NeighbourStep | None = None,
     device: Device = "auto",
+    ranker: Ranker | None = None,
 ) -> SelfMatch:
     """Kaggle semantics, the one path of `pricematch match`, `evaluate`, `/batch-match` and
     `--engine ray`: the rows of `cat` matched among themselves (each row's matches: itself
@@ -80,12 +82,17 @@ def self_match(
 
     Args:
         neighbours: the neighbour step (default: `local_neighbours(device=device)`).
+        ranker: a pair re-ranker; when given, it decides the matches from the neighbours
+            (after the stages) instead of the thresholds.
     """
     step = neighbours or local_neighbours(device=device)
     feats, nb = step(cat, encoders or Encoders())
     nb = apply_stages(feats.parts(), nb, config, device=device)
     config = config.with_(thresholds={k: v for k, v in config.thresholds.items() if k in nb})
-    I, _ = fuse_stages(nb, config, cat.title)
+    if ranker is not None:
+        I, _ = ranker.match(feats, nb, cat.title)
+    else:
+        I, _ = fuse_stages(nb, config, cat.title)
     return SelfMatch(feats, nb, config, I, to_lists(I, cat.posting_id))
 
 
@@ -96,8 +103,9 @@ def match_catalogue(
     tfidf_config: TfidfConfig | None = None,
     device: Device = "auto",
     show_progress: bool = False,
+    ranker: Ranker | None = None,
 ) -> tuple[list[list[str]], Features]:
     """`self_match` in this process; returns the matches and the features."""
     step = local_neighbours(tfidf_config, device, show_progress)
-    r = self_match(cat, config, encoders, step, device)
+    r = self_match(cat, config, encoders, step, device, ranker)
     return r.matches, r.features

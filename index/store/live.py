@@ -26,11 +26,20 @@ import numpy as np
 import scipy.sparse as sp
 
 from index.errors import NotFoundError
-from index.features.embed import QueryFeatures
+from index.features.embed import Features, QueryFeatures
 from index.features.images import phash_codes, phash_hex
 from index.features.tfidf import TitleTfidf
 from index.matching.fusion import FusionConfig, Neighbours, fuse, threshold
-from index.search.knn import K, as_f32, hamming_index, hamming_search, no_neighbours, sparse_topk
+from index.matching.ranker import Ranker, pair_features
+from index.search.knn import (
+    K,
+    as_f32,
+    hamming_index,
+    hamming_search,
+    no_neighbours,
+    order_ties,
+    sparse_topk,
+)
 from index.search.stores import FaissFlatStore, VectorStore
 
 if TYPE_CHECKING:
@@ -394,3 +403,172 @@ class LiveCatalogue:
                 )
             out.append(row)
         return out
+
+    # -- the pair re-ranker --------------------------------------------------------------
+
+    def row_features(self, rows: Sequence[int]) -> QueryFeatures:
+        """Catalogue rows as queries: their titles, phashes and stored vectors."""
+        r = list(rows)
+        text = image = image_valid = None
+        dense: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for m, store in self.stores.items():
+            ids = self.ids[r] if r else np.zeros(0, np.int64)
+            has = store.contains(ids)
+            x = np.zeros((len(r), store.dim), np.float32)
+            if has.any():
+                x[has] = store.vectors(ids[has])
+            dense[m] = (x, has)
+        if "text" in dense:
+            text = dense["text"][0]
+        if "image" in dense:
+            image, image_valid = dense["image"]
+        q = QueryFeatures.build(
+            [self.title[i] for i in r], [self.image_phash[i] for i in r], text, image, image_valid
+        )
+        if q.text is not None:  # a stored text vector is what counts, not the title
+            q.text_valid = dense["text"][1]
+        return q
+
+    def rank(
+        self,
+        q: QueryFeatures,
+        ranker: Ranker,
+        self_ids: Sequence[str | None],
+        k: int = K,
+    ) -> list[list[CatalogueMatch]]:
+        """Match queries with the pair re-ranker on each query's candidates.
+
+        Each query and its candidates (every signal's top neighbours above the ranker's
+        floors) form a small pool: the pairs' features are computed as in a self-match,
+        the candidates' own neighbour lists searched in the catalogue; the decision is
+        `rank_matches` (threshold, at-least-one-match, cap). A query that is a catalogue
+        listing is that listing (its own row first, not a candidate).
+        """
+        missing = [s for s in ranker.signals if s not in ("tfidf", "phash", *self.stores)]
+        if missing:
+            raise NotFoundError(
+                f"the model's ranker needs signal(s) {', '.join(missing)}, which the live "
+                "catalogue does not search (stage signals are self-match only)"
+            )
+        nb_q = self._ordered(self.query_neighbours(q, k))
+        out = []
+        for j in range(len(q)):
+            pid = self_ids[j]
+            own = self._row.get(pid, -1) if pid else -1
+            out.append(self._rank_one(q, j, nb_q, own, ranker, k))
+        return out
+
+    def _rank_one(
+        self,
+        q: QueryFeatures,
+        j: int,
+        nb_q: dict[str, Neighbours],
+        own: int,
+        ranker: Ranker,
+        k: int,
+    ) -> list[CatalogueMatch]:
+        cfg = ranker.config
+        cands: list[int] = []
+        for name in ranker.signals:
+            D, I = nb_q[name]
+            floor = cfg.floors.get(name, -np.inf)
+            top = cfg.top_k + 1
+            for r, d in zip(I[j, :top].tolist(), D[j, :top].tolist(), strict=True):
+                if r >= 0 and r != own and d >= floor and r not in cands:
+                    cands.append(r)
+        head = [] if own < 0 else [self._match_of(own, np.inf, True, {}, ["self"])]
+        if not cands:
+            return head
+        # The small pool: 0 = the query, 1..m = the candidates; other catalogue rows keep
+        # their place in neighbour lists as ids m + 1 + row (they count for ranks and density).
+        m = len(cands)
+        local = {c: i + 1 for i, c in enumerate(cands)}
+        if own >= 0:
+            local[own] = 0
+        cq = self.row_features(cands)
+        nb_c = self._ordered(self.query_neighbours(cq, k))
+
+        def remap(I: np.ndarray) -> np.ndarray:
+            flat = [local.get(r, m + 1 + r) if r >= 0 else -1 for r in I.ravel().tolist()]
+            return np.array(flat, np.int64).reshape(I.shape)
+
+        nb: dict[str, Neighbours] = {}
+        for name in ranker.signals:
+            Dq, Iq = nb_q[name]
+            Dc, Ic = nb_c[name]
+            D = np.vstack([Dq[j : j + 1], Dc])
+            I = remap(np.vstack([Iq[j : j + 1], Ic]))
+            if own < 0:
+                D, I = _as_pool_row(D, I, Dq[j], Iq[j], cands)
+            nb[name] = (D, I)
+        pool = Features(
+            tfidf=self.tfidf,  # type: ignore[arg-type]
+            X=sp.csr_matrix(sp.vstack([self.tfidf.transform([q.title[j]]), self._X[cands]])),  # type: ignore[union-attr, index]
+            phash=np.vstack([q.phash[j : j + 1], cq.phash]),
+            phash_valid=np.concatenate([q.phash_valid[j : j + 1], cq.phash_valid]),
+        )
+        qd, cd = q.dense(), cq.dense()
+        for name in qd:
+            if name in cd:
+                x = np.vstack([qd[name][0][j : j + 1], cd[name][0]])
+                pool.set_dense(name, x, np.concatenate([qd[name][1][j : j + 1], cd[name][1]]))
+        titles = [q.title[j], *cq.title]
+        pairs = np.stack([np.zeros(m, np.int64), np.arange(1, m + 1)], axis=1)
+        p = ranker.predict(pair_features(pairs, pool, nb, titles, ranker.signals))
+        keep = p >= cfg.threshold
+        if not keep.any() and p.max() >= cfg.single_threshold:
+            keep[int(np.argmax(p))] = True
+        order = [i for i in np.argsort(-p, kind="stable").tolist() if keep[i]]
+        found = []
+        for i in order[: cfg.max_matches - 1]:
+            r = cands[i]
+            sims = {
+                name: float(nb_q[name][0][j][nb_q[name][1][j] == r][0])
+                for name in ranker.signals
+                if (nb_q[name][1][j] == r).any()
+            }
+            found.append(self._match_of(r, float(p[i]), False, sims, ["ranker"]))
+        return head + found
+
+    @staticmethod
+    def _ordered(nb: dict[str, Neighbours]) -> dict[str, Neighbours]:
+        """Equal scores in row order, as a self-match's neighbours (`order_ties`)."""
+        return {name: order_ties(D, I) for name, (D, I) in nb.items()}
+
+    def _match_of(
+        self, r: int, score: float, is_self: bool, sims: dict[str, float], signals: list[str]
+    ) -> CatalogueMatch:
+        return CatalogueMatch(
+            row=r,
+            posting_id=self.posting_id[r],
+            title=self.title[r],
+            score=score,
+            is_self=is_self,
+            signals=signals,
+            similarities=sims,
+        )
+
+
+def _as_pool_row(
+    D: np.ndarray, I: np.ndarray, dq: np.ndarray, iq: np.ndarray, cands: list[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Neighbour lists of a small pool (row 0 the query, rows 1..m its candidates) as a
+    self-match would have them with the query as one more row: the query first in its own
+    list, and in each candidate's list at its similarity (the last entry dropped)."""
+    n, k = D.shape
+    D = np.hstack([np.full((n, 1), -np.inf, np.float32), D.astype(np.float32)])
+    I = np.hstack([np.full((n, 1), -1, np.int64), I])
+    D[0, 0], I[0, 0] = 1.0, 0
+    sim = {int(r): float(d) for r, d in zip(iq.tolist(), dq.tolist(), strict=True) if r >= 0}
+    for i, c in enumerate(cands, start=1):
+        row_d, row_i = D[i, 1:].copy(), I[i, 1:].copy()  # the candidate's own list
+        if c in sim:
+            at = int(np.searchsorted(-np.where(row_i >= 0, row_d, -np.inf), -sim[c], "right"))
+            row_d = np.insert(row_d, at, sim[c])[:k]
+            row_i = np.insert(row_i, at, 0)[:k]
+        D[i, 1:], I[i, 1:] = row_d, row_i
+        D[i, 0], I[i, 0] = -np.inf, -1
+    # shift the candidates' lists left (no empty first column), keep k + 1 columns
+    D[1:] = np.hstack([D[1:, 1:], np.full((n - 1, 1), -np.inf, np.float32)])
+    I[1:] = np.hstack([I[1:, 1:], np.full((n - 1, 1), -1, np.int64)])
+    return D, I

@@ -4,6 +4,7 @@ Layout::
 
     text/, image/      ONNX encoder artifacts, each with its config.json (either optional)
     fusion.json        the FusionConfig the encoders were tuned with (optional: defaults)
+    ranker/            the pair re-ranker (optional): model.txt (LightGBM), ranker.json
     ...                anything else training leaves (configs, cv_report.json, oof/)
 
 `pricematch export-default` and `pricematch train` write it (`write_model`,
@@ -25,10 +26,13 @@ from index.errors import CatalogueError, EncoderError
 from index.features.embed import DENSE, Encoders
 from index.features.encoders import Device, Encoder, load_encoder
 from index.matching.fusion import FusionConfig
-from index.store.atomic import sha256
+from index.matching.ranker import Ranker
+from index.store.atomic import sha256, write_atomic
 
 #: The fusion config's file name, in a model folder and in a bundle.
 FUSION = "fusion.json"
+#: The pair re-ranker's folder in a model folder.
+RANKER = "ranker"
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,7 @@ class Model:
     folder: Path | None
     encoders: Encoders
     fusion: FusionConfig
+    ranker: Ranker | None = None
 
 
 def read_fusion(path: str | Path) -> FusionConfig:
@@ -78,9 +83,19 @@ def load_model(folder: str | Path | None, device: Device = "auto") -> Model:
     if folder is None:
         return Model(None, Encoders(), FusionConfig())
     root = Path(folder)
-    encoders = load_encoders(root, device=device)
+    bare = root.is_dir() and not any((root / m / "config.json").is_file() for m in DENSE)
+    if bare and ((root / FUSION).is_file() or (root / RANKER).is_dir()):
+        encoders = Encoders()  # a TF-IDF and phash model: thresholds and/or a ranker only
+    else:
+        encoders = load_encoders(root, device=device)
     fusion = read_fusion(root / FUSION) if (root / FUSION).is_file() else FusionConfig()
-    return Model(root, encoders, fusion)
+    ranker = Ranker.load(root / RANKER) if (root / RANKER).is_dir() else None
+    return Model(root, encoders, fusion, ranker)
+
+
+def write_ranker(folder: str | Path, ranker: Ranker) -> Path:
+    """Add (or replace) the model folder's ranker, atomically."""
+    return write_atomic(Path(folder) / RANKER, ranker.save)
 
 
 def fingerprint(encoders: Encoders) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""The competition metric (mean row F1) and its break-down by true group size."""
+"""The competition metric (mean row F1) and its break-down by true group size; pairwise
+precision/recall/F1 on labelled pairs (the entity-matching papers' metric)."""
 
 from __future__ import annotations
 
@@ -62,3 +63,31 @@ def f1_report(
         "mean_matches": float(pred.mean()),
         "by_group_size": by_size,
     }
+
+
+def pair_prf(pred: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """Pairwise precision, recall and F1 of the positive class over labelled pairs."""
+    tp = int((pred & y).sum())
+    fp = int((pred & ~y).sum())
+    fn = int((~pred & y).sum())
+    p = tp / (tp + fp) if tp + fp else 0.0
+    r = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * p * r / (p + r) if p + r else 0.0
+    return {"precision": p, "recall": r, "f1": f1, "pairs": len(y), "positives": int(y.sum())}
+
+
+def predicted_pairs(I: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """(m,) bool: whether each pair (left[i], right[i]) is matched in I (n, m'), either way."""
+    import scipy.sparse as sp
+
+    n = I.shape[0]
+    rows = np.broadcast_to(np.arange(n)[:, None], I.shape)
+    ok = I >= 0
+    M = sp.csr_matrix((np.ones(int(ok.sum())), (rows[ok], I[ok])), shape=(n, n))
+    M = M + M.T
+    return np.asarray(M[left, right]).ravel() > 0
+
+
+def pair_report(I: np.ndarray, left: np.ndarray, right: np.ndarray, label: np.ndarray) -> dict:
+    """Pairwise precision/recall/F1 of the matches I on labelled pairs (only those count)."""
+    return pair_prf(predicted_pairs(I, left, right), label.astype(bool))

@@ -1,0 +1,149 @@
+"""`pricematch train ranker INPUT --model DIR`: train the pair re-ranker into a model folder.
+
+INPUT is a labelled CSV (`label_group`) or a folder in the entity-matching layout
+(`index.data.pairs`). The model folder's encoders and `fusion.json` (its stages included)
+make the neighbours the ranker decides on; out-of-fold scores are printed next to the plain
+fusion's, and the ranker is written to `DIR/ranker/` (`index.store.model.write_ranker`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from typing import Any
+
+import numpy as np
+
+from index.data.listings import Catalogue, read_catalogue
+from index.data.pairs import Pairs, is_pair_folder, pair_components, read_pair_folder
+from index.errors import CatalogueError
+from index.features.embed import Encoders, embed
+from index.features.tfidf import TfidfConfig
+from index.matching.fusion import FusionConfig
+from index.matching.selfmatch import self_neighbours
+from index.matching.stages import apply_stages, fuse_stages
+from index.progress import progress
+from index.store.model import load_model, write_ranker
+from index.tuning.grids import group_folds
+from index.tuning.metrics import f1_report, pair_report
+from index.tuning.ranker import RankPool, train_on_pairs, train_on_pools
+
+log = logging.getLogger("pricematch")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of `train ranker`."""
+    p.add_argument(
+        "input", help="labelled CSV (label_group) or an entity-matching folder (tableA.csv...)"
+    )
+    p.add_argument("--model", required=True, help="model folder the ranker is added to")
+    p.add_argument("--images", help="folder holding the `image` files (CSV input)")
+    p.add_argument("--folds", type=int, default=5, help="out-of-fold splits (default 5)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--report", help="write the training report (JSON) here")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_train_ranker)
+
+
+def make_pool(
+    cat: Catalogue, encoders: Encoders, config: FusionConfig, device: str, labels: Any = None
+) -> RankPool:
+    """`cat` matched among itself: features, neighbours with the config's stages."""
+    feats = embed(cat, encoders, tfidf_config=TfidfConfig())
+    nb = self_neighbours(feats, device=device)  # type: ignore[arg-type]
+    nb = apply_stages(feats.parts(), nb, config.for_pool(len(cat)), device=device)
+    return RankPool(feats, nb, list(cat.title), labels)
+
+
+def cmd_train_ranker(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    model = load_model(Path(args.model), device=args.device)
+    if args.folds < 2:
+        raise CatalogueError(f"--folds must be at least 2, got {args.folds}")
+    if is_pair_folder(args.input):
+        report = _train_pairs(args, model.encoders, model.fusion)
+    else:
+        report = _train_groups(args, model.encoders, model.fusion)
+    if args.report:
+        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.report).write_text(json.dumps(report, indent=2, default=float), "utf-8")
+    return 0
+
+
+def _signals(nb: dict[str, Any], config: FusionConfig) -> list[str]:
+    """The signals the ranker uses: every computed one (stage signals included)."""
+    return [s for s in nb if s in config.thresholds or s in ("tfidf", "phash", "text", "image")]
+
+
+def _train_groups(args: argparse.Namespace, encoders: Encoders, config: FusionConfig) -> Any:
+    from pathlib import Path
+
+    cat = read_catalogue(Path(args.input), images_dir=args.images)
+    if cat.label_group is None:
+        raise CatalogueError(f"{args.input}: training the ranker needs a label_group column")
+    if cat.image is None:
+        encoders = Encoders(text=encoders.text)
+    labels = cat.labels
+    folds = group_folds(labels, args.folds)
+    pools = []
+    for _, rows in progress(folds, desc="pools", unit="pool", disable=args.quiet):
+        sub = cat.subset(rows)
+        pools.append(make_pool(sub, encoders, config, args.device, labels[rows]))
+    signals = _signals(pools[0].nb, config)
+    ranker, report = train_on_pools(pools, signals, show_progress=not args.quiet)
+    plain = []
+    for p in pools:
+        assert p.labels is not None
+        I, _ = fuse_stages(p.nb, config, p.titles)
+        plain.append(f1_report(I, p.labels)["f1"])
+    report["fusion_f1"] = plain
+    report["signals"] = signals
+    ranker.report.update(report)
+    write_ranker(Path(args.model), ranker)
+    print(f"\n{args.input}: {len(cat)} rows in {len(pools)} group-disjoint pools; signals "
+          f"{'+'.join(signals)}; {report['pairs']} candidate pairs")
+    print(f"{'fold':<6} {'rows':>6} {'fusion F1':>10} {'ranker F1':>10} {'prec':>6} "
+          f"{'recall':>6} {'cand. recall':>12}")
+    for f, (r, base) in enumerate(zip(report["folds"], plain, strict=True)):
+        print(f"{f:<6} {r['rows']:>6} {base:10.4f} {r['f1']:10.4f} {r['precision']:6.4f} "
+              f"{r['recall']:6.4f} {r['candidate_recall']:12.4f}")
+    gain = np.array(report["oof_f1"]) - np.array(plain)
+    print(f"mean   {'':>6} {np.mean(plain):10.4f} {np.mean(report['oof_f1']):10.4f}   "
+          f"gain {gain.mean():+.4f} ± {gain.std():.4f} (min {gain.min():+.4f})")
+    print(f"wrote {Path(args.model) / 'ranker'} (threshold {ranker.config.threshold:.2f}, "
+          f"single {ranker.config.single_threshold:.2f}, {report['rounds']} trees, "
+          f"{report['seconds']:.0f}s)")
+    return report
+
+
+def _train_pairs(args: argparse.Namespace, encoders: Encoders, config: FusionConfig) -> Any:
+    from pathlib import Path
+
+    data = read_pair_folder(args.input)
+    cat = data.catalogue
+    train = data.pairs("train")
+    pool = make_pool(cat, Encoders(text=encoders.text), config, args.device)
+    signals = _signals(pool.nb, config)
+    groups = pair_components(len(cat), train)
+    held: dict[str, Pairs] = {s: data.splits[s] for s in ("valid", "test") if s in data.splits}
+    ranker, report = train_on_pairs(pool, train, groups, signals, args.folds, held_out=held)
+    I, _ = fuse_stages(pool.nb, config, pool.titles)
+    scored: dict[str, Pairs] = {"train": train, **held}
+    report["fusion"] = {s: pair_report(I, p.left, p.right, p.label) for s, p in scored.items()}
+    report["signals"] = signals
+    ranker.report.update(report)
+    write_ranker(Path(args.model), ranker)
+    print(f"\n{args.input}: {len(cat)} records, {len(train)} train pairs; signals "
+          f"{'+'.join(signals)}")
+    print(f"{'split':<22} {'P':>6} {'R':>6} {'F1':>6}  (pairwise, labelled pairs only)")
+    rows = [("train, fusion", report["fusion"]["train"]), ("train OOF, ranker",
+            report["train_oof"])]
+    for s in held:
+        rows += [(f"{s}, fusion", report["fusion"][s]), (f"{s}, ranker", report[s])]
+    for name, r in rows:
+        print(f"{name:<22} {r['precision']:6.3f} {r['recall']:6.3f} {r['f1']:6.3f}")
+    print(f"wrote {Path(args.model) / 'ranker'} (threshold {ranker.config.threshold:.2f}, "
+          f"{report['rounds']} trees, {report['seconds']:.0f}s)")
+    return report

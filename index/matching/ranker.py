@@ -1,0 +1,303 @@
+"""The pair re-ranker: a gradient-boosted classifier (LightGBM) deciding candidate pairs.
+
+Candidates are the union of every signal's top `RankerConfig.top_k` neighbours above a low
+floor; each unordered pair (i < j) gets features (`pair_features`): each signal's exact
+similarity where it can be computed (TF-IDF, text, image; phash distance), its rank in both
+directions and each side's neighbourhood density (the similarity of the 2nd and 10th
+neighbour), the stage signals' similarities where they list the pair, and title features
+(lengths, token overlap, shared and conflicting numbers and model codes, the unit rule's
+verdict). `rank_matches` keeps pairs whose probability reaches `threshold`, gives a row
+left alone its best candidate at `single_threshold` (at-least-one-match), caps at 50.
+
+No torch: the booster is LightGBM's text model, read at serving time.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from index.errors import EncoderError
+from index.features.embed import Features
+from index.features.text import normalize_title, parse_quantities, unit_conflict
+from index.matching.fusion import Neighbours
+
+#: Signals whose similarity is computed exactly for any pair (the others are looked up in
+#: their neighbour lists).
+EXACT = ("tfidf", "text", "image")
+#: Neighbour ranks (1 = nearest other row) whose similarity measures a row's density.
+DENSITY_RANKS = (1, 9)
+#: The title columns of `pair_features`, in order.
+TITLE_FEATURES = (
+    "len_min",
+    "len_max",
+    "jaccard",
+    "num_shared",
+    "num_conflict",
+    "code_shared",
+    "code_conflict",
+    "unit_conflict",
+)
+#: Numbers that stand alone or lead a unit ("3gr"), not the digits inside a code ("a12b").
+_NUM = re.compile(r"(?<![a-z\d.,])\d+(?:[.,]\d+)?")
+_CODE = re.compile(r"(?=\w*\d)(?=\w*[a-z])\w{4,}")
+
+
+@dataclass(frozen=True)
+class RankerConfig:
+    """Candidate generation and the decision rule (saved with the ranker)."""
+
+    top_k: int = 20
+    floors: dict[str, float] = field(
+        default_factory=lambda: {
+            "tfidf": 0.2,
+            "phash": 0.75,
+            "text": 0.5,
+            "image": 0.4,
+            "combined": 0.3,
+        }
+    )
+    threshold: float = 0.5
+    single_threshold: float = 0.2
+    max_matches: int = 50
+
+
+def candidate_pairs(nb: dict[str, Neighbours], n: int, config: RankerConfig) -> np.ndarray:
+    """(m, 2) int64 unordered candidate pairs (i < j), sorted: any signal's top_k neighbour
+    (itself excluded) at or above that signal's floor (signals without a floor: any)."""
+    parts = []
+    for name, (D, I) in nb.items():
+        kk = min(config.top_k + 1, I.shape[1])
+        Dk, Ik = D[:, :kk], I[:, :kk]
+        rows = np.broadcast_to(np.arange(n)[:, None], Ik.shape)
+        ok = (Ik >= 0) & (Ik != rows) & (Dk >= config.floors.get(name, -np.inf))
+        a, b = rows[ok], Ik[ok]
+        parts.append(np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1))
+    if not parts:
+        return np.zeros((0, 2), np.int64)
+    pairs = np.concatenate(parts).astype(np.int64)
+    return np.unique(pairs, axis=0) if len(pairs) else pairs
+
+
+def _lookup(nb: Neighbours, n: int, what: str) -> sp.csr_matrix:
+    """n x n sparse: at (i, I[i, r]) the similarity + 3 ("sim") or rank r + 1 ("rank")."""
+    D, I = nb
+    rows = np.broadcast_to(np.arange(n)[:, None], I.shape)
+    ok = I >= 0
+    val = (D[ok].astype(np.float64) + 3.0) if what == "sim" else (np.nonzero(ok)[1] + 1.0)
+    m = sp.csr_matrix((val, (rows[ok], I[ok])), shape=(n, max(n, int(I.max(initial=-1)) + 1)))
+    m.sum_duplicates()
+    return m
+
+
+def _get(m: sp.csr_matrix, a: np.ndarray, b: np.ndarray, offset: float) -> np.ndarray:
+    v = np.asarray(m[a, b]).ravel().astype(np.float32)
+    return np.where(v > 0, v - offset, np.nan).astype(np.float32)
+
+
+def _density(nb: Neighbours, rank: int) -> np.ndarray:
+    """(n,) similarity of each row's `rank`-th other neighbour (NaN where none)."""
+    D, I = nb
+    n = D.shape[0]
+    rows = np.arange(n)[:, None]
+    other = (I >= 0) & (rows != I)
+    pos = np.cumsum(other, axis=1)
+    hit = other & (pos == rank)
+    out = np.full(n, np.nan, np.float32)
+    r, c = np.nonzero(hit)
+    out[r] = D[r, c]
+    return out
+
+
+def _title_tokens(titles: Sequence[str]) -> list[tuple[set[str], set[str], set[str]]]:
+    out = []
+    for t in titles:
+        norm = normalize_title(t)
+        words = set(norm.split())
+        raw = t.lower()
+        out.append((words, set(_NUM.findall(raw)), set(_CODE.findall(raw))))
+    return out
+
+
+def _title_features(titles: Sequence[str], a: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:
+    tok = _title_tokens(titles)
+    qty = [parse_quantities(t) for t in titles]
+    m = len(a)
+    f = {k: np.zeros(m, np.float32) for k in TITLE_FEATURES}
+    for p, (i, j) in enumerate(zip(a.tolist(), b.tolist(), strict=True)):
+        (wi, ni, ci), (wj, nj, cj) = tok[i], tok[j]
+        li, lj = len(wi), len(wj)
+        f["len_min"][p], f["len_max"][p] = min(li, lj), max(li, lj)
+        union = len(wi | wj)
+        f["jaccard"][p] = len(wi & wj) / union if union else 0.0
+        ns = len(ni & nj)
+        f["num_shared"][p] = ns
+        f["num_conflict"][p] = float(bool(ni) and bool(nj) and ns == 0)
+        cs = len(ci & cj)
+        f["code_shared"][p] = cs
+        f["code_conflict"][p] = float(bool(ci) and bool(cj) and cs == 0)
+        f["unit_conflict"][p] = float(unit_conflict(qty[i], qty[j]))
+    return f
+
+
+def _exact_similarity(feats: Features, name: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Exact similarity of the pairs in signal `name` (NaN where a side lacks it)."""
+    if name == "tfidf":
+        X = feats.X
+        s = np.asarray(X[a].multiply(X[b]).sum(axis=1)).ravel().astype(np.float32)
+        empty = (np.diff(X.indptr) == 0)
+        return np.where(empty[a] | empty[b], np.nan, s).astype(np.float32)
+    x, valid = feats.dense()[name]
+    s = np.einsum("ij,ij->i", x[a], x[b]).astype(np.float32)
+    return np.where(valid[a] & valid[b], s, np.nan).astype(np.float32)
+
+
+def phash_distance(feats: Features, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Hamming distance (0..64) of the pairs' phash codes, NaN where a side has none."""
+    x = np.bitwise_xor(feats.phash[a], feats.phash[b])
+    d = np.unpackbits(x, axis=1).sum(axis=1).astype(np.float32)
+    return np.where(feats.phash_valid[a] & feats.phash_valid[b], d, np.nan).astype(np.float32)
+
+
+def pair_features(
+    pairs: np.ndarray,
+    feats: Features,
+    nb: dict[str, Neighbours],
+    titles: Sequence[str],
+    signals: Sequence[str],
+) -> np.ndarray:
+    """(m, f) float32 features of the pairs (columns: `feature_names(signals)`)."""
+    n = len(titles)
+    a, b = pairs[:, 0], pairs[:, 1]
+    cols: list[np.ndarray] = []
+    for name in signals:
+        if name == "phash":
+            cols.append(phash_distance(feats, a, b))
+        elif name in EXACT:
+            cols.append(_exact_similarity(feats, name, a, b))
+        else:
+            sim = _lookup(nb[name], n, "sim")
+            s_ab, s_ba = _get(sim, a, b, 3.0), _get(sim, b, a, 3.0)
+            cols.append(np.fmax(s_ab, s_ba))
+        rank = _lookup(nb[name], n, "rank")
+        r_ab, r_ba = _get(rank, a, b, 0.0), _get(rank, b, a, 0.0)
+        cols += [np.fmin(r_ab, r_ba), np.fmax(r_ab, r_ba)]
+        for r in DENSITY_RANKS:
+            d = _density(nb[name], r)
+            cols += [np.fmin(d[a], d[b]), np.fmax(d[a], d[b])]
+    t = _title_features(titles, a, b)
+    cols += list(t.values())
+    return np.stack(cols, axis=1).astype(np.float32) if cols else np.zeros((len(a), 0), np.float32)
+
+
+def feature_names(signals: Sequence[str]) -> list[str]:
+    """Column names of `pair_features` for these signals."""
+    out = []
+    for name in signals:
+        out.append(f"{name}_distance" if name == "phash" else f"{name}_sim")
+        out += [f"{name}_rank_min", f"{name}_rank_max"]
+        for r in DENSITY_RANKS:
+            out += [f"{name}_density{r + 1}_min", f"{name}_density{r + 1}_max"]
+    return [*out, *TITLE_FEATURES]
+
+
+def rank_matches(
+    pairs: np.ndarray, p: np.ndarray, n: int, config: RankerConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """Matches from scored pairs: I (n, max_matches) rows, the row itself first, then its
+    partners by probability (those at `threshold` or above; a row with none takes its best
+    candidate at `single_threshold` or above); S the probabilities (+inf for itself)."""
+    assert pairs.shape == (len(p), 2), (pairs.shape, p.shape)
+    a = np.concatenate([pairs[:, 0], pairs[:, 1]])
+    b = np.concatenate([pairs[:, 1], pairs[:, 0]])
+    pp = np.concatenate([p, p]).astype(np.float32)
+    o = np.lexsort((b, -pp, a))  # by row, best first, ties by partner id
+    a, b, pp = a[o], b[o], pp[o]
+    start = np.searchsorted(a, np.arange(n))
+    end = np.searchsorted(a, np.arange(n), side="right")
+    cap = config.max_matches
+    I = np.full((n, cap), -1, np.int64)
+    S = np.full((n, cap), -np.inf, np.float32)
+    I[:, 0] = np.arange(n)
+    S[:, 0] = np.inf
+    for i in range(n):
+        s, e = start[i], end[i]
+        if s == e:
+            continue
+        keep = pp[s:e] >= config.threshold
+        if not keep.any() and pp[s] >= config.single_threshold:
+            keep[0] = True
+        take = np.flatnonzero(keep)[: cap - 1]
+        I[i, 1 : 1 + len(take)] = b[s:e][take]
+        S[i, 1 : 1 + len(take)] = pp[s:e][take]
+    return I, S
+
+
+@dataclass
+class Ranker:
+    """A trained pair classifier: the booster, the signals it was trained on, its config."""
+
+    booster: Any  # lightgbm.Booster
+    signals: list[str]
+    config: RankerConfig
+    report: dict[str, Any] = field(default_factory=dict)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """(m,) match probability of each pair's features."""
+        if X.shape[0] == 0:
+            return np.zeros(0, np.float32)
+        return np.asarray(self.booster.predict(X, num_threads=1), np.float32)
+
+    def match(
+        self, feats: Features, nb: dict[str, Neighbours], titles: Sequence[str]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The self-match of a pool decided by the ranker (see `rank_matches`)."""
+        missing = [s for s in self.signals if s not in nb]
+        if missing:
+            raise EncoderError(
+                f"the ranker was trained with signal(s) {', '.join(missing)}, which this run "
+                f"does not compute (computed: {', '.join(nb)})"
+            )
+        n = len(titles)
+        use = {s: nb[s] for s in self.signals}
+        pairs = candidate_pairs(use, n, self.config)
+        p = self.predict(pair_features(pairs, feats, use, titles, self.signals))
+        return rank_matches(pairs, p, n, self.config)
+
+    def save(self, folder: str | Path) -> Path:
+        """Write `folder/model.txt` (LightGBM) and `folder/ranker.json`."""
+        d = Path(folder)
+        d.mkdir(parents=True, exist_ok=True)
+        self.booster.save_model(str(d / "model.txt"))
+        meta = {
+            "format": 1,
+            "signals": self.signals,
+            "features": feature_names(self.signals),
+            "config": asdict(self.config),
+            "report": self.report,
+        }
+        (d / "ranker.json").write_text(json.dumps(meta, indent=2, default=float), "utf-8")
+        return d
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Ranker:
+        """Read a folder written by `save`. Raises EncoderError when it is not one."""
+        import lightgbm
+
+        d = Path(folder)
+        if not (d / "ranker.json").is_file() or not (d / "model.txt").is_file():
+            raise EncoderError(f"{d} is not a ranker folder (needs ranker.json and model.txt)")
+        meta = json.loads((d / "ranker.json").read_text(encoding="utf-8"))
+        if meta.get("format") != 1:
+            raise EncoderError(f"{d}: ranker format {meta.get('format')!r}, expected 1")
+        booster = lightgbm.Booster(model_file=str(d / "model.txt"))
+        if booster.num_feature() != len(feature_names(meta["signals"])):
+            raise EncoderError(f"{d}: the model's features do not match its signals")
+        return cls(booster, list(meta["signals"]), RankerConfig(**meta["config"]), meta["report"])

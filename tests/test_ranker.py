@@ -1,0 +1,312 @@
+"""The pair re-ranker (issue 13): pairwise-labelled data, pairwise metrics, candidates,
+pair features, the decision rule, the saved ranker, `train ranker`, and the ranker used by
+`match`, `evaluate` and `/match`."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from index.cli.parser import main
+from index.data.listings import read_catalogue
+from index.data.pairs import Pairs, pair_components, read_pair_folder
+from index.errors import CatalogueError, EncoderError
+from index.features.embed import embed
+from index.features.tfidf import TfidfConfig
+from index.matching.ranker import (
+    Ranker,
+    RankerConfig,
+    candidate_pairs,
+    feature_names,
+    pair_features,
+    rank_matches,
+)
+from index.matching.selfmatch import match_catalogue, self_neighbours
+from index.store.model import load_encoders, load_model
+from index.tuning.metrics import pair_prf, pair_report, predicted_pairs
+from index.tuning.ranker import fit
+
+
+def write_pair_folder(root: Path, with_b: bool = True) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "tableA.csv").write_text('id,title\n1,"hp 388504-b21 internal"\n2,sun xta 73gb\n')
+    if with_b:
+        (root / "tableB.csv").write_text("id,name,brand\n10,hp 388504-b21,hp\n11,other,x\n")
+    (root / "train.csv").write_text("ltable_id,rtable_id,label\n1,10,1\n2,11,0\n")
+    (root / "valid.csv").write_text("ltable_id,rtable_id,label\n2,10,0\n")
+    return root
+
+
+def test_pair_folder_becomes_one_catalogue_and_row_pairs(tmp_path: Path) -> None:
+    data = read_pair_folder(write_pair_folder(tmp_path / "er"))
+    cat = data.catalogue
+    assert cat.posting_id == ["a-1", "a-2", "b-10", "b-11"]
+    # tableA has a title; tableB has none: its attributes are joined
+    assert cat.title == ["hp 388504-b21 internal", "sun xta 73gb", "hp 388504-b21 hp", "other x"]
+    tr = data.splits["train"]
+    assert tr.left.tolist() == [0, 1] and tr.right.tolist() == [2, 3]
+    assert tr.label.tolist() == [True, False]
+    both = data.pairs("train", "valid")
+    assert len(both) == 3 and both.right.tolist() == [2, 3, 2]
+    with pytest.raises(CatalogueError, match="no test pairs"):
+        data.pairs("test")
+
+
+def test_one_table_with_pairs(tmp_path: Path) -> None:
+    root = write_pair_folder(tmp_path / "er", with_b=False)
+    (root / "train.csv").write_text("ltable_id,rtable_id,label\n1,2,0\n")
+    (root / "valid.csv").unlink()
+    data = read_pair_folder(root)
+    assert data.catalogue.posting_id == ["a-1", "a-2"]
+    assert data.splits["train"].right.tolist() == [1]
+
+
+@pytest.mark.parametrize(
+    ("pairs", "message"),
+    [
+        ("ltable_id,rtable_id,label\n1,99,1\n", "unknown id"),
+        ("ltable_id,rtable_id,label\n1,10,2\n", "unknown id or label"),
+        ("l,r,label\n1,10,1\n", "header must start"),
+        ("ltable_id,rtable_id,label\n1,10\n", "expected ltable_id"),
+    ],
+)
+def test_bad_pair_files_name_the_problem(tmp_path: Path, pairs: str, message: str) -> None:
+    root = write_pair_folder(tmp_path / "er")
+    (root / "train.csv").write_text(pairs)
+    with pytest.raises(CatalogueError, match=message):
+        read_pair_folder(root)
+
+
+def test_not_a_pair_folder(tmp_path: Path) -> None:
+    with pytest.raises(CatalogueError, match="no tableA.csv"):
+        read_pair_folder(tmp_path)
+
+
+def test_components_of_the_positive_pairs() -> None:
+    p = Pairs(np.array([0, 1, 3]), np.array([1, 2, 4]), np.array([True, True, False]))
+    comp = pair_components(5, p)
+    assert comp[0] == comp[1] == comp[2]
+    assert len({comp[0], comp[3], comp[4]}) == 3  # a negative pair joins nothing
+
+
+def test_pair_prf_counts_only_labelled_pairs() -> None:
+    pred = np.array([True, True, False, False, True])
+    y = np.array([True, False, True, False, True])
+    r = pair_prf(pred, y)
+    assert r["precision"] == pytest.approx(2 / 3) and r["recall"] == pytest.approx(2 / 3)
+    assert r["f1"] == pytest.approx(2 / 3) and r["pairs"] == 5 and r["positives"] == 3
+    assert pair_prf(np.zeros(2, bool), np.zeros(2, bool))["f1"] == 0.0
+
+
+def test_predicted_pairs_either_direction() -> None:
+    I = np.array([[0, 2, -1], [1, -1, -1], [2, -1, -1]])
+    got = predicted_pairs(I, np.array([0, 2, 0]), np.array([2, 0, 1]))
+    assert got.tolist() == [True, True, False]
+    rep = pair_report(I, np.array([2, 0]), np.array([0, 1]), np.array([1, 1]))
+    assert rep["recall"] == 0.5 and rep["precision"] == 1.0
+
+
+def test_candidates_are_unordered_distinct_and_floored_inclusively() -> None:
+    D = np.array([[1.0, 0.5, 0.2], [1.0, 0.5, 0.19], [1.0, 0.2, -np.inf]], np.float32)
+    I = np.array([[0, 1, 2], [1, 0, 2], [2, 0, -1]])
+    cfg = RankerConfig(top_k=2, floors={"tfidf": 0.2})
+    got = candidate_pairs({"tfidf": (D, I)}, 3, cfg)
+    assert got.tolist() == [[0, 1], [0, 2]]  # (1, 2) at 0.19 is below the floor
+    assert candidate_pairs({"tfidf": (D, I)}, 3, RankerConfig(top_k=1, floors={})).tolist() == [
+        [0, 1],
+        [0, 2],
+    ]
+
+
+def test_rank_matches_threshold_single_and_cap() -> None:
+    pairs = np.array([[0, 1], [0, 2], [1, 2], [3, 4]])
+    p = np.array([0.9, 0.5, 0.49, 0.3], np.float32)
+    cfg = RankerConfig(threshold=0.5, single_threshold=0.3, max_matches=50)
+    I, S = rank_matches(pairs, p, 5, cfg)
+    rows = [[j for j in r if j >= 0] for r in I.tolist()]
+    assert rows[0] == [0, 1, 2]  # 0.5 >= 0.5 is kept
+    assert rows[2] == [2, 0]  # 0.49 < 0.5, but 0.5 to row 0 passes
+    assert rows[3] == [3, 4] and rows[4] == [4, 3]  # alone: best at 0.3 >= single 0.3
+    assert S[0, 0] == np.inf and S[0, 1] == pytest.approx(0.9)
+    I, _ = rank_matches(pairs, p, 5, RankerConfig(threshold=0.5, single_threshold=0.31))
+    assert [j for j in I[3] if j >= 0] == [3]
+    I, _ = rank_matches(pairs, p, 5, RankerConfig(threshold=0.1, max_matches=2))
+    assert I.shape == (5, 2) and I[0].tolist() == [0, 1]
+
+
+def test_pair_features_exact_similarities(synth: Path, model_dir: Path) -> None:
+    cat = read_catalogue(synth / "listings.csv")
+    feats = embed(cat, load_encoders(model_dir, device="cpu"), tfidf_config=TfidfConfig())
+    nb = self_neighbours(feats, device="cpu")
+    pairs = np.array([[0, 1], [2, 7], [3, 3 + 1]])
+    signals = ["tfidf", "phash", "text"]
+    X = pair_features(pairs, feats, nb, cat.title, signals)
+    names = feature_names(signals)
+    assert X.shape == (3, len(names)) and X.dtype == np.float32
+    col = {n: X[:, i] for i, n in enumerate(names)}
+    want_tfidf = [float(feats.X[a].multiply(feats.X[b]).sum()) for a, b in pairs]
+    assert np.allclose(col["tfidf_sim"], want_tfidf, atol=1e-6)
+    assert feats.text is not None
+    want_text = [float(feats.text[a] @ feats.text[b]) for a, b in pairs]
+    assert np.allclose(col["text_sim"], want_text, atol=1e-5)
+    want_ham = [bin(int(cat.image_phash[a], 16) ^ int(cat.image_phash[b], 16)).count("1")
+                for a, b in pairs]
+    assert col["phash_distance"].tolist() == want_ham
+
+
+def test_title_features_numbers_and_codes() -> None:
+    from index.features.embed import Features
+
+    titles = ["lipstick 3gr red a12b", "lipstick 5gr red a12b", "bag"]
+    feats = Features(
+        tfidf=None,  # type: ignore[arg-type]
+        X=None,  # type: ignore[arg-type]
+        phash=np.zeros((3, 8), np.uint8),
+        phash_valid=np.zeros(3, bool),
+    )
+    names = feature_names([])
+    X = pair_features(np.array([[0, 1], [0, 2]]), feats, {}, titles, [])
+    col = {n: X[:, i] for i, n in enumerate(names)}
+    assert col["num_conflict"].tolist() == [1.0, 0.0]  # 3 vs 5; "bag" states no number
+    assert col["unit_conflict"].tolist() == [1.0, 0.0]
+    assert col["code_shared"].tolist() == [1.0, 0.0]
+    # tokens of the normalised titles (numbers split from units): 6 shared of 8
+    assert col["jaccard"][0] == pytest.approx(6 / 8)
+
+
+def test_a_saved_ranker_predicts_the_same(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    signals = ["tfidf"]
+    X = rng.random((400, len(feature_names(signals)))).astype(np.float32)
+    y = X[:, 0] > 0.5
+    r = Ranker(fit(X, y, rounds=20), signals, RankerConfig(threshold=0.4))
+    back = Ranker.load(r.save(tmp_path / "ranker"))
+    assert np.array_equal(back.predict(X), r.predict(X))
+    assert back.config == r.config and back.signals == signals
+    (tmp_path / "ranker" / "model.txt").unlink()
+    with pytest.raises(EncoderError, match="not a ranker folder"):
+        Ranker.load(tmp_path / "ranker")
+
+
+@pytest.fixture(scope="module")
+def ranked_model(synth: Path, strict_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The strict fake model with a ranker trained by `pricematch train ranker`."""
+    out = tmp_path_factory.mktemp("ranked") / "model"
+    shutil.copytree(strict_model, out)
+    rep = out.parent / "report.json"
+    args = ["train", "ranker", str(synth / "listings.csv"), "--model", str(out), "--folds", "3"]
+    assert main([*args, "-q", "--device", "cpu", "--report", str(rep)]) == 0
+    return out
+
+
+def test_train_ranker_writes_it_with_an_out_of_fold_report(ranked_model: Path) -> None:
+    meta = json.loads((ranked_model / "ranker" / "ranker.json").read_text())
+    assert meta["signals"] == ["tfidf", "phash", "text"]
+    assert len(meta["features"]) == len(feature_names(meta["signals"]))
+    report = json.loads((ranked_model.parent / "report.json").read_text())
+    assert len(report["folds"]) == 3 and len(report["fusion_f1"]) == 3
+    assert all(0.0 <= f <= 1.0 for f in report["oof_f1"])
+    assert load_model(ranked_model).ranker is not None
+
+
+def test_match_uses_the_ranker_unless_told_not_to(
+    ranked_model: Path, synth: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    csv_path = str(synth / "listings.csv")
+    base = ["match", csv_path, "--model", str(ranked_model), "-q", "--device", "cpu"]
+    assert main([*base, "-o", str(tmp_path / "r.csv")]) == 0
+    assert "(pair re-ranker)" in capsys.readouterr().out
+    assert main([*base, "--no-ranker", "-o", str(tmp_path / "f.csv")]) == 0
+    assert "(pair re-ranker)" not in capsys.readouterr().out
+    m = load_model(ranked_model, device="cpu")
+    cat = read_catalogue(synth / "listings.csv")
+    want, _ = match_catalogue(cat, m.fusion, m.encoders, device="cpu", ranker=m.ranker)
+    with open(tmp_path / "r.csv", newline="") as f:
+        got = [row["matches"].split() for row in csv.DictReader(f)]
+    assert got == want
+
+
+def test_evaluate_an_entity_matching_folder(
+    synth: Path, strict_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The synthetic catalogue as two tables and labelled pairs: pairwise scores."""
+    cat = read_catalogue(synth / "listings.csv")
+    root = tmp_path / "er"
+    root.mkdir()
+    half = len(cat) // 2
+    for name, rows in (("tableA", range(half)), ("tableB", range(half, len(cat)))):
+        with open(root / f"{name}.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["id", "title"])
+            w.writerows([[i, cat.title[i]] for i in rows])
+    assert cat.label_group is not None
+    pairs = [(a, b, int(cat.label_group[a] == cat.label_group[b]))
+             for a in range(half) for b in range(half, len(cat))]
+    with open(root / "valid.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["ltable_id", "rtable_id", "label"])
+        w.writerows(pairs)
+    rep = tmp_path / "rep.json"
+    args = ["evaluate", str(root), "--model", str(strict_model), "--device", "cpu", "-q"]
+    assert main([*args, "--report", str(rep)]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(pairs)} labelled valid pairs" in out and "scored on those pairs only" in out
+    rows = {r["name"]: r for r in json.loads(rep.read_text())["rows"]}
+    assert {"fused", "tfidf alone"} <= set(rows)
+    assert rows["fused"]["pairs"] == len(pairs)
+    assert rows["fused"]["positives"] == sum(p[2] for p in pairs)
+
+
+def test_match_endpoint_uses_the_ranker_on_the_querys_candidates(
+    ranked_model: Path, synth: Path, tmp_path: Path
+) -> None:
+    """Each catalogue listing asked by id gets what the ranker's self-match gives it among
+    the listing's own candidates (a pair found only from the other side is not one)."""
+    from fastapi.testclient import TestClient
+
+    from service.config import Settings
+    from service.main import create_app
+
+    cat = read_catalogue(synth / "listings.csv")
+    m = load_model(ranked_model, device="cpu")
+    assert m.ranker is not None
+    want, feats = match_catalogue(cat, m.fusion, m.encoders, device="cpu", ranker=m.ranker)
+    nb = self_neighbours(feats, device="cpu")
+    cfg = m.ranker.config
+    own_side = []
+    for i in range(len(cat)):
+        c = set()
+        for name in m.ranker.signals:
+            D, I = nb[name]
+            top = cfg.top_k + 1
+            c |= {cat.posting_id[j] for j, d in zip(I[i, :top], D[i, :top], strict=True)
+                  if j >= 0 and d >= cfg.floors.get(name, -np.inf)}
+        own_side.append(c)
+    s = Settings(model_dir=ranked_model, data_dir=tmp_path / "data", device="cpu")
+    with TestClient(create_app(s)) as c:
+        while c.get("/readyz").status_code != 200:
+            time.sleep(0.02)
+        phash = cat.image_phash or [""] * len(cat)
+        body = [
+            {"posting_id": p, "title": t, "image_phash": h}
+            for p, t, h in zip(cat.posting_id, cat.title, phash, strict=True)
+        ]
+        assert c.post("/listings", json={"listings": body}).status_code == 200
+        one_sided = 0
+        for i, (q, w) in enumerate(zip(body, want, strict=True)):
+            got = c.post("/match", json=q).json()["matches"]
+            assert got[0]["posting_id"] == q["posting_id"] and got[0]["signals"] == ["self"]
+            assert all(x["signals"] == ["ranker"] for x in got[1:])
+            expected = {p for p in w if p == q["posting_id"] or p in own_side[i]}
+            assert {x["posting_id"] for x in got} == expected, q["posting_id"]
+            one_sided += len(expected) < len(w)
+        assert one_sided < len(body) // 10  # most rows find all their partners themselves
+        # a per-request threshold asks for the fusion
+        got = c.post("/match", json={**body[0], "threshold": {"tfidf": 0.5}}).json()
+        assert all(x["signals"] != ["ranker"] for x in got["matches"])
