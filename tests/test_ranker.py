@@ -201,7 +201,7 @@ def ranked_model(synth: Path, strict_model: Path, tmp_path_factory: pytest.TempP
     shutil.copytree(strict_model, out)
     rep = out.parent / "report.json"
     args = ["train", "ranker", str(synth / "listings.csv"), "--model", str(out), "--folds", "3"]
-    assert main([*args, "-q", "--device", "cpu", "--report", str(rep)]) == 0
+    assert main([*args, "-q", "--device", "cpu", "--report", str(rep), "--keep-anyway"]) == 0
     return out
 
 
@@ -213,6 +213,24 @@ def test_train_ranker_writes_it_with_an_out_of_fold_report(ranked_model: Path) -
     assert len(report["folds"]) == 3 and len(report["fusion_f1"]) == 3
     assert all(0.0 <= f <= 1.0 for f in report["oof_f1"])
     assert load_model(ranked_model).ranker is not None
+
+
+def test_a_ranker_that_loses_is_not_written(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import argparse
+
+    from index.cli.ranker import write_if_won
+
+    rng = np.random.default_rng(0)
+    X = rng.random((100, len(feature_names(["tfidf"])))).astype(np.float32)
+    r = Ranker(fit(X, X[:, 0] > 0.5, rounds=5), ["tfidf"], RankerConfig())
+    args = argparse.Namespace(model=str(tmp_path), keep_anyway=False)
+    assert not write_if_won(args, r, False, "it lost")
+    assert not (tmp_path / "ranker").exists()
+    assert "not written: it lost" in capsys.readouterr().out
+    assert write_if_won(args, r, True, "it lost") and (tmp_path / "ranker" / "model.txt").is_file()
+    args.keep_anyway = True
+    assert write_if_won(args, r, False, "it lost")
+    assert "(it lost)" in capsys.readouterr().out
 
 
 def test_match_uses_the_ranker_unless_told_not_to(

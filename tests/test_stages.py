@@ -281,11 +281,17 @@ def test_evaluate_ablation_cli(synth: Path, model_dir: Path, tmp_path: Path, cap
         "+ min-2 rank-2 reciprocal",
         "+ title unit rule",
         "final (stages kept on the training folds)",
+        "+ pair re-ranker",
     ):
         assert row in out, row
     assert "F1 by true group size" in out and "pool rule" in out
     data = json.loads(rep.read_text())
-    assert len(data["table"]) == 9
+    assert len(data["table"]) == 10
+    final, ranker = data["table"][-2], data["table"][-1]
+    assert final["role"] == "final" and ranker["role"] == "ranker"
+    # the ranker's gain is over the final row, fold by fold
+    want = [a - b for a, b in zip(ranker["f1"], final["f1"], strict=True)]
+    assert ranker["gain"] == pytest.approx(want)
     for row in data["table"]:
         assert len(row["f1"]) == 3 and all(0 <= f <= 1 for f in row["f1"])
         assert set(row) >= {"precision", "recall", "matches", "gain", "by_group_size"}

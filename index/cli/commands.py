@@ -29,6 +29,7 @@ from index.tuning.ablation import (
     make_pool,
     mean_std,
     pool_study,
+    ranker_row,
     run_ablation,
     stage_slopes,
     summarize,
@@ -121,7 +122,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-ranker",
         action="store_true",
-        help="ignore the model's pair re-ranker (decide by the fusion thresholds)",
+        help="ignore the model's pair re-ranker (decide by the fusion thresholds); with "
+        "--ablation: no re-ranker row",
     )
     p.add_argument(
         "--signals",
@@ -430,6 +432,10 @@ def cmd_ablation(args: argparse.Namespace, cat: Catalogue) -> int:
     study = pool_study(
         cat, dense, fold_rows, pools, start, device, show_progress=show, within_folds=within
     )
+    final_row = next(r for r in results if r["role"] == "final")
+    final = [FusionConfig.model_validate(x["config"]) for x in final_row["folds"]]
+    if not args.no_ranker:
+        results.append(ranker_row(pools, consensus(final, {}), device, show_progress=show))
     elapsed = time.perf_counter() - t0
     table = summarize(results)
 
@@ -472,7 +478,6 @@ def cmd_ablation(args: argparse.Namespace, cat: Catalogue) -> int:
         f"pool study {elapsed - t_pools - t_abl:.0f}s, total {elapsed:.0f}s"
     )
     if args.save_config:
-        final = [FusionConfig.model_validate(x["config"]) for x in results[-1]["folds"]]
         best = consensus(final, slopes)
         # The stages' thresholds (combined) need slopes too, fitted with the stages on.
         best = best.with_(

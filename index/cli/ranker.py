@@ -42,6 +42,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--folds", type=int, default=5, help="out-of-fold splits (default 5)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--report", help="write the training report (JSON) here")
+    p.add_argument(
+        "--keep-anyway",
+        action="store_true",
+        help="write the ranker even where it does not beat the fusion (by default it is "
+        "written only if it wins on every fold: label groups; or out of fold: pairs)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train_ranker)
 
@@ -101,7 +107,6 @@ def _train_groups(args: argparse.Namespace, encoders: Encoders, config: FusionCo
     report["fusion_f1"] = plain
     report["signals"] = signals
     ranker.report.update(report)
-    write_ranker(Path(args.model), ranker)
     print(f"\n{args.input}: {len(cat)} rows in {len(pools)} group-disjoint pools; signals "
           f"{'+'.join(signals)}; {report['pairs']} candidate pairs")
     print(f"{'fold':<6} {'rows':>6} {'fusion F1':>10} {'ranker F1':>10} {'prec':>6} "
@@ -112,14 +117,28 @@ def _train_groups(args: argparse.Namespace, encoders: Encoders, config: FusionCo
     gain = np.array(report["oof_f1"]) - np.array(plain)
     print(f"mean   {'':>6} {np.mean(plain):10.4f} {np.mean(report['oof_f1']):10.4f}   "
           f"gain {gain.mean():+.4f} ± {gain.std():.4f} (min {gain.min():+.4f})")
-    print(f"wrote {Path(args.model) / 'ranker'} (threshold {ranker.config.threshold:.2f}, "
-          f"single {ranker.config.single_threshold:.2f}, {report['rounds']} trees, "
-          f"{report['seconds']:.0f}s)")
+    print(f"ranker: threshold {ranker.config.threshold:.2f}, single "
+          f"{ranker.config.single_threshold:.2f}, {report['rounds']} trees, "
+          f"{report['seconds']:.0f}s")
+    wins = all(r > b for r, b in zip(report["oof_f1"], plain, strict=True))
+    why = "it does not beat the fusion on every fold"
+    report["written"] = write_if_won(args, ranker, wins, why)
     return report
 
 
-def _train_pairs(args: argparse.Namespace, encoders: Encoders, config: FusionConfig) -> Any:
+def write_if_won(args: argparse.Namespace, ranker: Any, wins: bool, why_not: str) -> bool:
+    """Write the ranker into the model folder if it won (or --keep-anyway); say which."""
     from pathlib import Path
+
+    if wins or args.keep_anyway:
+        write_ranker(Path(args.model), ranker)
+        print(f"wrote {Path(args.model) / 'ranker'}" + ("" if wins else f" ({why_not})"))
+        return True
+    print(f"not written: {why_not} (--keep-anyway writes it); the model keeps its fusion")
+    return False
+
+
+def _train_pairs(args: argparse.Namespace, encoders: Encoders, config: FusionConfig) -> Any:
 
     data = read_pair_folder(args.input)
     cat = data.catalogue
@@ -134,7 +153,6 @@ def _train_pairs(args: argparse.Namespace, encoders: Encoders, config: FusionCon
     report["fusion"] = {s: pair_report(I, p.left, p.right, p.label) for s, p in scored.items()}
     report["signals"] = signals
     ranker.report.update(report)
-    write_ranker(Path(args.model), ranker)
     print(f"\n{args.input}: {len(cat)} records, {len(train)} train pairs; signals "
           f"{'+'.join(signals)}")
     print(f"{'split':<22} {'P':>6} {'R':>6} {'F1':>6}  (pairwise, labelled pairs only)")
@@ -144,6 +162,8 @@ def _train_pairs(args: argparse.Namespace, encoders: Encoders, config: FusionCon
         rows += [(f"{s}, fusion", report["fusion"][s]), (f"{s}, ranker", report[s])]
     for name, r in rows:
         print(f"{name:<22} {r['precision']:6.3f} {r['recall']:6.3f} {r['f1']:6.3f}")
-    print(f"wrote {Path(args.model) / 'ranker'} (threshold {ranker.config.threshold:.2f}, "
-          f"{report['rounds']} trees, {report['seconds']:.0f}s)")
+    print(f"ranker: threshold {ranker.config.threshold:.2f}, {report['rounds']} trees, "
+          f"{report['seconds']:.0f}s")
+    wins = report["train_oof"]["f1"] > report["fusion"]["train"]["f1"]
+    report["written"] = write_if_won(args, ranker, wins, "it does not beat the fusion out of fold")
     return report

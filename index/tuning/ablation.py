@@ -56,6 +56,7 @@ class Pool:
     parts: dict[str, Part]
     nb: dict[str, Neighbours]
     cache: dict[str, tuple[dict[str, Neighbours], PairTable]] = field(default_factory=dict)
+    features: Features | None = None  # what the pair re-ranker's features need
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -82,7 +83,7 @@ def make_pool(cat: Catalogue, rows: np.ndarray, dense: dict[str, np.ndarray], de
         xr = np.ascontiguousarray(x[rows], dtype=np.float32)
         feats.set_dense(name, xr, np.abs(xr).sum(axis=1) > 0)
     nb = self_neighbours(feats, device=device)  # type: ignore[arg-type]
-    return Pool(rows, cat.labels[rows], list(sub.title), feats.parts(), nb)
+    return Pool(rows, cat.labels[rows], list(sub.title), feats.parts(), nb, features=feats)
 
 
 Candidates = Callable[[FusionConfig], list[FusionConfig]]
@@ -91,8 +92,9 @@ Candidates = Callable[[FusionConfig], list[FusionConfig]]
 #: What a row is: "reference" (measured alone, e.g. TF-IDF alone), "stage" (joins the
 #: pipeline when it helps on the training folds), "combined" (a stage the alternatives
 #: start from), "alternative" (instead of the stages after "combined"; its gain is over
-#: the combined row), "final" (the pipeline as kept).
-Role = Literal["reference", "stage", "combined", "alternative", "final"]
+#: the combined row), "final" (the pipeline as kept), "ranker" (the pair re-ranker on the
+#: final pipeline's neighbours; its gain is over the final row).
+Role = Literal["reference", "stage", "combined", "alternative", "final", "ranker"]
 
 
 @dataclass
@@ -377,6 +379,7 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     prev: list[float] | None = None
     base: list[float] | None = None
+    final: list[float] | None = None
     for r in results:
         f1 = [x["report"]["f1"] for x in r["folds"]]
         row = {
@@ -404,6 +407,9 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row["gain"] = None if base is None else [a - b for a, b in zip(f1, base, strict=True)]
         elif r["role"] == "final":
             row["gain"] = None
+            final = f1
+        elif r["role"] == "ranker":
+            row["gain"] = None if final is None else [a - b for a, b in zip(f1, final, strict=True)]
         if r["role"] == "combined":
             base = f1
         if r["cumulative"] and r["role"] != "final":
@@ -435,3 +441,24 @@ def consensus(configs: list[FusionConfig], slopes: dict[str, float]) -> FusionCo
     rows = round(float(np.mean([c.tuned_rows or 0 for c in configs])))
     kept = {s: v for s, v in slopes.items() if s in th}
     return base.with_(thresholds=th, min2_floor=floor, tuned_rows=rows, pool_slopes=kept)
+
+
+def ranker_row(
+    pools: list[Pool], config: FusionConfig, device: str, show_progress: bool = False
+) -> dict[str, Any]:
+    """The pair re-ranker on each pool's neighbours under `config` (the final pipeline),
+    trained and thresholded out of fold (`index.tuning.ranker.train_on_pools`): a result
+    row of role "ranker"."""
+    from index.tuning.ranker import RankPool, train_on_pools
+
+    rank_pools = []
+    for p in pools:
+        assert p.features is not None, "pools made by make_pool carry their features"
+        rank_pools.append(RankPool(p.features, p.signals(config, device)[0], p.titles, p.labels))
+    signals = list(rank_pools[0].nb)
+    _, rep = train_on_pools(rank_pools, signals, buckets=BUCKETS, show_progress=show_progress)
+    folds = [
+        {"report": r, "config": config.model_dump(), "train_f1": float("nan"), "kept": False}
+        for r in rep["folds"]
+    ]
+    return {"name": "+ pair re-ranker", "role": "ranker", "cumulative": False, "folds": folds}

@@ -35,7 +35,7 @@ from index.matching.ranker import (
     rank_matches,
 )
 from index.progress import progress
-from index.tuning.metrics import f1_report, mean_f1, pair_prf
+from index.tuning.metrics import SIZE_BUCKETS, f1_report, mean_f1, pair_prf
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +137,7 @@ def train_on_pools(
     signals: Sequence[str],
     config: RankerConfig | None = None,
     show_progress: bool = False,
+    buckets: tuple[tuple[int, int], ...] = SIZE_BUCKETS,
 ) -> tuple[Ranker, dict[str, Any]]:
     """Out-of-fold training on group-labelled pools (see the module doc).
 
@@ -164,7 +165,7 @@ def train_on_pools(
         labels = pools[f].labels
         assert labels is not None
         I, _ = rank_matches(data[f][0], oof[f], len(labels), cfg)
-        rep = f1_report(I, labels)
+        rep = f1_report(I, labels, buckets)
         rep.update(threshold=cfg.threshold, single_threshold=cfg.single_threshold)
         rep["candidate_pairs"] = len(data[f][0])
         rep["candidate_recall"] = _candidate_recall(data[f][0], data[f][2], labels)
