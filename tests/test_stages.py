@@ -386,3 +386,31 @@ def test_stage_slopes_cover_the_combined_threshold(synth: Path, model_dir: Path)
     slopes = stage_slopes(cat, dense, fold_rows, pools, cfg)
     assert set(slopes) == {"tfidf", "text", "combined", "inb"}
     assert all(-1.0 <= v <= 1.0 for v in slopes.values())
+
+
+def test_a_stage_is_on_only_where_it_won_on_every_fold() -> None:
+    from index.tuning.ablation import unanimous_only
+
+    cfg = (
+        FusionConfig()
+        .with_(
+            thresholds={**FusionConfig().thresholds, "combined": 0.6},
+            min2_reciprocal=2,
+            pool_slopes={"tfidf": 0.01, "combined": 0.02, "inb": 0.01},
+        )
+        .with_stages(combined_weights={"tfidf": 1.0, "text": 1.0}, inb=(0.6, 0.7), unit_rule=True)
+    )
+
+    def row(key: str, kept: list[bool]) -> dict:
+        return {"key": key, "cumulative": True, "folds": [{"kept": k} for k in kept]}
+
+    every = [row(k, [True, True]) for k in ("combined", "inb1", "inb2", "reciprocal", "unit_rule")]
+    assert unanimous_only(cfg, every) == cfg
+    split = [row("combined", [True, True]), row("inb1", [True, True]), row("inb2", [True, False]),
+             row("reciprocal", [False, True]), row("unit_rule", [True, True])]
+    got = unanimous_only(cfg, split)
+    assert got.stages.inb == (0.6,) and got.min2_reciprocal == 0 and got.stages.unit_rule
+    assert got.thresholds["combined"] == 0.6
+    no_combined = unanimous_only(cfg, [row("combined", [False, True]), *every[1:]])
+    assert "combined" not in no_combined.thresholds and not no_combined.stages.combined_weights
+    assert no_combined.stages.inb == () and set(no_combined.pool_slopes) == {"tfidf"}

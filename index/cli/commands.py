@@ -33,6 +33,7 @@ from index.tuning.ablation import (
     run_ablation,
     stage_slopes,
     summarize,
+    unanimous_only,
 )
 from index.tuning.grids import group_folds, single_signal
 from index.tuning.metrics import f1_report, pair_report
@@ -478,7 +479,7 @@ def cmd_ablation(args: argparse.Namespace, cat: Catalogue) -> int:
         f"pool study {elapsed - t_pools - t_abl:.0f}s, total {elapsed:.0f}s"
     )
     if args.save_config:
-        best = consensus(final, slopes)
+        best = unanimous_only(consensus(final, slopes), results)
         # The stages' thresholds (combined) need slopes too, fitted with the stages on.
         best = best.with_(
             pool_slopes=stage_slopes(

@@ -106,6 +106,7 @@ class Step:
     cumulative: bool = True  # False: measured but never joins the pipeline
     reciprocal: tuple[int, ...] = ()
     role: Role = "stage"
+    key: str = ""  # which setting the stage turns on (`unanimous_only`)
 
 
 def default_steps(dense: list[str]) -> list[Step]:
@@ -143,14 +144,14 @@ def default_steps(dense: list[str]) -> list[Step]:
     ]
     if modal:
         steps += [
-            Step("+ combined embedding", combined, role="combined"),
-            Step("+ INB stage 1", inb),
-            Step("+ INB stage 2", inb),
+            Step("+ combined embedding", combined, role="combined", key="combined"),
+            Step("+ INB stage 1", inb, key="inb1"),
+            Step("+ INB stage 2", inb, key="inb2"),
             Step("alternative: αQE instead of INB", qe, cumulative=False, role="alternative"),
         ]
     steps += [
-        Step("+ min-2 rank-2 reciprocal", lambda c: [c], reciprocal=(1, 2)),
-        Step("+ title unit rule", lambda c: [c.with_stages(unit_rule=True)]),
+        Step("+ min-2 rank-2 reciprocal", lambda c: [c], reciprocal=(1, 2), key="reciprocal"),
+        Step("+ title unit rule", lambda c: [c.with_stages(unit_rule=True)], key="unit_rule"),
     ]
     return steps
 
@@ -207,7 +208,13 @@ def run_ablation(
                 {"report": rep, "config": cfg.model_dump(), "train_f1": f_tr, "kept": kept}
             )
         out.append(
-            {"name": step.name, "role": step.role, "cumulative": step.cumulative, "folds": folds}
+            {
+                "name": step.name,
+                "role": step.role,
+                "key": step.key,
+                "cumulative": step.cumulative,
+                "folds": folds,
+            }
         )
     final = [
         {
@@ -441,6 +448,32 @@ def consensus(configs: list[FusionConfig], slopes: dict[str, float]) -> FusionCo
     rows = round(float(np.mean([c.tuned_rows or 0 for c in configs])))
     kept = {s: v for s, v in slopes.items() if s in th}
     return base.with_(thresholds=th, min2_floor=floor, tuned_rows=rows, pool_slopes=kept)
+
+
+def unanimous_only(config: FusionConfig, results: list[dict[str, Any]]) -> FusionConfig:
+    """`config` with every stage off that was not kept on every fold (a stage must win on
+    each held-out fold to be on; the consensus alone would keep a majority's)."""
+    won = {
+        r["key"]
+        for r in results
+        if r.get("key") and r["cumulative"] and all(x["kept"] for x in r["folds"])
+    }
+    cfg = config
+    inb = cfg.stages.inb[: 2 if "inb2" in won else 1 if "inb1" in won else 0]
+    if "combined" not in won:
+        th = {k: v for k, v in cfg.thresholds.items() if k != "combined"}
+        slopes = {k: v for k, v in cfg.pool_slopes.items() if k != "combined"}
+        cfg = cfg.with_(thresholds=th, pool_slopes=slopes).with_stages(combined_weights={})
+        if tuple(cfg.stages.blend_signals) == ("combined",):
+            inb = ()  # INB blends only the combined space
+    cfg = cfg.with_stages(inb=inb)
+    if not inb and "inb" in cfg.pool_slopes:
+        cfg = cfg.with_(pool_slopes={k: v for k, v in cfg.pool_slopes.items() if k != "inb"})
+    if "reciprocal" not in won:
+        cfg = cfg.with_(min2_reciprocal=0)
+    if "unit_rule" not in won:
+        cfg = cfg.with_stages(unit_rule=False)
+    return cfg
 
 
 def ranker_row(
