@@ -8,6 +8,7 @@ import csv
 import json
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -328,3 +329,52 @@ def test_match_endpoint_uses_the_ranker_on_the_querys_candidates(
         # a per-request threshold asks for the fusion
         got = c.post("/match", json={**body[0], "threshold": {"tfidf": 0.5}}).json()
         assert all(x["signals"] != ["ranker"] for x in got["matches"])
+
+
+def test_the_pool_size_rule_moves_both_thresholds_by_the_slope() -> None:
+    cfg = RankerConfig(threshold=0.5, single_threshold=0.3, pool_rows=1000, pool_slope=0.05)
+    assert cfg.for_pool(1000) == cfg
+    big = cfg.for_pool(4000)  # two doublings
+    assert big.threshold == pytest.approx(0.6) and big.single_threshold == pytest.approx(0.4)
+    small = cfg.for_pool(500)
+    assert small.threshold == pytest.approx(0.45)
+    assert cfg.for_pool(10**9).threshold == 0.99  # clipped
+    assert RankerConfig(threshold=0.5).for_pool(10**6).threshold == 0.5  # no rule: as tuned
+
+
+class ConstantBooster:
+    """Stands in for a LightGBM booster: every pair gets probability `p`."""
+
+    def __init__(self, p: float) -> None:
+        self.p = p
+
+    def predict(self, X: np.ndarray, num_threads: int = 1) -> np.ndarray:
+        return np.full(X.shape[0], self.p)
+
+
+def test_ranker_match_applies_the_rule_for_the_pools_size(synth: Path) -> None:
+    cat = read_catalogue(synth / "listings.csv")
+    feats = embed(cat, tfidf_config=TfidfConfig())
+    nb = self_neighbours(feats, device="cpu")
+    n = len(cat)
+    at = RankerConfig(threshold=0.5, single_threshold=0.5, pool_rows=n, pool_slope=0.2)
+    r = Ranker(ConstantBooster(0.55), ["tfidf", "phash"], at)
+    I, _ = r.match(feats, nb, cat.title)
+    assert (I[:, 1] >= 0).any()  # 0.55 >= 0.5 at the tuned size
+    tuned_small = replace(at, pool_rows=n // 2)
+    I, _ = Ranker(ConstantBooster(0.55), ["tfidf", "phash"], tuned_small).match(
+        feats, nb, cat.title
+    )
+    assert (I[:, 1] < 0).all()  # one doubling: 0.7 > 0.55, nothing kept
+
+
+def test_features_subset_keeps_rows_and_masks(synth: Path, model_dir: Path) -> None:
+    cat = read_catalogue(synth / "listings.csv")
+    feats = embed(cat, load_encoders(model_dir, device="cpu"), tfidf_config=TfidfConfig())
+    rows = np.array([5, 2, 9])
+    sub = feats.subset(rows)
+    assert len(sub) == 3 and sub.tfidf is feats.tfidf
+    assert (feats.X[rows] != sub.X).nnz == 0
+    assert np.array_equal(sub.phash, feats.phash[rows])
+    assert feats.text is not None and sub.text is not None
+    assert np.array_equal(sub.text, feats.text[rows])

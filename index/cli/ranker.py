@@ -62,6 +62,20 @@ def make_pool(
     return RankPool(feats, nb, list(cat.title), labels)
 
 
+def sub_pool_maker(config: FusionConfig, device: str) -> Any:
+    """Sub-pools of a pool for the pool-size rule: its features' rows, neighbours and
+    stages computed anew among them."""
+
+    def make(pool: RankPool, rows: np.ndarray) -> RankPool:
+        feats = pool.features.subset(rows)
+        nb = self_neighbours(feats, device=device)  # type: ignore[arg-type]
+        nb = apply_stages(feats.parts(), nb, config.for_pool(len(rows)), device=device)
+        labels = None if pool.labels is None else pool.labels[rows]
+        return RankPool(feats, nb, [pool.titles[i] for i in rows], labels)
+
+    return make
+
+
 def cmd_train_ranker(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -98,7 +112,9 @@ def _train_groups(args: argparse.Namespace, encoders: Encoders, config: FusionCo
         sub = cat.subset(rows)
         pools.append(make_pool(sub, encoders, config, args.device, labels[rows]))
     signals = _signals(pools[0].nb, config)
-    ranker, report = train_on_pools(pools, signals, show_progress=not args.quiet)
+    ranker, report = train_on_pools(
+        pools, signals, show_progress=not args.quiet, sub_pool=sub_pool_maker(config, args.device)
+    )
     plain = []
     for p in pools:
         assert p.labels is not None
@@ -117,9 +133,11 @@ def _train_groups(args: argparse.Namespace, encoders: Encoders, config: FusionCo
     gain = np.array(report["oof_f1"]) - np.array(plain)
     print(f"mean   {'':>6} {np.mean(plain):10.4f} {np.mean(report['oof_f1']):10.4f}   "
           f"gain {gain.mean():+.4f} ± {gain.std():.4f} (min {gain.min():+.4f})")
+    rule = report["pool_rule"]
     print(f"ranker: threshold {ranker.config.threshold:.2f}, single "
-          f"{ranker.config.single_threshold:.2f}, {report['rounds']} trees, "
-          f"{report['seconds']:.0f}s")
+          f"{ranker.config.single_threshold:.2f} at {rule['pool_rows']} rows, "
+          f"{rule['slope_per_doubling']:+.3f} per doubling of the pool; "
+          f"{report['rounds']} trees, {report['seconds']:.0f}s")
     wins = all(r > b for r, b in zip(report["oof_f1"], plain, strict=True))
     why = "it does not beat the fusion on every fold"
     report["written"] = write_if_won(args, ranker, wins, why)

@@ -69,6 +69,18 @@ class Features(DenseSignals):
     def __len__(self) -> int:
         return int(self.X.shape[0])
 
+    def subset(self, rows: np.ndarray) -> Features:
+        """The features of `rows` (the same fitted TF-IDF; issues not carried)."""
+        out = Features(
+            tfidf=self.tfidf,
+            X=sp.csr_matrix(self.X[rows]),
+            phash=self.phash[rows],
+            phash_valid=self.phash_valid[rows],
+        )
+        for m, (x, valid) in self.dense().items():
+            out.set_dense(m, x[rows], valid[rows])
+        return out
+
     def set_dense(self, modality: str, x: np.ndarray, valid: np.ndarray) -> None:
         """Set one modality's embeddings (n, d) float32 and validity (n,) bool."""
         assert modality in DENSE, modality

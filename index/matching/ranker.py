@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,23 @@ class RankerConfig:
     threshold: float = 0.5
     single_threshold: float = 0.2
     max_matches: int = 50
+    #: The pool-size rule: the thresholds were tuned on pools of `pool_rows` rows and move
+    #: by `pool_slope` per doubling of the pool (fitted on sub-pools out of fold).
+    pool_rows: int = 0
+    pool_slope: float = 0.0
+
+    def for_pool(self, n: int) -> RankerConfig:
+        """The thresholds moved to a pool of `n` rows (clipped to [0.01, 0.99])."""
+        if not self.pool_rows or not self.pool_slope or n <= 0:
+            return self
+        d = self.pool_slope * float(np.log2(n / self.pool_rows))
+
+        def clip(t: float) -> float:
+            return float(min(0.99, max(0.01, t + d)))
+
+        return replace(
+            self, threshold=clip(self.threshold), single_threshold=clip(self.single_threshold)
+        )
 
 
 def candidate_pairs(nb: dict[str, Neighbours], n: int, config: RankerConfig) -> np.ndarray:
@@ -269,7 +286,7 @@ class Ranker:
         use = {s: nb[s] for s in self.signals}
         pairs = candidate_pairs(use, n, self.config)
         p = self.predict(pair_features(pairs, feats, use, titles, self.signals))
-        return rank_matches(pairs, p, n, self.config)
+        return rank_matches(pairs, p, n, self.config.for_pool(n))
 
     def save(self, folder: str | Path) -> Path:
         """Write `folder/model.txt` (LightGBM) and `folder/ranker.json`."""

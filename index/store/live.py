@@ -467,7 +467,7 @@ class LiveCatalogue:
         ranker: Ranker,
         k: int,
     ) -> list[CatalogueMatch]:
-        cfg = ranker.config
+        cfg = ranker.config.for_pool(len(self))
         cands: list[int] = []
         for name in ranker.signals:
             D, I = nb_q[name]

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -35,6 +35,7 @@ from index.matching.ranker import (
     rank_matches,
 )
 from index.progress import progress
+from index.tuning.grids import sub_pools
 from index.tuning.metrics import SIZE_BUCKETS, f1_report, mean_f1, pair_prf
 
 log = logging.getLogger(__name__)
@@ -132,14 +133,25 @@ def _pool_pairs(pool: RankPool, signals: Sequence[str], config: RankerConfig) ->
     return pairs, X, y
 
 
+#: Makes the pool of some rows of a pool (features subset, neighbours and stages anew).
+SubPool = Callable[[RankPool, np.ndarray], RankPool]
+#: Sub-pools per fold pool for the pool-size rule: halves and quarters.
+SUB_PARTS = (2, 4)
+
+
 def train_on_pools(
     pools: list[RankPool],
     signals: Sequence[str],
     config: RankerConfig | None = None,
     show_progress: bool = False,
     buckets: tuple[tuple[int, int], ...] = SIZE_BUCKETS,
+    sub_pool: SubPool | None = None,
 ) -> tuple[Ranker, dict[str, Any]]:
     """Out-of-fold training on group-labelled pools (see the module doc).
+
+    With `sub_pool`, the pool-size rule: each fold's pool is cut into group-disjoint halves
+    and quarters, scored by that fold's model (which never saw them), the best threshold of
+    each size found, and the slope of threshold against log2(pool size) saved.
 
     Returns:
         The final ranker, and a report: per fold the OOF F1 report, the thresholds used,
@@ -151,11 +163,13 @@ def train_on_pools(
     k = len(pools)
     oof: list[np.ndarray] = []
     iters = []
+    boosters = []
     for f in progress(range(k), desc="ranker folds", unit="fold", disable=not show_progress):
         tr = [g for g in range(k) if g != f]
         X = np.concatenate([data[g][1] for g in tr])
         y = np.concatenate([data[g][2] for g in tr])
         booster = fit(X, y)
+        boosters.append(booster)
         iters.append(booster.current_iteration())
         oof.append(_predict(booster, data[f][1]))
     folds = []
@@ -173,10 +187,30 @@ def train_on_pools(
     final_cfg = tune_group_thresholds(
         [(data[g][0], oof[g], pools[g].labels) for g in range(k)], config  # type: ignore[misc]
     )
+    sizes: list[tuple[int, float]] = []
+    if sub_pool is not None:
+        for f in range(k):
+            labels = pools[f].labels
+            assert labels is not None
+            own = tune_group_thresholds([(data[f][0], oof[f], labels)], final_cfg)
+            sizes.append((len(labels), own.threshold))
+            for parts in SUB_PARTS:
+                for rows in sub_pools(np.arange(len(labels)), labels, parts, seed=f):
+                    sp = sub_pool(pools[f], rows)
+                    pairs, Xs, _ = _pool_pairs(sp, signals, config)
+                    assert sp.labels is not None
+                    t = tune_group_thresholds([(pairs, _predict(boosters[f], Xs), sp.labels)],
+                                              final_cfg).threshold
+                    sizes.append((len(rows), t))
+        rows_mean = int(np.mean([len(p.titles) for p in pools]))
+        slope = float(np.polyfit(np.log2([s for s, _ in sizes]), [t for _, t in sizes], 1)[0])
+        final_cfg = replace(final_cfg, pool_rows=rows_mean, pool_slope=slope)
     X = np.concatenate([d[1] for d in data])
     y = np.concatenate([d[2] for d in data])
     booster = fit(X, y, rounds=int(np.mean(iters).round()))
     report = {
+        "pool_rule": {"points": sizes, "pool_rows": final_cfg.pool_rows,
+                      "slope_per_doubling": final_cfg.pool_slope},
         "mode": "groups",
         "folds": folds,
         "oof_f1": [r["f1"] for r in folds],
