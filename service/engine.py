@@ -295,8 +295,9 @@ class Engine:
             # requests' threads (the setting is per thread; batch_match sets its own).
             faiss.omp_set_num_threads(1)
             with self.lock:
-                if self.ranker is not None and self.match_ranker and not threshold:
-                    found = self.catalogue.rank(feats, self.ranker, [listing.posting_id])[0]
+                ranker = self.ranker if self.match_ranker and not threshold else None
+                if ranker is not None and ranker.config.covers(len(self.catalogue)):
+                    found = self.catalogue.rank(feats, ranker, [listing.posting_id])[0]
                 else:
                     found = self.catalogue.match(feats, config, [listing.posting_id])[0]
             return [

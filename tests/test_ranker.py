@@ -201,7 +201,8 @@ def ranked_model(synth: Path, strict_model: Path, tmp_path_factory: pytest.TempP
     out = tmp_path_factory.mktemp("ranked") / "model"
     shutil.copytree(strict_model, out)
     rep = out.parent / "report.json"
-    args = ["train", "ranker", str(synth / "listings.csv"), "--model", str(out), "--folds", "3"]
+    # 2 folds: the whole CSV is twice a pool, within the ranker's reach (POOL_REACH)
+    args = ["train", "ranker", str(synth / "listings.csv"), "--model", str(out), "--folds", "2"]
     assert main([*args, "-q", "--device", "cpu", "--report", str(rep), "--keep-anyway"]) == 0
     return out
 
@@ -211,7 +212,7 @@ def test_train_ranker_writes_it_with_an_out_of_fold_report(ranked_model: Path) -
     assert meta["signals"] == ["tfidf", "phash", "text"]
     assert len(meta["features"]) == len(feature_names(meta["signals"]))
     report = json.loads((ranked_model.parent / "report.json").read_text())
-    assert len(report["folds"]) == 3 and len(report["fusion_f1"]) == 3
+    assert len(report["folds"]) == 2 and len(report["fusion_f1"]) == 2
     assert all(0.0 <= f <= 1.0 for f in report["oof_f1"])
     assert load_model(ranked_model).ranker is not None
 
@@ -378,3 +379,20 @@ def test_features_subset_keeps_rows_and_masks(synth: Path, model_dir: Path) -> N
     assert np.array_equal(sub.phash, feats.phash[rows])
     assert feats.text is not None and sub.text is not None
     assert np.array_equal(sub.text, feats.text[rows])
+
+
+def test_a_pool_far_larger_than_the_tuned_ones_is_decided_by_the_fusion(
+    ranked_model: Path, synth: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from index.matching.ranker import POOL_REACH
+
+    cfg = RankerConfig(pool_rows=100)
+    assert cfg.covers(POOL_REACH * 100) and not cfg.covers(POOL_REACH * 100 + 1)
+    assert RankerConfig().covers(10**9)  # no tuned size known: any pool
+    m = load_model(ranked_model, device="cpu")
+    assert m.ranker is not None
+    cat = read_catalogue(synth / "listings.csv")
+    small = replace(m.ranker, config=replace(m.ranker.config, pool_rows=len(cat) // 3))
+    got, _ = match_catalogue(cat, m.fusion, m.encoders, device="cpu", ranker=small)
+    fused, _ = match_catalogue(cat, m.fusion, m.encoders, device="cpu")
+    assert got == fused

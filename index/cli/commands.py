@@ -239,7 +239,7 @@ def cmd_match(args: argparse.Namespace) -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     write_submission(args.output, cat.posting_id, r.matches)
     used = "+".join(s for s in r.neighbours if s in r.config.thresholds)
-    if model.ranker is not None:
+    if r.ranked:
         used += " (pair re-ranker)"
     mean = float(np.mean([len(m) for m in r.matches]))
     print(f"wrote {args.output}: {len(cat)} rows, signals {used}; {mean:.2f} matches per row")

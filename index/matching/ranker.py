@@ -32,6 +32,10 @@ from index.matching.fusion import Neighbours
 #: Signals whose similarity is computed exactly for any pair (the others are looked up in
 #: their neighbour lists).
 EXACT = ("tfidf", "text", "image")
+#: How far beyond its tuned pool size a ranker decides: measured on the Shopee dev rows, a
+#: ranker tuned on 5.4k-row pools lost to the fusion on the 27k-row pool (5x) even with its
+#: pool-size rule (docs/BENCHMARKS.md); larger pools are decided by the fusion.
+POOL_REACH = 2
 #: Neighbour ranks (1 = nearest other row) whose similarity measures a row's density.
 DENSITY_RANKS = (1, 9)
 #: The title columns of `pair_features`, in order.
@@ -71,6 +75,11 @@ class RankerConfig:
     #: by `pool_slope` per doubling of the pool (fitted on sub-pools out of fold).
     pool_rows: int = 0
     pool_slope: float = 0.0
+
+    def covers(self, n: int) -> bool:
+        """Whether a pool of `n` rows is within what the ranker was validated on: up to
+        `POOL_REACH` times the pools it was tuned on (any size when that is unknown)."""
+        return not self.pool_rows or n <= POOL_REACH * self.pool_rows
 
     def for_pool(self, n: int) -> RankerConfig:
         """The thresholds moved to a pool of `n` rows (clipped to [0.01, 0.99])."""

@@ -16,7 +16,7 @@ from index.features.embed import Encoders, Features, embed
 from index.features.encoders import Device
 from index.features.tfidf import TfidfConfig
 from index.matching.fusion import FusionConfig, Neighbours, to_lists
-from index.matching.ranker import Ranker
+from index.matching.ranker import POOL_REACH, Ranker
 from index.matching.stages import apply_stages, fuse_stages
 from index.search.knn import K, hamming_self_knn, order_ties, self_knn, sparse_knn
 
@@ -66,6 +66,7 @@ class SelfMatch:
     config: FusionConfig
     I: np.ndarray  # (n, max_matches) fused row ids, -1 padded
     matches: list[list[str]]
+    ranked: bool = False  # decided by the pair re-ranker (not the thresholds)
 
 
 def self_match(
@@ -89,11 +90,20 @@ def self_match(
     feats, nb = step(cat, encoders or Encoders())
     nb = apply_stages(feats.parts(), nb, config, device=device)
     config = config.with_(thresholds={k: v for k, v in config.thresholds.items() if k in nb})
+    if ranker is not None and not ranker.config.covers(len(cat)):
+        log.warning(
+            "%d rows is more than %dx the pools the ranker was tuned on (%d rows): the "
+            "fusion decides (train the ranker on larger pools: `train ranker --folds 2`)",
+            len(cat),
+            POOL_REACH,
+            ranker.config.pool_rows,
+        )
+        ranker = None
     if ranker is not None:
         I, _ = ranker.match(feats, nb, cat.title)
     else:
         I, _ = fuse_stages(nb, config, cat.title)
-    return SelfMatch(feats, nb, config, I, to_lists(I, cat.posting_id))
+    return SelfMatch(feats, nb, config, I, to_lists(I, cat.posting_id), ranker is not None)
 
 
 def match_catalogue(

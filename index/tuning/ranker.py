@@ -202,7 +202,7 @@ def train_on_pools(
                     t = tune_group_thresholds([(pairs, _predict(boosters[f], Xs), sp.labels)],
                                               final_cfg).threshold
                     sizes.append((len(rows), t))
-        rows_mean = int(np.mean([len(p.titles) for p in pools]))
+        rows_mean = int(np.ceil(np.mean([len(p.titles) for p in pools])))
         slope = float(np.polyfit(np.log2([s for s, _ in sizes]), [t for _, t in sizes], 1)[0])
         final_cfg = replace(final_cfg, pool_rows=rows_mean, pool_slope=slope)
     X = np.concatenate([d[1] for d in data])
