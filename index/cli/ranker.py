@@ -18,7 +18,7 @@ import numpy as np
 from index.data.listings import Catalogue, read_catalogue
 from index.data.pairs import Pairs, is_pair_folder, pair_components, read_pair_folder
 from index.errors import CatalogueError
-from index.features.embed import Encoders, embed
+from index.features.embed import Encoders, Features, embed
 from index.features.tfidf import TfidfConfig
 from index.matching.fusion import FusionConfig
 from index.matching.selfmatch import self_neighbours
@@ -52,14 +52,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_train_ranker)
 
 
+def pool_of(
+    feats: Features, titles: list[str], labels: Any, config: FusionConfig, device: str
+) -> RankPool:
+    """Features of a pool matched among itself: neighbours with the config's stages."""
+    nb = self_neighbours(feats, device=device)  # type: ignore[arg-type]
+    nb = apply_stages(feats.parts(), nb, config.for_pool(len(titles)), device=device)
+    return RankPool(feats, nb, titles, labels)
+
+
 def make_pool(
     cat: Catalogue, encoders: Encoders, config: FusionConfig, device: str, labels: Any = None
 ) -> RankPool:
-    """`cat` matched among itself: features, neighbours with the config's stages."""
+    """`cat` matched among itself (`pool_of` its features)."""
     feats = embed(cat, encoders, tfidf_config=TfidfConfig())
-    nb = self_neighbours(feats, device=device)  # type: ignore[arg-type]
-    nb = apply_stages(feats.parts(), nb, config.for_pool(len(cat)), device=device)
-    return RankPool(feats, nb, list(cat.title), labels)
+    return pool_of(feats, list(cat.title), labels, config, device)
 
 
 def sub_pool_maker(config: FusionConfig, device: str) -> Any:
@@ -67,11 +74,9 @@ def sub_pool_maker(config: FusionConfig, device: str) -> Any:
     stages computed anew among them."""
 
     def make(pool: RankPool, rows: np.ndarray) -> RankPool:
-        feats = pool.features.subset(rows)
-        nb = self_neighbours(feats, device=device)  # type: ignore[arg-type]
-        nb = apply_stages(feats.parts(), nb, config.for_pool(len(rows)), device=device)
         labels = None if pool.labels is None else pool.labels[rows]
-        return RankPool(feats, nb, [pool.titles[i] for i in rows], labels)
+        titles = [pool.titles[i] for i in rows]
+        return pool_of(pool.features.subset(rows), titles, labels, config, device)
 
     return make
 
