@@ -28,7 +28,6 @@ from index.data.listings import read_catalogue
 from index.errors import CatalogueError
 from index.features.embed import Encoders, QueryFeatures
 from index.features.encoders import Encoder
-from index.features.tfidf import TfidfConfig
 from index.matching.fusion import FusionConfig
 from index.matching.ranker import Ranker
 from index.matching.selfmatch import match_catalogue
@@ -152,6 +151,7 @@ class Engine:
                 encs = {m: getattr(encoders, m) for m in ("text", "image")}
                 dims = {m: e.dim for m, e in encs.items() if e is not None}
                 live = initial or LiveCatalogue(dims=dims, device=dev)
+            live.tfidf_config = fusion.tfidf
             if vectors is not None:  # first start: vectors into Milvus; else pending re-applied
                 vectors.attach(live, settings.data_dir, meta)
         except BaseException:
@@ -387,7 +387,6 @@ class Engine:
             cat,
             self.fusion,
             enc,
-            tfidf_config=TfidfConfig(),
             device=self.settings.device,
             # a ranker trained with photos decides only batches that come with photos
             ranker=self.ranker

@@ -12,15 +12,15 @@ from typing import Any
 
 import numpy as np
 
-from index.data.listings import Catalogue, read_catalogue, write_submission
+from index.data.listings import Catalogue, read_catalogue, write_links, write_submission
 from index.data.oof import read_oof
 from index.data.pairs import is_pair_folder, read_pair_folder
 from index.errors import CatalogueError, EncoderError
 from index.features.embed import Encoders, Features, embed
 from index.features.tfidf import TfidfConfig
-from index.matching.fusion import SIGNALS, FusionConfig
-from index.matching.selfmatch import NeighbourStep, local_neighbours, self_match
-from index.matching.stages import fuse_stages
+from index.matching.fusion import SIGNALS, SOURCE_MODES, FusionConfig
+from index.matching.selfmatch import NeighbourStep, local_neighbours, self_match, self_neighbours
+from index.matching.stages import fuse_stages, source_links
 from index.progress import progress
 from index.store.model import FUSION, Model, load_model, read_fusion, write_fusion
 from index.tuning.ablation import (
@@ -35,7 +35,7 @@ from index.tuning.ablation import (
     summarize,
     unanimous_only,
 )
-from index.tuning.grids import group_folds, single_signal
+from index.tuning.grids import group_folds, single_signal, tune_pairs
 from index.tuning.metrics import f1_report, pair_report
 
 log = logging.getLogger("pricematch")
@@ -44,9 +44,20 @@ log = logging.getLogger("pricematch")
 def register(sub: Any) -> None:
     """Add match, evaluate, build-index and sample to the `pricematch` parser."""
     p = sub.add_parser("match", help="match the rows of a CSV among themselves (Kaggle format)")
-    p.add_argument("input", type=Path, help="listings CSV (posting_id,title[,image,image_phash])")
+    p.add_argument(
+        "input",
+        type=Path,
+        help="listings CSV (posting_id,title[,image,image_phash,source]), or an "
+        "entity-matching folder (its records as a-<id>/b-<id>, source = the table)",
+    )
     _model_args(p)
     p.add_argument("-o", "--output", type=Path, required=True, help="submission CSV to write")
+    p.add_argument(
+        "--links",
+        type=Path,
+        help="also write every link with its score, what decided it and each signal's "
+        "similarity (posting_id,match,score,decided_by,<signal>...)",
+    )
     p.add_argument(
         "--engine",
         choices=["local", "ray"],
@@ -131,8 +142,76 @@ def _model_args(p: argparse.ArgumentParser) -> None:
         default=",".join(SIGNALS),
         help="comma-separated signals to use (default: all available: %(default)s)",
     )
+    add_text_options(p)
+    p.add_argument(
+        "--cache",
+        type=Path,
+        help="folder keeping the text/image embeddings of this input: a re-run with other "
+        "thresholds or options does not re-encode (keyed by the encoder files and the "
+        "titles / image files)",
+    )
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def add_text_options(p: argparse.ArgumentParser) -> None:
+    """--fields, --sources, --tfidf-codes, --tfidf-char (see `with_options`, `fields_of`)."""
+    p.add_argument(
+        "--fields",
+        help="comma-separated columns (CSV) or attributes (entity-matching tables) joined, "
+        "in this order, into each listing's title (default: title; tables without one: "
+        "every attribute)",
+    )
+    p.add_argument(
+        "--sources",
+        choices=SOURCE_MODES,
+        help="with a `source` column (or two entity-matching tables): any = sources ignored, "
+        "cross = link other sources only, cross_first = other sources first; the "
+        "at-least-one-match rule takes the nearest other-source row (default: fusion.json's)",
+    )
+    p.add_argument(
+        "--tfidf-codes",
+        choices=["on", "off"],
+        help="TF-IDF: add model codes with separators removed (DSC-W120 = DSCW120) as words "
+        "(default: fusion.json's)",
+    )
+    p.add_argument(
+        "--tfidf-char",
+        metavar="MIN-MAX|off",
+        help="TF-IDF: add character n-grams MIN..MAX within words, e.g. 3-5 "
+        "(default: fusion.json's)",
+    )
+
+
+def fields_of(args: argparse.Namespace) -> list[str] | None:
+    """`--fields` as a list of names (None: the default title)."""
+    spec = getattr(args, "fields", None)
+    return None if spec is None else spec.split(",")
+
+
+def _char_ngrams(spec: str) -> tuple[int, int] | None:
+    """`--tfidf-char`: "off" -> None, "3-5" -> (3, 5); CatalogueError otherwise."""
+    if spec.strip().lower() == "off":
+        return None
+    lo, sep, hi = spec.partition("-")
+    if not sep or not lo.strip().isdigit() or not hi.strip().isdigit():
+        raise CatalogueError(f"--tfidf-char takes MIN-MAX (e.g. 3-5) or off, got {spec!r}")
+    a, b = int(lo), int(hi)
+    if not 1 <= a <= b <= 10:
+        raise CatalogueError(f"--tfidf-char needs 1 <= MIN <= MAX <= 10, got {spec!r}")
+    return a, b
+
+
+def with_options(config: FusionConfig, args: argparse.Namespace) -> FusionConfig:
+    """`config` with --sources, --tfidf-codes and --tfidf-char applied (where given)."""
+    if getattr(args, "sources", None):
+        config = config.with_(sources=args.sources)
+    tfidf = config.tfidf.model_dump()
+    if getattr(args, "tfidf_codes", None):
+        tfidf["code_tokens"] = args.tfidf_codes == "on"
+    if getattr(args, "tfidf_char", None):
+        tfidf["char_ngrams"] = _char_ngrams(args.tfidf_char)
+    return config.with_(tfidf=tfidf)
 
 
 def _signals(args: argparse.Namespace) -> set[str]:
@@ -169,23 +248,57 @@ def resolve_model(args: argparse.Namespace) -> Model:
         encoders.image = None
     keep = {k: v for k, v in config.thresholds.items() if k in chosen}
     ranker = None if getattr(args, "no_ranker", False) else model.ranker
-    return Model(model.folder, encoders, config.with_(thresholds=keep), ranker)
+    config = with_options(config.with_(thresholds=keep), args)
+    return Model(model.folder, encoders, config, ranker)
 
 
 def _read(args: argparse.Namespace) -> Catalogue:
-    cat = read_catalogue(args.input, images_dir=args.images)
+    if is_pair_folder(args.input):
+        return read_pair_folder(args.input, fields_of(args)).catalogue
+    cat = read_catalogue(args.input, images_dir=args.images, fields=fields_of(args))
     for line in cat.issue_lines():
         log.warning("%s: %s", args.input, line)
     return cat
 
 
-def _features(cat: Catalogue, encoders: Encoders, args: argparse.Namespace) -> Any:
+def _features(
+    cat: Catalogue, encoders: Encoders, args: argparse.Namespace, tfidf: TfidfConfig
+) -> Any:
     t = time.perf_counter()
-    step = local_neighbours(TfidfConfig(), device=args.device, show_progress=not args.quiet)
-    feats, nb = step(cat, encoders)
+    if getattr(args, "cache", None) is not None:
+        feats, nb = _cached_features(cat, encoders, args, tfidf)
+    else:
+        step = local_neighbours(tfidf, device=args.device, show_progress=not args.quiet)
+        feats, nb = step(cat, encoders)
     _log_issues(cat, feats, args)
     log.info("features and neighbours for %d rows in %.1fs", len(cat), time.perf_counter() - t)
     return feats, nb
+
+
+def _cached_features(
+    cat: Catalogue, encoders: Encoders, args: argparse.Namespace, tfidf: TfidfConfig
+) -> Any:
+    """`local_neighbours` with the dense embeddings from (or into) the --cache folder."""
+    from index.store.cache import FeatureCache, cache_inputs
+    from index.store.model import fingerprint
+
+    cache, fp = FeatureCache(args.cache), fingerprint(encoders)
+    keys = {
+        m: cache.key(m, fp[m], cache_inputs(cat, m))
+        for m in fp
+        if m == "text" or cat.image is not None
+    }
+    hits = {m: got for m, k in keys.items() if (got := cache.load(m, k, len(cat))) is not None}
+    rest = Encoders(*(None if m in hits else getattr(encoders, m) for m in ("text", "image")))
+    feats = embed(cat, rest, tfidf_config=tfidf, show_progress=not args.quiet)
+    for m, (x, valid) in hits.items():
+        feats.set_dense(m, x, valid)
+    for m, (x, valid) in feats.dense().items():
+        if m not in hits:
+            cache.save(m, keys[m], x, valid)
+    if hits:
+        log.info("embeddings of %s from the cache %s", "+".join(hits), args.cache)
+    return feats, self_neighbours(feats, device=args.device, show_progress=not args.quiet)
 
 
 def _log_issues(cat: Catalogue, feats: Features, args: argparse.Namespace) -> None:
@@ -202,7 +315,9 @@ def _model_folder(args: argparse.Namespace) -> Path | None:
     return Path(args.model) if args.model is not None else None
 
 
-def _ray_features(cat: Catalogue, encoders: Encoders, args: argparse.Namespace) -> Any:
+def _ray_features(
+    cat: Catalogue, encoders: Encoders, args: argparse.Namespace, tfidf: TfidfConfig
+) -> Any:
     try:
         from index.scale.ray_engine import init_ray, ray_neighbours
     except ImportError as e:  # pragma: no cover - depends on the environment
@@ -216,7 +331,7 @@ def _ray_features(cat: Catalogue, encoders: Encoders, args: argparse.Namespace) 
         _model_folder(args),
         text=encoders.text is not None,
         image=encoders.image is not None,
-        tfidf_config=TfidfConfig(),
+        tfidf_config=tfidf,
         shards=args.shards,
         device=args.device,
     )
@@ -234,23 +349,31 @@ def cmd_match(args: argparse.Namespace) -> int:
     cat = _read(args)
     model = resolve_model(args)
     encoders, config = model.encoders, model.fusion
-    step = _neighbour_step(args)
+    step = _neighbour_step(args, config)
     r = self_match(cat, config, encoders, step, device=args.device, ranker=model.ranker)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     write_submission(args.output, cat.posting_id, r.matches)
-    used = "+".join(s for s in r.neighbours if s in r.config.thresholds)
+    used = "+".join(r.signals_used()) or "none"
     if r.ranked:
         used += " (pair re-ranker)"
+    if cat.source_codes is not None and r.config.sources != "any":
+        used += f", sources {r.config.sources}"
     mean = float(np.mean([len(m) for m in r.matches]))
     print(f"wrote {args.output}: {len(cat)} rows, signals {used}; {mean:.2f} matches per row")
+    if args.links is not None:
+        args.links.parent.mkdir(parents=True, exist_ok=True)
+        names, links = r.links()
+        count = write_links(args.links, cat.posting_id, names, links)
+        print(f"wrote {args.links}: {count} links with scores")
     return 0
 
 
-def _neighbour_step(args: argparse.Namespace) -> NeighbourStep:
-    """The neighbour step `--engine` asks for, logging what it found."""
+def _neighbour_step(args: argparse.Namespace, config: FusionConfig) -> NeighbourStep:
+    """The neighbour step `--engine` asks for (TF-IDF as `config.tfidf`), logging what it
+    found."""
     if getattr(args, "engine", "local") == "ray":
-        return lambda cat, encoders: _ray_features(cat, encoders, args)
-    return lambda cat, encoders: _features(cat, encoders, args)
+        return lambda cat, encoders: _ray_features(cat, encoders, args, config.tfidf)
+    return lambda cat, encoders: _features(cat, encoders, args, config.tfidf)
 
 
 def _row(
@@ -259,8 +382,9 @@ def _row(
     nb: dict[str, Any],
     labels: np.ndarray,
     titles: list[str] | None = None,
+    source: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    I, _ = fuse_stages(nb, config, titles, n=len(labels))
+    I, _ = fuse_stages(nb, config, titles, n=len(labels), source=source)
     rep = f1_report(I, labels)
     rep["name"] = name
     rep["config"] = config.model_dump()
@@ -278,18 +402,40 @@ def _fmt_thresholds(config: FusionConfig) -> str:
 
 def _evaluate_pairs(args: argparse.Namespace) -> int:
     """Pairwise P/R/F1 on one split's labelled pairs; the matching runs over all records."""
-    data = read_pair_folder(args.input)
+    data = read_pair_folder(args.input, fields_of(args))
     split = data.pairs(args.split)
     cat = data.catalogue
     model = resolve_model(args)
-    result = self_match(cat, model.fusion, model.encoders, _neighbour_step(args), args.device)
+    result = self_match(
+        cat, model.fusion, model.encoders, _neighbour_step(args, model.fusion), args.device
+    )
+    source, nb = cat.source_codes, result.neighbours
     rows = [("fused", result.I)]
-    for s in result.neighbours:
-        if s in result.config.thresholds:
-            I, _ = fuse_stages(result.neighbours, single_signal(s, result.config), cat.title)
-            rows.insert(len(rows) - 1, (f"{s} alone", I))
+    best = result.config
+    tune_on = data.pairs("train") if args.tune else None
+    if tune_on is not None and args.split == "train":
+        log.warning("--tune tunes on the train pairs: scoring them too is in sample")
+
+    def tuned(start: FusionConfig) -> FusionConfig:
+        assert tune_on is not None
+        on = (tune_on.left, tune_on.right, tune_on.label)
+        cfg, _ = tune_pairs(nb, on, start, cat.title, source, show_progress=not args.quiet)
+        return cfg
+
+    for s in result.signals_used():
+        single = single_signal(s, result.config)
+        I, _ = fuse_stages(nb, single, cat.title, source=source)
+        rows.insert(len(rows) - 1, (f"{s} alone", I))
+        if tune_on is not None:
+            I, _ = fuse_stages(nb, tuned(single), cat.title, source=source)
+            rows.insert(len(rows) - 1, (f"{s} alone (tuned)", I))
+    if tune_on is not None:
+        best = tuned(result.config)
+        I, _ = fuse_stages(nb, best, cat.title, source=source)
+        rows.append(("fused (tuned on train)", I))
     if model.ranker is not None:
-        I, _ = model.ranker.match(result.features, result.neighbours, cat.title)
+        I, S = model.ranker.match(result.features, result.neighbours, cat.title)
+        I, _ = source_links(I, S, result.neighbours, result.config, source)
         rows.append(("pair re-ranker", I))
     print(
         f"\n{args.input}: {len(cat)} records; {len(split)} labelled {args.split} pairs "
@@ -307,6 +453,12 @@ def _evaluate_pairs(args: argparse.Namespace) -> int:
             json.dumps({"input": str(args.input), "split": args.split, "rows": report}, indent=2),
             encoding="utf-8",
         )
+    if args.tune:
+        print(f"\nthresholds tuned on the train pairs: {_fmt_thresholds(best)}")
+    if args.save_config:  # as run or tuned, its --sources / --tfidf-* options included
+        args.save_config.parent.mkdir(parents=True, exist_ok=True)
+        write_fusion(args.save_config, best if args.tune else model.fusion)
+        print(f"wrote {args.save_config}")
     return 0
 
 
@@ -326,20 +478,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return cmd_ablation(args, cat)
     model = resolve_model(args)
     encoders, config = model.encoders, model.fusion
-    result = self_match(cat, config, encoders, _neighbour_step(args), device=args.device)
+    result = self_match(cat, config, encoders, _neighbour_step(args, config), device=args.device)
     nb, config = result.neighbours, result.config
     show = not args.quiet
-    titles = cat.title
+    titles, src = cat.title, cat.source_codes
     rows = []
-    for s in nb:
-        if s not in config.thresholds:
-            continue
+    for s in result.signals_used():
         single = single_signal(s, config)
-        rows.append(_row(f"{s} alone", single, nb, labels, titles))
+        rows.append(_row(f"{s} alone", single, nb, labels, titles, src))
         if args.tune:
             tuned, _ = tune(nb, labels, single, min2_signals=(s,), show_progress=show)
-            rows.append(_row(f"{s} alone (tuned)", tuned, nb, labels, titles))
-    rows.append(_row("fused", config, nb, labels, titles))
+            rows.append(_row(f"{s} alone (tuned)", tuned, nb, labels, titles, src))
+    rows.append(_row("fused", config, nb, labels, titles, src))
     if model.ranker is not None:
         I, _ = model.ranker.match(result.features, nb, titles)
         rep = f1_report(I, labels)
@@ -347,7 +497,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     best = config
     if args.tune:
         best, _ = tune(nb, labels, config, show_progress=show)
-        rows.append(_row("fused (tuned)", best, nb, labels, titles))
+        rows.append(_row("fused (tuned)", best, nb, labels, titles, src))
     elapsed = time.perf_counter() - t0
 
     print(f"\n{args.input}: {len(cat)} rows, {len(np.unique(labels))} groups")
@@ -385,7 +535,7 @@ def cmd_build_index(args: argparse.Namespace) -> int:
     encoders, config = model.encoders, model.fusion
     if args.images is not None and encoders.image is None and args.bundle is None and args.model:
         log.warning("--images given but the model has no image encoder")
-    feats = embed(cat, encoders, tfidf_config=TfidfConfig(), show_progress=not args.quiet)
+    feats = embed(cat, encoders, tfidf_config=config.tfidf, show_progress=not args.quiet)
     out = save_bundle(args.out, cat, feats, config, encoders)
     print(f"wrote bundle {out}: {len(cat)} listings")
     return 0

@@ -15,16 +15,16 @@ from typing import Any
 
 import numpy as np
 
+from index.cli.commands import add_text_options, fields_of, with_options
 from index.data.listings import Catalogue, read_catalogue
 from index.data.pairs import Pairs, is_pair_folder, pair_components, read_pair_folder
 from index.errors import CatalogueError
 from index.features.embed import Encoders, Features, embed
-from index.features.tfidf import TfidfConfig
 from index.matching.fusion import FusionConfig
 from index.matching.selfmatch import self_neighbours
 from index.matching.stages import apply_stages, fuse_stages
 from index.progress import progress
-from index.store.model import load_model, write_ranker
+from index.store.model import FUSION, load_model, write_fusion, write_ranker
 from index.tuning.grids import group_folds
 from index.tuning.metrics import f1_report, pair_report
 from index.tuning.ranker import RankPool, train_on_pairs, train_on_pools
@@ -40,6 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model folder the ranker is added to")
     p.add_argument("--images", help="folder holding the `image` files (CSV input)")
     p.add_argument("--folds", type=int, default=5, help="out-of-fold splits (default 5)")
+    add_text_options(p)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--report", help="write the training report (JSON) here")
     p.add_argument(
@@ -65,7 +66,7 @@ def make_pool(
     cat: Catalogue, encoders: Encoders, config: FusionConfig, device: str, labels: Any = None
 ) -> RankPool:
     """`cat` matched among itself (`pool_of` its features)."""
-    feats = embed(cat, encoders, tfidf_config=TfidfConfig())
+    feats = embed(cat, encoders, tfidf_config=config.tfidf)
     return pool_of(feats, list(cat.title), labels, config, device)
 
 
@@ -87,10 +88,15 @@ def cmd_train_ranker(args: argparse.Namespace) -> int:
     model = load_model(Path(args.model), device=args.device)
     if args.folds < 2:
         raise CatalogueError(f"--folds must be at least 2, got {args.folds}")
+    config = with_options(model.fusion, args)
     if is_pair_folder(args.input):
-        report = _train_pairs(args, model.encoders, model.fusion)
+        report = _train_pairs(args, model.encoders, config)
     else:
-        report = _train_groups(args, model.encoders, model.fusion)
+        report = _train_groups(args, model.encoders, config)
+    if report["written"] and config != model.fusion:
+        # the ranker's features come from these TF-IDF / source settings: keep them together
+        write_fusion(Path(args.model) / FUSION, config)
+        print(f"wrote {Path(args.model) / FUSION} (--sources / --tfidf-* as trained)")
     if args.report:
         Path(args.report).parent.mkdir(parents=True, exist_ok=True)
         Path(args.report).write_text(json.dumps(report, indent=2, default=float), "utf-8")
@@ -105,7 +111,7 @@ def _signals(nb: dict[str, Any], config: FusionConfig) -> list[str]:
 def _train_groups(args: argparse.Namespace, encoders: Encoders, config: FusionConfig) -> Any:
     from pathlib import Path
 
-    cat = read_catalogue(Path(args.input), images_dir=args.images)
+    cat = read_catalogue(Path(args.input), images_dir=args.images, fields=fields_of(args))
     if cat.label_group is None:
         raise CatalogueError(f"{args.input}: training the ranker needs a label_group column")
     if cat.image is None:
@@ -128,21 +134,31 @@ def _train_groups(args: argparse.Namespace, encoders: Encoders, config: FusionCo
     report["fusion_f1"] = plain
     report["signals"] = signals
     ranker.report.update(report)
-    print(f"\n{args.input}: {len(cat)} rows in {len(pools)} group-disjoint pools; signals "
-          f"{'+'.join(signals)}; {report['pairs']} candidate pairs")
-    print(f"{'fold':<6} {'rows':>6} {'fusion F1':>10} {'ranker F1':>10} {'prec':>6} "
-          f"{'recall':>6} {'cand. recall':>12}")
+    print(
+        f"\n{args.input}: {len(cat)} rows in {len(pools)} group-disjoint pools; signals "
+        f"{'+'.join(signals)}; {report['pairs']} candidate pairs"
+    )
+    print(
+        f"{'fold':<6} {'rows':>6} {'fusion F1':>10} {'ranker F1':>10} {'prec':>6} "
+        f"{'recall':>6} {'cand. recall':>12}"
+    )
     for f, (r, base) in enumerate(zip(report["folds"], plain, strict=True)):
-        print(f"{f:<6} {r['rows']:>6} {base:10.4f} {r['f1']:10.4f} {r['precision']:6.4f} "
-              f"{r['recall']:6.4f} {r['candidate_recall']:12.4f}")
+        print(
+            f"{f:<6} {r['rows']:>6} {base:10.4f} {r['f1']:10.4f} {r['precision']:6.4f} "
+            f"{r['recall']:6.4f} {r['candidate_recall']:12.4f}"
+        )
     gain = np.array(report["oof_f1"]) - np.array(plain)
-    print(f"mean   {'':>6} {np.mean(plain):10.4f} {np.mean(report['oof_f1']):10.4f}   "
-          f"gain {gain.mean():+.4f} ± {gain.std():.4f} (min {gain.min():+.4f})")
+    print(
+        f"mean   {'':>6} {np.mean(plain):10.4f} {np.mean(report['oof_f1']):10.4f}   "
+        f"gain {gain.mean():+.4f} ± {gain.std():.4f} (min {gain.min():+.4f})"
+    )
     rule = report["pool_rule"]
-    print(f"ranker: threshold {ranker.config.threshold:.2f}, single "
-          f"{ranker.config.single_threshold:.2f} at {rule['pool_rows']} rows, "
-          f"{rule['slope_per_doubling']:+.3f} per doubling of the pool; "
-          f"{report['rounds']} trees, {report['seconds']:.0f}s")
+    print(
+        f"ranker: threshold {ranker.config.threshold:.2f}, single "
+        f"{ranker.config.single_threshold:.2f} at {rule['pool_rows']} rows, "
+        f"{rule['slope_per_doubling']:+.3f} per doubling of the pool; "
+        f"{report['rounds']} trees, {report['seconds']:.0f}s"
+    )
     wins = all(r > b for r, b in zip(report["oof_f1"], plain, strict=True))
     why = "it does not beat the fusion on every fold"
     report["written"] = write_if_won(args, ranker, wins, why)
@@ -163,7 +179,7 @@ def write_if_won(args: argparse.Namespace, ranker: Any, wins: bool, why_not: str
 
 def _train_pairs(args: argparse.Namespace, encoders: Encoders, config: FusionConfig) -> Any:
 
-    data = read_pair_folder(args.input)
+    data = read_pair_folder(args.input, fields_of(args))
     cat = data.catalogue
     train = data.pairs("train")
     pool = make_pool(cat, Encoders(text=encoders.text), config, args.device)
@@ -171,22 +187,27 @@ def _train_pairs(args: argparse.Namespace, encoders: Encoders, config: FusionCon
     groups = pair_components(len(cat), train)
     held: dict[str, Pairs] = {s: data.splits[s] for s in ("valid", "test") if s in data.splits}
     ranker, report = train_on_pairs(pool, train, groups, signals, args.folds, held_out=held)
-    I, _ = fuse_stages(pool.nb, config, pool.titles)
+    I, _ = fuse_stages(pool.nb, config, pool.titles, source=cat.source_codes)
     scored: dict[str, Pairs] = {"train": train, **held}
     report["fusion"] = {s: pair_report(I, p.left, p.right, p.label) for s, p in scored.items()}
     report["signals"] = signals
     ranker.report.update(report)
-    print(f"\n{args.input}: {len(cat)} records, {len(train)} train pairs; signals "
-          f"{'+'.join(signals)}")
+    print(
+        f"\n{args.input}: {len(cat)} records, {len(train)} train pairs; signals {'+'.join(signals)}"
+    )
     print(f"{'split':<22} {'P':>6} {'R':>6} {'F1':>6}  (pairwise, labelled pairs only)")
-    rows = [("train, fusion", report["fusion"]["train"]), ("train OOF, ranker",
-            report["train_oof"])]
+    rows = [
+        ("train, fusion", report["fusion"]["train"]),
+        ("train OOF, ranker", report["train_oof"]),
+    ]
     for s in held:
         rows += [(f"{s}, fusion", report["fusion"][s]), (f"{s}, ranker", report[s])]
     for name, r in rows:
         print(f"{name:<22} {r['precision']:6.3f} {r['recall']:6.3f} {r['f1']:6.3f}")
-    print(f"ranker: threshold {ranker.config.threshold:.2f}, {report['rounds']} trees, "
-          f"{report['seconds']:.0f}s")
+    print(
+        f"ranker: threshold {ranker.config.threshold:.2f}, {report['rounds']} trees, "
+        f"{report['seconds']:.0f}s"
+    )
     wins = report["train_oof"]["f1"] > report["fusion"]["train"]["f1"]
     report["written"] = write_if_won(args, ranker, wins, "it does not beat the fusion out of fold")
     return report

@@ -13,7 +13,7 @@ import csv
 import io
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, TextIO
@@ -23,13 +23,12 @@ import numpy as np
 from index.errors import CatalogueError
 
 REQUIRED = ("posting_id", "title")
-OPTIONAL = ("image", "image_phash", "label_group")
+OPTIONAL = ("image", "image_phash", "label_group", "source")
 #: Largest CSV field accepted (bytes); a title is a few hundred.
 MAX_FIELD = 1 << 20
 #: What a posting_id may be, everywhere (CSVs, bundles, the service's routes).
 POSTING_ID_RULE = (
-    "1 to 200 characters, no '/', no control characters, no spaces at either end, "
-    "not only dots"
+    "1 to 200 characters, no '/', no control characters, no spaces at either end, not only dots"
 )
 _SPACE = r"\t\n\v\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 _CTRL = r"/\x00-\x1f\x7f"
@@ -90,6 +89,8 @@ class Catalogue:
     label_group: list[str] | None = None
     issues: Counter[str] = field(default_factory=Counter)
     image_name: list[str] | None = None
+    #: where each listing comes from (a shop, a table); "" where unknown; None: no column
+    source: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.posting_id)
@@ -116,6 +117,7 @@ class Catalogue:
             image_phash=pick(self.image_phash),
             label_group=pick(self.label_group),
             image_name=pick(self.image_name),
+            source=pick(self.source),
         )
 
     def first_groups(self, n: int) -> Catalogue:
@@ -124,6 +126,16 @@ class Catalogue:
             raise CatalogueError("this CSV has no label_group column")
         keep = set(list(dict.fromkeys(self.label_group))[:n])
         return self.subset([i for i, g in enumerate(self.label_group) if g in keep])
+
+    @property
+    def source_codes(self) -> np.ndarray | None:
+        """(n,) int64 code of each row's source, -1 where unknown; None without sources (no
+        `source` column, or all empty)."""
+        if self.source is None or not any(self.source):
+            return None
+        names = sorted({s for s in self.source if s})
+        code = {s: i for i, s in enumerate(names)}
+        return np.array([code.get(s, -1) for s in self.source], np.int64)
 
     def issue_lines(self) -> list[str]:
         """Human-readable report of the soft problems found while reading."""
@@ -145,9 +157,7 @@ def _reader(data: bytes | str, source: str) -> tuple[list[str], Iterator[list[st
         try:
             yield from reader
         except csv.Error as e:
-            raise CatalogueError(
-                f"{source}: malformed CSV near line {reader.line_num}: {e}"
-            ) from e
+            raise CatalogueError(f"{source}: malformed CSV near line {reader.line_num}: {e}") from e
         except UnicodeDecodeError as e:
             raise _not_utf8(data, source) from e
 
@@ -177,6 +187,7 @@ def read_catalogue(
     check_images: bool = True,
     source: str | None = None,
     max_rows: int | None = None,
+    fields: Sequence[str] | None = None,
 ) -> Catalogue:
     """Read a listings CSV, in one pass that stops at the first hard problem.
 
@@ -188,6 +199,8 @@ def read_catalogue(
         check_images: with `images_dir`, count rows whose image file is missing.
         source: name used in error messages (defaults to the path).
         max_rows: refuse a CSV with more listings than this.
+        fields: the columns whose non-empty values, joined in this order, make each
+            listing's title (default: the `title` column alone).
 
     Raises:
         CatalogueError: unreadable file, not UTF-8, malformed CSV, missing required
@@ -204,18 +217,24 @@ def read_catalogue(
         except OSError as e:
             raise CatalogueError(f"cannot read {name}: {e.strerror or e}") from e
     header, rows, reader = _reader(data, name)
-    missing = [c for c in REQUIRED if c not in header]
+    fields = check_fields(fields)
+    required = REQUIRED if fields is None else ("posting_id", *fields)
+    missing = [c for c in required if c not in header]
     if missing:
         raise CatalogueError(
             f"{name}: missing required column(s) {', '.join(missing)}; "
-            f"found {', '.join(header) or 'none'} (need {', '.join(REQUIRED)}, "
+            f"found {', '.join(header) or 'none'} (need {', '.join(required)}, "
             f"optional {', '.join(OPTIONAL)})"
         )
     dupcols = [c for c, n in Counter(header).items() if n > 1]
     if dupcols:
         raise CatalogueError(f"{name}: duplicate column(s) {', '.join(dupcols)}")
-    keep = {c: header.index(c) for c in (*REQUIRED, *OPTIONAL) if c in header}
+    keep = {c: header.index(c) for c in (*required, *OPTIONAL) if c in header}
+    if fields is not None:
+        keep.pop("title", None)
+        text_cols = [header.index(c) for c in fields]
     cols: dict[str, list[str]] = {c: [] for c in keep}
+    cols["title"] = []
     seen: dict[str, int] = {}  # posting_id -> its line
     ip = keep["posting_id"]
     for row in rows:
@@ -235,14 +254,15 @@ def read_catalogue(
             )
         if pid in seen:
             raise CatalogueError(
-                f"{name}: duplicate posting_id {pid!r} on line {line} (first on line "
-                f"{seen[pid]})"
+                f"{name}: duplicate posting_id {pid!r} on line {line} (first on line {seen[pid]})"
             )
         seen[pid] = line
         if max_rows is not None and len(seen) > max_rows:
             raise CatalogueError(f"{name}: over {max_rows:,} rows, the limit of one CSV")
         for c, i in keep.items():
             cols[c].append(row[i] if c == "title" else row[i].strip())
+        if fields is not None:
+            cols["title"].append(" ".join(row[i] for i in text_cols if row[i].strip()))
     if not seen:
         raise CatalogueError(f"{name}: no rows after the header")
     del seen
@@ -253,6 +273,7 @@ def read_catalogue(
         image_phash=cols.get("image_phash"),
         label_group=cols.get("label_group"),
         image_name=names,
+        source=cols.get("source"),
     )
     n_empty = sum(1 for t in cat.title if not t)
     if n_empty:
@@ -299,6 +320,17 @@ def _lines(lines: list[int]) -> str:
     return head + (f" (+{len(lines) - 5} more)" if len(lines) > 5 else "")
 
 
+def check_fields(fields: Sequence[str] | None) -> tuple[str, ...] | None:
+    """The text fields as given (stripped), None for the default; CatalogueError for an
+    empty list, an empty or repeated name."""
+    if fields is None:
+        return None
+    out = tuple(f.strip() for f in fields)
+    if not out or any(not f for f in out) or len(set(out)) != len(out):
+        raise CatalogueError(f"fields must be distinct column names, got {list(fields)}")
+    return out
+
+
 def write_submission(
     path: str | Path | io.StringIO, ids: list[str], matches: list[list[str]]
 ) -> None:
@@ -316,3 +348,28 @@ def _write_rows(f: TextIO, ids: list[str], matches: list[list[str]]) -> None:
     w.writerow(["posting_id", "matches"])
     for p, m in zip(ids, matches, strict=True):
         w.writerow([p, " ".join(m)])
+
+
+#: The columns of a links file before the per-signal similarities.
+LINK_COLUMNS = ("posting_id", "match", "score", "decided_by")
+
+
+def write_links(
+    path: str | Path,
+    ids: list[str],
+    signals: list[str],
+    links: Iterable[tuple[int, int, float, str, list[float]]],
+) -> int:
+    """Write one CSV line per link: `posting_id,match,score,decided_by,<signal>...` (each
+    signal's similarity, empty where a side lacks it; the score of the row itself is never
+    written: a row's link to itself is not a line). Returns the number of links."""
+    count = 0
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow([*LINK_COLUMNS, *signals])
+        for i, j, score, why, sims in links:
+            w.writerow(
+                [ids[i], ids[j], f"{score:.6f}", why, *("" if s != s else f"{s:.6f}" for s in sims)]
+            )
+            count += 1
+    return count

@@ -9,19 +9,21 @@ A folder of::
 
 becomes one `Catalogue` of every record (posting ids `a-<id>` and `b-<id>`; the title is
 the `title` attribute, or all attributes joined when there is none) and the labelled pairs
-as row indices. Matching runs over all records; scoring counts only labelled pairs (an
-unlabelled pair is unknown, not a non-match).
+as row indices; with two tables each record's `source` is its table ("a" or "b"). Matching
+runs over all records; scoring counts only labelled pairs (an unlabelled pair is unknown,
+not a non-match).
 """
 
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from index.data.listings import MAX_FIELD, Catalogue
+from index.data.listings import MAX_FIELD, Catalogue, check_fields
 from index.errors import CatalogueError
 
 SPLITS = ("train", "valid", "test")
@@ -66,8 +68,11 @@ def is_pair_folder(path: str | Path) -> bool:
     return Path(path).is_dir() and (Path(path) / "tableA.csv").is_file()
 
 
-def _read_table(path: Path, prefix: str) -> tuple[list[str], list[str], dict[str, int]]:
-    """posting ids, titles, and record id -> position of one table."""
+def _read_table(
+    path: Path, prefix: str, fields: tuple[str, ...] | None = None
+) -> tuple[list[str], list[str], dict[str, int]]:
+    """posting ids, titles (the `fields` joined, by default `title` or else every attribute),
+    and record id -> position of one table."""
     csv.field_size_limit(MAX_FIELD)
     try:
         with open(path, newline="", encoding="utf-8") as f:
@@ -78,9 +83,17 @@ def _read_table(path: Path, prefix: str) -> tuple[list[str], list[str], dict[str
         raise CatalogueError(f"{path}: needs an `id` column (header: {rows[0] if rows else []})")
     header = rows[0]
     id_col = header.index("id")
-    cols = [header.index("title")] if "title" in header else [
-        i for i in range(len(header)) if i != id_col
-    ]
+    if fields is not None:
+        missing = [f for f in fields if f not in header]
+        if missing:
+            raise CatalogueError(
+                f"{path}: no field(s) {', '.join(missing)} (has: {', '.join(header)})"
+            )
+        cols = [header.index(f) for f in fields]
+    elif "title" in header:
+        cols = [header.index("title")]
+    else:
+        cols = [i for i in range(len(header)) if i != id_col]
     ids: list[str] = []
     titles: list[str] = []
     pos: dict[str, int] = {}
@@ -118,8 +131,9 @@ def _read_pairs(path: Path, left: dict[str, int], right: dict[str, int], offset:
     return Pairs(np.array(li, np.int64), np.array(ri, np.int64), np.array(lab, bool))
 
 
-def read_pair_folder(folder: str | Path) -> PairData:
-    """Read a folder in the entity-matching layout (see the module doc).
+def read_pair_folder(folder: str | Path, fields: Sequence[str] | None = None) -> PairData:
+    """Read a folder in the entity-matching layout (see the module doc); `fields`: the
+    attributes joined into each record's title, in this order (default: see the module doc).
 
     Raises:
         CatalogueError: no tableA.csv, a table without ids or with duplicates, a pair file
@@ -128,13 +142,15 @@ def read_pair_folder(folder: str | Path) -> PairData:
     root = Path(folder)
     if not is_pair_folder(root):
         raise CatalogueError(f"{root}: not an entity-matching folder (no tableA.csv)")
-    ids, titles, left = _read_table(root / "tableA.csv", "a")
+    chosen = check_fields(fields)
+    ids, titles, left = _read_table(root / "tableA.csv", "a", chosen)
     right, offset = left, 0
     if (root / "tableB.csv").is_file():
-        b_ids, b_titles, right = _read_table(root / "tableB.csv", "b")
+        b_ids, b_titles, right = _read_table(root / "tableB.csv", "b", chosen)
         offset = len(ids)
         ids, titles = ids + b_ids, titles + b_titles
-    cat = Catalogue(posting_id=ids, title=titles)
+    source = None if offset == 0 else ["a"] * offset + ["b"] * (len(ids) - offset)
+    cat = Catalogue(posting_id=ids, title=titles, source=source)
     splits = {
         s: _read_pairs(root / f"{s}.csv", left, right, offset)
         for s in SPLITS
@@ -150,8 +166,6 @@ def pair_components(n: int, pairs: Pairs) -> np.ndarray:
     from scipy.sparse.csgraph import connected_components
 
     pos = pairs.label
-    g = sp.coo_matrix(
-        (np.ones(int(pos.sum())), (pairs.left[pos], pairs.right[pos])), shape=(n, n)
-    )
+    g = sp.coo_matrix((np.ones(int(pos.sum())), (pairs.left[pos], pairs.right[pos])), shape=(n, n))
     _, comp = connected_components(g, directed=False)
     return comp.astype(np.int64)

@@ -44,6 +44,7 @@ class DenseSignals:
                 out[m] = (x, np.ones(x.shape[0], bool) if valid is None else valid)
         return out
 
+
 @dataclass
 class Encoders:
     """The dense encoders in use; either may be absent."""
@@ -87,6 +88,36 @@ class Features(DenseSignals):
         assert x.shape[0] == valid.shape[0] == len(self), (x.shape, valid.shape, len(self))
         setattr(self, modality, x)
         setattr(self, f"{modality}_valid", valid)
+
+    def present(self) -> set[str]:
+        """The base signals some row has: "tfidf" (a non-empty title), "phash", "text",
+        "image" (what a report may name; an absent signal matches nothing)."""
+        out = {"tfidf"} if self.X.nnz else set()
+        if self.phash_valid.any():
+            out.add("phash")
+        out |= {m for m, (_, valid) in self.dense().items() if valid.any()}
+        return out
+
+    def pair_similarity(self, name: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """(m,) float32 exact similarity of the row pairs (a[i], b[i]) in signal `name`
+        ("tfidf", "text", "image"; "phash": 1 - hamming/64), NaN where a side lacks it."""
+        if name == "phash":
+            return (1.0 - self.phash_distance(a, b) / 64.0).astype(np.float32)
+        if name == "tfidf":
+            X = self.X
+            s = np.asarray(X[a].multiply(X[b]).sum(axis=1)).ravel().astype(np.float32)
+            empty = np.diff(X.indptr) == 0
+            return np.where(empty[a] | empty[b], np.nan, s).astype(np.float32)
+        x, valid = self.dense()[name]
+        s = np.einsum("ij,ij->i", x[a], x[b]).astype(np.float32)
+        return np.where(valid[a] & valid[b], s, np.nan).astype(np.float32)
+
+    def phash_distance(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """(m,) float32 Hamming distance (0..64) of the pairs' phash codes, NaN where a side
+        has none."""
+        x = np.bitwise_xor(self.phash[a], self.phash[b])
+        d = np.unpackbits(x, axis=1).sum(axis=1).astype(np.float32)
+        return np.where(self.phash_valid[a] & self.phash_valid[b], d, np.nan).astype(np.float32)
 
     def parts(self) -> dict[str, Part]:
         """The searchable matrix of each signal present (zero rows where invalid), as the

@@ -12,6 +12,27 @@ _HTML = re.compile(r"&(#\d+|[a-z]+);")
 _NUM_UNIT = re.compile(r"(?<=\d)(?=[^\W\d_])|(?<=[^\W\d_])(?=\d)")
 
 
+# A run of letters/digits joined by separators ("dsc-w120", "xta-3510-73gb", "cli_8c").
+_CODE_RUN = re.compile(r"[^\W_]+(?:[-_./+][^\W_]+)*")
+_SEPARATORS = re.compile(r"[-_./+]")
+
+
+def model_codes(title: str) -> list[str]:
+    """Model codes of a title with their separators removed, lower-case, in order, unique.
+
+    A code is a run of letters and digits, possibly joined by `- _ . / +`, of at least 4
+    characters once joined, holding a digit and a letter: `DSC-W120` and `DSCW120` both give
+    `dscw120`, `XTA-3510-73GB-10K` gives `xta351073gb10k`; `500ml` gives `500ml`; plain
+    words and plain numbers give nothing.
+    """
+    out: dict[str, None] = {}
+    for run in _CODE_RUN.findall(title.lower()):
+        code = _SEPARATORS.sub("", run)
+        if len(code) >= 4 and any(c.isdigit() for c in code) and any(c.isalpha() for c in code):
+            out[code] = None
+    return list(out)
+
+
 def normalize_title(title: str) -> str:
     """Lower-case, decode HTML entities, split numbers from units, squeeze spaces."""
     import html

@@ -14,15 +14,25 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict
 
-from index.features.text import normalize_title
+from index.features.text import model_codes, normalize_title
 
 if TYPE_CHECKING:
     from sklearn.feature_extraction.text import TfidfVectorizer
 
+
 class TfidfConfig(BaseModel):
-    """How titles become TF-IDF vectors: word and char n-grams, stacked and re-normalised."""
+    """How titles become TF-IDF vectors: word and char n-grams, stacked and re-normalised.
+
+    Attributes:
+        code_tokens: add each model code with its separators removed as one more word
+            (`features.text.model_codes`: `DSC-W120` and `DSCW120` both give `dscw120`).
+        char_ngrams: (min, max) character n-grams as a second part, or None (off);
+            weighted `char_weight` against the words (`char_analyzer`: "char_wb" keeps
+            n-grams inside words).
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+    code_tokens: bool = False
     word_ngrams: tuple[int, int] = (1, 1)
     char_ngrams: tuple[int, int] | None = None
     char_analyzer: Literal["char", "char_wb"] = "char_wb"
@@ -70,8 +80,15 @@ class TitleTfidf:
             )
         return word, char
 
-    def fit(self, titles: list[str]) -> TitleTfidf:
+    def _texts(self, titles: list[str]) -> list[str]:
+        """The normalised titles, each followed by its joined model codes if asked."""
         norm = [normalize_title(t) for t in titles]
+        if self.config.code_tokens:
+            norm = [" ".join([n, *model_codes(t)]) for n, t in zip(norm, titles, strict=True)]
+        return norm
+
+    def fit(self, titles: list[str]) -> TitleTfidf:
+        norm = self._texts(titles)
         self.word, self.char = self._vectorizers()
         if not any(norm):
             norm = ["_empty_"]  # an all-empty catalogue still gets a (useless) vocabulary
@@ -83,7 +100,7 @@ class TitleTfidf:
     def transform(self, titles: list[str]) -> sp.csr_matrix:
         """(n, vocab) float32 CSR, rows L2-normalised (empty titles are zero rows)."""
         assert self.word is not None, "fit or load first"
-        norm = [normalize_title(t) for t in titles]
+        norm = self._texts(titles)
         X = self.word.transform(norm)
         if self.char is not None:
             w = self.config.char_weight
@@ -123,5 +140,3 @@ class TitleTfidf:
             vec.idf_ = idf[name]
         self.word, self.char = word, char
         return self
-
-

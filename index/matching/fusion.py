@@ -12,6 +12,8 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from index.features.tfidf import TfidfConfig
+
 SignalName = Literal["tfidf", "phash", "text", "image", "combined"]
 #: "combined" is the weighted concatenation of modalities (`Stages.combined_weights`).
 SIGNALS: tuple[SignalName, ...] = ("tfidf", "phash", "text", "image", "combined")
@@ -20,6 +22,12 @@ POOL_RANGE = (0.25, 4.0)
 Neighbours = tuple[np.ndarray, np.ndarray]
 #: Keys of `FusionConfig.pool_slopes`: a signal's threshold, or "inb" (every INB stage's).
 SlopeKey = SignalName | Literal["inb"]
+#: How listings' sources (`Catalogue.source`) shape the links: "any" ignores them, "cross"
+#: links only rows of different sources, "cross_first" keeps same-source links but puts
+#: other sources first; with both, a row with no other-source link takes its nearest
+#: other-source neighbour (the at-least-one-match rule across sources).
+SourceMode = Literal["any", "cross", "cross_first"]
+SOURCE_MODES: tuple[SourceMode, ...] = ("any", "cross", "cross_first")
 
 
 def phash_similarity(max_hamming: int) -> float:
@@ -80,6 +88,9 @@ class FusionConfig(BaseModel):
             change of every INB stage's threshold; `for_pool(n)` moves them from
             `tuned_rows` to n (empty: no change).
         stages: the match-quality stages (`Stages`), all off by default.
+        sources: `SourceMode` ("any": sources ignored); applies only where listings carry
+            a source (`link_sources`).
+        tfidf: how titles become TF-IDF vectors (`TfidfConfig`: code tokens, char n-grams).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -102,6 +113,8 @@ class FusionConfig(BaseModel):
     tuned_rows: int | None = None
     pool_slopes: dict[SlopeKey, float] = Field(default_factory=dict)
     stages: Stages = Field(default_factory=Stages)
+    sources: SourceMode = "any"
+    tfidf: TfidfConfig = Field(default_factory=TfidfConfig)
 
     @field_validator("thresholds")
     @classmethod
@@ -233,6 +246,62 @@ def fuse(
         I = np.hstack([I, np.full((n, pad), -1, np.int64)])
         S = np.hstack([S, np.full((n, pad), -np.inf, np.float32)])
     return I[:, :cap], S[:, :cap]
+
+
+def link_sources(
+    I: np.ndarray,
+    S: np.ndarray,
+    source: np.ndarray | None,
+    mode: SourceMode,
+    fallback: Neighbours | None = None,
+    floor: float = -1.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Matches shaped by the rows' sources (see `SourceMode`).
+
+    Args:
+        I, S: matches and scores (n, m) as `fuse` returns them (the row itself first).
+        source: (n,) int64 source code per row, -1 where unknown (an unknown source is
+            another source for every row); None: returned unchanged.
+        mode: "any" (unchanged), "cross" (same-source links dropped) or "cross_first"
+            (kept after the other-source ones).
+        fallback: (D, I) neighbours (n, k) of the at-least-one-match signal: a row with no
+            other-source link takes its nearest other-source neighbour there whose
+            similarity is >= `floor` (into a free column, else in place of the last one).
+
+    Returns:
+        I, S (n, m): the row itself first, then other-source links by score, then (for
+        "cross_first") same-source links by score, then -1 / -inf.
+    """
+    if mode == "any" or source is None:
+        return I, S
+    n, m = I.shape
+    assert source.shape == (n,), (source.shape, n)
+    rows = np.arange(n)
+
+    def same_source(J: np.ndarray) -> np.ndarray:
+        sj = source[np.maximum(J, 0)]
+        return (J >= 0) & (rows[:, None] != J) & (source[:, None] >= 0) & (sj == source[:, None])
+
+    I, S = I.copy(), S.copy()
+    same = same_source(I)
+    if mode == "cross":
+        I[same], S[same] = -1, -np.inf
+        same[:] = False
+    if fallback is not None:
+        D2, I2 = fallback
+        ok = (I2 >= 0) & (rows[:, None] != I2) & ~same_source(I2) & (floor <= D2)
+        j = np.argmax(ok, axis=1)  # nearest other-source neighbour
+        other = (I >= 0) & (rows[:, None] != I) & ~same
+        add = ok[rows, j] & ~other.any(axis=1)
+        free = np.where((I < 0).any(axis=1), np.argmax(I < 0, axis=1), m - 1)
+        I[add, free[add]] = I2[add, j[add]]
+        S[add, free[add]] = D2[add, j[add]]
+        same[add, free[add]] = False
+    # Order: the row itself, other sources by score, same source by score, empty slots.
+    key = np.where(I < 0, 3, np.where(rows[:, None] == I, 0, np.where(same, 2, 1)))
+    o = np.argsort(-S, axis=1, kind="stable")
+    o = np.take_along_axis(o, np.argsort(np.take_along_axis(key, o, 1), 1, kind="stable"), 1)
+    return np.take_along_axis(I, o, axis=1), np.take_along_axis(S, o, axis=1)
 
 
 def to_lists(I: np.ndarray, ids: list[str]) -> list[list[str]]:

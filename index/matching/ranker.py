@@ -173,25 +173,6 @@ def _title_features(titles: Sequence[str], a: np.ndarray, b: np.ndarray) -> dict
     return f
 
 
-def _exact_similarity(feats: Features, name: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Exact similarity of the pairs in signal `name` (NaN where a side lacks it)."""
-    if name == "tfidf":
-        X = feats.X
-        s = np.asarray(X[a].multiply(X[b]).sum(axis=1)).ravel().astype(np.float32)
-        empty = (np.diff(X.indptr) == 0)
-        return np.where(empty[a] | empty[b], np.nan, s).astype(np.float32)
-    x, valid = feats.dense()[name]
-    s = np.einsum("ij,ij->i", x[a], x[b]).astype(np.float32)
-    return np.where(valid[a] & valid[b], s, np.nan).astype(np.float32)
-
-
-def phash_distance(feats: Features, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Hamming distance (0..64) of the pairs' phash codes, NaN where a side has none."""
-    x = np.bitwise_xor(feats.phash[a], feats.phash[b])
-    d = np.unpackbits(x, axis=1).sum(axis=1).astype(np.float32)
-    return np.where(feats.phash_valid[a] & feats.phash_valid[b], d, np.nan).astype(np.float32)
-
-
 def pair_features(
     pairs: np.ndarray,
     feats: Features,
@@ -205,9 +186,9 @@ def pair_features(
     cols: list[np.ndarray] = []
     for name in signals:
         if name == "phash":
-            cols.append(phash_distance(feats, a, b))
+            cols.append(feats.phash_distance(a, b))
         elif name in EXACT:
-            cols.append(_exact_similarity(feats, name, a, b))
+            cols.append(feats.pair_similarity(name, a, b))
         else:
             sim = _lookup(nb[name], n, "sim")
             s_ab, s_ba = _get(sim, a, b, 3.0), _get(sim, b, a, 3.0)

@@ -17,10 +17,12 @@ from index.features.encoders import Device
 from index.features.tfidf import TfidfConfig
 from index.matching.fusion import FusionConfig, Neighbours, to_lists
 from index.matching.ranker import POOL_REACH, Ranker
-from index.matching.stages import apply_stages, fuse_stages
+from index.matching.stages import apply_stages, fuse_stages, source_links
 from index.search.knn import K, hamming_self_knn, order_ties, self_knn, sparse_knn
 
 log = logging.getLogger(__name__)
+#: The signals computed from the features themselves (the stages add others, e.g. combined).
+BASE_SIGNALS = ("tfidf", "phash", "text", "image")
 
 
 def self_neighbours(
@@ -65,8 +67,40 @@ class SelfMatch:
     neighbours: dict[str, Neighbours]
     config: FusionConfig
     I: np.ndarray  # (n, max_matches) fused row ids, -1 padded
+    S: np.ndarray  # (n, max_matches) float32 scores (+inf for the row itself, -inf empty)
     matches: list[list[str]]
     ranked: bool = False  # decided by the pair re-ranker (not the thresholds)
+
+    def signals_used(self) -> list[str]:
+        """The thresholded signals some row has (what a report names)."""
+        return [s for s in self.neighbours if s in self.config.thresholds]
+
+    def links(self) -> tuple[list[str], list[tuple[int, int, float, str, list[float]]]]:
+        """Every link (row i, matched row j != i) with its score, what decided it and each
+        used signal's exact similarity (NaN where a side lacks it).
+
+        Returns:
+            the signal names of the similarity columns, and per link (i, j, score,
+            decided_by, similarities): decided_by is "ranker", the signals whose
+            (pool-moved) threshold the pair reaches joined by "+", or "nearest" (the
+            at-least-one-match rule).
+        """
+        n = self.I.shape[0]
+        rows, cols = np.nonzero((self.I >= 0) & (np.arange(n)[:, None] != self.I))
+        a, b = rows.astype(np.int64), self.I[rows, cols]
+        names = [s for s in self.signals_used() if s in BASE_SIGNALS]
+        sims = {s: self.features.pair_similarity(s, a, b) for s in names}
+        cfg = self.config.for_pool(n)
+        out = []
+        for p in range(len(a)):
+            s = [float(sims[x][p]) for x in names]
+            if self.ranked:
+                why = "ranker"
+            else:
+                hit = [x for x, v in zip(names, s, strict=True) if v >= cfg.thresholds[x]]  # type: ignore[index]
+                why = "+".join(hit) or "nearest"
+            out.append((int(a[p]), int(b[p]), float(self.S[rows[p], cols[p]]), why, s))
+        return names, out
 
 
 def self_match(
@@ -86,10 +120,13 @@ def self_match(
         ranker: a pair re-ranker; when given, it decides the matches from the neighbours
             (after the stages) instead of the thresholds.
     """
-    step = neighbours or local_neighbours(device=device)
+    step = neighbours or local_neighbours(config.tfidf, device=device)
     feats, nb = step(cat, encoders or Encoders())
     nb = apply_stages(feats.parts(), nb, config, device=device)
-    config = config.with_(thresholds={k: v for k, v in config.thresholds.items() if k in nb})
+    # the thresholds of signals computed here that some row has (an absent one matches nothing)
+    present = feats.present()
+    used = {k for k in nb if k in present or k not in BASE_SIGNALS}
+    config = config.with_(thresholds={k: v for k, v in config.thresholds.items() if k in used})
     if ranker is not None and not ranker.config.covers(len(cat)):
         log.warning(
             "%d rows is more than %dx the pools the ranker was tuned on (%d rows): the "
@@ -99,11 +136,13 @@ def self_match(
             ranker.config.pool_rows,
         )
         ranker = None
+    source = cat.source_codes
     if ranker is not None:
-        I, _ = ranker.match(feats, nb, cat.title)
+        I, S = ranker.match(feats, nb, cat.title)
+        I, S = source_links(I, S, nb, config, source)
     else:
-        I, _ = fuse_stages(nb, config, cat.title)
-    return SelfMatch(feats, nb, config, I, to_lists(I, cat.posting_id), ranker is not None)
+        I, S = fuse_stages(nb, config, cat.title, source=source)
+    return SelfMatch(feats, nb, config, I, S, to_lists(I, cat.posting_id), ranker is not None)
 
 
 def match_catalogue(
@@ -115,7 +154,8 @@ def match_catalogue(
     show_progress: bool = False,
     ranker: Ranker | None = None,
 ) -> tuple[list[list[str]], Features]:
-    """`self_match` in this process; returns the matches and the features."""
-    step = local_neighbours(tfidf_config, device, show_progress)
+    """`self_match` in this process; returns the matches and the features (TF-IDF as
+    `tfidf_config`, default the config's)."""
+    step = local_neighbours(tfidf_config or config.tfidf, device, show_progress)
     r = self_match(cat, config, encoders, step, device, ranker)
     return r.matches, r.features

@@ -23,7 +23,7 @@ import scipy.sparse as sp
 
 from index.features.embed import Part
 from index.features.text import parse_quantities, unit_conflict
-from index.matching.fusion import FusionConfig, Neighbours, fuse
+from index.matching.fusion import FusionConfig, Neighbours, fuse, link_sources
 from index.search.knn import K, as_f32, l2_normalize, no_neighbours, self_knn
 
 Space: TypeAlias = list[Part]
@@ -285,13 +285,27 @@ def fuse_stages(
     config: FusionConfig,
     titles: Sequence[str] | None = None,
     n: int | None = None,
+    source: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """`fuse` with the pool-size rule (thresholds moved to this pool's size when the config
-    has slopes) and, when `stages.unit_rule` is on and titles are given, the unit rule."""
+    has slopes), when `stages.unit_rule` is on and titles are given the unit rule, and
+    with `source` codes (n,) the config's source mode (`link_sources`)."""
     n = len(titles) if n is None and titles is not None else n
     assert n is not None, "give n or titles"
     cfg = config.for_pool(n)
     I, S = fuse(signals, cfg, n)
     if cfg.stages.unit_rule and titles is not None:
         I, S, _ = drop_unit_conflicts(I, S, titles, signals, cfg.stages.unit_keep)
-    return I, S
+    return source_links(I, S, signals, cfg, source)
+
+
+def source_links(
+    I: np.ndarray,
+    S: np.ndarray,
+    signals: Mapping[str, Neighbours],
+    config: FusionConfig,
+    source: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`link_sources` with the config's mode, its at-least-one-match signal and floor."""
+    fallback = signals.get(config.min2_signal) if config.min2 else None
+    return link_sources(I, S, source, config.sources, fallback, config.min2_floor)

@@ -28,7 +28,7 @@ import scipy.sparse as sp
 from index.errors import NotFoundError
 from index.features.embed import Features, QueryFeatures
 from index.features.images import phash_codes, phash_hex
-from index.features.tfidf import TitleTfidf
+from index.features.tfidf import TfidfConfig, TitleTfidf
 from index.matching.fusion import FusionConfig, Neighbours, fuse, threshold
 from index.matching.ranker import Ranker, pair_features
 from index.search.knn import (
@@ -171,11 +171,13 @@ class LiveCatalogue:
         tfidf: a fitted TF-IDF whose vocabulary is kept (a bundle's); None refits one on
             the catalogue's titles whenever they changed (lazily, before the next search).
         device: where FAISS searches run.
+        tfidf_config: how a refitted TF-IDF is built (the model's `FusionConfig.tfidf`).
     """
 
     dims: dict[str, int]
     tfidf: TitleTfidf | None = None
     device: str = "auto"
+    tfidf_config: TfidfConfig = field(default_factory=TfidfConfig)
     posting_id: list[str] = field(default_factory=list)
     title: list[str] = field(default_factory=list)
     image: list[str] = field(default_factory=list)
@@ -315,7 +317,7 @@ class LiveCatalogue:
         """The TF-IDF (refitted if the titles changed), its rows, phash codes and mask."""
         if self._X is None:
             if not self.fixed_vocabulary:
-                self.tfidf = TitleTfidf().fit(self.title)
+                self.tfidf = TitleTfidf(self.tfidf_config).fit(self.title)
             assert self.tfidf is not None
             if len(self):
                 self._X = self.tfidf.transform(self.title)

@@ -5,7 +5,7 @@ Neighbours are computed once; every candidate config is then one vectorised `fus
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
@@ -73,8 +73,12 @@ def single_signal(name: str, config: FusionConfig) -> FusionConfig:
     return config.with_(thresholds={name: t}, min2_signal=name)
 
 
+#: What tuning maximises: a config's score on labelled data.
+Objective = Callable[[FusionConfig], float]
+
+
 def _best(
-    pools: list[Pool],
+    objective: Objective,
     configs: Iterable[FusionConfig],
     best: tuple[float, FusionConfig],
     desc: str,
@@ -82,10 +86,38 @@ def _best(
 ) -> tuple[float, FusionConfig]:
     cands = list(configs)
     for c in progress(cands, desc=desc, unit="cfg", disable=not show_progress):
-        f = score_pools(pools, c)
+        f = objective(c)
         if f > best[0] + 1e-9:
             best = (f, c)
     return best
+
+
+def descend(
+    objective: Objective,
+    start: FusionConfig,
+    min2_signals: Iterable[str],
+    rounds: int = 2,
+    tune_min2: bool = True,
+    show_progress: bool = False,
+) -> tuple[FusionConfig, float]:
+    """Coordinate descent of `objective` over each threshold of `start` (over `GRIDS`),
+    then the min-2 signal (of `min2_signals`) and floor (`FLOORS`); stops when a round
+    gains nothing. Returns the best config and its score."""
+    best = (objective(start), start)
+    min2 = list(min2_signals)
+    for _ in range(rounds):
+        before = best[0]
+        for name in start.thresholds:
+            base = best[1]
+            cands = (base.with_(thresholds={**base.thresholds, name: t}) for t in GRIDS[name])
+            best = _best(objective, cands, best, f"tune {name}", show_progress)
+        if tune_min2 and best[1].min2:
+            base = best[1]
+            cands = (base.with_(min2_signal=s, min2_floor=f) for s in min2 for f in FLOORS)
+            best = _best(objective, cands, best, "tune min2", show_progress)
+        if best[0] <= before + 1e-6:
+            break
+    return best[1], best[0]
 
 
 def tune(
@@ -123,25 +155,16 @@ def tune_pools(
     start = start.with_(thresholds={s: start.thresholds[s] for s in names})
     if start.min2_signal not in signals and names:
         start = start.with_(min2_signal=names[0])
-    best = (score_pools(pools, start), start)
-    for _ in range(rounds):
-        before = best[0]
-        for name in names:
-            base = best[1]
-            cands = (base.with_(thresholds={**base.thresholds, name: t}) for t in GRIDS[name])
-            best = _best(pools, cands, best, f"tune {name}", show_progress)
-        if tune_min2 and best[1].min2:
-            base = best[1]
-            cands = (
-                base.with_(min2_signal=s, min2_floor=f)
-                for s in [n for n in min2_signals if n in signals]
-                for f in FLOORS
-            )
-            best = _best(pools, cands, best, "tune min2", show_progress)
-        if best[0] <= before + 1e-6:
-            break
+    best, f1 = descend(
+        lambda c: score_pools(pools, c),
+        start,
+        [n for n in min2_signals if n in signals],
+        rounds,
+        tune_min2,
+        show_progress,
+    )
     rows = round(sum(len(labels) for _, labels in pools) / len(pools))
-    return best[1].with_(tuned_rows=rows), best[0]
+    return best.with_(tuned_rows=rows), f1
 
 
 class PairTable:
@@ -347,3 +370,35 @@ def fit_pool_slopes(
     }
     slopes = slopes_of([c for c, _ in tuned.values()])
     return {k: v for k, v in slopes.items() if k in start.thresholds}, tuned
+
+
+def tune_pairs(
+    signals: dict[str, Neighbours],
+    pairs: tuple[np.ndarray, np.ndarray, np.ndarray],
+    start: FusionConfig,
+    titles: list[str] | None = None,
+    source: np.ndarray | None = None,
+    rounds: int = 2,
+    show_progress: bool = False,
+) -> tuple[FusionConfig, float]:
+    """`descend` on pairwise-labelled data: the objective is the pairwise F1 on the
+    labelled pairs `(left, right, label)` only (an unlabelled pair is unknown, never a
+    non-match) of the matches over every row, as `fuse_stages` makes them (sources and the
+    unit rule included). Returns the best config (`tuned_rows` set) and its pair F1."""
+    from index.matching.stages import fuse_stages
+    from index.tuning.metrics import pair_report
+
+    n = signals[next(iter(signals))][1].shape[0]
+    left, right, label = pairs
+    names = [s for s in start.thresholds if s in signals]
+    start = start.with_(thresholds={s: start.thresholds[s] for s in names})
+    if start.min2_signal not in signals and names:
+        start = start.with_(min2_signal=names[0])
+
+    def objective(c: FusionConfig) -> float:
+        I, _ = fuse_stages(signals, c, titles, n=n, source=source)
+        return float(pair_report(I, left, right, label)["f1"])
+
+    min2 = [s for s in ("tfidf", "text", "image", "combined") if s in signals]
+    best, f1 = descend(objective, start, min2, rounds, True, show_progress)
+    return best.with_(tuned_rows=n), f1
