@@ -26,7 +26,7 @@ import scipy.sparse as sp
 
 from index.errors import EncoderError
 from index.features.embed import Features
-from index.features.text import normalize_title, parse_quantities, unit_conflict
+from index.features.text import model_codes, normalize_title, parse_quantities, unit_conflict
 from index.matching.fusion import Neighbours
 
 #: Signals whose similarity is computed exactly for any pair (the others are looked up in
@@ -51,7 +51,6 @@ TITLE_FEATURES = (
 )
 #: Numbers that stand alone or lead a unit ("3gr"), not the digits inside a code ("a12b").
 _NUM = re.compile(r"(?<![a-z\d.,])\d+(?:[.,]\d+)?")
-_CODE = re.compile(r"(?=\w*\d)(?=\w*[a-z])\w{4,}")
 
 
 @dataclass(frozen=True)
@@ -148,7 +147,7 @@ def _title_tokens(titles: Sequence[str]) -> list[tuple[set[str], set[str], set[s
         norm = normalize_title(t)
         words = set(norm.split())
         raw = t.lower()
-        out.append((words, set(_NUM.findall(raw)), set(_CODE.findall(raw))))
+        out.append((words, set(_NUM.findall(raw)), set(model_codes(t))))
     return out
 
 
