@@ -70,6 +70,17 @@ class Settings(BaseSettings):
     warm_up: bool = Field(
         default=True, description="run the encoders once before /readyz says ready"
     )
+    wal: bool = Field(
+        default=True,
+        description="writes append to a write-ahead log (fsynced) and snapshots are written "
+        "in the background; off (and with Milvus): every write saves a whole snapshot",
+    )
+    wal_max_mb: float = Field(
+        default=64, gt=0, description="compact (write a snapshot) when the log passes this size"
+    )
+    wal_max_records: int = Field(
+        default=10_000, ge=1, description="compact when the log passes this many records"
+    )
     vector_store: Literal["faiss", "milvus"] = Field(
         default="faiss",
         description="where text/image vectors live: in process (faiss) or Milvus ([scale])",

@@ -36,7 +36,8 @@ from index.store.bundle import load_bundle
 from index.store.live import LiveCatalogue
 from index.store.milvus import MilvusVectors
 from index.store.model import fingerprint, load_model
-from index.store.snapshots import load_snapshot, save_snapshot
+from index.store.snapshots import load_snapshot, save_snapshot, snapshot_wal_next
+from index.store.wal import WriteAheadLog, apply_record, delete_record, segments, upsert_record
 from service.batching import Batcher, BatcherFactory, MicroBatcher, run_batches
 from service.config import Settings
 from service.jobs import Jobs
@@ -76,6 +77,51 @@ def open_vectors(settings: Settings) -> MilvusVectors | None:
     return MilvusVectors(uri, token=token, prefix=settings.milvus_collection)
 
 
+def open_log(
+    settings: Settings, live: LiveCatalogue, meta: dict[str, Any], milvus: bool
+) -> WriteAheadLog | None:
+    """Replay the write-ahead log onto the loaded snapshot `live` and open it for appends
+    (settings.wal, FAISS); without a log (off, or Milvus) a log left by an earlier run is
+    replayed into a snapshot once and removed.
+
+    Raises:
+        BundleError: a damaged log (not a torn last record), or one that does not follow
+            the snapshot; CatalogueError: a log to replay in the Milvus mode.
+    """
+    root = settings.data_dir
+    left = segments(root)
+    if milvus:
+        if left:
+            raise CatalogueError(
+                f"{root} holds a write-ahead log (wal-*.log): start once with "
+                "PRICEMATCH_VECTOR_STORE=faiss to fold it into a snapshot"
+            )
+        return None
+    if not settings.wal and not left:
+        return None
+    first = snapshot_wal_next(root) if (root / "CURRENT").is_file() else 1
+    wal = WriteAheadLog(root)
+    t0 = time.perf_counter()
+    n = 0
+    for rec in wal.open(first):
+        apply_record(live, rec)
+        n += 1
+    if n:
+        log.info("replayed %d log records in %.2fs", n, time.perf_counter() - t0)
+    if not (root / "CURRENT").is_file() or not settings.wal:
+        # the base every later record follows (a bundle's catalogue, or the empty one), or
+        # without a log from now on: the replayed writes folded into a snapshot
+        seq = wal.rotate()
+        save_snapshot(root, live, meta, wal_next=seq if settings.wal else 0)
+        wal.drop_before(seq)
+    if not settings.wal:
+        wal.close()
+        for _, p in segments(root):
+            p.unlink(missing_ok=True)
+        return None
+    return wal
+
+
 class Engine:
     """Loaded models and the catalogue; what `app.state.engine` holds.
 
@@ -105,6 +151,9 @@ class Engine:
         self.ranker: Ranker | None = None  # the model's pair re-ranker (set by `load`)
         self.match_ranker = False  # whether /match uses it (its signals are all searched)
         self.lock = threading.Lock()
+        self.wal: WriteAheadLog | None = None  # set by `load` when settings.wal (FAISS)
+        self.compaction: threading.Thread | None = None
+        self.last_compaction: dict[str, float] | None = None
         self.ready = False
         self.batch_slots = anyio.Semaphore(settings.batch_jobs)
         self.jobs = Jobs()
@@ -152,6 +201,7 @@ class Engine:
                 dims = {m: e.dim for m, e in encs.items() if e is not None}
                 live = initial or LiveCatalogue(dims=dims, device=dev)
             live.tfidf_config = fusion.tfidf
+            wal = open_log(settings, live, meta, vectors is not None)
             if vectors is not None:  # first start: vectors into Milvus; else pending re-applied
                 vectors.attach(live, settings.data_dir, meta)
         except BaseException:
@@ -171,6 +221,8 @@ class Engine:
                     ", ".join(sorted(set(ranker.signals) - searched)),
                 )
         engine.vectors = vectors
+        engine.wal = wal
+        engine.update_log_metrics()
         return engine
 
     def warm_up(self) -> None:
@@ -195,6 +247,11 @@ class Engine:
             await b.stop()
         if self.vectors is not None:
             self.vectors.close()
+        if self.compaction is not None:  # a snapshot in progress: let it finish (or crash safe)
+            await anyio.to_thread.run_sync(self.compaction.join, 30.0)
+        if self.wal is not None:
+            with self.lock:
+                self.wal.close()
 
     def _observe(self, modality: str) -> Any:
         def observe(n: int, seconds: float) -> None:
@@ -323,10 +380,11 @@ class Engine:
 
         def work() -> tuple[int, int, int]:
             feats = self._bulk_features(listings)
+            images = [x.image_name for x in listings]
             with self.lock:
-                added, replaced = self.catalogue.upsert(
-                    ids, [x.image_name for x in listings], feats
-                )
+                if self.wal is not None:  # logged (fsynced) before it is applied
+                    self._log(upsert_record(self.catalogue, ids, images, feats))
+                added, replaced = self.catalogue.upsert(ids, images, feats)
                 self._persist()
                 return added, replaced, len(self.catalogue)
 
@@ -335,6 +393,9 @@ class Engine:
     async def delete(self, posting_id: str) -> int:
         def work() -> int:
             with self.lock:
+                if self.wal is not None:
+                    self.catalogue.row(posting_id)  # an unknown id is refused before logging
+                    self._log(delete_record(self.catalogue, posting_id))
                 self.catalogue.remove(posting_id)
                 self._persist()
                 return len(self.catalogue)
@@ -348,13 +409,83 @@ class Engine:
 
         return await anyio.to_thread.run_sync(work)
 
+    def _log(self, record: dict[str, Any]) -> None:
+        """Append a write's record to the log (lock held); the write is durable after it."""
+        assert self.wal is not None
+        self.wal.append(record)
+
+    def update_log_metrics(self) -> None:
+        if self.wal is not None:
+            self.metrics.wal_records.set(self.wal.state.records)
+            self.metrics.wal_bytes.set(self.wal.state.bytes)
+
+    def log_status(self) -> dict[str, Any] | None:
+        """The log as /readyz shows it (None without a log)."""
+        if self.wal is None:
+            return None
+        s = self.wal.state
+        return {
+            "records": s.records,
+            "bytes": s.bytes,
+            "segment": s.segment,
+            "compacting": self.compaction is not None and self.compaction.is_alive(),
+            "last_compaction": self.last_compaction,
+        }
+
+    def _maybe_compact(self) -> None:
+        """Start a background snapshot when the log passes its limits (lock held): the
+        catalogue is copied and the log rotated under the lock; the snapshot is written
+        outside it, then the old segments are removed."""
+        assert self.wal is not None
+        s, cfg = self.wal.state, self.settings
+        if s.records < cfg.wal_max_records and s.bytes < cfg.wal_max_mb * 2**20:
+            return
+        if self.compaction is not None and self.compaction.is_alive():
+            return
+        t0 = time.perf_counter()
+        state = self.catalogue.copy()
+        seq = self.wal.rotate()
+        held = time.perf_counter() - t0
+        self.compaction = threading.Thread(
+            target=self._compact, args=(state, seq, held), name="compaction", daemon=True
+        )
+        self.compaction.start()
+
+    def _compact(self, state: LiveCatalogue, seq: int, held: float) -> None:
+        assert self.wal is not None
+        t0 = time.perf_counter()
+        try:
+            save_snapshot(self.settings.data_dir, state, self.meta, wal_next=seq)
+            self.wal.drop_before(seq)
+        except Exception:  # the log still holds every write; the next compaction retries
+            log.exception("compaction failed; the log keeps the writes")
+            return
+        took = time.perf_counter() - t0
+        self.last_compaction = {
+            "at": time.time(),
+            "seconds": round(took, 3),
+            "lock_seconds": round(held, 4),
+            "listings": len(state),
+        }
+        self.metrics.compactions.inc()
+        self.metrics.compaction_seconds.set(took)
+        self.metrics.compaction_time.set(self.last_compaction["at"])
+        log.info("compaction: snapshot of %d listings in %.2fs", len(state), took)
+
     def _persist(self) -> None:
-        """Save the catalogue (lock held); on failure go back to the last saved state.
+        """Make the write durable (lock held): with the log it already is (it was appended
+        before the change) and a background snapshot may start; without, save the whole
+        catalogue, and on failure go back to the last saved state.
 
         With Milvus, the snapshot holds the vector changes (a journal) and they are applied
         to Milvus after it is committed (`index.store.milvus`); if that fails, the change
         is kept and applied again by the next search, write or start.
         """
+        if self.wal is not None:
+            self.metrics.catalogue_size.set(len(self.catalogue))
+            self.update_log_metrics()
+            self._maybe_compact()
+            return
         try:
             snap = save_snapshot(self.settings.data_dir, self.catalogue, self.meta)
         except BaseException:
@@ -403,6 +534,7 @@ class Engine:
             "listings": len(self.catalogue),
             "signals": self.signals,
             "thresholds": self.fusion.thresholds,
+            "log": self.log_status(),
             "batching": {m: b.kind for m, b in self.batchers.items()},
             "providers": {
                 m: getattr(self.encoders, m).providers

@@ -56,6 +56,23 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
             registry=r,
         )
+        self.wal_records = Gauge(
+            "pricematch_wal_records", "write-ahead log records since the last snapshot", registry=r
+        )
+        self.wal_bytes = Gauge(
+            "pricematch_wal_bytes", "write-ahead log bytes since the last snapshot", registry=r
+        )
+        self.compactions = Counter(
+            "pricematch_compactions_total", "snapshots written from the log", registry=r
+        )
+        self.compaction_seconds = Gauge(
+            "pricematch_last_compaction_seconds", "duration of the last compaction", registry=r
+        )
+        self.compaction_time = Gauge(
+            "pricematch_last_compaction_timestamp_seconds",
+            "when the last compaction finished (unix time)",
+            registry=r,
+        )
         self.batch_rows = Counter(
             "pricematch_batch_match_rows_total", "rows matched by /batch-match", registry=r
         )

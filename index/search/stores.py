@@ -106,6 +106,10 @@ class FaissFlatStore:
     def save(self, path: Path) -> None:
         faiss.write_index(self._cpu, str(path))
 
+    def clone(self) -> FaissFlatStore:
+        """An independent copy (the vectors copied in memory)."""
+        return FaissFlatStore(self.dim, device=self.device, index=faiss.clone_index(self._cpu))
+
     @classmethod
     def load(cls, path: Path, device: str = "auto") -> FaissFlatStore:
         index = faiss.read_index(str(path))

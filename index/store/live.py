@@ -200,6 +200,29 @@ class LiveCatalogue:
     def __len__(self) -> int:
         return len(self.posting_id)
 
+    def copy(self) -> LiveCatalogue:
+        """An independent copy of the listings and stores (for a snapshot written while this
+        one keeps changing). Raises TypeError for stores that cannot be copied in memory."""
+        stores = {}
+        for m, s in self.stores.items():
+            clone = getattr(s, "clone", None)
+            if clone is None:
+                raise TypeError(f"the {m} store ({type(s).__name__}) cannot be copied")
+            stores[m] = clone()
+        return LiveCatalogue(
+            dims=dict(self.dims),
+            tfidf=self.tfidf if self.fixed_vocabulary else None,
+            device=self.device,
+            tfidf_config=self.tfidf_config,
+            posting_id=list(self.posting_id),
+            title=list(self.title),
+            image=list(self.image),
+            image_phash=list(self.image_phash),
+            ids=self.ids.copy(),
+            next_id=self.next_id,
+            stores=stores,
+        )
+
     def __contains__(self, posting_id: object) -> bool:
         return posting_id in self._row
 

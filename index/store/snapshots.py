@@ -34,7 +34,9 @@ _SNAP = re.compile(r"^snap-(\d{6,})$")
 LISTING_COLUMNS = ("posting_id", "title", "image", "image_phash", "id")
 
 
-def save_snapshot(root: str | Path, live: LiveCatalogue, meta: dict[str, Any]) -> Path:
+def save_snapshot(
+    root: str | Path, live: LiveCatalogue, meta: dict[str, Any], wal_next: int = 0
+) -> Path:
     """Write `live` as a new snapshot under `root` and make it the current one, atomically.
 
     Args:
@@ -42,6 +44,8 @@ def save_snapshot(root: str | Path, live: LiveCatalogue, meta: dict[str, Any]) -
         live: the catalogue.
         meta: caller's identity of the feature spaces (e.g. encoder fingerprints), saved in
             `meta.json` and checked by `load_snapshot`.
+        wal_next: the first write-ahead-log segment this snapshot does not hold
+            (`index.store.wal`; 0: the snapshot was saved without a log).
 
     Returns:
         The snapshot folder.
@@ -69,6 +73,7 @@ def save_snapshot(root: str | Path, live: LiveCatalogue, meta: dict[str, Any]) -
         "dims": live.dims,
         "fixed_vocabulary": live.fixed_vocabulary,
         "meta": meta,
+        "wal_next": wal_next,
     }
     (tmp / "meta.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
     fsync_tree(tmp)
@@ -90,6 +95,15 @@ def current_snapshot(root: str | Path) -> Path | None:
     if not _SNAP.match(name) or not (snap / "meta.json").is_file():
         raise BundleError(f"{root}: CURRENT names {name!r}, which is not a complete snapshot")
     return snap
+
+
+def snapshot_wal_next(root: str | Path) -> int:
+    """The current snapshot's `wal_next` (0 without a snapshot or for one saved without a
+    log)."""
+    snap = current_snapshot(root)
+    if snap is None:
+        return 0
+    return int(json.loads((snap / "meta.json").read_text(encoding="utf-8")).get("wal_next", 0))
 
 
 def load_snapshot(
