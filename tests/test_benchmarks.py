@@ -223,3 +223,21 @@ def test_reference_pipeline_matches_equal_phash_and_close_titles(tmp_path: Path)
     subprocess.run([sys.executable, str(script), str(csv_path), "-o", str(out)], check=True)
     got = dict(line.split(",") for line in out.read_text().splitlines()[1:])
     assert got == {"a": "a b c", "b": "b a", "c": "c a", "d": "d"}
+
+
+def test_write_latency_helpers() -> None:
+    from benchmarks.write_latency import parse_size, percentiles
+
+    assert [parse_size(s) for s in ("3k", "27k", "300k", "1M", "2500")] == [
+        3000,
+        27000,
+        300000,
+        1_000_000,
+        2500,
+    ]
+    with pytest.raises(Exception, match="not a size"):
+        parse_size("big")
+    r = percentiles([10.0] * 99 + [110.0])
+    assert r["p50"] == 10.0 and r["mean"] == 11.0
+    assert r["p99"] == pytest.approx(11.0)  # numpy's linear interpolation at 99%
+    assert r["writes_per_s"] == pytest.approx(1000 / 11)

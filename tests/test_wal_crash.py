@@ -1,0 +1,132 @@
+"""The write-ahead log against a real `pricematch serve`: 50 `kill -9` at random moments of
+a stream of adds, replaces and deletes (compactions included: the log limit is 6 records),
+a restart after each; every acknowledged write is there, the one write in flight at the
+kill is all there or not at all, and the server starts cleanly every time."""
+
+from __future__ import annotations
+
+import random
+import signal
+from pathlib import Path
+
+import httpx
+
+from tests.test_service_uvicorn import server
+
+KILLS = 50
+
+
+def _state(c: httpx.Client, ids: set[str]) -> dict[str, str | None]:
+    """posting_id -> title in the running service (None: absent)."""
+    out: dict[str, str | None] = {}
+    for p in sorted(ids):
+        r = c.get(f"/listings/{p}")
+        assert r.status_code in (200, 404), r.text
+        out[p] = r.json()["title"] if r.status_code == 200 else None
+    return out
+
+
+def test_kill_9_during_writes_loses_no_acknowledged_write(tmp_path: Path) -> None:
+    rng = random.Random(7)
+    data, log = tmp_path / "data", tmp_path / "serve.log"
+    env = {"PRICEMATCH_WAL_MAX_RECORDS": "6", "PRICEMATCH_WARM_UP": "false"}
+    want: dict[str, str | None] = {}  # acknowledged state
+    in_flight: dict[str, str | None] | None = None  # the write the kill may have cut
+    counter = 0
+    acknowledged = 0
+    for kill in range(KILLS):
+        with server(None, data, log, env) as s:
+            c = s.client
+            got = _state(c, set(want) | set(in_flight or {}))
+            if in_flight is not None:  # all of it or none of it
+                before = {p: want.get(p) for p in in_flight}
+                after = {p: got[p] for p in in_flight}
+                assert after in (before, in_flight), (kill, before, in_flight, after)
+                want.update(after)
+                in_flight = None
+            assert got == {p: want[p] for p in got}, f"after kill {kill}"
+            present = sum(1 for v in want.values() if v is not None)
+            assert c.get("/readyz").json()["detail"]["listings"] == present
+            # a stream of writes; the kill comes after a random number of them, sometimes
+            # while one is in flight (sent, not answered)
+            stop_after = rng.randint(1, 12)
+            for n in range(stop_after + 1):
+                live = [p for p, v in want.items() if v is not None]
+                op = rng.choice(["add", "add", "replace", "delete"] if live else ["add"])
+                counter += 1
+                if op == "add":
+                    ids = [f"p{counter}-{i}" for i in range(rng.randint(1, 3))]
+                    change: dict[str, str | None] = {p: f"red shoe {p}" for p in ids}
+                elif op == "replace":
+                    p = rng.choice(live)
+                    change = {p: f"blue bag {counter}"}
+                else:
+                    change = {rng.choice(live): None}
+                last = n == stop_after
+                if last:  # kill at a random moment while this write is on its way
+                    in_flight = change
+                    s.proc.send_signal(signal.SIGSTOP)  # freeze, so the kill lands mid-write
+                try:
+                    if last:
+                        if _send_async_then_kill(s, change, rng):
+                            want.update(change)  # answered before the kill: must be there
+                            acknowledged += 1
+                            in_flight = None
+                        break
+                    _send(c, change)
+                    want.update(change)
+                    acknowledged += 1
+                except httpx.TransportError:  # pragma: no cover - the server died early
+                    in_flight = change
+                    break
+        assert s.proc.returncode is not None
+    with server(None, data, log, env) as s:
+        got = _state(s.client, set(want) | set(in_flight or {}))
+        if in_flight is not None:
+            before = {p: want.get(p) for p in in_flight}
+            assert {p: got[p] for p in in_flight} in (before, in_flight)
+            want.update({p: got[p] for p in in_flight})
+        assert got == want
+    assert acknowledged >= KILLS  # the stream really wrote between the kills
+    assert "Traceback" not in log.read_text()  # every start was clean
+
+
+def _send(c: httpx.Client, change: dict[str, str | None]) -> None:
+    for p, title in change.items():
+        if title is None:
+            r = c.delete(f"/listings/{p}")
+            assert r.status_code == 200, r.text
+            return
+    body = {"listings": [{"posting_id": p, "title": t} for p, t in change.items()]}
+    r = c.post("/listings", json=body)
+    assert r.status_code == 200, r.text
+
+
+def _send_async_then_kill(s: object, change: dict[str, str | None], rng: random.Random) -> bool:
+    """Send the write to the frozen server, let it run a random moment, then SIGKILL;
+    True if the write was answered (acknowledged) before the kill."""
+    import threading
+    import time
+
+    proc = s.proc  # type: ignore[attr-defined]
+    base = str(s.client.base_url)  # type: ignore[attr-defined]
+
+    acked: list[bool] = []
+
+    def go() -> None:
+        try:
+            with httpx.Client(base_url=base, timeout=10) as c:
+                _send(c, change)
+            acked.append(True)
+        except (httpx.TransportError, AssertionError):
+            pass
+
+    t = threading.Thread(target=go, daemon=True)
+    t.start()
+    time.sleep(0.02)
+    proc.send_signal(signal.SIGCONT)
+    time.sleep(rng.uniform(0.0, 0.03))  # the write runs for 0-30 ms of its life
+    proc.kill()
+    proc.wait()
+    t.join(10)
+    return bool(acked)
