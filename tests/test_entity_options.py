@@ -401,3 +401,20 @@ def test_ranker_code_features_see_codes_without_separators() -> None:
     col = {n: X[:, i] for i, n in enumerate(feature_names([]))}
     assert col["code_shared"].tolist() == [1.0, 0.0]
     assert col["code_conflict"].tolist() == [0.0, 1.0]
+
+
+def test_the_tuned_fusion_never_ends_below_its_best_single_signal(
+    synth: Path, tmp_path: Path
+) -> None:
+    from index.cli.commands import never_below_single
+
+    a, b = FusionConfig(thresholds={"tfidf": 0.5}), FusionConfig(thresholds={"text": 0.5})
+    assert never_below_single((a, 0.5), [(b, 0.6)]) is b
+    assert never_below_single((a, 0.5), [(b, 0.5)]) is a  # a tie keeps the fusion
+    rep = tmp_path / "r.json"
+    assert (
+        main(["evaluate", str(synth / "listings.csv"), "-q", "--tune", "--report", str(rep)]) == 0
+    )
+    rows = {r["name"]: r for r in json.loads(rep.read_text())["rows"]}
+    singles = [r["f1"] for n, r in rows.items() if n.endswith("alone (tuned)")]
+    assert singles and rows["fused (tuned)"]["f1"] >= max(singles) - 1e-9

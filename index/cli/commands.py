@@ -400,6 +400,25 @@ def _fmt_thresholds(config: FusionConfig) -> str:
     return " ".join(parts)
 
 
+def never_below_single(
+    fused: tuple[FusionConfig, float], singles: list[tuple[FusionConfig, float]]
+) -> FusionConfig:
+    """The tuned fused config, unless a signal alone scored higher on the tuning data:
+    then that signal's config (the fusion never ends below its best single signal)."""
+    best, score = fused
+    for cfg, f1 in singles:
+        if f1 > score + 1e-9:
+            best, score = cfg, f1
+    if best is not fused[0]:
+        log.info(
+            "tuning: %s alone beat every fusion on the tuning data (%.4f vs %.4f): kept alone",
+            "+".join(best.thresholds),
+            score,
+            fused[1],
+        )
+    return best
+
+
 def _evaluate_pairs(args: argparse.Namespace) -> int:
     """Pairwise P/R/F1 on one split's labelled pairs; the matching runs over all records."""
     data = read_pair_folder(args.input, fields_of(args))
@@ -416,21 +435,22 @@ def _evaluate_pairs(args: argparse.Namespace) -> int:
     if tune_on is not None and args.split == "train":
         log.warning("--tune tunes on the train pairs: scoring them too is in sample")
 
-    def tuned(start: FusionConfig) -> FusionConfig:
+    def tuned(start: FusionConfig) -> tuple[FusionConfig, float]:
         assert tune_on is not None
         on = (tune_on.left, tune_on.right, tune_on.label)
-        cfg, _ = tune_pairs(nb, on, start, cat.title, source, show_progress=not args.quiet)
-        return cfg
+        return tune_pairs(nb, on, start, cat.title, source, show_progress=not args.quiet)
 
+    singles: list[tuple[FusionConfig, float]] = []
     for s in result.signals_used():
         single = single_signal(s, result.config)
         I, _ = fuse_stages(nb, single, cat.title, source=source)
         rows.insert(len(rows) - 1, (f"{s} alone", I))
         if tune_on is not None:
-            I, _ = fuse_stages(nb, tuned(single), cat.title, source=source)
+            singles.append(tuned(single))
+            I, _ = fuse_stages(nb, singles[-1][0], cat.title, source=source)
             rows.insert(len(rows) - 1, (f"{s} alone (tuned)", I))
     if tune_on is not None:
-        best = tuned(result.config)
+        best = never_below_single(tuned(result.config), singles)
         I, _ = fuse_stages(nb, best, cat.title, source=source)
         rows.append(("fused (tuned on train)", I))
     if model.ranker is not None:
@@ -483,12 +503,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     show = not args.quiet
     titles, src = cat.title, cat.source_codes
     rows = []
+    singles: list[tuple[FusionConfig, float]] = []
     for s in result.signals_used():
         single = single_signal(s, config)
         rows.append(_row(f"{s} alone", single, nb, labels, titles, src))
         if args.tune:
-            tuned, _ = tune(nb, labels, single, min2_signals=(s,), show_progress=show)
-            rows.append(_row(f"{s} alone (tuned)", tuned, nb, labels, titles, src))
+            singles.append(tune(nb, labels, single, min2_signals=(s,), show_progress=show))
+            rows.append(_row(f"{s} alone (tuned)", singles[-1][0], nb, labels, titles, src))
     rows.append(_row("fused", config, nb, labels, titles, src))
     if model.ranker is not None:
         I, _ = model.ranker.match(result.features, nb, titles)
@@ -496,7 +517,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         rows.append({**rep, "name": "pair re-ranker", "config": config.model_dump()})
     best = config
     if args.tune:
-        best, _ = tune(nb, labels, config, show_progress=show)
+        best = never_below_single(tune(nb, labels, config, show_progress=show), singles)
         rows.append(_row("fused (tuned)", best, nb, labels, titles, src))
     elapsed = time.perf_counter() - t0
 
