@@ -68,3 +68,18 @@ def test_importing_index_loads_no_heavy_library() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_building_the_cli_parser_loads_no_numeric_library() -> None:
+    """`pricematch --help` builds every command's parser: no numpy, faiss, sklearn, scipy,
+    onnxruntime or torch (the handlers' modules load when their command runs)."""
+    code = (
+        "import sys; from index.cli.parser import build_parser; p = build_parser(); "
+        "p.parse_args(['match', 'x.csv', '-o', 'y.csv']); "
+        "print(sorted(m for m in ('numpy', 'faiss', 'sklearn', 'scipy', 'onnxruntime', 'torch', "
+        "'index.cli.commands') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert out.stdout.strip() == "[]"

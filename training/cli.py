@@ -11,8 +11,6 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from index.errors import ImageError, PricematchError
 
 #: Most images taken from --images for the parity check.
@@ -116,9 +114,9 @@ def _register_train(sub: Any) -> None:
     image.add_argument("--input-size", type=int, default=im.input_size[0])
     image.add_argument("--workers", type=int, default=0, help="data loader processes")
     p.set_defaults(func=_train)
-    from index.cli.ranker import add_arguments
+    from index.cli.args import add_ranker_arguments
 
-    add_arguments(
+    add_ranker_arguments(
         kinds.add_parser(
             "ranker",
             help="train the pair re-ranker (LightGBM, no torch) into an existing model folder",
@@ -148,6 +146,8 @@ def _train(args: argparse.Namespace) -> int:
             f"train needs the [train] extra (pip install 'pricematch[train]'): {e}"
         ) from e
     import logging
+
+    import numpy as np
 
     from index.data.listings import read_catalogue
     from index.errors import CatalogueError

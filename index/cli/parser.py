@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def register(sub: Any) -> None:
     """Add the library's commands: match, evaluate, build-index, sample."""
-    from index.cli.commands import register as add_commands
+    from index.cli.args import register as add_commands
 
     add_commands(sub)
 

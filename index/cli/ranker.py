@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from index.cli.commands import add_text_options, fields_of, with_options
+from index.cli.commands import fields_of, with_options
 from index.data.listings import Catalogue, read_catalogue
 from index.data.pairs import Pairs, is_pair_folder, pair_components, read_pair_folder
 from index.errors import CatalogueError
@@ -30,27 +30,6 @@ from index.tuning.metrics import f1_report, pair_report
 from index.tuning.ranker import RankPool, train_on_pairs, train_on_pools
 
 log = logging.getLogger("pricematch")
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The arguments of `train ranker`."""
-    p.add_argument(
-        "input", help="labelled CSV (label_group) or an entity-matching folder (tableA.csv...)"
-    )
-    p.add_argument("--model", required=True, help="model folder the ranker is added to")
-    p.add_argument("--images", help="folder holding the `image` files (CSV input)")
-    p.add_argument("--folds", type=int, default=5, help="out-of-fold splits (default 5)")
-    add_text_options(p)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--report", help="write the training report (JSON) here")
-    p.add_argument(
-        "--keep-anyway",
-        action="store_true",
-        help="write the ranker even where it does not beat the fusion (by default it is "
-        "written only if it wins on every fold: label groups; or out of fold: pairs)",
-    )
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_train_ranker)
 
 
 def pool_of(

@@ -13,21 +13,15 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from index.features.tfidf import TfidfConfig
+from index.matching.names import SIGNALS, SOURCE_MODES, SignalName, SourceMode
 
-SignalName = Literal["tfidf", "phash", "text", "image", "combined"]
-#: "combined" is the weighted concatenation of modalities (`Stages.combined_weights`).
-SIGNALS: tuple[SignalName, ...] = ("tfidf", "phash", "text", "image", "combined")
+__all__ = ["SIGNALS", "SOURCE_MODES", "SignalName", "SourceMode"]
+
 #: Pools from a quarter to four times the tuned size: the range the pool-size rule covers.
 POOL_RANGE = (0.25, 4.0)
 Neighbours = tuple[np.ndarray, np.ndarray]
 #: Keys of `FusionConfig.pool_slopes`: a signal's threshold, or "inb" (every INB stage's).
 SlopeKey = SignalName | Literal["inb"]
-#: How listings' sources (`Catalogue.source`) shape the links: "any" ignores them, "cross"
-#: links only rows of different sources, "cross_first" keeps same-source links but puts
-#: other sources first; with both, a row with no other-source link takes its nearest
-#: other-source neighbour (the at-least-one-match rule across sources).
-SourceMode = Literal["any", "cross", "cross_first"]
-SOURCE_MODES: tuple[SourceMode, ...] = ("any", "cross", "cross_first")
 
 
 def phash_similarity(max_hamming: int) -> float:
