@@ -82,9 +82,16 @@ def cmd_train_ranker(args: argparse.Namespace) -> int:
     return 0
 
 
-def _signals(nb: dict[str, Any], config: FusionConfig) -> list[str]:
-    """The signals the ranker uses: every computed one (stage signals included)."""
-    return [s for s in nb if s in config.thresholds or s in ("tfidf", "phash", "text", "image")]
+def _signals(pools: list[RankPool], config: FusionConfig) -> list[str]:
+    """The signals the ranker uses: every computed one (stage signals included) but a base
+    signal no row of any pool has (an empty `image_phash` column gives no phash features)."""
+    present = set().union(*(p.features.present() for p in pools))
+    base = ("tfidf", "phash", "text", "image")
+    return [
+        s
+        for s in pools[0].nb
+        if (s in base and s in present) or (s not in base and s in config.thresholds)
+    ]
 
 
 def _train_groups(args: argparse.Namespace, encoders: Encoders, config: FusionConfig) -> Any:
@@ -101,7 +108,7 @@ def _train_groups(args: argparse.Namespace, encoders: Encoders, config: FusionCo
     for _, rows in progress(folds, desc="pools", unit="pool", disable=args.quiet):
         sub = cat.subset(rows)
         pools.append(make_pool(sub, encoders, config, args.device, labels[rows]))
-    signals = _signals(pools[0].nb, config)
+    signals = _signals(pools, config)
     ranker, report = train_on_pools(
         pools, signals, show_progress=not args.quiet, sub_pool=sub_pool_maker(config, args.device)
     )
@@ -162,7 +169,7 @@ def _train_pairs(args: argparse.Namespace, encoders: Encoders, config: FusionCon
     cat = data.catalogue
     train = data.pairs("train")
     pool = make_pool(cat, Encoders(text=encoders.text), config, args.device)
-    signals = _signals(pool.nb, config)
+    signals = _signals([pool], config)
     groups = pair_components(len(cat), train)
     held: dict[str, Pairs] = {s: data.splits[s] for s in ("valid", "test") if s in data.splits}
     ranker, report = train_on_pairs(pool, train, groups, signals, args.folds, held_out=held)
