@@ -35,6 +35,15 @@ def test_model_codes_lose_their_separators() -> None:
     assert model_codes("ab-1c") == ["ab1c"]  # exactly 4
 
 
+def test_a_bundle_tfidf_saved_before_code_tokens_loads_without_them(tmp_path: Path) -> None:
+    t = TitleTfidf(TfidfConfig(code_tokens=False)).fit(["sony dscw120", "canon ixus"])
+    t.save(tmp_path)
+    meta = json.loads((tmp_path / "tfidf.json").read_text())
+    del meta["config"]["code_tokens"]
+    (tmp_path / "tfidf.json").write_text(json.dumps(meta))
+    assert TitleTfidf.load(tmp_path).config.code_tokens is False
+
+
 def _cos(cfg: TfidfConfig, a: str, b: str, others: list[str]) -> float:
     t = TitleTfidf(cfg).fit([a, b, *others])
     X = t.transform([a, b])
@@ -46,18 +55,19 @@ OTHERS = ["canon ixus 100 camera", "nikon coolpix l20 camera", "sony tx1 camera"
 
 def test_code_tokens_make_dsc_w120_meet_dscw120() -> None:
     a, b = "Sony DSC-W120 camera", "Sony DSCW120 camera"
-    plain = _cos(TfidfConfig(), a, b, OTHERS)
+    plain = _cos(TfidfConfig(code_tokens=False), a, b, OTHERS)
     codes = _cos(TfidfConfig(code_tokens=True), a, b, OTHERS)
     assert codes > plain + 0.05
     t = TitleTfidf(TfidfConfig(code_tokens=True)).fit([a])
     assert t.word is not None and "dscw120" in t.word.vocabulary_
-    assert "dscw120" not in (TitleTfidf().fit([a]).word.vocabulary_)  # type: ignore[union-attr]
+    plain_vocab = TitleTfidf(TfidfConfig(code_tokens=False)).fit([a]).word.vocabulary_  # type: ignore[union-attr]
+    assert "dscw120" not in plain_vocab
 
 
 def test_char_ngrams_make_spelling_variants_meet() -> None:
     a, b = "samsung galaxy charger", "samsung galaxi charger"
-    plain = _cos(TfidfConfig(), a, b, OTHERS)
-    char = _cos(TfidfConfig(char_ngrams=(3, 5)), a, b, OTHERS)
+    plain = _cos(TfidfConfig(code_tokens=False), a, b, OTHERS)
+    char = _cos(TfidfConfig(code_tokens=False, char_ngrams=(3, 5)), a, b, OTHERS)
     assert char > plain
 
 
@@ -73,19 +83,26 @@ def test_tfidf_options_round_trip_through_a_bundle_folder(tmp_path: Path) -> Non
 
 def test_documented_defaults_and_fusion_json_round_trip(tmp_path: Path) -> None:
     d = FusionConfig()
-    assert d.sources == "any"
-    assert d.tfidf.code_tokens is False
+    assert d.sources == "cross_first"
+    assert d.tfidf.code_tokens is True
     assert d.tfidf.char_ngrams is None
     assert d.tfidf.char_weight == 0.5
     cfg = d.with_(sources="cross", tfidf={"code_tokens": True, "char_ngrams": (3, 5)})
     write_fusion(tmp_path / "fusion.json", cfg)
     assert read_fusion(tmp_path / "fusion.json") == cfg
-    # an older fusion.json without these fields keeps the defaults
-    old = {
-        k: v for k, v in json.loads(d.model_dump_json()).items() if k not in ("tfidf", "sources")
-    }
+    # a fusion.json written before these fields existed keeps its old meaning
+    old = json.loads(d.model_dump_json())
+    del old["tfidf"], old["sources"]
     (tmp_path / "old.json").write_text(json.dumps(old))
-    assert read_fusion(tmp_path / "old.json") == d
+    assert read_fusion(tmp_path / "old.json") == d.with_(
+        sources="any", tfidf={"code_tokens": False}
+    )
+    (tmp_path / "bad.json").write_text("[1]")
+    with pytest.raises(CatalogueError, match="JSON object"):
+        read_fusion(tmp_path / "bad.json")
+    (tmp_path / "bad.json").write_text('{"sources": "sideways"}')
+    with pytest.raises(CatalogueError, match="not a valid fusion config"):
+        read_fusion(tmp_path / "bad.json")
 
 
 def test_self_match_uses_the_configs_tfidf() -> None:
@@ -95,7 +112,7 @@ def test_self_match_uses_the_configs_tfidf() -> None:
         posting_id=["p1", "p2", "p3", "p4"],
         title=["Sony DSC-W120", "sony dscw120", "canon ixus 100", "nikon coolpix l20"],
     )
-    base = FusionConfig(thresholds={"tfidf": 0.5}, min2=False)
+    base = FusionConfig(thresholds={"tfidf": 0.5}, min2=False, tfidf={"code_tokens": False})
     plain, _ = match_catalogue(cat, base)
     codes, _ = match_catalogue(cat, base.with_(tfidf={"code_tokens": True}))
     assert plain[0] == ["p1"]  # "dsc w 120" and "dscw 120" share "sony" and "120" only
@@ -174,7 +191,7 @@ def test_a_same_source_duplicate_does_not_take_the_cross_source_place(tmp_path: 
     data = read_pair_folder(two_shops(tmp_path / "er"))
     cat = data.catalogue
     assert cat.source == ["a", "a", "a", "b", "b", "b"]
-    cfg = FusionConfig(thresholds={"tfidf": 0.5}, min2_floor=0.05)
+    cfg = FusionConfig(thresholds={"tfidf": 0.5}, min2_floor=0.05, sources="any")
     anym = self_match(cat, cfg).matches
     assert anym[0] == ["a-1", "a-2"]  # the duplicate takes the at-least-one-match slot
     cross = self_match(cat, cfg.with_(sources="cross")).matches
@@ -217,7 +234,9 @@ def test_fields_choose_and_order_the_text(tmp_path: Path) -> None:
 def test_fields_change_the_match(tmp_path: Path) -> None:
     # the shared description "great compact camera with zoom lens" drowns the names
     data = read_pair_folder(two_shops(tmp_path / "er"), ["title", "description"])
-    cfg = FusionConfig(thresholds={"tfidf": 0.35}, min2=False, sources="cross")
+    cfg = FusionConfig(
+        thresholds={"tfidf": 0.35}, min2=False, sources="cross", tfidf={"code_tokens": False}
+    )
     with_desc = self_match(data.catalogue, cfg).matches
     assert "b-9" in with_desc[0]  # a-1 (sony) joins b-9 (canon) through the description
     titles = self_match(read_pair_folder(tmp_path / "er").catalogue, cfg).matches

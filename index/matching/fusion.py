@@ -107,7 +107,9 @@ class FusionConfig(BaseModel):
     tuned_rows: int | None = None
     pool_slopes: dict[SlopeKey, float] = Field(default_factory=dict)
     stages: Stages = Field(default_factory=Stages)
-    sources: SourceMode = "any"
+    # cross_first: never drops a link, gives each row its nearest other-source match
+    # (docs/BENCHMARKS.md, "Entity-matching options"); no effect without sources.
+    sources: SourceMode = "cross_first"
     tfidf: TfidfConfig = Field(default_factory=TfidfConfig)
 
     @field_validator("thresholds")

@@ -16,6 +16,7 @@ Layout::
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,12 +46,32 @@ class Model:
     ranker: Ranker | None = None
 
 
+#: What a fusion.json written before a field existed meant by its absence (read as that,
+#: not as today's default, so an older model folder keeps matching as it did).
+LEGACY_FUSION: dict[str, Any] = {"sources": "any", "tfidf": {"code_tokens": False}}
+
+
 def read_fusion(path: str | Path) -> FusionConfig:
-    """A fusion.json file. Raises CatalogueError when it is missing."""
+    """A fusion.json file (fields it lacks as `LEGACY_FUSION`, then the defaults).
+
+    Raises:
+        CatalogueError: the file is missing, not JSON or not a valid config.
+    """
     p = Path(path)
     if not p.is_file():
         raise CatalogueError(f"config file not found: {p}")
-    return FusionConfig.model_validate_json(p.read_text(encoding="utf-8"))
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CatalogueError(f"{p}: not a JSON fusion config ({e})") from e
+    if not isinstance(data, dict):
+        raise CatalogueError(f"{p}: a fusion config is a JSON object")
+    for k, v in LEGACY_FUSION.items():
+        data.setdefault(k, v)
+    try:
+        return FusionConfig.model_validate(data)
+    except ValueError as e:
+        raise CatalogueError(f"{p}: not a valid fusion config: {e}") from e
 
 
 def write_fusion(path: str | Path, config: FusionConfig) -> Path:
