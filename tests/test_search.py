@@ -122,3 +122,26 @@ def test_self_neighbours_give_equal_scores_in_id_order(monkeypatch: pytest.Monke
                     assert ids[a] < ids[a + 1], (name, i, ids.tolist(), d.tolist())
     assert nb["tfidf"][1][4][:3].tolist() == [0, 2, 4]  # the three copies, by id
     assert nb["phash"][1][3].tolist() == list(range(n))  # one phash: all tie, by id
+
+
+def test_faiss_store_add_replaces_stored_ids_and_appends_new_ones(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import numpy as np
+
+    from index.search.stores import FaissFlatStore
+
+    e = np.eye(4, dtype=np.float32)
+    s = FaissFlatStore(4, device="cpu")
+    s.add(np.array([5, 9]), e[:2])
+    s.add(np.array([10]), e[2:3])  # above every stored id: appended
+    assert len(s) == 3
+    s.add(np.array([5]), e[3:4])  # a stored id: replaced, not duplicated
+    assert len(s) == 3 and np.allclose(s.vectors(np.array([5])), e[3:4])
+    s.add(np.array([7]), e[0:1])  # below the largest id, not stored: added
+    assert len(s) == 4
+    s.save(tmp_path / "x.faiss")
+    back = FaissFlatStore.load(tmp_path / "x.faiss", device="cpu")
+    back.add(np.array([9]), e[3:4])  # after a load, the bound comes from the file
+    assert len(back) == 4 and np.allclose(back.vectors(np.array([9])), e[3:4])
+    c = back.clone()
+    c.add(np.array([10]), e[0:1])
+    assert len(c) == 4 and np.allclose(back.vectors(np.array([10])), e[2:3])  # independent

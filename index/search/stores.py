@@ -56,6 +56,11 @@ class FaissFlatStore:
         self.device = device
         self._cpu = index if index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
         self._search_index: faiss.Index | None = None
+        # an upper bound of the stored ids: an add of larger ids (a live catalogue's new
+        # listings) needs no removal scan first, so it costs O(batch), not O(n)
+        self._max_id = -1
+        if len(self):
+            self._max_id = int(faiss.vector_to_array(self._cpu.id_map).max())  # type: ignore[attr-defined]
 
     def __len__(self) -> int:
         return int(self._cpu.ntotal)
@@ -64,8 +69,12 @@ class FaissFlatStore:
         x = as_f32(x)
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         assert x.shape == (ids.shape[0], self.dim), (x.shape, ids.shape, self.dim)
-        self.remove(ids)
+        if ids.size == 0:
+            return
+        if int(ids.min()) <= self._max_id:  # some may be stored: replace them
+            self.remove(ids)
         self._cpu.add_with_ids(x, ids)
+        self._max_id = max(self._max_id, int(ids.max()))
         self._search_index = None
 
     def remove(self, ids: np.ndarray) -> int:
