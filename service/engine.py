@@ -35,7 +35,7 @@ from index.store.atomic import sha256
 from index.store.bundle import load_bundle
 from index.store.live import LiveCatalogue
 from index.store.milvus import MilvusVectors
-from index.store.model import fingerprint, load_model
+from index.store.model import fingerprint, load_model, needed_modalities
 from index.store.snapshots import load_snapshot, save_snapshot, snapshot_wal_next
 from index.store.wal import WriteAheadLog, apply_record, delete_record, segments, upsert_record
 from service.batching import Batcher, BatcherFactory, MicroBatcher, run_batches
@@ -185,7 +185,11 @@ class Engine:
             source = f"bundle {bundle.folder}"
             ranker: Ranker | None = None  # a bundle holds no ranker
         else:
-            model = load_model(settings.model_dir, device=dev)
+            # only the encoders the model's pipeline uses (fusion.json, stages, ranker)
+            peek = load_model(settings.model_dir, device=dev, modalities=())
+            model = load_model(
+                settings.model_dir, dev, sorted(needed_modalities(peek.fusion, peek.ranker))
+            )
             encoders, fusion, folder = model.encoders, model.fusion, model.folder
             ranker = model.ranker
             tfidf = None

@@ -428,8 +428,8 @@ def test_the_tuned_fusion_never_ends_below_its_best_single_signal(
     from index.cli.commands import never_below_single
 
     a, b = FusionConfig(thresholds={"tfidf": 0.5}), FusionConfig(thresholds={"text": 0.5})
-    assert never_below_single((a, 0.5), [(b, 0.6)]) is b
-    assert never_below_single((a, 0.5), [(b, 0.5)]) is a  # a tie keeps the fusion
+    assert never_below_single((a, 0.5), [(b, 0.6)]) == (b, 0.6)
+    assert never_below_single((a, 0.5), [(b, 0.5)])[0] is a  # a tie keeps the fusion
     rep = tmp_path / "r.json"
     assert (
         main(["evaluate", str(synth / "listings.csv"), "-q", "--tune", "--report", str(rep)]) == 0
@@ -437,3 +437,74 @@ def test_the_tuned_fusion_never_ends_below_its_best_single_signal(
     rows = {r["name"]: r for r in json.loads(rep.read_text())["rows"]}
     singles = [r["f1"] for n, r in rows.items() if n.endswith("alone (tuned)")]
     assert singles and rows["fused (tuned)"]["f1"] >= max(singles) - 1e-9
+
+
+def test_an_encoder_the_pipeline_does_not_use_is_not_loaded(
+    model_dir: Path,
+    synth: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+    import shutil
+
+    from index.store.model import needed_modalities
+
+    d = FusionConfig()
+    assert needed_modalities(d.with_(thresholds={"tfidf": 0.5})) == set()
+    assert needed_modalities(d) == {"text", "image"}
+    combined = d.with_(thresholds={"tfidf": 0.5, "combined": 0.6}).with_stages(
+        combined_weights={"tfidf": 1.0, "text": 1.0}
+    )
+    assert needed_modalities(combined) == {"text"}
+    m = tmp_path / "m"
+    shutil.copytree(model_dir, m)
+    write_fusion(m / "fusion.json", d.with_(thresholds={"tfidf": 0.6, "phash": 0.9}))
+    argv = ["match", str(synth / "listings.csv"), "--model", str(m), "-q"]
+    with caplog.at_level(logging.INFO, logger="pricematch"):
+        assert main([*argv, "-o", str(tmp_path / "a.csv")]) == 0
+    assert "signals tfidf+phash;" in capsys.readouterr().out
+    assert "the text encoder is not loaded" in caplog.text
+    # --signals naming it forces it, at the default threshold
+    assert main([*argv, "--signals", "tfidf,phash,text", "-o", str(tmp_path / "b.csv")]) == 0
+    assert "signals tfidf+phash+text;" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("text_gain", "left_out"), [(0.002, ["phash"]), (0.0009, ["phash", "text"])]
+)
+def test_signals_that_earn_under_0_001_are_left_out(text_gain: float, left_out: list[str]) -> None:
+    from index.tuning.grids import MARGINAL_MIN, drop_weak
+
+    assert MARGINAL_MIN == 0.001
+    w = {"tfidf": 0.1, "phash": 0.0005, "text": text_gain}
+
+    def tuner(c: FusionConfig) -> tuple[FusionConfig, float]:
+        return c, sum(w[s] for s in c.thresholds)
+
+    best = FusionConfig(thresholds={"tfidf": 0.6, "phash": 0.9, "text": 0.9}, min2_signal="text")
+    kept, score, dropped, first = drop_weak(tuner, best, sum(w.values()))
+    assert [s for s, _ in dropped] == left_out
+    assert set(kept.thresholds) == set(w) - set(left_out)
+    assert score == pytest.approx(sum(w[s] for s in kept.thresholds))
+    assert first == pytest.approx(w)
+    assert kept.min2_signal in kept.thresholds  # moved off a signal left out
+    # exactly at the floor: kept (>=)
+    w["phash"] = 0.001
+    kept, _, dropped, _ = drop_weak(tuner, best, sum(w.values()))
+    assert "phash" in kept.thresholds
+
+
+def test_evaluate_tune_reports_marginals_and_saves_without_weak_signals(
+    synth: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    rep, cfg = tmp_path / "r.json", tmp_path / "f.json"
+    argv = ["evaluate", str(synth / "listings.csv"), "-q", "--tune", "--report", str(rep)]
+    assert main([*argv, "--save-config", str(cfg)]) == 0
+    assert "marginal F1 of each signal" in capsys.readouterr().out
+    r = json.loads(rep.read_text())
+    assert set(r["marginal"]) == {"tfidf", "phash"}
+    saved = read_fusion(cfg)
+    assert set(saved.thresholds) == {"tfidf", "phash"} - set(r["left_out"])
+    assert all(g < 0.001 for g in r["left_out"].values())

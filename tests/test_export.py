@@ -354,8 +354,9 @@ def test_export_default(tmp_path: Path) -> None:
     from index.data.synthetic import SyntheticSpec, make_catalogue
     from index.matching.fusion import FusionConfig
 
-    assert FusionConfig.model_validate_json((tmp_path / "fusion.json").read_text()) == (
-        FusionConfig()
+    cfg = FusionConfig.model_validate_json((tmp_path / "fusion.json").read_text())
+    assert cfg == FusionConfig().with_(
+        thresholds={"tfidf": 0.625, "phash": 1 - 6 / 64, "image": 0.8}
     )
     listings = make_catalogue(tmp_path / "cat", SyntheticSpec(products=6, seed=3))
     sub = tmp_path / "sub.csv"

@@ -535,5 +535,16 @@ def export_default(out: Path, parity_images: Sequence[ImageInput] | None = None)
     text = export_default_text(out / "text")
     image = export_default_image(out / "image", parity_images)
     # Thresholds for these encoders travel with them (see FusionConfig's defaults).
-    write_fusion(out / FUSION, FusionConfig())
+    write_fusion(out / FUSION, zero_shot_fusion())
     return DefaultExport(text=text, image=image)
+
+
+def zero_shot_fusion() -> FusionConfig:
+    """The default model's fusion: FusionConfig's thresholds without the text signal. The
+    zero-shot MiniLM earns nothing measured (Shopee dev rows: fused F1 with it 0.7460, without
+    it 0.7461, tuned in sample; WDC computers: TF-IDF alone 0.788 vs fused 0.785 out of
+    sample; docs/BENCHMARKS.md), so the default pipeline does not run it: `--signals
+    tfidf,phash,text,image` forces it, and `pricematch train text` writes a fusion that uses
+    the trained encoder."""
+    d = FusionConfig()
+    return d.with_(thresholds={k: v for k, v in d.thresholds.items() if k != "text"})

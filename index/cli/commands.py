@@ -15,13 +15,20 @@ from index.data.listings import Catalogue, read_catalogue, write_links, write_su
 from index.data.oof import read_oof
 from index.data.pairs import is_pair_folder, read_pair_folder
 from index.errors import CatalogueError, EncoderError
-from index.features.embed import Encoders, Features, embed
+from index.features.embed import DENSE, Encoders, Features, embed
 from index.features.tfidf import TfidfConfig
 from index.matching.fusion import SIGNALS, FusionConfig
 from index.matching.selfmatch import NeighbourStep, local_neighbours, self_match, self_neighbours
 from index.matching.stages import fuse_stages, source_links
 from index.progress import progress
-from index.store.model import FUSION, Model, load_model, read_fusion, write_fusion
+from index.store.model import (
+    FUSION,
+    Model,
+    load_model,
+    needed_modalities,
+    read_fusion,
+    write_fusion,
+)
 from index.tuning.ablation import (
     consensus,
     default_steps,
@@ -34,7 +41,14 @@ from index.tuning.ablation import (
     summarize,
     unanimous_only,
 )
-from index.tuning.grids import group_folds, single_signal, tune_pairs
+from index.tuning.grids import (
+    MARGINAL_MIN,
+    Tuner,
+    drop_weak,
+    group_folds,
+    single_signal,
+    tune_pairs,
+)
 from index.tuning.metrics import f1_report, pair_report
 
 log = logging.getLogger("pricematch")
@@ -87,8 +101,8 @@ def resolve_model(args: argparse.Namespace) -> Model:
     folder = _model_folder(args)
     if args.bundle is not None and not (args.bundle / FUSION).is_file():
         raise EncoderError(f"{args.bundle} is not a bundle (no {FUSION})")
-    model = load_model(folder, device=args.device)
-    encoders, config = model.encoders, model.fusion
+    model = load_model(folder, device=args.device, modalities=())  # config and ranker first
+    config = model.fusion
     if args.bundle is not None:
         config = read_fusion(args.bundle / FUSION)
     if folder is None:
@@ -99,13 +113,20 @@ def resolve_model(args: argparse.Namespace) -> Model:
     if args.config is not None:
         config = read_fusion(args.config)
     chosen = _signals(args)
-    if "text" not in chosen:
-        encoders.text = None
-    if "image" not in chosen or args.images is None:
-        encoders.image = None
-    keep = {k: v for k, v in config.thresholds.items() if k in chosen}
     ranker = None if getattr(args, "no_ranker", False) else model.ranker
-    config = with_options(config.with_(thresholds=keep), args)
+    # --signals naming a signal the config leaves out forces it (at the default threshold)
+    forced = {s for s in chosen if s in DENSE} if args.signals != ",".join(SIGNALS) else set()
+    default = FusionConfig().thresholds
+    thresholds = {s: default[s] for s in forced if s not in config.thresholds}  # type: ignore[index]
+    thresholds.update({k: v for k, v in config.thresholds.items() if k in chosen})
+    config = with_options(config.with_(thresholds=thresholds), args)
+    need = (needed_modalities(config, ranker) | forced) & chosen
+    if args.images is None:
+        need.discard("image")
+    for m in sorted(set(DENSE) - need):
+        if folder is not None and (folder / m / "config.json").is_file():
+            log.info("the %s encoder is not loaded: this pipeline uses no %s signal", m, m)
+    encoders = load_model(folder, args.device, sorted(need)).encoders if need else Encoders()
     return Model(model.folder, encoders, config, ranker)
 
 
@@ -259,9 +280,9 @@ def _fmt_thresholds(config: FusionConfig) -> str:
 
 def never_below_single(
     fused: tuple[FusionConfig, float], singles: list[tuple[FusionConfig, float]]
-) -> FusionConfig:
-    """The tuned fused config, unless a signal alone scored higher on the tuning data:
-    then that signal's config (the fusion never ends below its best single signal)."""
+) -> tuple[FusionConfig, float]:
+    """The tuned fused config and its score, unless a signal alone scored higher on the
+    tuning data: then that signal's (the fusion never ends below its best single signal)."""
     best, score = fused
     for cfg, f1 in singles:
         if f1 > score + 1e-9:
@@ -273,7 +294,25 @@ def never_below_single(
             score,
             fused[1],
         )
-    return best
+    return best, score
+
+
+def earn_their_cost(
+    tuner: Tuner, best: FusionConfig, score: float, what: str
+) -> tuple[FusionConfig, dict[str, Any]]:
+    """Print each signal's marginal score (left out, the others re-tuned) and return the
+    config without those adding under `MARGINAL_MIN` (and the report of it)."""
+    kept, _, dropped, marg = drop_weak(tuner, best, score)
+    if marg:
+        print(f"\nmarginal {what} of each signal (left out, the others re-tuned):")
+        for s, g in sorted(marg.items(), key=lambda kv: -kv[1]):
+            print(f"  {s:<10} {g:+.4f}")
+    for s, g in dropped:
+        print(
+            f"left out {s}: adds {g:+.4f} < {MARGINAL_MIN} (its encoder is then not loaded; "
+            "--signals naming it forces it)"
+        )
+    return kept, {"marginal": marg, "left_out": dict(dropped)}
 
 
 def _evaluate_pairs(args: argparse.Namespace) -> int:
@@ -298,6 +337,7 @@ def _evaluate_pairs(args: argparse.Namespace) -> int:
         return tune_pairs(nb, on, start, cat.title, source, show_progress=not args.quiet)
 
     singles: list[tuple[FusionConfig, float]] = []
+    earned: dict[str, Any] = {}
     for s in result.signals_used():
         single = single_signal(s, result.config)
         I, _ = fuse_stages(nb, single, cat.title, source=source)
@@ -307,9 +347,14 @@ def _evaluate_pairs(args: argparse.Namespace) -> int:
             I, _ = fuse_stages(nb, singles[-1][0], cat.title, source=source)
             rows.insert(len(rows) - 1, (f"{s} alone (tuned)", I))
     if tune_on is not None:
-        best = never_below_single(tuned(result.config), singles)
+        best, score = never_below_single(tuned(result.config), singles)
         I, _ = fuse_stages(nb, best, cat.title, source=source)
         rows.append(("fused (tuned on train)", I))
+        kept, earned = earn_their_cost(tuned, best, score, "train-pair F1")
+        if kept is not best:
+            best = kept
+            I, _ = fuse_stages(nb, best, cat.title, source=source)
+            rows.append(("fused (tuned, weak signals out)", I))
     if model.ranker is not None:
         I, S = model.ranker.match(result.features, result.neighbours, cat.title)
         I, _ = source_links(I, S, result.neighbours, result.config, source)
@@ -327,7 +372,10 @@ def _evaluate_pairs(args: argparse.Namespace) -> int:
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
         args.report.write_text(
-            json.dumps({"input": str(args.input), "split": args.split, "rows": report}, indent=2),
+            json.dumps(
+                {"input": str(args.input), "split": args.split, "rows": report, **earned},
+                indent=2,
+            ),
             encoding="utf-8",
         )
     if args.tune:
@@ -361,6 +409,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     titles, src = cat.title, cat.source_codes
     rows = []
     singles: list[tuple[FusionConfig, float]] = []
+    earned: dict[str, Any] = {}
     for s in result.signals_used():
         single = single_signal(s, config)
         rows.append(_row(f"{s} alone", single, nb, labels, titles, src))
@@ -374,8 +423,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         rows.append({**rep, "name": "pair re-ranker", "config": config.model_dump()})
     best = config
     if args.tune:
-        best = never_below_single(tune(nb, labels, config, show_progress=show), singles)
+        best, score = never_below_single(tune(nb, labels, config, show_progress=show), singles)
         rows.append(_row("fused (tuned)", best, nb, labels, titles, src))
+        kept, earned = earn_their_cost(lambda c: tune(nb, labels, c), best, score, "F1")
+        if kept is not best:
+            best = kept
+            rows.append(_row("fused (tuned, weak signals out)", best, nb, labels, titles, src))
     elapsed = time.perf_counter() - t0
 
     print(f"\n{args.input}: {len(cat)} rows, {len(np.unique(labels))} groups")
@@ -396,7 +449,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
         args.report.write_text(
-            json.dumps({"input": str(args.input), "rows": rows, "seconds": elapsed}, indent=2),
+            json.dumps(
+                {"input": str(args.input), "rows": rows, "seconds": elapsed, **earned}, indent=2
+            ),
             encoding="utf-8",
         )
     if args.save_config:

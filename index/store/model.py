@@ -98,15 +98,40 @@ def load_encoders(
     return Encoders(**{m: load_encoder(p, device=device) for m, p in found.items()})
 
 
-def load_model(folder: str | Path | None, device: Device = "auto") -> Model:
+def needed_modalities(fusion: FusionConfig, ranker: Ranker | None = None) -> set[str]:
+    """The encoders (`DENSE` modalities) a pipeline uses: a signal with a threshold, one
+    weighted into the combined embedding (with a "combined" threshold) or blended by INB,
+    one the ranker was trained with. The others need not be loaded."""
+    need: set[str] = {m for m in DENSE if m in fusion.thresholds}
+    st = fusion.stages
+    if "combined" in fusion.thresholds:
+        need |= {m for m in st.combined_weights if m in DENSE}
+    if st.inb or st.qe_alpha is not None:
+        need |= {m for m in st.blend_signals if m in DENSE}
+    if ranker is not None:
+        need |= {m for m in ranker.signals if m in DENSE}
+    return need
+
+
+def load_model(
+    folder: str | Path | None, device: Device = "auto", modalities: Sequence[str] | None = None
+) -> Model:
     """A model folder's encoders and fusion config (defaults without fusion.json); None
-    gives no encoders and the default config (TF-IDF and phash only)."""
+    gives no encoders and the default config (TF-IDF and phash only).
+
+    Args:
+        modalities: load only these encoders (None: every one the folder has).
+    """
     if folder is None:
         return Model(None, Encoders(), FusionConfig())
     root = Path(folder)
-    bare = root.is_dir() and not any((root / m / "config.json").is_file() for m in DENSE)
+    have = [m for m in DENSE if (root / m / "config.json").is_file()]
+    bare = root.is_dir() and not have
     if bare and ((root / FUSION).is_file() or (root / RANKER).is_dir()):
         encoders = Encoders()  # a TF-IDF and phash model: thresholds and/or a ranker only
+    elif modalities is not None and root.is_dir() and have:
+        wanted = [m for m in have if m in modalities]
+        encoders = load_encoders(root, device, wanted) if wanted else Encoders()
     else:
         encoders = load_encoders(root, device=device)
     fusion = read_fusion(root / FUSION) if (root / FUSION).is_file() else FusionConfig()

@@ -402,3 +402,51 @@ def tune_pairs(
     min2 = [s for s in ("tfidf", "text", "image", "combined") if s in signals]
     best, f1 = descend(objective, start, min2, rounds, True, show_progress)
     return best.with_(tuned_rows=n), f1
+
+
+#: A signal whose marginal F1 is below this is left out of a saved config (`drop_weak`).
+MARGINAL_MIN = 0.001
+#: Re-tunes a config (its thresholds as the start) on labelled data: (config, score).
+Tuner = Callable[[FusionConfig], tuple[FusionConfig, float]]
+
+
+def marginals(
+    tuner: Tuner, best: FusionConfig, score: float
+) -> dict[str, tuple[float, FusionConfig]]:
+    """Each signal's marginal score: `score` minus the score of `best` without it, the
+    other thresholds re-tuned (`tuner`); with the re-tuned config. Empty for one signal."""
+    out: dict[str, tuple[float, FusionConfig]] = {}
+    if len(best.thresholds) < 2:
+        return out
+    for s in best.thresholds:
+        rest = {k: v for k, v in best.thresholds.items() if k != s}
+        min2 = best.min2_signal if best.min2_signal != s else next(iter(rest))
+        cfg, f = tuner(best.with_(thresholds=rest, min2_signal=min2))
+        out[s] = (score - f, cfg)
+    return out
+
+
+def drop_weak(
+    tuner: Tuner, best: FusionConfig, score: float, floor: float = MARGINAL_MIN
+) -> tuple[FusionConfig, float, list[tuple[str, float]], dict[str, float]]:
+    """Leave out, one at a time, the signal with the lowest marginal score while it is
+    below `floor` (the others re-tuned each time).
+
+    Returns:
+        the config kept, its score, the (signal, marginal) left out in order, and the
+        marginals of the first round (every signal of `best`).
+    """
+    dropped: list[tuple[str, float]] = []
+    first: dict[str, float] | None = None
+    while True:
+        m = marginals(tuner, best, score)
+        if first is None:
+            first = {s: g for s, (g, _) in m.items()}
+        if not m:
+            break
+        s, (gain, cfg) = min(m.items(), key=lambda kv: kv[1][0])
+        if gain >= floor:
+            break
+        dropped.append((s, gain))
+        best, score = cfg, score - gain
+    return best, score, dropped, first
