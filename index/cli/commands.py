@@ -120,10 +120,11 @@ def resolve_model(args: argparse.Namespace) -> Model:
     thresholds = {s: default[s] for s in forced if s not in config.thresholds}  # type: ignore[index]
     thresholds.update({k: v for k, v in config.thresholds.items() if k in chosen})
     config = with_options(config.with_(thresholds=thresholds), args)
-    need = (needed_modalities(config, ranker) | forced) & chosen
+    used = needed_modalities(config, ranker) | forced
+    need = used & chosen
     if args.images is None:
         need.discard("image")
-    for m in sorted(set(DENSE) - need):
+    for m in sorted(set(DENSE) - used):  # left out by the config, not by --signals/--images
         if folder is not None and (folder / m / "config.json").is_file():
             log.info("the %s encoder is not loaded: this pipeline uses no %s signal", m, m)
     encoders = load_model(folder, args.device, sorted(need)).encoders if need else Encoders()
