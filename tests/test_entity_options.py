@@ -508,3 +508,16 @@ def test_evaluate_tune_reports_marginals_and_saves_without_weak_signals(
     saved = read_fusion(cfg)
     assert set(saved.thresholds) == {"tfidf", "phash"} - set(r["left_out"])
     assert all(g < 0.001 for g in r["left_out"].values())
+
+
+@pytest.mark.parametrize(
+    "cfg", [TfidfConfig(), TfidfConfig(char_ngrams=(3, 5)), TfidfConfig(code_tokens=False)]
+)
+def test_fit_transform_is_fit_then_transform(cfg: TfidfConfig) -> None:
+    titles = ["Sony DSC-W120 kamera", "sony dscw120", "", "kaos polos 500ml &amp; 2pcs"] * 3
+    a = TitleTfidf(cfg).fit(titles).transform(titles).toarray()
+    t = TitleTfidf(cfg)
+    b = t.fit_transform(titles).toarray()
+    assert np.allclose(a, b, atol=1e-6)
+    assert np.allclose(t.transform(titles).toarray(), a, atol=1e-6)  # fitted as by fit
+    assert TitleTfidf(cfg).fit_transform(["", ""]).shape[0] == 2  # all empty: zero rows

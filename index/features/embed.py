@@ -216,8 +216,10 @@ def embed(
     """
     encoders = encoders or Encoders()
     if tfidf is None:
-        tfidf = TitleTfidf(tfidf_config).fit(cat.title)
-    X = tfidf.transform(cat.title)
+        tfidf = TitleTfidf(tfidf_config)
+        X = tfidf.fit_transform(cat.title)
+    else:
+        X = tfidf.transform(cat.title)
     given = cat.image_phash if cat.image_phash is not None else [""] * len(cat)  # one per row
     hashes, failed = fill_phash(given, cat.image, show_progress=show_progress)
     dense: dict[str, tuple[np.ndarray, np.ndarray]] = {}

@@ -104,9 +104,24 @@ class TitleTfidf:
         assert self.word is not None, "fit or load first"
         norm = self._texts(titles)
         X = self.word.transform(norm)
-        if self.char is not None:
+        C = self.char.transform(norm) if self.char is not None else None
+        return self._stack(X, C)
+
+    def fit_transform(self, titles: list[str]) -> sp.csr_matrix:
+        """`fit(titles).transform(titles)` with the titles normalised and tokenised once."""
+        norm = self._texts(titles)
+        if not any(norm):
+            return self.fit(titles).transform(titles)
+        self.word, self.char = self._vectorizers()
+        X = self.word.fit_transform(norm)
+        C = self.char.fit_transform(norm) if self.char is not None else None
+        return self._stack(X, C)
+
+    def _stack(self, X: sp.csr_matrix, C: sp.csr_matrix | None) -> sp.csr_matrix:
+        """Word (and char) parts weighted, stacked, rows L2-normalised, float32 CSR."""
+        if C is not None:
             w = self.config.char_weight
-            X = sp.hstack([np.sqrt(1 - w) * X, np.sqrt(w) * self.char.transform(norm)])
+            X = sp.hstack([np.sqrt(1 - w) * X, np.sqrt(w) * C])
         X = sp.csr_matrix(X, dtype=np.float32)
         n = np.sqrt(np.asarray(X.multiply(X).sum(axis=1)).ravel())
         return sp.csr_matrix(sp.diags(1 / np.maximum(n, 1e-12)) @ X, dtype=np.float32)
