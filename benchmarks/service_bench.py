@@ -42,6 +42,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def stage_means(metrics: str) -> dict[str, float]:
+    """Mean milliseconds per /match stage from the service's Prometheus text."""
+    import re
+
+    sums: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    pat = re.compile(r'^pricematch_match_stage_seconds_(sum|count)\{stage="([^"]+)"\} (\S+)$')
+    for line in metrics.splitlines():
+        if m := pat.match(line):
+            (sums if m.group(1) == "sum" else counts)[m.group(2)] = float(m.group(3))
+    return {k: 1000 * sums[k] / counts[k] for k in sums if counts.get(k)}
+
+
 def run(cmd: list[str]) -> float:
     t = time.perf_counter()
     subprocess.run(cmd, check=True)
@@ -175,6 +188,12 @@ def main() -> int:
                 f"p99 {res['p99']:.1f} ms, {res['rps']:.1f} req/s",
                 flush=True,
             )
+        stages = stage_means(httpx.get(base + "/metrics").text)
+        print(
+            "/match time per stage (mean over every request, ms): "
+            + ", ".join(f"{k} {v:.2f}" for k, v in stages.items()),
+            flush=True,
+        )
         t = time.perf_counter()
         r = httpx.post(base + "/batch-match", files={"csv": ("test.csv", test_bytes)}, timeout=3600)
         batch_s = time.perf_counter() - t

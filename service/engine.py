@@ -349,18 +349,28 @@ class Engine:
         config = self.fusion
         if threshold:
             config = config.with_(thresholds={**config.thresholds, **threshold})
+        t0 = time.perf_counter()
         feats = await self._query_features([listing])
+        stage = self.metrics.match_stage_seconds
+        stage.labels("features").observe(time.perf_counter() - t0)
 
         def search() -> list[Match]:
             # One query is a small search: OpenMP threads in it would only fight the other
             # requests' threads (the setting is per thread; batch_match sets its own).
             faiss.omp_set_num_threads(1)
             with self.lock:
+                t = time.perf_counter()
+                self.catalogue.last_timings = {}
                 ranker = self.ranker if self.match_ranker and not threshold else None
                 if ranker is not None and ranker.config.covers(len(self.catalogue)):
                     found = self.catalogue.rank(feats, ranker, [listing.posting_id])[0]
                 else:
                     found = self.catalogue.match(feats, config, [listing.posting_id])[0]
+                total = time.perf_counter() - t
+                searched = dict(self.catalogue.last_timings)
+            for name, secs in searched.items():
+                stage.labels(name).observe(secs)
+            stage.labels("fuse").observe(max(0.0, total - sum(searched.values())))
             return [
                 Match(
                     posting_id=m.posting_id,

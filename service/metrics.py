@@ -56,6 +56,14 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
             registry=r,
         )
+        self.match_stage_seconds = Histogram(
+            "pricematch_match_stage_seconds",
+            "time of each stage of one /match: features (parse, decode, encode), each "
+            "signal's search, fuse (the rest of the decision)",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.wal_records = Gauge(
             "pricematch_wal_records", "write-ahead log records since the last snapshot", registry=r
         )

@@ -241,3 +241,17 @@ def test_write_latency_helpers() -> None:
     assert r["p50"] == 10.0 and r["mean"] == 11.0
     assert r["p99"] == pytest.approx(11.0)  # numpy's linear interpolation at 99%
     assert r["writes_per_s"] == pytest.approx(1000 / 11)
+
+
+def test_service_bench_reads_stage_means() -> None:
+    from benchmarks.service_bench import stage_means
+
+    text = (
+        'pricematch_match_stage_seconds_sum{stage="fuse"} 0.5\n'
+        'pricematch_match_stage_seconds_count{stage="fuse"} 100.0\n'
+        'pricematch_match_stage_seconds_sum{stage="search_tfidf"} 2.0\n'
+        'pricematch_match_stage_seconds_count{stage="search_tfidf"} 100.0\n'
+        'pricematch_match_stage_seconds_bucket{stage="fuse",le="0.01"} 3.0\n'
+    )
+    assert stage_means(text) == {"fuse": 5.0, "search_tfidf": 20.0}
+    assert stage_means("") == {}

@@ -534,3 +534,13 @@ def test_metrics_count_routes_and_time_encoders(filled: TestClient) -> None:
     assert 'pricematch_request_seconds_count{method="POST",route="/match"} 3.0' in m
     assert 'pricematch_encoder_seconds_count{modality="text"}' in m
     assert "pricematch_catalogue_listings" in m
+
+
+def test_metrics_time_each_stage_of_a_match(filled: TestClient) -> None:
+    before = filled.get("/metrics").text
+    assert 'pricematch_match_stage_seconds_count{stage="search_tfidf"}' not in before
+    r = filled.post("/match", json={"title": "kaos polos", "image_phash": "94974f937d4c2433"})
+    assert r.status_code == 200, r.text
+    text = filled.get("/metrics").text
+    for stage in ("features", "search_tfidf", "search_phash", "search_text", "fuse"):
+        assert f'pricematch_match_stage_seconds_count{{stage="{stage}"}} 1.0' in text, stage

@@ -18,6 +18,7 @@ gives what `index.matching.selfmatch.match_catalogue` gives on the same features
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -192,6 +193,8 @@ class LiveCatalogue:
             assert m in DENSE, m
             self.stores.setdefault(m, FaissFlatStore(d, device=self.device))
         self._row = {p: i for i, p in enumerate(self.posting_id)}
+        #: seconds of each signal's search in the last `query_neighbours` (for the metrics)
+        self.last_timings: dict[str, float] = {}
         self._X: sp.csr_matrix | None = None
         self._XT: sp.csr_matrix | None = None
         self._hamming: tuple[Any, np.ndarray] | None = None
@@ -360,17 +363,19 @@ class LiveCatalogue:
             self._XT = sp.csr_matrix(X.T)
         if self._hamming is None:
             self._hamming = hamming_index(codes, pvalid)
+        t = time.perf_counter()
         Xq = tfidf.transform(q.title)
-        out: dict[str, Neighbours] = {
-            "tfidf": sparse_topk(Xq, self._XT, k),
-            "phash": hamming_search(*self._hamming, q.phash, q.phash_valid, k),
-        }
+        out: dict[str, Neighbours] = {"tfidf": sparse_topk(Xq, self._XT, k)}
+        t, self.last_timings["search_tfidf"] = time.perf_counter(), time.perf_counter() - t
+        out["phash"] = hamming_search(*self._hamming, q.phash, q.phash_valid, k)
+        t, self.last_timings["search_phash"] = time.perf_counter(), time.perf_counter() - t
         dense = q.dense()
         for m, store in self.stores.items():
             if m in dense:
                 out[m] = store_knn(*dense[m], store, self.ids, k)
             else:
                 out[m] = no_neighbours(len(q), k)
+            t, self.last_timings[f"search_{m}"] = time.perf_counter(), time.perf_counter() - t
         return out
 
     def search(
