@@ -90,7 +90,9 @@ class TitleTfidf:
         return norm
 
     def fit(self, titles: list[str]) -> TitleTfidf:
-        norm = self._texts(titles)
+        return self._fit(self._texts(titles))
+
+    def _fit(self, norm: list[str]) -> TitleTfidf:
         self.word, self.char = self._vectorizers()
         if not any(norm):
             norm = ["_empty_"]  # an all-empty catalogue still gets a (useless) vocabulary
@@ -101,21 +103,19 @@ class TitleTfidf:
 
     def transform(self, titles: list[str]) -> sp.csr_matrix:
         """(n, vocab) float32 CSR, rows L2-normalised (empty titles are zero rows)."""
+        return self._transform(self._texts(titles))
+
+    def _transform(self, norm: list[str]) -> sp.csr_matrix:
         assert self.word is not None, "fit or load first"
-        norm = self._texts(titles)
         X = self.word.transform(norm)
         C = self.char.transform(norm) if self.char is not None else None
         return self._stack(X, C)
 
     def fit_transform(self, titles: list[str]) -> sp.csr_matrix:
-        """`fit(titles).transform(titles)` with the titles normalised and tokenised once."""
+        """`fit(titles).transform(titles)`, bit for bit (the Ray engine fits, then transforms
+        its shards), with the titles normalised once."""
         norm = self._texts(titles)
-        if not any(norm):
-            return self.fit(titles).transform(titles)
-        self.word, self.char = self._vectorizers()
-        X = self.word.fit_transform(norm)
-        C = self.char.fit_transform(norm) if self.char is not None else None
-        return self._stack(X, C)
+        return self._fit(norm)._transform(norm)
 
     def _stack(self, X: sp.csr_matrix, C: sp.csr_matrix | None) -> sp.csr_matrix:
         """Word (and char) parts weighted, stacked, rows L2-normalised, float32 CSR."""
