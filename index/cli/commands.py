@@ -119,8 +119,8 @@ def resolve_model(args: argparse.Namespace) -> Model:
     default = FusionConfig().thresholds
     thresholds = {s: default[s] for s in forced if s not in config.thresholds}  # type: ignore[index]
     thresholds.update({k: v for k, v in config.thresholds.items() if k in chosen})
+    used = needed_modalities(config, ranker) | forced  # before --signals narrows it
     config = with_options(config.with_(thresholds=thresholds), args)
-    used = needed_modalities(config, ranker) | forced
     need = used & chosen
     if args.images is None:
         need.discard("image")
