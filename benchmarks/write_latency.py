@@ -29,18 +29,14 @@ from pathlib import Path
 
 import numpy as np
 
-from index.store.live import LiveCatalogue
-from index.store.model import fingerprint, load_model
-from index.store.snapshots import save_snapshot
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `index` and `benchmarks` from this checkout
+    sys.path.insert(0, str(ROOT))
 
-
-def parse_size(s: str) -> int:
-    """ "3k" -> 3000, "1M" -> 1000000, "2500" -> 2500."""
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)([kKmM]?)", s.strip())
-    if not m:
-        raise argparse.ArgumentTypeError(f"not a size: {s!r}")
-    mult = {"": 1, "k": 1000, "m": 1_000_000}[m.group(2).lower()]
-    return int(float(m.group(1)) * mult)
+from benchmarks.store_scale import parse_size  # noqa: E402
+from index.store.live import LiveCatalogue  # noqa: E402
+from index.store.model import fingerprint, load_model  # noqa: E402
+from index.store.snapshots import save_snapshot  # noqa: E402
 
 
 def percentiles(ms: list[float]) -> dict[str, float]:

@@ -226,17 +226,8 @@ def test_reference_pipeline_matches_equal_phash_and_close_titles(tmp_path: Path)
 
 
 def test_write_latency_helpers() -> None:
-    from benchmarks.write_latency import parse_size, percentiles
+    from benchmarks.write_latency import percentiles
 
-    assert [parse_size(s) for s in ("3k", "27k", "300k", "1M", "2500")] == [
-        3000,
-        27000,
-        300000,
-        1_000_000,
-        2500,
-    ]
-    with pytest.raises(Exception, match="not a size"):
-        parse_size("big")
     r = percentiles([10.0] * 99 + [110.0])
     assert r["p50"] == 10.0 and r["mean"] == 11.0
     assert r["p99"] == pytest.approx(11.0)  # numpy's linear interpolation at 99%
