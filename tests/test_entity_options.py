@@ -521,3 +521,54 @@ def test_fit_transform_is_fit_then_transform(cfg: TfidfConfig) -> None:
     assert np.array_equal(a, b)  # bit for bit (the Ray engine fits, then transforms)
     assert np.array_equal(t.transform(titles).toarray(), a)  # fitted as by fit
     assert TitleTfidf(cfg).fit_transform(["", ""]).shape[0] == 2  # all empty: zero rows
+
+
+def test_field_weights_weigh_each_fields_words(tmp_path: Path) -> None:
+    root = two_shops(tmp_path / "er")
+    data = read_pair_folder(root, ["title", "description"])
+    cat = data.catalogue
+    assert cat.fields is not None
+    assert cat.fields["description"][3] == "pocket camera"
+    assert cat.fields["title"][3] == "dscw120 sony camera"
+
+    def sim(weights: dict[str, float]) -> float:
+        cfg = FusionConfig(thresholds={"tfidf": 0.99}, min2=False, tfidf={"field_weights": weights})
+        feats = self_match(cat, cfg).features
+        return float(feats.pair_similarity("tfidf", np.array([0]), np.array([5]))[0])
+
+    # a-1 (sony) and b-9 (canon) share only their description
+    full, light, none = (
+        sim({"title": 1, "description": 1}),
+        sim({"title": 1, "description": 0.2}),
+        sim({"title": 1, "description": 0}),
+    )
+    assert full > light > none
+    assert none == pytest.approx(0.0, abs=1e-6)
+    # weight 0 on the description is the title alone (the vocabulary of both fields)
+    t = TitleTfidf(TfidfConfig(field_weights={"title": 1.0})).fit(cat.title)
+    assert np.allclose(
+        t.transform_fields(cat.fields).toarray(), t.transform(cat.fields["title"]).toarray()
+    )
+
+
+def test_field_weights_from_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = two_shops(tmp_path / "er")
+    cfg = tmp_path / "f.json"
+    argv = ["evaluate", str(root), "-q", "--fields", "title:1,description:0.3"]
+    assert main([*argv, "--save-config", str(cfg)]) == 0
+    assert read_fusion(cfg).tfidf.field_weights == {"title": 1.0, "description": 0.3}
+    capsys.readouterr()
+    bad = ["match", str(root), "-q", "-o", str(tmp_path / "s.csv"), "--fields", "title:x"]
+    assert main(bad) == 2
+    assert "--fields: the weight of 'title'" in capsys.readouterr().err
+    # a config with weights but listings read without those fields: a clear error
+    assert (
+        main(["match", str(root), "-q", "-o", str(tmp_path / "s.csv"), "--config", str(cfg)]) == 2
+    )
+    assert "field weights name" in capsys.readouterr().err
+    listings = tmp_path / "l.csv"
+    listings.write_text("posting_id,title,description\np1,sony camera,compact\np2,canon,zoom\n")
+    build = ["build-index", str(listings), "--out", str(tmp_path / "b"), *argv[3:5]]
+    assert main(build) == 2  # a bundle's /match queries carry one title: refused
+    assert "field weights apply to match" in capsys.readouterr().err
+    assert main([*build[:-1], "title,description"]) == 0  # without weights: fine

@@ -142,7 +142,8 @@ def add_text_options(p: argparse.ArgumentParser) -> None:
         "--fields",
         help="comma-separated columns (CSV) or attributes (entity-matching tables) joined, "
         "in this order, into each listing's title (default: title; tables without one: "
-        "every attribute)",
+        "every attribute); NAME:W weighs a field's words in TF-IDF (default 1; 0 leaves "
+        "them out of TF-IDF), e.g. title:1,description:0.3",
     )
     p.add_argument(
         "--sources",

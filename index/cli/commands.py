@@ -54,10 +54,38 @@ from index.tuning.metrics import f1_report, pair_report
 log = logging.getLogger("pricematch")
 
 
+def _field_spec(args: argparse.Namespace) -> list[tuple[str, float | None]] | None:
+    """`--fields a:2,b` as [(name, weight or None)]; CatalogueError for a bad weight."""
+    spec = getattr(args, "fields", None)
+    if spec is None:
+        return None
+    out: list[tuple[str, float | None]] = []
+    for part in spec.split(","):
+        name, sep, w = part.partition(":")
+        weight = None
+        if sep:
+            try:
+                weight = float(w)
+            except ValueError:
+                weight = -1.0
+            if not 0.0 <= weight <= 100.0:
+                raise CatalogueError(f"--fields: the weight of {name!r} must be 0-100, got {w!r}")
+        out.append((name.strip(), weight))
+    return out
+
+
 def fields_of(args: argparse.Namespace) -> list[str] | None:
     """`--fields` as a list of names (None: the default title)."""
-    spec = getattr(args, "fields", None)
-    return None if spec is None else spec.split(",")
+    spec = _field_spec(args)
+    return None if spec is None else [n for n, _ in spec]
+
+
+def field_weights_of(args: argparse.Namespace) -> dict[str, float] | None:
+    """`--fields` weights (a field without one weighs 1); None where no weight is given."""
+    spec = _field_spec(args)
+    if spec is None or all(w is None for _, w in spec):
+        return None
+    return {n: 1.0 if w is None else w for n, w in spec}
 
 
 def _char_ngrams(spec: str) -> tuple[int, int] | None:
@@ -82,6 +110,9 @@ def with_options(config: FusionConfig, args: argparse.Namespace) -> FusionConfig
         tfidf["code_tokens"] = args.tfidf_codes == "on"
     if getattr(args, "tfidf_char", None):
         tfidf["char_ngrams"] = _char_ngrams(args.tfidf_char)
+    weights = field_weights_of(args)
+    if weights is not None:
+        tfidf["field_weights"] = weights
     return config.with_(tfidf=tfidf)
 
 
@@ -467,6 +498,11 @@ def cmd_build_index(args: argparse.Namespace) -> int:
     cat = _read(args)
     model = resolve_model(args)
     encoders, config = model.encoders, model.fusion
+    if config.tfidf.field_weights:
+        raise CatalogueError(
+            "field weights apply to match, evaluate and train ranker: a bundle's queries "
+            "(/match) carry one title; give --fields without weights"
+        )
     if args.images is not None and encoders.image is None and args.bundle is None and args.model:
         log.warning("--images given but the model has no image encoder")
     feats = embed(cat, encoders, tfidf_config=config.tfidf, show_progress=not args.quiet)

@@ -91,6 +91,8 @@ class Catalogue:
     image_name: list[str] | None = None
     #: where each listing comes from (a shop, a table); "" where unknown; None: no column
     source: list[str] | None = None
+    #: each text field's values when the title was joined from named fields (`fields=`)
+    fields: dict[str, list[str]] | None = None
 
     def __len__(self) -> int:
         return len(self.posting_id)
@@ -118,6 +120,7 @@ class Catalogue:
             label_group=pick(self.label_group),
             image_name=pick(self.image_name),
             source=pick(self.source),
+            fields=None if self.fields is None else {k: pick(v) for k, v in self.fields.items()},  # type: ignore[misc]
         )
 
     def first_groups(self, n: int) -> Catalogue:
@@ -235,6 +238,7 @@ def read_catalogue(
         text_cols = [header.index(c) for c in fields]
     cols: dict[str, list[str]] = {c: [] for c in keep}
     cols["title"] = []
+    per_field: list[list[str]] = []
     seen: dict[str, int] = {}  # posting_id -> its line
     ip = keep["posting_id"]
     for row in rows:
@@ -263,6 +267,7 @@ def read_catalogue(
             cols[c].append(row[i] if c == "title" else row[i].strip())
         if fields is not None:
             cols["title"].append(" ".join(row[i] for i in text_cols if row[i].strip()))
+            per_field.append([row[i] for i in text_cols])
     if not seen:
         raise CatalogueError(f"{name}: no rows after the header")
     del seen
@@ -274,6 +279,12 @@ def read_catalogue(
         label_group=cols.get("label_group"),
         image_name=names,
         source=cols.get("source"),
+        fields=None
+        if fields is None
+        else {
+            f: [" ".join(row_text[k].split()) for row_text in per_field]
+            for k, f in enumerate(fields)
+        },
     )
     n_empty = sum(1 for t in cat.title if not t)
     if n_empty:

@@ -70,7 +70,7 @@ def is_pair_folder(path: str | Path) -> bool:
 
 def _read_table(
     path: Path, prefix: str, fields: tuple[str, ...] | None = None
-) -> tuple[list[str], list[str], dict[str, int]]:
+) -> tuple[list[str], list[str], dict[str, int], dict[str, list[str]]]:
     """posting ids, titles (the `fields` joined, by default `title` or else every attribute),
     and record id -> position of one table."""
     csv.field_size_limit(MAX_FIELD)
@@ -97,6 +97,7 @@ def _read_table(
     ids: list[str] = []
     titles: list[str] = []
     pos: dict[str, int] = {}
+    per: dict[str, list[str]] = {header[i]: [] for i in cols}
     for line, r in enumerate(rows[1:], start=2):
         if len(r) != len(header):
             raise CatalogueError(f"{path}: line {line} has {len(r)} fields, expected {len(header)}")
@@ -106,7 +107,9 @@ def _read_table(
         pos[rid] = len(ids)
         ids.append(f"{prefix}-{rid}")
         titles.append(" ".join(r[i].strip() for i in cols if r[i].strip()))
-    return ids, titles, pos
+        for i in cols:
+            per[header[i]].append(r[i].strip())
+    return ids, titles, pos, per
 
 
 def _read_pairs(path: Path, left: dict[str, int], right: dict[str, int], offset: int) -> Pairs:
@@ -143,14 +146,19 @@ def read_pair_folder(folder: str | Path, fields: Sequence[str] | None = None) ->
     if not is_pair_folder(root):
         raise CatalogueError(f"{root}: not an entity-matching folder (no tableA.csv)")
     chosen = check_fields(fields)
-    ids, titles, left = _read_table(root / "tableA.csv", "a", chosen)
+    ids, titles, left, per = _read_table(root / "tableA.csv", "a", chosen)
     right, offset = left, 0
     if (root / "tableB.csv").is_file():
-        b_ids, b_titles, right = _read_table(root / "tableB.csv", "b", chosen)
+        b_ids, b_titles, right, b_per = _read_table(root / "tableB.csv", "b", chosen)
         offset = len(ids)
         ids, titles = ids + b_ids, titles + b_titles
+        per = {
+            f: per.get(f, [""] * offset) + b_per.get(f, [""] * len(b_ids)) for f in {**per, **b_per}
+        }
     source = None if offset == 0 else ["a"] * offset + ["b"] * (len(ids) - offset)
-    cat = Catalogue(posting_id=ids, title=titles, source=source)
+    cat = Catalogue(
+        posting_id=ids, title=titles, source=source, fields=per if chosen is not None else None
+    )
     splits = {
         s: _read_pairs(root / f"{s}.csv", left, right, offset)
         for s in SPLITS

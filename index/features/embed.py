@@ -12,7 +12,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from index.data.listings import Catalogue
-from index.errors import ImageError
+from index.errors import CatalogueError, ImageError
 from index.features.encoders import Encoder
 from index.features.images import fill_phash, open_image, phash_codes
 from index.features.tfidf import TfidfConfig, TitleTfidf
@@ -215,7 +215,17 @@ def embed(
         tfidf_config: settings for the fitted-here TF-IDF.
     """
     encoders = encoders or Encoders()
-    if tfidf is None:
+    weighted = tfidf_config is not None and tfidf_config.field_weights
+    if weighted and tfidf is None:
+        missing = sorted(set(tfidf_config.field_weights) - set(cat.fields or {}))  # type: ignore[union-attr]
+        if missing:
+            raise CatalogueError(
+                f"field weights name {', '.join(missing)}, which the listings were not read "
+                "with (--fields)"
+            )
+        tfidf = TitleTfidf(tfidf_config).fit(cat.title)  # the vocabulary of every field
+        X = tfidf.transform_fields(cat.fields)  # type: ignore[arg-type]
+    elif tfidf is None:
         tfidf = TitleTfidf(tfidf_config)
         X = tfidf.fit_transform(cat.title)
     else:

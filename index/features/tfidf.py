@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import scipy.sparse as sp
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from index.features.text import model_codes, normalize_title
 
@@ -35,6 +35,9 @@ class TfidfConfig(BaseModel):
     # On by default: +0.05 pairwise F1 on WDC computers, neutral on the Shopee dev rows
     # (docs/BENCHMARKS.md, "Entity-matching options").
     code_tokens: bool = True
+    #: field -> weight: TF-IDF is the weighted sum of each field's own (normalised) vector,
+    #: renormalised (`TitleTfidf.transform_fields`); {}: the joined title as one text
+    field_weights: dict[str, float] = Field(default_factory=dict)
     word_ngrams: tuple[int, int] = (1, 1)
     char_ngrams: tuple[int, int] | None = None
     char_analyzer: Literal["char", "char_wb"] = "char_wb"
@@ -123,6 +126,22 @@ class TitleTfidf:
             w = self.config.char_weight
             X = sp.hstack([np.sqrt(1 - w) * X, np.sqrt(w) * C])
         X = sp.csr_matrix(X, dtype=np.float32)
+        n = np.sqrt(np.asarray(X.multiply(X).sum(axis=1)).ravel())
+        return sp.csr_matrix(sp.diags(1 / np.maximum(n, 1e-12)) @ X, dtype=np.float32)
+
+    def transform_fields(self, fields: dict[str, list[str]]) -> sp.csr_matrix:
+        """(n, vocab) rows of listings given as per-field texts: the sum over the weighted
+        fields (`config.field_weights`) of each field's L2-normalised vector, L2-normalised.
+
+        Raises:
+            KeyError: a weighted field is not in `fields`.
+        """
+        weights = self.config.field_weights
+        parts = [w * self.transform(fields[f]) for f, w in weights.items() if w > 0]
+        if not parts:
+            n = len(next(iter(fields.values())))
+            return sp.csr_matrix((n, self.transform([""]).shape[1]), dtype=np.float32)
+        X = sp.csr_matrix(sum(parts[1:], parts[0]), dtype=np.float32)
         n = np.sqrt(np.asarray(X.multiply(X).sum(axis=1)).ravel())
         return sp.csr_matrix(sp.diags(1 / np.maximum(n, 1e-12)) @ X, dtype=np.float32)
 

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import scipy.sparse as sp
 
+from index.errors import CatalogueError
 from index.features.images import fill_phash, phash_codes
 from index.features.tfidf import TfidfConfig, TitleTfidf
 from index.search.knn import (
@@ -289,6 +290,11 @@ def ray_neighbours(
         )
     else:
         ds = ds.map_batches(_explode, batch_size=1, num_cpus=0.25)
+    if tfidf_config is not None and tfidf_config.field_weights:
+        raise CatalogueError(
+            "--engine ray does not take field weights (its shards transform titles): use "
+            "the default engine, or --fields without weights"
+        )
     tfidf = TitleTfidf(tfidf_config).fit(cat.title)  # fitted once, on every title
     width = int(tfidf.transform([""]).shape[1])
     ds = ds.map_batches(
