@@ -246,3 +246,20 @@ def test_service_bench_reads_stage_means() -> None:
     )
     assert stage_means(text) == {"fuse": 5.0, "search_tfidf": 20.0}
     assert stage_means("") == {}
+
+
+def test_kaggle_scale_input_cycles_titles_and_makes_photos(tmp_path: Path) -> None:
+    import csv
+
+    from benchmarks.kaggle_scale import make_input
+
+    src = tmp_path / "src.csv"
+    src.write_text("posting_id,title,label_group\na,red shoe,g1\nb,blue bag,g2\n")
+    out = make_input(src, 5, tmp_path / "w")
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["posting_id"] for r in rows] == ["p0", "p1", "p2", "p3", "p4"]
+    assert [r["title"] for r in rows] == ["red shoe", "blue bag"] * 2 + ["red shoe"]
+    assert [r["label_group"] for r in rows] == ["g1", "g2", "g1", "g2", "g1"]
+    assert all(r["image_phash"] == "" for r in rows)
+    assert all((tmp_path / "w" / "images" / r["image"]).is_file() for r in rows)
