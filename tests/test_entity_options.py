@@ -572,3 +572,31 @@ def test_field_weights_from_the_cli(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert main(build) == 2  # a bundle's /match queries carry one title: refused
     assert "field weights apply to match" in capsys.readouterr().err
     assert main([*build[:-1], "title,description"]) == 0  # without weights: fine
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        TfidfConfig(),
+        TfidfConfig(code_tokens=False),
+        TfidfConfig(binary=False),
+        TfidfConfig(binary=False, sublinear_tf=True),
+        TfidfConfig(min_df=2),
+    ],
+)
+def test_the_fast_word_transform_equals_scikit_learns(cfg: TfidfConfig) -> None:
+    titles = [
+        "Sony DSC-W120 kamera kamera",
+        "sony dscw120",
+        "",
+        "kaos polos 500ml &amp; 2pcs kaos",
+        "unknown words only zzz",
+    ] * 3
+    t = TitleTfidf(cfg).fit(titles[:9])
+    norm = t._texts(titles)
+    assert t.word is not None
+    ref = t._stack(t.word.transform(norm), None).toarray()
+    fast = t.transform(titles)
+    assert fast.dtype == np.float32 and fast.shape == ref.shape
+    assert np.allclose(fast.toarray(), ref, atol=1e-6)
+    assert (fast.toarray() != 0).sum() == (ref != 0).sum()
