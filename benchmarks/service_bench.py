@@ -92,6 +92,40 @@ async def load(base: str, queries: list[dict[str, str]], clients: int, n: int, s
     }
 
 
+def send_times(rate: float, seconds: float) -> list[float]:
+    """Open loop: the offsets (s) at which requests are sent, `rate` per second, evenly."""
+    return [i / rate for i in range(int(rate * seconds))]
+
+
+async def open_loop(base: str, queries: list[dict[str, str]], rate: float, seconds: float):
+    """Requests sent on a fixed schedule whatever the answers (an offered load); latency is
+    measured from each request's scheduled time, so queueing counts."""
+    lat: list[float] = []
+    errors = 0
+    limits = httpx.Limits(max_connections=512, max_keepalive_connections=64)
+    async with httpx.AsyncClient(base_url=base, timeout=120, limits=limits) as c:
+        t0 = time.perf_counter()
+
+        async def one(i: int, at: float) -> None:
+            nonlocal errors
+            await asyncio.sleep(max(0.0, t0 + at - time.perf_counter()))
+            r = await c.post("/match", json=queries[i % len(queries)])
+            lat.append(time.perf_counter() - (t0 + at))
+            errors += r.status_code != 200
+
+        await asyncio.gather(*(one(i, at) for i, at in enumerate(send_times(rate, seconds))))
+        wall = time.perf_counter() - t0
+    a = np.array(lat) * 1000
+    return {
+        "offered_rps": rate,
+        "requests": len(lat),
+        "errors": errors,
+        "p50": float(np.percentile(a, 50)),
+        "p99": float(np.percentile(a, 99)),
+        "achieved_rps": len(lat) / wall,
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("csv", type=Path, help="listings CSV (posting_id,title[,image_phash,...])")
@@ -102,6 +136,12 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=400, help="most /match requests per level")
     ap.add_argument("--seconds", type=float, default=45, help="most seconds per level")
     ap.add_argument("--append", type=Path, help="append a Service section to this markdown file")
+    ap.add_argument(
+        "--rate",
+        type=float,
+        default=0,
+        help="also an open-loop run: /match offered at this many requests/s (0: none)",
+    )
     args = ap.parse_args()
 
     work = args.work or Path(tempfile.mkdtemp(prefix="pricematch-bench-"))
@@ -186,6 +226,14 @@ def main() -> int:
             print(
                 f"/match c={c}: {res['requests']} req, p50 {res['p50']:.1f} ms, "
                 f"p99 {res['p99']:.1f} ms, {res['rps']:.1f} req/s",
+                flush=True,
+            )
+        if args.rate > 0:
+            res = asyncio.run(open_loop(base, queries, args.rate, args.seconds))
+            print(
+                f"/match open loop, {args.rate:g} req/s offered: {res['requests']} req, "
+                f"{res['errors']} errors, p50 {res['p50']:.1f} ms, p99 {res['p99']:.1f} ms, "
+                f"{res['achieved_rps']:.1f} req/s answered",
                 flush=True,
             )
         stages = stage_means(httpx.get(base + "/metrics").text)

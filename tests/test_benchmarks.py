@@ -263,3 +263,11 @@ def test_kaggle_scale_input_cycles_titles_and_makes_photos(tmp_path: Path) -> No
     assert [r["label_group"] for r in rows] == ["g1", "g2", "g1", "g2", "g1"]
     assert all(r["image_phash"] == "" for r in rows)
     assert all((tmp_path / "w" / "images" / r["image"]).is_file() for r in rows)
+
+
+def test_open_loop_schedule_is_even_and_counts_the_offer() -> None:
+    from benchmarks.service_bench import send_times
+
+    t = send_times(100, 2)
+    assert len(t) == 200 and t[0] == 0.0 and t[1] == pytest.approx(0.01)
+    assert t[-1] == pytest.approx(1.99)
