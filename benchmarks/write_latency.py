@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `index` and `benchmarks` from this checkout
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.serving import start_serve  # noqa: E402
 from benchmarks.store_scale import parse_size  # noqa: E402
 from index.store.live import LiveCatalogue  # noqa: E402
 from index.store.model import fingerprint, load_model  # noqa: E402
@@ -70,53 +69,18 @@ def seed(folder: Path, rows: list[tuple[str, str]], n: int, model: Path) -> None
     save_snapshot(folder, live, {"encoders": fingerprint(enc)}, wal_next=1)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def serve(folder: Path, model: Path, log: Path, wal: bool) -> tuple[subprocess.Popen, str, float]:
-    """Start `pricematch serve`; returns the process, its base URL and seconds to ready."""
-    import httpx
-
-    port = free_port()
+    """`pricematch serve` on `folder` (`benchmarks.serving.start_serve`), the log on or off
+    and never compacting; returns the process, its base URL and seconds to ready."""
     env = {
-        **os.environ,
-        "PRICEMATCH_NO_PROGRESS": "1",
         "PRICEMATCH_WAL": str(wal).lower(),
         "PRICEMATCH_WAL_MAX_RECORDS": "1000000",
         "PRICEMATCH_WAL_MAX_MB": "100000",
     }
-    cmd = [
-        sys.executable,
-        "-m",
-        "index.cli",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--data-dir",
-        str(folder),
-        "--model",
-        str(model),
-        "--device",
-        "cpu",
-    ]
     t0 = time.perf_counter()
     with open(log, "ab") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-    base = f"http://127.0.0.1:{port}"
-    while True:
-        if proc.poll() is not None:
-            raise SystemExit(f"server died: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(base + "/readyz", timeout=5).status_code == 200:
-                return proc, base, time.perf_counter() - t0
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
+        proc, base = start_serve(folder, "--model", str(model), env=env, log=out)
+    return proc, base, time.perf_counter() - t0
 
 
 def stop(proc: subprocess.Popen) -> None:

@@ -35,7 +35,7 @@ from index.store.atomic import sha256
 from index.store.bundle import load_bundle
 from index.store.live import LiveCatalogue
 from index.store.milvus import MilvusVectors
-from index.store.model import fingerprint, load_model, needed_modalities
+from index.store.model import fingerprint, load_model, load_some_encoders, needed_modalities
 from index.store.snapshots import load_snapshot, save_snapshot, snapshot_wal_next
 from index.store.wal import WriteAheadLog, apply_record, delete_record, segments, upsert_record
 from service.batching import Batcher, BatcherFactory, MicroBatcher, run_batches
@@ -186,12 +186,10 @@ class Engine:
             ranker: Ranker | None = None  # a bundle holds no ranker
         else:
             # only the encoders the model's pipeline uses (fusion.json, stages, ranker)
-            peek = load_model(settings.model_dir, device=dev, modalities=())
-            model = load_model(
-                settings.model_dir, dev, sorted(needed_modalities(peek.fusion, peek.ranker))
-            )
-            encoders, fusion, folder = model.encoders, model.fusion, model.folder
-            ranker = model.ranker
+            model = load_model(settings.model_dir, device=dev, modalities=())
+            fusion, folder, ranker = model.fusion, model.folder, model.ranker
+            need = sorted(needed_modalities(fusion, ranker))
+            encoders = load_some_encoders(folder, dev, need) if folder else Encoders()
             tfidf = None
             meta = {"encoders": fingerprint(encoders)}
             initial = None
@@ -397,7 +395,7 @@ class Engine:
             images = [x.image_name for x in listings]
             with self.lock:
                 if self.wal is not None:  # logged (fsynced) before it is applied
-                    self._log(upsert_record(self.catalogue, ids, images, feats))
+                    self.wal.append(upsert_record(self.catalogue, ids, images, feats))
                 added, replaced = self.catalogue.upsert(ids, images, feats)
                 self._persist()
                 return added, replaced, len(self.catalogue)
@@ -409,7 +407,7 @@ class Engine:
             with self.lock:
                 if self.wal is not None:
                     self.catalogue.row(posting_id)  # an unknown id is refused before logging
-                    self._log(delete_record(self.catalogue, posting_id))
+                    self.wal.append(delete_record(self.catalogue, posting_id))
                 self.catalogue.remove(posting_id)
                 self._persist()
                 return len(self.catalogue)
@@ -422,11 +420,6 @@ class Engine:
                 return self.catalogue.get(posting_id)
 
         return await anyio.to_thread.run_sync(work)
-
-    def _log(self, record: dict[str, Any]) -> None:
-        """Append a write's record to the log (lock held); the write is durable after it."""
-        assert self.wal is not None
-        self.wal.append(record)
 
     def update_log_metrics(self) -> None:
         if self.wal is not None:

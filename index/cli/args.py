@@ -166,7 +166,6 @@ def add_text_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-
 def add_ranker_arguments(p: argparse.ArgumentParser) -> None:
     """The arguments of `train ranker`."""
     p.add_argument(
@@ -186,5 +185,3 @@ def add_ranker_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=lazy("index.cli.ranker", "cmd_train_ranker"))
-
-

@@ -25,6 +25,7 @@ from index.store.model import (
     FUSION,
     Model,
     load_model,
+    load_some_encoders,
     needed_modalities,
     read_fusion,
     write_fusion,
@@ -158,7 +159,7 @@ def resolve_model(args: argparse.Namespace) -> Model:
     for m in sorted(set(DENSE) - used):  # left out by the config, not by --signals/--images
         if folder is not None and (folder / m / "config.json").is_file():
             log.info("the %s encoder is not loaded: this pipeline uses no %s signal", m, m)
-    encoders = load_model(folder, args.device, sorted(need)).encoders if need else Encoders()
+    encoders = load_some_encoders(folder, args.device, sorted(need)) if folder else Encoders()
     return Model(model.folder, encoders, config, ranker)
 
 

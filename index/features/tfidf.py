@@ -27,6 +27,13 @@ if TYPE_CHECKING:
 _TOKEN = re.compile(r"(?u)\b\w+\b")
 
 
+def _l2_rows(X: sp.spmatrix) -> sp.csr_matrix:
+    """float32 CSR with each row L2-normalised (zero rows stay zero)."""
+    X = sp.csr_matrix(X, dtype=np.float32)
+    n = np.sqrt(np.asarray(X.multiply(X).sum(axis=1)).ravel())
+    return sp.csr_matrix(sp.diags(1 / np.maximum(n, 1e-12)) @ X, dtype=np.float32)
+
+
 class TfidfConfig(BaseModel):
     """How titles become TF-IDF vectors: word and char n-grams, stacked and re-normalised.
 
@@ -166,9 +173,7 @@ class TitleTfidf:
         if C is not None:
             w = self.config.char_weight
             X = sp.hstack([np.sqrt(1 - w) * X, np.sqrt(w) * C])
-        X = sp.csr_matrix(X, dtype=np.float32)
-        n = np.sqrt(np.asarray(X.multiply(X).sum(axis=1)).ravel())
-        return sp.csr_matrix(sp.diags(1 / np.maximum(n, 1e-12)) @ X, dtype=np.float32)
+        return _l2_rows(X)
 
     def transform_fields(self, fields: dict[str, list[str]]) -> sp.csr_matrix:
         """(n, vocab) rows of listings given as per-field texts: the sum over the weighted
@@ -182,9 +187,7 @@ class TitleTfidf:
         if not parts:
             n = len(next(iter(fields.values())))
             return sp.csr_matrix((n, self.transform([""]).shape[1]), dtype=np.float32)
-        X = sp.csr_matrix(sum(parts[1:], parts[0]), dtype=np.float32)
-        n = np.sqrt(np.asarray(X.multiply(X).sum(axis=1)).ravel())
-        return sp.csr_matrix(sp.diags(1 / np.maximum(n, 1e-12)) @ X, dtype=np.float32)
+        return _l2_rows(sum(parts[1:], parts[0]))
 
     def save(self, folder: Path) -> list[Path]:
         """Write `tfidf.json` (config, vocabularies) and `tfidf_idf.npz`; returns the paths."""

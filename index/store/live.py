@@ -363,19 +363,26 @@ class LiveCatalogue:
             self._XT = sp.csr_matrix(X.T)
         if self._hamming is None:
             self._hamming = hamming_index(codes, pvalid)
+        out: dict[str, Neighbours] = {}
         t = time.perf_counter()
-        Xq = tfidf.transform(q.title)
-        out: dict[str, Neighbours] = {"tfidf": sparse_topk(Xq, self._XT, k)}
-        t, self.last_timings["search_tfidf"] = time.perf_counter(), time.perf_counter() - t
+
+        def lap(name: str) -> None:  # the seconds since the last lap, as `search_<name>`
+            nonlocal t
+            now = time.perf_counter()
+            self.last_timings[f"search_{name}"] = now - t
+            t = now
+
+        out["tfidf"] = sparse_topk(tfidf.transform(q.title), self._XT, k)
+        lap("tfidf")
         out["phash"] = hamming_search(*self._hamming, q.phash, q.phash_valid, k)
-        t, self.last_timings["search_phash"] = time.perf_counter(), time.perf_counter() - t
+        lap("phash")
         dense = q.dense()
         for m, store in self.stores.items():
             if m in dense:
                 out[m] = store_knn(*dense[m], store, self.ids, k)
             else:
                 out[m] = no_neighbours(len(q), k)
-            t, self.last_timings[f"search_{m}"] = time.perf_counter(), time.perf_counter() - t
+            lap(m)
         return out
 
     def search(

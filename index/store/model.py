@@ -98,6 +98,15 @@ def load_encoders(
     return Encoders(**{m: load_encoder(p, device=device) for m, p in found.items()})
 
 
+def load_some_encoders(
+    folder: str | Path, device: Device, modalities: Sequence[str]
+) -> Encoders:
+    """The encoders of `modalities` that `folder` holds (none of them: no encoder)."""
+    root = Path(folder)
+    wanted = [m for m in DENSE if m in modalities and (root / m / "config.json").is_file()]
+    return load_encoders(root, device, wanted) if wanted else Encoders()
+
+
 def needed_modalities(fusion: FusionConfig, ranker: Ranker | None = None) -> set[str]:
     """The encoders (`DENSE` modalities) a pipeline uses: a signal with a threshold, one
     weighted into the combined embedding (with a "combined" threshold) or blended by INB,
@@ -125,13 +134,11 @@ def load_model(
     if folder is None:
         return Model(None, Encoders(), FusionConfig())
     root = Path(folder)
-    have = [m for m in DENSE if (root / m / "config.json").is_file()]
-    bare = root.is_dir() and not have
+    bare = root.is_dir() and not any((root / m / "config.json").is_file() for m in DENSE)
     if bare and ((root / FUSION).is_file() or (root / RANKER).is_dir()):
         encoders = Encoders()  # a TF-IDF and phash model: thresholds and/or a ranker only
-    elif modalities is not None and root.is_dir() and have:
-        wanted = [m for m in have if m in modalities]
-        encoders = load_encoders(root, device, wanted) if wanted else Encoders()
+    elif modalities is not None and not bare and root.is_dir():
+        encoders = load_some_encoders(root, device, modalities)
     else:
         encoders = load_encoders(root, device=device)
     fusion = read_fusion(root / FUSION) if (root / FUSION).is_file() else FusionConfig()

@@ -39,6 +39,7 @@ import numpy as np
 
 from index.errors import BundleError
 from index.features.embed import QueryFeatures
+from index.features.images import phash_hex
 from index.store.atomic import fsync_dir
 from index.store.live import LiveCatalogue
 
@@ -120,8 +121,6 @@ def upsert_record(
     live: LiveCatalogue, posting_ids: list[str], images: list[str], feats: QueryFeatures
 ) -> dict[str, Any]:
     """The record of `live.upsert(posting_ids, images, feats)`, made before applying it."""
-    from index.features.images import phash_hex
-
     return {
         "op": "upsert",
         "next_id": live.next_id,
