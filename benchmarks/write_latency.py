@@ -11,6 +11,9 @@ the ratios are measured on the same loaded machine.
 
     python benchmarks/write_latency.py ../shared/data/shopee_dev.csv --model /tmp/mtext \\
         --sizes 3k 27k 300k --writes 200
+
+`--vector-store milvus` runs the same with the vectors in Milvus (milvus-lite `.db` in the
+data folder; the seeded vectors move into it at the first start, not timed).
 """
 
 from __future__ import annotations
@@ -69,10 +72,13 @@ def seed(folder: Path, rows: list[tuple[str, str]], n: int, model: Path) -> None
     save_snapshot(folder, live, {"encoders": fingerprint(enc)}, wal_next=1)
 
 
-def serve(folder: Path, model: Path, log: Path, wal: bool) -> tuple[subprocess.Popen, str, float]:
+def serve(
+    folder: Path, model: Path, log: Path, wal: bool, store: str = "faiss"
+) -> tuple[subprocess.Popen, str, float]:
     """`pricematch serve` on `folder` (`benchmarks.serving.start_serve`), the log on or off
     and never compacting; returns the process, its base URL and seconds to ready."""
     env = {
+        "PRICEMATCH_VECTOR_STORE": store,
         "PRICEMATCH_WAL": str(wal).lower(),
         "PRICEMATCH_WAL_MAX_RECORDS": "1000000",
         "PRICEMATCH_WAL_MAX_MB": "100000",
@@ -131,20 +137,25 @@ def main() -> None:
         "--replay",
         type=int,
         default=5000,
-        help="log records replayed at the start-time measurement (largest but one size)",
+        help="log records replayed at the start-time measurement (largest but one size; "
+        "0: not measured)",
+    )
+    ap.add_argument(
+        "--vector-store", choices=["faiss", "milvus"], default="faiss", help="where vectors live"
     )
     args = ap.parse_args()
     with open(args.input, newline="", encoding="utf-8") as f:
         rows = [(r["title"], r.get("image_phash", "")) for r in csv.DictReader(f)]
-    print("| listings | mode | writes | p50 ms | p99 ms | writes/s |")
-    print("|---|---|---|---|---|---|")
+    vs = args.vector_store
+    print("| listings | vectors | mode | writes | p50 ms | p99 ms | writes/s |")
+    print("|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "serve.log"
         for n in args.sizes:
             for wal, writes in ((True, args.writes), (False, args.snapshot_writes)):
                 folder = Path(tmp) / f"d{n}-{wal}"
                 seed(folder, rows, n, args.model)
-                proc, base, _ = serve(folder, args.model, log, wal)
+                proc, base, _ = serve(folder, args.model, log, wal, vs)
                 try:
                     post_singles(base, 3, "warm")
                     r = percentiles(post_singles(base, writes, "w"))
@@ -152,21 +163,23 @@ def main() -> None:
                     stop(proc)
                 mode = "log" if wal else "snapshot per write"
                 print(
-                    f"| {n:,} | {mode} | {writes} | {r['p50']:.1f} | {r['p99']:.1f} | "
+                    f"| {n:,} | {vs} | {mode} | {writes} | {r['p50']:.1f} | {r['p99']:.1f} | "
                     f"{r['writes_per_s']:.1f} |",
                     flush=True,
                 )
+        if not args.replay:
+            return
         # start time with a long log: the second largest size (or the only one)
         n = sorted(args.sizes)[-2] if len(args.sizes) > 1 else args.sizes[0]
         folder = Path(tmp) / "replay"
         seed(folder, rows, n, args.model)
-        proc, base, t_empty = serve(folder, args.model, log, True)
+        proc, base, t_empty = serve(folder, args.model, log, True, vs)
         try:
             post_singles(base, args.replay, "r")
         finally:
             proc.kill()  # no compaction at exit: the next start replays the whole log
             proc.wait()
-        proc, _, t_log = serve(folder, args.model, log, True)
+        proc, _, t_log = serve(folder, args.model, log, True, vs)
         stop(proc)
         replay = re.findall(r"replayed (\d+) log records in ([\d.]+)s", log.read_text())
         print(

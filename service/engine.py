@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from index.data.listings import read_catalogue
-from index.errors import CatalogueError
+from index.errors import CatalogueError, StoreError
 from index.features.embed import Encoders, QueryFeatures
 from index.features.encoders import Encoder
 from index.matching.fusion import FusionConfig
@@ -74,30 +74,26 @@ def open_vectors(settings: Settings) -> MilvusVectors | None:
         return None
     token = settings.milvus_token.get_secret_value() if settings.milvus_token else ""
     uri = settings.milvus_uri or settings.data_dir / "milvus.db"
-    return MilvusVectors(uri, token=token, prefix=settings.milvus_collection)
+    return MilvusVectors(uri, token=token, prefix=settings.milvus_collection, logged=settings.wal)
 
 
 def open_log(
-    settings: Settings, live: LiveCatalogue, meta: dict[str, Any], milvus: bool
+    settings: Settings,
+    live: LiveCatalogue,
+    meta: dict[str, Any],
+    vectors: MilvusVectors | None = None,
 ) -> WriteAheadLog | None:
     """Replay the write-ahead log onto the loaded snapshot `live` and open it for appends
-    (settings.wal, FAISS); without a log (off, or Milvus) a log left by an earlier run is
-    replayed into a snapshot once and removed.
+    (settings.wal); without a log from now on, a log left by an earlier run is replayed
+    into a snapshot once and removed. With Milvus (`vectors`), the replayed vector
+    changes are pending in the stores: `MilvusVectors.attach` applies them next.
 
     Raises:
         BundleError: a damaged log (not a torn last record), or one that does not follow
-            the snapshot; CatalogueError: a log to replay in the Milvus mode.
+            the snapshot.
     """
     root = settings.data_dir
-    left = segments(root)
-    if milvus:
-        if left:
-            raise CatalogueError(
-                f"{root} holds a write-ahead log (wal-*.log): start once with "
-                "PRICEMATCH_VECTOR_STORE=faiss to fold it into a snapshot"
-            )
-        return None
-    if not settings.wal and not left:
+    if not settings.wal and not segments(root):
         return None
     first = snapshot_wal_next(root) if (root / "CURRENT").is_file() else 1
     wal = WriteAheadLog(root)
@@ -112,8 +108,10 @@ def open_log(
         # the base every later record follows (a bundle's catalogue, or the empty one), or
         # without a log from now on: the replayed writes folded into a snapshot
         seq = wal.rotate()
-        save_snapshot(root, live, meta, wal_next=seq if settings.wal else 0)
+        snap = save_snapshot(root, live, meta, wal_next=seq if settings.wal else 0)
         wal.drop_before(seq)
+        if vectors is not None and not settings.wal:
+            vectors.apply(live, snap)  # the journal of the snapshot just saved
     if not settings.wal:
         wal.close()
         for _, p in segments(root):
@@ -203,9 +201,9 @@ class Engine:
                 dims = {m: e.dim for m, e in encs.items() if e is not None}
                 live = initial or LiveCatalogue(dims=dims, device=dev)
             live.tfidf_config = fusion.tfidf
-            wal = open_log(settings, live, meta, vectors is not None)
+            wal = open_log(settings, live, meta, vectors)
             if vectors is not None:  # first start: vectors into Milvus; else pending re-applied
-                vectors.attach(live, settings.data_dir, meta)
+                vectors.attach(live, settings.data_dir, meta, wal)
         except BaseException:
             if vectors is not None:
                 vectors.close()
@@ -484,13 +482,20 @@ class Engine:
         before the change) and a background snapshot may start; without, save the whole
         catalogue, and on failure go back to the last saved state.
 
-        With Milvus, the snapshot holds the vector changes (a journal) and they are applied
-        to Milvus after it is committed (`index.store.milvus`); if that fails, the change
-        is kept and applied again by the next search, write or start.
+        With Milvus, a vector change is applied once durable (`index.store.milvus`): on the
+        log right away; without it after the snapshot that holds it is committed. If
+        Milvus fails, the change is kept and applied again by the next search, write or
+        start (searches answer 503 meanwhile); on the log the write is still answered, it
+        is durable.
         """
         if self.wal is not None:
             self.metrics.catalogue_size.set(len(self.catalogue))
             self.update_log_metrics()
+            if self.vectors is not None:
+                try:
+                    self.vectors.apply(self.catalogue)
+                except StoreError as e:
+                    log.warning("%s; the change is logged and applied later", e)
             self._maybe_compact()
             return
         try:

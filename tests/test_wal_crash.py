@@ -1,7 +1,9 @@
 """The write-ahead log against a real `pricematch serve`: 50 `kill -9` at random moments of
 a stream of adds, replaces and deletes (compactions included: the log limit is 6 records),
 a restart after each; every acknowledged write is there, the one write in flight at the
-kill is all there or not at all, and the server starts cleanly every time."""
+kill is all there or not at all, and the server starts cleanly every time. The same with
+the vectors in Milvus (milvus-lite): its start checks each collection holds exactly the
+catalogue's vectors, re-applied by id from the log, and each listing is found by them."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import signal
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.test_service_uvicorn import server
 
@@ -27,15 +30,39 @@ def _state(c: httpx.Client, ids: set[str]) -> dict[str, str | None]:
 
 
 def test_kill_9_during_writes_loses_no_acknowledged_write(tmp_path: Path) -> None:
-    rng = random.Random(7)
+    want = kill_stream(tmp_path, None, {}, random.Random(7))
+    assert sum(v is not None for v in want.values()) > 0
+
+
+def test_kill_9_with_the_vectors_in_milvus(tmp_path: Path, model_dir: Path) -> None:
+    pytest.importorskip("milvus_lite", reason="local Milvus tests need milvus-lite ('.[scale]')")
+    from index.store.milvus import MilvusStore
+
+    env = {"PRICEMATCH_VECTOR_STORE": "milvus"}
+    want = kill_stream(tmp_path, model_dir, env, random.Random(11))
+    present = {p: t for p, t in want.items() if t is not None}
+    with server(model_dir, tmp_path / "data", tmp_path / "serve.log", env) as s:
+        for p, title in present.items():  # found by its text vector
+            got = s.client.post("/match", json={"title": title}).json()["matches"]
+            hit = [m for m in got if m["posting_id"] == p]
+            assert hit and hit[0]["similarities"]["text"] > 0.99, (p, got[:3])
+    side = MilvusStore(16, tmp_path / "data" / "milvus.db", collection="pricematch_text")
+    assert len(side) == len(present) > 0  # nothing lost, nothing doubled
+    side.close()
+
+
+def kill_stream(
+    tmp_path: Path, model: Path | None, extra: dict[str, str], rng: random.Random
+) -> dict[str, str | None]:
+    """KILLS kills of a server during a stream of writes; the acknowledged state after."""
     data, log = tmp_path / "data", tmp_path / "serve.log"
-    env = {"PRICEMATCH_WAL_MAX_RECORDS": "6", "PRICEMATCH_WARM_UP": "false"}
+    env = {"PRICEMATCH_WAL_MAX_RECORDS": "6", "PRICEMATCH_WARM_UP": "false", **extra}
     want: dict[str, str | None] = {}  # acknowledged state
     in_flight: dict[str, str | None] | None = None  # the write the kill may have cut
     counter = 0
     acknowledged = 0
     for kill in range(KILLS):
-        with server(None, data, log, env) as s:
+        with server(model, data, log, env) as s:
             c = s.client
             got = _state(c, set(want) | set(in_flight or {}))
             if in_flight is not None:  # all of it or none of it
@@ -80,7 +107,7 @@ def test_kill_9_during_writes_loses_no_acknowledged_write(tmp_path: Path) -> Non
                     in_flight = change
                     break
         assert s.proc.returncode is not None
-    with server(None, data, log, env) as s:
+    with server(model, data, log, env) as s:
         got = _state(s.client, set(want) | set(in_flight or {}))
         if in_flight is not None:
             before = {p: want.get(p) for p in in_flight}
@@ -88,7 +115,11 @@ def test_kill_9_during_writes_loses_no_acknowledged_write(tmp_path: Path) -> Non
             want.update({p: got[p] for p in in_flight})
         assert got == want
     assert acknowledged >= KILLS  # the stream really wrote between the kills
-    assert "Traceback" not in log.read_text()  # every start was clean
+    text = log.read_text()
+    # every start was clean (milvus-lite answers pymilvus's AllocTimestamp call with a
+    # logged "not implemented", which pymilvus handles: not a failure of the server)
+    assert text.count("Traceback") == text.count("in AllocTimestamp"), text[-3000:]
+    return want
 
 
 def _send(c: httpx.Client, change: dict[str, str | None]) -> None:

@@ -17,24 +17,34 @@ indexes do not support it.
 
 ## Catalogue vectors in Milvus
 
-The snapshot (`index.store.snapshots.save_snapshot`) stays the source of truth. For a modality `m`
-in Milvus it holds `{m}.milvus.json` — the collection's uri, name, dim and the number of
-vectors it must hold — instead of the vectors, and every change goes through a journal:
+The snapshot (`index.store.snapshots.save_snapshot`) stays the source of truth. For a
+modality `m` in Milvus it holds `{m}.milvus.json` (the collection's uri, name, dim and
+count) and `{m}.milvus-ids.npy` (the ids it holds) instead of the vectors. A change goes
+to Milvus only once it is durable elsewhere, so a crash can always re-apply it by id
+(delete, upsert: doing it twice is doing it once):
 
-1. `LiveCatalogue.upsert`/`remove` only record the change in the `JournaledStore` (pending:
-   ids to upsert with their vectors, ids to delete); Milvus is not touched yet.
-2. `save_snapshot` writes the pending changes with the snapshot (`{m}.pending.npz`) and
-   commits it (`CURRENT`, one atomic rename).
-3. `MilvusVectors.apply` sends them to Milvus by the stable int64 ids (delete, upsert: doing
-   it twice is doing it once), flushes, and deletes the journal file: applied.
+- **On the write-ahead log** (`PRICEMATCH_WAL`, the default; `index.store.wal`): the
+  engine appends the write's record (its vectors included) and fsyncs it, then
+  `LiveCatalogue.upsert`/`remove` record the change in the `JournaledStore` (pending) and
+  `MilvusVectors.apply` sends it at once, without a flush. Milvus may then be ahead of
+  the snapshot, never of the log: a start replays the log's records after the snapshot
+  onto it (their changes pending again) and applies them, and only then compares each
+  collection's size with the ids the catalogue says it holds. A compaction's snapshot
+  flushes the collections first (it lets go of the log segments before it) and saves
+  any change still pending (Milvus failed) as its journal.
+- **Without the log**: each write records the change as pending, `save_snapshot` writes
+  it with the snapshot (`{m}.pending.npz`) and commits it (`CURRENT`, one atomic rename),
+  then `MilvusVectors.apply` sends it, flushes, and deletes the journal file. A crash
+  before the commit leaves the old snapshot and an untouched Milvus; after it, a journal
+  that the next start applies again.
 
-A crash before 2 leaves the old snapshot and an untouched Milvus; a crash after 2 leaves a
-journal that the next start applies again (`MilvusVectors.attach`), as does the next
-search if applying failed while the service ran. A catalogue whose stores are FAISS ones
-(a bundle's on a first start, a new empty one, or a snapshot saved with FAISS) moves into
-empty collections the same way: its vectors become pending upserts, saved, then applied;
-so a restart never duplicates or loses vectors. On start each collection's size must be
-the snapshot's count, which catches a collection changed behind the service's back.
+Either way a change Milvus refused (an outage) stays pending, answered 503 by searches
+until the next search, write or start applies it (`StoreError`). A catalogue whose stores
+are FAISS ones (a bundle's on a first start, a new empty one, or a snapshot saved with
+FAISS) moves into empty collections the same way: its vectors become pending upserts,
+saved with a new snapshot, then applied; so a restart never duplicates or loses vectors.
+On start each collection's size must be the catalogue's count, which catches a
+collection changed behind the service's back.
 
 pymilvus (and milvus-lite for a local `.db` file) come with the `[scale]` extra.
 """
@@ -43,17 +53,19 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
-from index.errors import StoreError
+from index.errors import BundleError, StoreError
 from index.search.knn import as_f32, pad_results
 from index.search.stores import VectorStore
 from index.store.atomic import fsync_dir
 from index.store.live import LiveCatalogue
 from index.store.snapshots import open_faiss, save_snapshot
+from index.store.wal import WriteAheadLog
 
 #: Rows per insert/upsert/get call, and queries per search call (well under the gRPC
 #: message limit at 1280 float32 dimensions).
@@ -195,6 +207,10 @@ class MilvusStore:
             return np.zeros((0, self.dim), np.float32)
         return np.stack([got[int(i)] for i in ids.tolist()])
 
+    def flush(self) -> None:
+        """Make every change so far durable in Milvus."""
+        self.client.flush(self.collection)
+
     def save(self, path: Path) -> None:
         """Make every change durable (flush) and write a pointer to the collection at `path`.
 
@@ -230,29 +246,53 @@ log = logging.getLogger("pricematch.milvus")
 
 SUFFIX = ".milvus.json"  #: the store reference in a snapshot: `{m}.milvus.json`
 JOURNAL = ".pending.npz"  #: the changes not yet applied: `{m}.pending.npz`
+IDS = ".milvus-ids.npy"  #: the ids the collection holds: `{m}.milvus-ids.npy`
+T = TypeVar("T")
 
 
 class JournaledStore:
-    """A `VectorStore` on a Milvus collection whose changes wait in a journal until applied.
+    """A `VectorStore` on a Milvus collection whose changes wait until they are durable.
 
     `add`/`remove` only record pending changes; `contains`, `vectors` and `len` see them;
-    `search` applies them first, which needs them saved in a snapshot first (`save`, then
-    `saved(journal)` once the snapshot is committed).
+    `search` applies them first. A change may go to Milvus only once it is durable: saved
+    in a committed snapshot (`save`, then `saved(journal)`), or, with `logged`, already in
+    the write-ahead log (`index.store.wal`), which the caller appends before the change.
+
+    The ids the collection holds once the pending changes are applied are kept here
+    (`ids`, saved with the snapshot), so counting and `contains` never ask Milvus, which
+    may be ahead of the snapshot on the log; None for a snapshot saved before they were
+    (`attach` reads them from Milvus once).
 
     Args:
         store: the collection.
         count: how many vectors the collection holds once the pending changes are applied.
+        ids: those vectors' ids (None: unknown, ask Milvus).
+        logged: changes are durable in a write-ahead log before they are recorded here;
+            they are applied without a flush per change (`flush` makes them durable in
+            Milvus, before a snapshot lets the log go).
     """
 
     file_suffix = SUFFIX
 
-    def __init__(self, store: MilvusStore, count: int) -> None:
+    def __init__(
+        self,
+        store: MilvusStore,
+        count: int,
+        ids: set[int] | None = None,
+        logged: bool = False,
+    ) -> None:
         self.store = store
         self.dim = store.dim
-        self.count = count
+        self.ids = ids
+        self._count = count if ids is None else len(ids)
+        self.logged = logged
         self.upserts: dict[int, np.ndarray] = {}
         self.deletes: set[int] = set()
         self.journal: Path | None = None  # the saved file that holds every pending change
+
+    @property
+    def count(self) -> int:
+        return self._count if self.ids is None else len(self.ids)
 
     @property
     def pending(self) -> int:
@@ -262,13 +302,28 @@ class JournaledStore:
     def __len__(self) -> int:
         return self.count
 
+    def clone(self) -> JournaledStore:
+        """A copy of the ids and pending changes on the same collection (a snapshot's view
+        of this store while it keeps changing: `LiveCatalogue.copy`)."""
+        out = JournaledStore(
+            self.store,
+            self._count,
+            None if self.ids is None else set(self.ids),
+            self.logged,
+        )
+        out.upserts, out.deletes = dict(self.upserts), set(self.deletes)
+        return out
+
     def add(self, ids: np.ndarray, x: np.ndarray) -> None:
         """Record an upsert of vectors `x` (n, dim) under distinct int64 `ids` (n,)."""
         x = as_f32(x)
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         assert x.shape == (ids.size, self.dim), (x.shape, ids.shape, self.dim)
         assert np.unique(ids).size == ids.size, "ids of one add must be distinct"
-        self.count += int((~self.contains(ids)).sum())
+        if self.ids is None:
+            self._count += int((~self.contains(ids)).sum())
+        else:
+            self.ids.update(ids.tolist())
         for i, v in zip(ids.tolist(), x, strict=True):
             self.upserts[i] = v.copy()
             self.deletes.discard(i)
@@ -281,7 +336,10 @@ class JournaledStore:
         for i in present:
             self.upserts.pop(i, None)
             self.deletes.add(i)
-        self.count -= len(present)
+        if self.ids is None:
+            self._count -= len(present)
+        else:
+            self.ids.difference_update(present)
         if present:
             self.journal = None
         return len(present)
@@ -289,6 +347,9 @@ class JournaledStore:
     def contains(self, ids: np.ndarray) -> np.ndarray:
         """(n,) bool: which of `ids` are stored once the pending changes are applied."""
         ids = np.asarray(ids, dtype=np.int64)
+        if self.ids is not None:
+            known = self.ids
+            return np.fromiter((i in known for i in ids.tolist()), bool, ids.size)
         out = self.store.contains(ids)
         for j, i in enumerate(ids.tolist()):
             if i in self.upserts or i in self.deletes:
@@ -311,13 +372,17 @@ class JournaledStore:
         return out
 
     def search(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Apply any saved pending changes, then search the collection (top-k, by IP)."""
+        """Apply any durable pending changes, then search the collection (top-k, by IP)."""
         self.apply()
-        return self.store.search(xq, k)
+        return _milvus_call(self.store, "search", lambda: self.store.search(xq, k))
 
     def save(self, path: Path) -> None:
-        """Write the reference at `path` (`{m}.milvus.json`) and the pending changes beside
-        it (`{m}.pending.npz`); they are applied once the snapshot is committed."""
+        """Write the reference at `path` (`{m}.milvus.json`), the ids beside it
+        (`{m}.milvus-ids.npy`) and the pending changes (`{m}.pending.npz`); those are
+        applied once the snapshot is committed. On the log, the changes already applied
+        are flushed first: the snapshot lets go of the log that holds them."""
+        if self.logged:
+            _milvus_call(self.store, "flush", self.store.flush)
         ref = {
             "store": "milvus",
             "uri": self.store.uri,
@@ -326,6 +391,9 @@ class JournaledStore:
             "count": self.count,
         }
         Path(path).write_text(json.dumps(ref, indent=2), encoding="utf-8")
+        if self.ids is not None:
+            with open(ids_of(Path(path)), "wb") as f:
+                np.save(f, np.fromiter(sorted(self.ids), np.int64, len(self.ids)))
         if self.pending:
             up = np.fromiter(self.upserts, np.int64, len(self.upserts))
             vec = [self.upserts[i] for i in up.tolist()]
@@ -350,23 +418,31 @@ class JournaledStore:
         self.journal = journal
 
     def apply(self) -> None:
-        """Send the pending changes to Milvus, flush, and delete their journal (applied).
+        """Send the pending changes to Milvus (by id: applying twice is applying once),
+        and when they came from a journal, flush and delete it (applied). Logged changes
+        are not flushed one by one: the log holds them until a snapshot is saved.
 
         Raises:
-            StoreError: there are pending changes that no snapshot holds.
+            StoreError: there are pending changes that neither a snapshot nor the log
+                holds, or Milvus failed (the changes stay pending, for the next try).
         """
         if self.pending:
-            if self.journal is None:
+            if self.journal is None and not self.logged:
                 raise StoreError(
                     f"{self.pending} vector changes of collection {self.store.collection!r} "
                     "are not saved in a snapshot; Milvus is changed only after that"
                 )
-            if self.deletes:
-                self.store.remove(np.fromiter(self.deletes, np.int64, len(self.deletes)))
-            if self.upserts:
-                ids = np.fromiter(self.upserts, np.int64, len(self.upserts))
-                self.store.add(ids, np.stack([self.upserts[i] for i in ids.tolist()]))
-            self.store.client.flush(self.store.collection)
+
+            def send() -> None:
+                if self.deletes:
+                    self.store.remove(np.fromiter(self.deletes, np.int64, len(self.deletes)))
+                if self.upserts:
+                    ids = np.fromiter(self.upserts, np.int64, len(self.upserts))
+                    self.store.add(ids, np.stack([self.upserts[i] for i in ids.tolist()]))
+                if self.journal is not None:  # it is deleted next: Milvus must hold them
+                    self.store.flush()
+
+            _milvus_call(self.store, "write", send)
             self.upserts, self.deletes = {}, set()
         if self.journal is not None and self.journal.exists():
             self.journal.unlink()
@@ -374,9 +450,26 @@ class JournaledStore:
         self.journal = None
 
 
+def _milvus_call(store: MilvusStore, what: str, fn: Callable[[], T]) -> T:
+    """`fn()`, a Milvus failure raised as a StoreError (503) naming the collection."""
+    try:
+        return fn()
+    except StoreError:
+        raise
+    except Exception as e:  # pymilvus raises MilvusException, gRPC and milvus-lite others
+        raise StoreError(
+            f"Milvus {what} on collection {store.collection!r} failed: {_message(e)}"
+        ) from e
+
+
 def journal_of(ref: Path) -> Path:
     """`{m}.pending.npz` beside the reference `{m}.milvus.json`."""
     return ref.with_name(ref.name.removesuffix(SUFFIX) + JOURNAL)
+
+
+def ids_of(ref: Path) -> Path:
+    """`{m}.milvus-ids.npy` beside the reference `{m}.milvus.json`."""
+    return ref.with_name(ref.name.removesuffix(SUFFIX) + IDS)
 
 
 class MilvusVectors:
@@ -387,13 +480,21 @@ class MilvusVectors:
         uri: a milvus-lite `.db` path or a server address (`http://host:19530`).
         token: credentials for a server ("user:password" or an API key); "" for none.
         prefix: collection name prefix.
+        logged: the catalogue's writes go through a write-ahead log first
+            (`JournaledStore.logged`); False: each write saves a snapshot first.
 
     Raises:
         StoreError: pymilvus (or milvus-lite, for a `.db` file) is not installed, the uri
             is malformed, or Milvus cannot be reached.
     """
 
-    def __init__(self, uri: str | Path, token: str = "", prefix: str = "pricematch") -> None:
+    def __init__(
+        self,
+        uri: str | Path,
+        token: str = "",
+        prefix: str = "pricematch",
+        logged: bool = False,
+    ) -> None:
         try:
             from pymilvus import MilvusClient
         except ImportError as e:
@@ -416,7 +517,7 @@ class MilvusVectors:
                 ) from e
             Path(s).resolve().parent.mkdir(parents=True, exist_ok=True)
             s = str(Path(s).resolve())
-        self.uri, self.prefix = s, prefix
+        self.uri, self.prefix, self.logged = s, prefix, logged
         try:
             self.client: Any = MilvusClient(uri=s, token=token)
         except Exception as e:  # pymilvus raises MilvusException, milvus-lite others
@@ -430,8 +531,8 @@ class MilvusVectors:
 
     def open(self, m: str, snap: Path, dim: int) -> VectorStore:
         """The store of modality `m` in snapshot `snap` (the `load_snapshot` hook): its
-        collection with the snapshot's pending changes, or its FAISS store (moved into
-        Milvus by `attach`)."""
+        collection with the snapshot's ids and pending changes, or its FAISS store (moved
+        into Milvus by `attach`)."""
         ref_path = snap / f"{m}{SUFFIX}"
         if not ref_path.is_file():
             return open_faiss(m, snap, dim, device="cpu")
@@ -444,30 +545,55 @@ class MilvusVectors:
             )
         if ref["uri"] != self.uri:
             log.warning("catalogue saved with Milvus at %s, now at %s", ref["uri"], self.uri)
-        store = JournaledStore(self._store(m, dim), int(ref["count"]))
+        ids: set[int] | None = None
+        if ids_of(ref_path).is_file():
+            ids = set(np.load(ids_of(ref_path)).tolist())
+            if len(ids) != int(ref["count"]):
+                raise BundleError(f"{ids_of(ref_path)}: {len(ids)} ids, count {ref['count']}")
+        store = JournaledStore(self._store(m, dim), int(ref["count"]), ids, self.logged)
         journal = journal_of(ref_path)
         if journal.is_file():
             store.load_journal(journal)  # applied by `attach`
         return store
 
-    def attach(self, live: LiveCatalogue, root: str | Path, meta: dict[str, Any]) -> None:
+    def attach(
+        self,
+        live: LiveCatalogue,
+        root: str | Path,
+        meta: dict[str, Any],
+        wal: WriteAheadLog | None = None,
+    ) -> None:
         """Bring Milvus in step with `live` on start (`live` from `load_snapshot(open_store=
-        self.open)`, or a bundle's or a new catalogue when there is no snapshot yet).
+        self.open)` with the log replayed onto it, or a bundle's or a new catalogue when
+        there is no snapshot yet).
 
         FAISS stores move into their collections, which must be empty: their vectors
-        become pending upserts, saved with a new snapshot under `root`, then applied.
-        Pending changes of the current snapshot are applied again. Then every collection
-        must hold the number of vectors the snapshot says.
+        become pending upserts, saved with a new snapshot under `root` (the log, if any,
+        rotated: the snapshot holds what it held), then applied. A snapshot saved before
+        stores kept their ids gets them from Milvus, and a new snapshot. Pending changes
+        (the snapshot's journal, the log's records replayed) are applied again, by id.
+        Then every collection must hold the number of vectors the catalogue says.
 
         Raises:
             StoreError: a collection to move into is not empty, or a collection's size is
-                not the snapshot's count.
+                not the catalogue's count.
         """
-        moved = False
+        resave = False
         for m, store in list(live.stores.items()):
             if isinstance(store, JournaledStore):
+                if store.ids is None:  # saved before the ids were: Milvus + the journal
+                    ids = set(live.ids[store.contains(live.ids)].tolist())
+                    if len(ids) != store.count:
+                        raise StoreError(
+                            f"Milvus collection {store.store.collection!r} at {self.uri} "
+                            f"holds {len(ids)} of the catalogue's vectors, the catalogue in "
+                            f"{root} expects {store.count}: it was changed outside this "
+                            "service, or PRICEMATCH_MILVUS_URI points at another Milvus"
+                        )
+                    store.ids = ids
+                    resave = True
                 continue
-            target = JournaledStore(self._store(m, store.dim), 0)
+            target = JournaledStore(self._store(m, store.dim), 0, set(), self.logged)
             if len(target.store):
                 raise StoreError(
                     f"Milvus collection {target.store.collection!r} at {self.uri} holds "
@@ -479,8 +605,16 @@ class MilvusVectors:
             if ids.size:
                 target.add(ids, store.vectors(ids))
             live.stores[m] = target
-            moved = True
-        self.apply(live, save_snapshot(root, live, meta) if moved else None)
+            resave = True
+        snap = None
+        if resave:
+            if wal is None:
+                snap = save_snapshot(root, live, meta)
+            else:
+                seq = wal.rotate()
+                snap = save_snapshot(root, live, meta, wal_next=seq)
+                wal.drop_before(seq)
+        self.apply(live, snap)
         for store in _journaled(live):
             n = len(store.store)
             if n != store.count:
@@ -502,7 +636,11 @@ class MilvusVectors:
 
         Args:
             snap: the snapshot just saved with them (`save_snapshot`); None: the changes are
-                already known to be saved (loaded from the current snapshot).
+                already known to be durable (loaded from the current snapshot, or logged).
+
+        Raises:
+            StoreError: Milvus failed; the changes stay pending (the next search, write or
+                start applies them).
         """
         journaled = {m: s for m, s in live.stores.items() if isinstance(s, JournaledStore)}
         if snap is not None:  # all of them first: one failing leaves the others retryable
