@@ -99,26 +99,45 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 def post_singles(base: str, writes: int, tag: str) -> list[float]:
+    """`writes` single new listings, one after another: each request's ms."""
+    ops = [
+        {
+            "posting_id": f"{tag}-{i}",
+            "title": f"kaos polos {tag} {i}",
+            "image_phash": "ff00ff00ff00ff00",
+        }
+        for i in range(writes)
+    ]
+    return timed(base, ops)
+
+
+def timed(base: str, ops: list[dict[str, str] | str]) -> list[float]:
+    """Run `ops` in turn (a dict: POST that one listing; a str: DELETE that posting_id)
+    and return each request's ms. Raises SystemExit on a failed request."""
     import httpx
 
     ms = []
     with httpx.Client(base_url=base, timeout=120) as c:
-        for i in range(writes):
-            body = {
-                "listings": [
-                    {
-                        "posting_id": f"{tag}-{i}",
-                        "title": f"kaos polos {tag} {i}",
-                        "image_phash": "ff00ff00ff00ff00",
-                    }
-                ]
-            }
+        for op in ops:
             t = time.perf_counter()
-            r = c.post("/listings", json=body)
+            if isinstance(op, str):
+                r = c.delete(f"/listings/{op}")
+            else:
+                r = c.post("/listings", json={"listings": [op]})
             ms.append((time.perf_counter() - t) * 1000)
             if r.status_code != 200:
-                raise SystemExit(f"POST failed: {r.status_code} {r.text[:300]}")
+                raise SystemExit(f"request failed: {r.status_code} {r.text[:300]}")
     return ms
+
+
+def changes(n: int, size: int, seed: int = 1) -> tuple[list[dict[str, str]], list[str]]:
+    """`n` replacements and `n` deletes of distinct seeded listings (`s{i}`)."""
+    picked = np.random.default_rng(seed).choice(size, 2 * n, replace=False).tolist()
+    repl = [
+        {"posting_id": f"s{i}", "title": f"kemeja flanel {i}", "image_phash": "00ff00ff00ff00ff"}
+        for i in picked[:n]
+    ]
+    return repl, [f"s{i}" for i in picked[n:]]
 
 
 def main() -> None:
@@ -141,14 +160,21 @@ def main() -> None:
         "0: not measured)",
     )
     ap.add_argument(
+        "--changes",
+        type=int,
+        default=0,
+        help="also time this many single replacements and deletes of seeded listings "
+        "(with the log)",
+    )
+    ap.add_argument(
         "--vector-store", choices=["faiss", "milvus"], default="faiss", help="where vectors live"
     )
     args = ap.parse_args()
     with open(args.input, newline="", encoding="utf-8") as f:
         rows = [(r["title"], r.get("image_phash", "")) for r in csv.DictReader(f)]
     vs = args.vector_store
-    print("| listings | vectors | mode | writes | p50 ms | p99 ms | writes/s |")
-    print("|---|---|---|---|---|---|---|")
+    print("| listings | vectors | mode | write | n | p50 ms | p99 ms | writes/s |")
+    print("|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "serve.log"
         for n in args.sizes:
@@ -156,17 +182,24 @@ def main() -> None:
                 folder = Path(tmp) / f"d{n}-{wal}"
                 seed(folder, rows, n, args.model)
                 proc, base, _ = serve(folder, args.model, log, wal, vs)
+                mode = "log" if wal else "snapshot per write"
+                runs = []
                 try:
                     post_singles(base, 3, "warm")
-                    r = percentiles(post_singles(base, writes, "w"))
+                    runs.append(("add", post_singles(base, writes, "w")))
+                    if wal and args.changes:
+                        repl, dels = changes(args.changes, n)
+                        runs.append(("replace", timed(base, list(repl))))
+                        runs.append(("delete", timed(base, list(dels))))
                 finally:
                     stop(proc)
-                mode = "log" if wal else "snapshot per write"
-                print(
-                    f"| {n:,} | {vs} | {mode} | {writes} | {r['p50']:.1f} | {r['p99']:.1f} | "
-                    f"{r['writes_per_s']:.1f} |",
-                    flush=True,
-                )
+                for op, ms in runs:
+                    r = percentiles(ms)
+                    print(
+                        f"| {n:,} | {vs} | {mode} | {op} | {len(ms)} | {r['p50']:.1f} | "
+                        f"{r['p99']:.1f} | {r['writes_per_s']:.1f} |",
+                        flush=True,
+                    )
         if not args.replay:
             return
         # start time with a long log: the second largest size (or the only one)

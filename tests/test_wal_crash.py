@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.fakes import WORDS
 from tests.test_service_uvicorn import server
 
 KILLS = 50
@@ -51,6 +52,11 @@ def test_kill_9_with_the_vectors_in_milvus(tmp_path: Path, model_dir: Path) -> N
     side.close()
 
 
+def _title(rng: random.Random, tag: str) -> str:
+    """A title the tiny test text model tells apart from others (3 words it knows)."""
+    return " ".join([*rng.sample(WORDS, 3), tag])
+
+
 def kill_stream(
     tmp_path: Path, model: Path | None, extra: dict[str, str], rng: random.Random
 ) -> dict[str, str | None]:
@@ -83,10 +89,10 @@ def kill_stream(
                 counter += 1
                 if op == "add":
                     ids = [f"p{counter}-{i}" for i in range(rng.randint(1, 3))]
-                    change: dict[str, str | None] = {p: f"red shoe {p}" for p in ids}
+                    change: dict[str, str | None] = {p: _title(rng, p) for p in ids}
                 elif op == "replace":
                     p = rng.choice(live)
-                    change = {p: f"blue bag {counter}"}
+                    change = {p: _title(rng, f"blue bag {counter}")}
                 else:
                     change = {rng.choice(live): None}
                 last = n == stop_after

@@ -37,6 +37,92 @@ def register(sub: Any) -> None:
     )
     p.set_defaults(func=_export_default)
     _register_train(sub)
+    _register_compress(sub)
+
+
+def _register_compress(sub: Any) -> None:
+    p = sub.add_parser(
+        "compress",
+        help="make a faster text encoder from an exported one (int8, static) with a parity report",
+        description=(
+            "int8: ONNX Runtime dynamic quantisation (MatMul weights, per channel). static: "
+            "static token embeddings distilled from the encoder (model2vec-style; numpy at "
+            "run time). With --check, a labelled CSV: cosine to the source, speed and tuned "
+            "F1 (text alone, fused with TF-IDF and phash) of both in OUT/compression.json; "
+            "the command fails if the fused F1 drops more than 0.002 (unless --keep-anyway)."
+        ),
+    )
+    p.add_argument("kind", choices=["int8", "static"])
+    p.add_argument("source", type=Path, help="an onnx-text encoder folder (e.g. MODEL/text)")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="new encoder folder")
+    p.add_argument("--check", type=Path, help="labelled CSV for the parity report")
+    p.add_argument("--limit", type=int, help="--check: only the first N label groups")
+    p.add_argument("--dims", type=int, help="static: PCA to this many dimensions")
+    p.add_argument(
+        "--corpus",
+        type=Path,
+        help="static: CSV whose titles weigh the tokens (SIF: frequent tokens count less)",
+    )
+    p.add_argument(
+        "--keep-anyway", action="store_true", help="exit 0 even when F1 drops past 0.002"
+    )
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_compress)
+
+
+def _compress(args: argparse.Namespace) -> int:
+    from index.data.listings import read_catalogue
+    from training.compress import (
+        F1_TOLERANCE,
+        distill_static,
+        parity_report,
+        quantize_int8,
+        write_report,
+    )
+
+    if args.out.resolve() == args.source.resolve():
+        raise PricematchError("--out must be another folder than the source encoder")
+    if args.kind == "int8":
+        if args.dims or args.corpus:
+            raise PricematchError("--dims and --corpus are options of `compress static`")
+        quantize_int8(args.source, args.out)
+    else:
+        corpus = read_catalogue(args.corpus).title if args.corpus else None
+        distill_static(
+            args.source,
+            args.out,
+            dims=args.dims,
+            corpus=corpus,
+            device=args.device,
+            show_progress=not args.quiet,
+        )
+    print(f"wrote {args.kind} encoder {args.out}")
+    if args.check is None:
+        return 0
+    cat = read_catalogue(args.check)
+    if args.limit:
+        cat = cat.first_groups(args.limit)
+    rep = parity_report(
+        args.source, args.out, cat, device=args.device, show_progress=not args.quiet
+    )
+    path = write_report(args.out, rep)
+    cos = rep["cosine"]
+    if cos is not None:
+        print(f"cosine to the source: mean {cos['mean']:.4f}, min {cos['min']:.4f}")
+    speed = rep["titles_per_s"]
+    print(f"titles/s: source {speed['source']:.0f}, new {speed['new']:.0f} ({speed['ratio']}x)")
+    for name in ("source", "new"):
+        f = rep["f1"][name]
+        print(f"F1 {name:<6}: text alone {f['text']:.4f}, fused {f['fused']:.4f}")
+    print(f"wrote {path}")
+    if not rep["within_tolerance"] and not args.keep_anyway:
+        print(
+            f"fused F1 {rep['f1_delta']:+.4f} vs the source: more than {F1_TOLERANCE} lost; "
+            "keep the source encoder (or --keep-anyway)"
+        )
+        return 1
+    return 0
 
 
 def _register_train(sub: Any) -> None:
@@ -195,9 +281,7 @@ def _train(args: argparse.Namespace) -> int:
         other: dict[str, Any] = {"image": export_default_image}
     else:
         if cat.image is None:
-            raise CatalogueError(
-                f"{args.input}: image training needs an image column and --images"
-            )
+            raise CatalogueError(f"{args.input}: image training needs an image column and --images")
         model_cfg = ImageModelConfig(
             backbone=args.backbone,
             pooling=args.pooling,

@@ -2,9 +2,10 @@
 
 An encoder artifact is a folder::
 
-    config.json   {"encoder": "onnx-text" | "onnx-image", "dim": 384, ...}
+    config.json   {"encoder": "onnx-text" | "onnx-image" | "static-text", "dim": 384, ...}
     model.onnx    graph whose single output is an (n, dim) float32 embedding
     tokenizer.json  (text encoders only, a Hugging Face `tokenizers` file)
+    embeddings.npy  (static-text only: one (vocab, dim) vector per token, no ONNX)
 
 Preprocessing settings (input size, mean/std, max length) travel in `config.json`;
 callers never hard-code them. `load_encoder(folder)` reads the config and builds the
@@ -49,6 +50,21 @@ class TextEncoderConfig(BaseModel):
     lowercase: bool = True
     # Title normalisation before tokenizing (`index.features.text.normalize_title`: lower-case,
     # HTML entities, numbers split from units); trained encoders set it.
+    normalize_titles: bool = False
+    source: str = ""
+
+
+class StaticTextEncoderConfig(BaseModel):
+    """`config.json` of a static-embedding text encoder: a title's embedding is the mean of
+    its tokens' rows of `embeddings` (special tokens left out), L2-normalised."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    encoder: Literal["static-text"] = "static-text"
+    dim: int = Field(gt=0)
+    max_length: int = Field(default=64, gt=0)
+    tokenizer: str = "tokenizer.json"
+    embeddings: str = "embeddings.npy"
+    lowercase: bool = True
     normalize_titles: bool = False
     source: str = ""
 
@@ -236,6 +252,16 @@ class OnnxTextEncoder(Encoder):
             feeds["token_type_ids"] = np.zeros_like(feeds["input_ids"])
         return feeds
 
+    def embed_ids(self, ids: np.ndarray) -> np.ndarray:
+        """The model's pooled output for token ids (n, seq), all attended: (n, dim), not
+        normalised (`training.compress.distill_static` embeds single tokens with it)."""
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+        if "token_type_ids" in self._inputs:
+            feeds["token_type_ids"] = np.zeros_like(ids)
+        (emb,) = self._session.run(None, feeds)  # (n, dim)
+        return np.asarray(emb, np.float32)
+
     def encode(
         self, items: Sequence[str], batch_size: int = 64, show_progress: bool = False
     ) -> np.ndarray:
@@ -249,6 +275,59 @@ class OnnxTextEncoder(Encoder):
             feeds = self.tokenize([texts[i] for i in idx])
             (emb,) = self._session.run(None, feeds)  # (b, dim)
             out[idx] = emb
+        return l2_normalize(out)
+
+
+@register_encoder("static-text")
+class StaticTextEncoder(Encoder):
+    """Static token embeddings (model2vec-style, `training.compress.distill_static`): the
+    mean of a title's token vectors, in numpy; no ONNX session, the same on CPU and GPU."""
+
+    modality = "text"
+
+    def __init__(self, folder: Path, device: Device = "auto") -> None:
+        self.folder = folder
+        self.config = StaticTextEncoderConfig.model_validate(read_encoder_config(folder))
+        self.dim = self.config.dim
+        self.tokenizer = load_tokenizer(folder / self.config.tokenizer, self.config.max_length)
+        path = folder / self.config.embeddings
+        if not path.is_file():
+            raise EncoderError(f"static embeddings not found: {path}")
+        table = np.load(path, allow_pickle=False)
+        if table.ndim != 2 or table.shape[1] != self.dim:
+            raise EncoderError(f"{path}: shape {table.shape}, config dim {self.dim}")
+        if table.shape[0] < self.tokenizer.get_vocab_size():
+            raise EncoderError(
+                f"{path}: {table.shape[0]} rows for a vocabulary of "
+                f"{self.tokenizer.get_vocab_size()} tokens"
+            )
+        self.table = np.ascontiguousarray(table, dtype=np.float32)  # (vocab, dim)
+
+    @property
+    def providers(self) -> list[str]:
+        return ["numpy"]
+
+    def encode(
+        self, items: Sequence[str], batch_size: int = 4096, show_progress: bool = False
+    ) -> np.ndarray:
+        c = self.config
+        texts = ["" if t is None else str(t) for t in items]
+        if c.normalize_titles:
+            texts = [normalize_title(t) for t in texts]
+        if c.lowercase:
+            texts = [t.lower() for t in texts]
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        starts = range(0, len(texts), max(1, batch_size))
+        for s in progress(starts, desc="text encoder", unit="batch", disable=not show_progress):
+            encs = self.tokenizer.encode_batch(texts[s : s + batch_size], add_special_tokens=False)
+            lens = np.array([len(e.ids) for e in encs], np.int64)  # (b,)
+            if not lens.sum():
+                continue
+            ids = np.concatenate([e.ids for e in encs if e.ids]).astype(np.int64)  # (tokens,)
+            nz = lens > 0
+            first = (np.cumsum(lens) - lens)[nz]  # where each non-empty title's tokens start
+            sums = np.add.reduceat(self.table[ids], first, axis=0)  # (non-empty, dim)
+            out[s : s + len(encs)][nz] = sums / lens[nz, None]
         return l2_normalize(out)
 
 

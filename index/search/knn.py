@@ -204,12 +204,54 @@ def hamming_self_knn(
 ) -> tuple[np.ndarray, np.ndarray]:
     """k nearest 64-bit codes by Hamming distance among the rows themselves (D = 1 - d/64).
 
+    Exact-hash buckets first: rows sharing a code share their neighbours, so only the
+    distinct codes are searched (FAISS binary flat: popcounts, on one thread, so a busy
+    machine's other work does not make OpenMP threads wait on each other), each against
+    the distinct codes (the k nearest codes hold at least k rows), and their rows
+    expanded in (distance, code, row) order.
+
     Args:
         codes: (n, 8) uint8 packed hashes.
         valid: (n,) bool, rows without a hash are left out.
+
+    Returns:
+        D (n, k) similarity, descending, and I (n, k) rows, -1 padded.
     """
-    valid = np.ones(codes.shape[0], bool) if valid is None else valid
-    return hamming_knn(codes, valid, codes, valid, k)
+    assert codes.ndim == 2 and codes.shape[1] == 8 and codes.dtype == np.uint8
+    n = codes.shape[0]
+    valid = np.ones(n, bool) if valid is None else valid
+    D, I = no_neighbours(n, k)
+    rows = np.flatnonzero(valid)
+    if rows.size == 0:
+        return D, I
+    keys = np.ascontiguousarray(codes[rows]).view(np.uint64)[:, 0]  # (m,)
+    uniq, first, inv, counts = np.unique(
+        keys, return_index=True, return_inverse=True, return_counts=True
+    )
+    ucodes = np.ascontiguousarray(codes[rows[first]])  # (u, 8)
+    index = faiss.IndexBinaryFlat(64)
+    index.add(ucodes)
+    ku = min(k, uniq.size)
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        dist, Iu = index.search(ucodes, ku)  # (u, ku) distances and code numbers
+    finally:
+        faiss.omp_set_num_threads(threads)
+    members = rows[np.argsort(inv, kind="stable")]  # rows by code, ascending within one
+    start = np.cumsum(counts) - counts  # (u,) where each code's rows begin in `members`
+    L = counts[Iu]  # (u, ku) rows each neighbour code brings
+    before = np.cumsum(L, axis=1) - L  # rows taken before it
+    take = np.clip(k - before, 0, L)  # (u, ku) how many of them fit in k
+    j = np.repeat(np.arange(uniq.size), take.sum(axis=1))  # code of each output entry
+    src = np.repeat(Iu.ravel(), take.ravel())  # neighbour code of each entry
+    off = np.arange(src.size) - np.repeat(np.cumsum(take.ravel()) - take.ravel(), take.ravel())
+    pos = np.arange(src.size) - np.repeat(np.cumsum(take.sum(1)) - take.sum(1), take.sum(1))
+    Du, Ij = no_neighbours(uniq.size, k)
+    Du[j, pos] = 1.0 - np.repeat(dist.ravel(), take.ravel()).astype(np.float32) / 64.0
+    Ij[j, pos] = members[start[src] + off]
+    D[rows], I[rows] = Du[inv], Ij[inv]
+    return D, I
 
 
 def sparse_topk(Xq: sp.csr_matrix, XbT: sp.csr_matrix, k: int = K) -> tuple[np.ndarray, np.ndarray]:
@@ -234,17 +276,45 @@ def sparse_topk(Xq: sp.csr_matrix, XbT: sp.csr_matrix, k: int = K) -> tuple[np.n
     return D, I
 
 
+def sparse_topk_join(
+    Xq: sp.csr_matrix, XbT: sp.csr_matrix, k: int = K
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """`sparse_topk` as a sparse top-k join (`sparse_dot_topn.sp_matmul_topn`: each row's k
+    best products kept while multiplying, no dense (nq, nb) block), single-threaded; equal
+    scores in column order. None when sparse_dot_topn is not installed."""
+    try:
+        from sparse_dot_topn import sp_matmul_topn
+    except ImportError:
+        return None
+    assert Xq.shape[1] == XbT.shape[0], (Xq.shape, XbT.shape)
+    nq, nb = Xq.shape[0], XbT.shape[1]
+    D, I = no_neighbours(nq, k)
+    if nb == 0 or nq == 0:
+        return D, I
+    C = sp_matmul_topn(sp.csr_matrix(Xq), XbT, top_n=k, threshold=0.0, sort=False)
+    C = sp.csr_matrix(C)
+    counts = np.diff(C.indptr)
+    rows = np.repeat(np.arange(nq), counts)
+    o = np.lexsort((C.indices, -C.data, rows))  # by row, then score desc, then column
+    pos = np.arange(C.nnz) - np.repeat(C.indptr[:-1], counts)
+    D[rows, pos] = C.data[o].astype(np.float32)
+    I[rows, pos] = C.indices[o]
+    return D, I
+
+
 def sparse_knn(
     Xq: sp.csr_matrix,
     Xb: sp.csr_matrix,
     k: int = K,
     chunk: int = 512,
     show_progress: bool = False,
+    join: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact cosine k-NN between L2-normalised sparse rows, in row chunks.
 
-    Memory is bounded by one dense (chunk, nb) block, so 70k rows fit in a few hundred MB.
-    Zero rows (empty titles) get no neighbours.
+    A sparse top-k join per chunk (`sparse_topk_join`) when sparse_dot_topn is installed,
+    else `sparse_topk`'s dense (chunk, nb) blocks (memory bounded by one block, so 70k rows
+    fit in a few hundred MB). Zero rows (empty titles) get no neighbours.
     """
     assert Xq.shape[1] == Xb.shape[1], (Xq.shape, Xb.shape)
     nq = Xq.shape[0]
@@ -253,5 +323,8 @@ def sparse_knn(
     XbT = sp.csr_matrix(Xb.T)
     starts = range(0, nq, chunk)
     for s in progress(starts, desc="tfidf neighbours", unit="chunk", disable=not show_progress):
-        D[s : s + chunk], I[s : s + chunk] = sparse_topk(Xq[s : s + chunk], XbT, k)
+        part = sparse_topk_join(Xq[s : s + chunk], XbT, k) if join else None
+        if part is None:
+            part = sparse_topk(Xq[s : s + chunk], XbT, k)
+        D[s : s + chunk], I[s : s + chunk] = part
     return D, I

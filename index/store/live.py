@@ -192,7 +192,9 @@ class LiveCatalogue:
         for m, d in self.dims.items():
             assert m in DENSE, m
             self.stores.setdefault(m, FaissFlatStore(d, device=self.device))
-        self._row = {p: i for i, p in enumerate(self.posting_id)}
+        #: the stable id of each posting_id; its row is `searchsorted(ids, id)` (rows are in id
+        #: order), so removing a row shifts no entry here
+        self._id = dict(zip(self.posting_id, self.ids.tolist(), strict=True))
         #: seconds of each signal's search in the last `query_neighbours` (for the metrics)
         self.last_timings: dict[str, float] = {}
         self._X: sp.csr_matrix | None = None
@@ -227,14 +229,19 @@ class LiveCatalogue:
         )
 
     def __contains__(self, posting_id: object) -> bool:
-        return posting_id in self._row
+        return posting_id in self._id
 
     def row(self, posting_id: str) -> int:
         """Row of `posting_id`. Raises NotFoundError."""
-        try:
-            return self._row[posting_id]
-        except KeyError:
-            raise NotFoundError(f"posting_id {posting_id!r} is not in the catalogue") from None
+        r = self.row_or_none(posting_id)
+        if r < 0:
+            raise NotFoundError(f"posting_id {posting_id!r} is not in the catalogue")
+        return r
+
+    def row_or_none(self, posting_id: str | None) -> int:
+        """Row of `posting_id`, -1 if it is not in the catalogue (or None)."""
+        i = self._id.get(posting_id) if posting_id else None
+        return -1 if i is None else int(np.searchsorted(self.ids, i))
 
     def get(self, posting_id: str) -> dict[str, Any]:
         """One listing as stored: posting_id, title, image, image_phash and its signals."""
@@ -283,8 +290,8 @@ class LiveCatalogue:
         n = len(feats)
         assert len(posting_ids) == n == len(images), (len(posting_ids), n, len(images))
         assert len(set(posting_ids)) == n, "posting_ids of one upsert must be distinct"
-        replaced = [p for p in posting_ids if p in self._row]
-        self._drop([self._row[p] for p in replaced])
+        replaced = [p for p in posting_ids if p in self._id]
+        self._drop([self.row(p) for p in replaced])
         new_ids = np.arange(self.next_id, self.next_id + n, dtype=np.int64)
         self.next_id += n
         dense = feats.dense()
@@ -302,7 +309,7 @@ class LiveCatalogue:
         self.image += list(images)
         self.image_phash += hexes
         self.ids = np.concatenate([self.ids, new_ids])
-        self._row.update({p: base + i for i, p in enumerate(posting_ids)})
+        self._id.update(zip(posting_ids, new_ids.tolist(), strict=True))
         self._changed(new_rows=feats.title if self.fixed_vocabulary else None)
         return n - len(replaced), len(replaced)
 
@@ -313,15 +320,18 @@ class LiveCatalogue:
     def _drop(self, rows: list[int]) -> None:
         if not rows:
             return
-        gone = np.asarray(rows, np.int64)
+        gone = np.unique(np.asarray(rows, np.int64))
         for store in self.stores.values():
             store.remove(self.ids[gone])
-        keep = np.setdiff1d(np.arange(len(self)), gone)
+        for i in gone.tolist():
+            del self._id[self.posting_id[i]]
+        keep = np.ones(len(self), bool)
+        keep[gone] = False
         for name in ("posting_id", "title", "image", "image_phash"):
             col = getattr(self, name)
-            setattr(self, name, [col[i] for i in keep])
+            for i in gone[::-1].tolist():  # in place: a memmove per row, no rebuild
+                del col[i]
         self.ids = self.ids[keep]
-        self._row = {p: i for i, p in enumerate(self.posting_id)}
         self._XT = None
         if self._X is not None and self.fixed_vocabulary:
             self._X = sp.csr_matrix(self._X[keep])
@@ -404,7 +414,7 @@ class LiveCatalogue:
         INB, alpha-QE), the reciprocal min-2 check and the unit rule are not applied here.
         """
         nb = self.query_neighbours(q, k)
-        self_rows = np.array([self._row.get(p, -1) if p else -1 for p in self_ids], np.int64)
+        self_rows = np.array([self.row_or_none(p) for p in self_ids], np.int64)
         I, S = fuse_against(nb, config.for_pool(len(self)), self_rows)
         return I, S, nb
 
@@ -491,7 +501,7 @@ class LiveCatalogue:
         out = []
         for j in range(len(q)):
             pid = self_ids[j]
-            own = self._row.get(pid, -1) if pid else -1
+            own = self.row_or_none(pid)
             out.append(self._rank_one(q, j, nb_q, own, ranker, k))
         return out
 
