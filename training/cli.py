@@ -162,12 +162,13 @@ def _register_train(sub: Any) -> None:
     tm = TextModelConfig()
     text.add_argument(
         "--mode",
-        choices=["projection", "top", "full"],
+        choices=["projection", "top", "full", "static"],
         default=tm.mode,
         help="top (default): fine-tune the top --top-layers transformer layers + a projection "
         "on cached states of the frozen layers below (CPU: about an hour for 27k titles); "
         "projection: frozen encoder + trained projection (fastest); "
-        "full: fine-tune the whole encoder (use a GPU)",
+        "full: fine-tune the whole encoder (use a GPU); static: fine-tune the token table "
+        "of a static-text encoder (--base: its folder, from `pricematch compress static`)",
     )
     text.add_argument(
         "--top-layers", type=int, default=tm.top_layers, help="layers trained in top mode"
@@ -215,6 +216,7 @@ _MODE_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
     ("text", "projection"): {"epochs": 10, "batch_size": 256, "lr": 3e-3, "head_lr": 3e-2},
     ("text", "top"): {"epochs": 5, "batch_size": 256, "lr": 2e-3, "head_lr": 3e-2},
     ("text", "full"): {"epochs": 5, "batch_size": 64, "lr": 3e-5, "head_lr": 3e-3},
+    ("text", "static"): {"epochs": 10, "batch_size": 256, "lr": 1e-2, "head_lr": 3e-2},
     ("image", ""): {"epochs": 10, "batch_size": 32, "lr": 3e-4, "head_lr": 3e-3},
 }
 
@@ -226,7 +228,7 @@ def _train(args: argparse.Namespace) -> int:
         from training import recipe
         from training.config import CVConfig, ImageModelConfig, TextModelConfig, TrainConfig
         from training.export import export_default_image, export_default_text
-        from training.tasks import ImageTask, Task, TextTask
+        from training.tasks import ImageTask, StaticTextTask, Task, TextTask
     except ImportError as e:
         raise PricematchError(
             f"train needs the [train] extra (pip install 'pricematch[train]'): {e}"
@@ -275,9 +277,15 @@ def _train(args: argparse.Namespace) -> int:
             max_length=args.max_length,
             normalize_titles=args.normalize_titles,
         )
-        task = TextTask(
-            cat.title, model_cfg, device, show_progress=show, cache_dir=args.out / "work"
-        )
+        if args.mode == "static":
+            try:
+                task = StaticTextTask(cat.title, model_cfg, device)
+            except ValueError as e:
+                raise PricematchError(str(e)) from e
+        else:
+            task = TextTask(
+                cat.title, model_cfg, device, show_progress=show, cache_dir=args.out / "work"
+            )
         other: dict[str, Any] = {"image": export_default_image}
     else:
         if cat.image is None:

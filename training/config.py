@@ -57,7 +57,9 @@ class TextModelConfig:
             encoder runs once); "top" fine-tunes the top `top_layers` transformer layers
             and the projection on cached states of the frozen layers below (BERT-like
             encoders; a CPU run fine-tunes the encoder at a fraction of the cost);
-            "full" fine-tunes the whole encoder (GPU).
+            "full" fine-tunes the whole encoder (GPU); "static" fine-tunes a static-text
+            encoder's token table (`base` = its folder, from `pricematch compress static`)
+            and a projection, exported as a static-text encoder (no ONNX).
         top_layers: layers trained in "top" mode.
         layer_lr_mult: learning rate of the pretrained layers relative to the projection's
             ("top" mode).
@@ -68,7 +70,7 @@ class TextModelConfig:
     """
 
     base: str = ""
-    mode: Literal["projection", "top", "full"] = "top"
+    mode: Literal["projection", "top", "full", "static"] = "top"
     top_layers: int = 1
     layer_lr_mult: float = 0.05
     dim: int = 512

@@ -217,14 +217,14 @@ def _write_config(out_dir: Path, config: TextEncoderConfig | ImageEncoderConfig)
     (out_dir / "config.json").write_text(text, encoding="utf-8")
 
 
-def _check_parity(out_dir: Path, diff: float, n_inputs: int, dim: int) -> ExportResult:
+def check_parity(out_dir: Path, diff: float, n_inputs: int, dim: int) -> ExportResult:
     (out_dir / "parity.json").write_text(
         json.dumps({"max_abs_diff": diff, "tolerance": PARITY_TOL, "n_inputs": n_inputs}) + "\n",
         encoding="utf-8",
     )
     if not diff <= PARITY_TOL:  # also catches NaN
         raise EncoderError(
-            f"{out_dir}: ONNX output differs from PyTorch by {diff:.3g} "
+            f"{out_dir}: the exported encoder differs from PyTorch by {diff:.3g} "
             f"(tolerance {PARITY_TOL:g}) over {n_inputs} inputs"
         )
     log.info("exported %s: dim %d, parity max abs diff %.3g", out_dir, dim, diff)
@@ -324,7 +324,7 @@ def export_text_encoder(
             _max_abs_diff(encoder.encode(texts, batch_size=len(texts)), ref_np),
             _max_abs_diff(encoder.encode(texts, batch_size=3), ref_np),
         )
-    return _check_parity(out_dir, diff, len(texts), dim)
+    return check_parity(out_dir, diff, len(texts), dim)
 
 
 def export_image_encoder(
@@ -385,7 +385,7 @@ def export_image_encoder(
         with _strict_fp32(device):
             ref = model(torch.from_numpy(batch).to(device))  # (n, dim)
         diff = _max_abs_diff(encoder.encode(pil, batch_size=4), ref.float().cpu().numpy())
-    return _check_parity(out_dir, diff, len(pil), dim)
+    return check_parity(out_dir, diff, len(pil), dim)
 
 
 def synthetic_images(n: int = 5) -> list[Image.Image]:

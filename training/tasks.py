@@ -33,6 +33,7 @@ from training.export import (
     ExportResult,
     ImageEmbedder,
     TextEmbedder,
+    check_parity,
     export_image_encoder,
     export_text_encoder,
 )
@@ -309,6 +310,116 @@ class TextTask(Task):
             source=src,
             normalize_titles=self.config.normalize_titles,
         )
+
+
+class StaticTextModel(nn.Module):
+    """A static-text encoder in torch: the mean of a title's token vectors (EmbeddingBag,
+    the table trained too), then an optional projection (Linear + BatchNorm)."""
+
+    def __init__(self, table: torch.Tensor, proj: nn.Module | None) -> None:
+        super().__init__()
+        self.bag = nn.EmbeddingBag.from_pretrained(table, freeze=False, mode="mean")
+        self.projection = proj
+
+    def forward(self, ids: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        x = self.bag(ids, offsets)  # (b, d): a title without tokens is the zero vector
+        return x if self.projection is None else self.projection(x)
+
+    def table(self) -> torch.Tensor:
+        """The exported token table (vocab, dim): the projection is affine, so it commutes
+        with the mean and is folded into every row (eval mode: BatchNorm's running
+        statistics)."""
+        self.eval()
+        with torch.no_grad():
+            t = self.bag.weight
+            if self.projection is None:
+                return t.detach().clone()
+            return torch.cat([self.projection(t[s : s + 8192]) for s in range(0, len(t), 8192)])
+
+
+class StaticTextTask(Task):
+    """Fine-tune a static-text encoder (`pricematch compress static`) with the same trainer:
+    the titles tokenized once, batches of token ids; exported as a static-text folder."""
+
+    modality = "text"
+
+    def __init__(self, titles: Sequence[str], config: TextModelConfig, device: torch.device):
+        from index.features.encoders import StaticTextEncoder, load_encoder
+
+        if not config.base:
+            raise ValueError("--mode static needs --base: a static-text encoder folder")
+        enc = load_encoder(config.base, device="cpu")
+        if not isinstance(enc, StaticTextEncoder):
+            raise ValueError(f"--mode static: {config.base} is not a static-text encoder")
+        self.source = enc
+        self.config = config
+        self.device = device
+        self.dim = config.dim or enc.dim
+        c = enc.config
+        self.titles = [str(t) for t in titles]
+        self.normalize = config.normalize_titles or c.normalize_titles  # as exported
+        texts = self.titles
+        if self.normalize:
+            from index.features.text import normalize_title
+
+            texts = [normalize_title(t) for t in texts]
+        texts = [t.lower() if c.lowercase else t for t in texts]
+        encs = enc.tokenizer.encode_batch(texts, add_special_tokens=False)
+        self.tokens = [torch.tensor(e.ids, dtype=torch.int64) for e in encs]
+
+    def _batch(self, rows: Sequence[int]) -> dict[str, torch.Tensor]:
+        parts = [self.tokens[i] for i in rows]
+        lens = torch.tensor([len(p) for p in parts], dtype=torch.int64)
+        offsets = torch.cumsum(lens, 0) - lens
+        ids = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64)
+        return {"ids": ids, "offsets": offsets}
+
+    def build(self) -> nn.Module:
+        table = torch.from_numpy(self.source.table.copy())
+        proj = projection(self.source.dim, self.dim) if self.config.dim else None
+        return StaticTextModel(table, proj).to(self.device)
+
+    def loader(self, rows: np.ndarray, labels: np.ndarray, config: TrainConfig) -> Any:
+        pairs: Any = list(zip(rows.tolist(), labels.tolist(), strict=True))
+
+        def collate(batch: list[tuple[int, int]]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+            return self._batch([i for i, _ in batch]), torch.tensor([y for _, y in batch])
+
+        return shuffled_loader(pairs, config, collate_fn=collate)
+
+    def embed(self, model: nn.Module, rows: np.ndarray) -> np.ndarray:
+        batches = [self._batch(rows[s : s + 4096].tolist()) for s in range(0, len(rows), 4096)]
+        return embed(model, batches)
+
+    def baseline(self, rows: np.ndarray) -> np.ndarray:
+        return self.embed(StaticTextModel(torch.from_numpy(self.source.table.copy()), None), rows)
+
+    def export(self, model: nn.Module, out_dir: Path) -> ExportResult:
+        """A static-text folder: the trained table with the projection folded in, checked
+        by encoding titles with the exported encoder against the trained model."""
+        import shutil
+
+        from index.features.encoders import StaticTextEncoderConfig, load_encoder
+
+        assert isinstance(model, StaticTextModel)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        table = model.table().cpu().numpy().astype(np.float32)  # (vocab, dim)
+        np.save(out_dir / "embeddings.npy", table)
+        src = self.source
+        shutil.copyfile(src.folder / src.config.tokenizer, out_dir / "tokenizer.json")
+        cfg = StaticTextEncoderConfig(
+            dim=int(table.shape[1]),
+            max_length=src.config.max_length,
+            lowercase=src.config.lowercase,
+            normalize_titles=self.normalize,
+            source=f"fine-tuned (static) from {src.config.source or src.folder}",
+        )
+        (out_dir / "config.json").write_text(cfg.model_dump_json(indent=2), encoding="utf-8")
+        rows = np.arange(min(64, len(self.titles)))
+        want = self.embed(model, rows)
+        got = load_encoder(out_dir, device="cpu").encode([self.titles[i] for i in rows])
+        diff = float(np.abs(got - want).max()) if len(rows) else 0.0
+        return check_parity(out_dir, diff, len(rows), int(table.shape[1]))
 
 
 class LengthBatches:

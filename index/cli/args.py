@@ -183,5 +183,11 @@ def add_ranker_arguments(p: argparse.ArgumentParser) -> None:
         help="write the ranker even where it does not beat the fusion (by default it is "
         "written only if it wins on every fold: label groups; or out of fold: pairs)",
     )
+    p.add_argument(
+        "--marginals",
+        action="store_true",
+        help="label groups: measure each signal's marginal out-of-fold F1 with the ranker "
+        "(retrained without it) and leave out one that adds under 0.001",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=lazy("index.cli.ranker", "cmd_train_ranker"))

@@ -25,7 +25,7 @@ from index.matching.selfmatch import self_neighbours
 from index.matching.stages import apply_stages, fuse_stages
 from index.progress import progress
 from index.store.model import FUSION, load_model, write_fusion, write_ranker
-from index.tuning.grids import group_folds
+from index.tuning.grids import MARGINAL_MIN, group_folds
 from index.tuning.metrics import f1_report, pair_report
 from index.tuning.ranker import RankPool, train_on_pairs, train_on_pools
 
@@ -109,9 +109,24 @@ def _train_groups(args: argparse.Namespace, encoders: Encoders, config: FusionCo
         sub = cat.subset(rows)
         pools.append(make_pool(sub, encoders, config, args.device, labels[rows]))
     signals = _signals(pools, config)
+    left_out: list[tuple[str, float]] = []
+    marginal: dict[str, float] = {}
+    if getattr(args, "marginals", False):
+        signals, left_out, marginal = ranker_marginals(pools, signals, show=not args.quiet)
     ranker, report = train_on_pools(
         pools, signals, show_progress=not args.quiet, sub_pool=sub_pool_maker(config, args.device)
     )
+    if marginal:
+        report["marginal_f1"] = marginal
+        report["left_out"] = [{"signal": s, "marginal_f1": g} for s, g in left_out]
+        print("\nmarginal F1 of each signal (the ranker retrained out of fold without it):")
+        for name, g in marginal.items():
+            print(f"  {name:<8} {g:+.4f}")
+        for name, g in left_out:
+            print(
+                f"left out {name}: adds {g:+.4f} < {MARGINAL_MIN} to the ranker "
+                "(its encoder is not loaded for this model unless the fusion uses it)"
+            )
     plain = []
     for p in pools:
         assert p.labels is not None
@@ -151,6 +166,46 @@ def _train_groups(args: argparse.Namespace, encoders: Encoders, config: FusionCo
     return report
 
 
+def _without(signals: list[str], s: str) -> list[str]:
+    """`signals` without `s` and what is made from it ("combined" from text and image)."""
+    return [x for x in signals if x != s and not (x == "combined" and s in ("text", "image"))]
+
+
+def ranker_marginals(
+    pools: list[RankPool], signals: list[str], show: bool = False
+) -> tuple[list[str], list[tuple[str, float]], dict[str, float]]:
+    """Each base signal's marginal out-of-fold F1 with the ranker: mean OOF F1 of the
+    ranker trained on `signals` minus that of one retrained without the signal. The
+    signal with the lowest marginal under `MARGINAL_MIN` is left out, then the others are
+    measured again, until every one left earns its cost.
+
+    Returns:
+        the signals kept, the (signal, marginal) left out in order, and the first round's
+        marginal of every base signal.
+    """
+
+    def oof(sigs: list[str]) -> float:
+        return float(np.mean(train_on_pools(pools, sigs, show_progress=show)[1]["oof_f1"]))
+
+    kept, left_out = list(signals), []
+    first: dict[str, float] = {}
+    score = oof(kept)
+    while True:
+        base = [s for s in kept if s in ("tfidf", "phash", "text", "image")]
+        if len(base) < 2:
+            break
+        runs = {s: oof(_without(kept, s)) for s in base}
+        gains = {s: score - f for s, f in runs.items()}
+        if not first:
+            first = {s: round(g, 4) for s, g in gains.items()}
+        weakest = min(gains, key=lambda s: gains[s])
+        if gains[weakest] >= MARGINAL_MIN:
+            break
+        left_out.append((weakest, round(gains[weakest], 4)))
+        kept, score = _without(kept, weakest), runs[weakest]
+    return kept, left_out, first
+
+
 def write_if_won(args: argparse.Namespace, ranker: Any, wins: bool, why_not: str) -> bool:
     """Write the ranker into the model folder if it won (or --keep-anyway); say which."""
     from pathlib import Path
@@ -164,7 +219,11 @@ def write_if_won(args: argparse.Namespace, ranker: Any, wins: bool, why_not: str
 
 
 def _train_pairs(args: argparse.Namespace, encoders: Encoders, config: FusionConfig) -> Any:
-
+    if getattr(args, "marginals", False):
+        raise CatalogueError(
+            "--marginals needs label groups (a CSV with label_group): on pairwise data the "
+            "ranker is trained once, out of fold by connected component"
+        )
     data = read_pair_folder(args.input, fields_of(args))
     cat = data.catalogue
     train = data.pairs("train")
