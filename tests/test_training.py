@@ -348,3 +348,53 @@ def test_train_static_text_encoder_with_the_same_trainer(tmp_path: Path, capsys)
     assert len(sub.read_text().splitlines()) == report["rows"] + 1
     bad = ["train", "text", str(listings), "--out", str(tmp_path / "m2"), "--mode", "static"]
     assert main([*bad, "-q"]) == 2  # no --base: a clear error
+
+
+def test_training_keeps_the_stages_only_when_they_win_every_fold(
+    tmp_path: Path, synth: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`keep_winning_pipeline` (run by `train` unless --no-stages): fusion.json takes the
+    ablation's pipeline only if it beats the plain fusion on every fold."""
+    import json
+
+    import index.tuning.ablation as ablation
+    from index.data.listings import read_catalogue
+    from index.data.oof import write_oof
+    from index.matching.fusion import FusionConfig
+    from index.store.model import read_fusion, write_fusion
+    from index.tuning.ablation import Pipeline
+    from training.cli import keep_winning_pipeline
+
+    cat = read_catalogue(synth / "listings.csv")
+    folds = group_folds(cat.labels, 3)
+    x = np.random.default_rng(0).normal(size=(len(cat), 8)).astype(np.float32)
+    write_oof(tmp_path, "text", x, folds, cat.posting_id)
+    plain = FusionConfig(thresholds={"tfidf": 0.5, "text": 0.9})
+    staged = plain.with_stages(unit_rule=True)
+    seen: list[int] = []
+
+    def fake(sub, dense, fold_rows, device, **kw):  # type: ignore[no-untyped-def]
+        seen.append(len(fold_rows))
+        assert set(dense) == {"text"} and kw["within_folds"] is True
+        return Pipeline(staged, outcome["wins"], [0.8, 0.8, 0.8], outcome["final"], [], [],
+                        [], {}, {})
+
+    monkeypatch.setattr(ablation, "best_pipeline", fake)
+    for wins, final in ((False, [0.9, 0.9, 0.79]), (True, [0.81, 0.9, 0.85])):
+        outcome = {"wins": wins, "final": final}
+        write_fusion(tmp_path / "fusion.json", plain)
+        assert keep_winning_pipeline(tmp_path, cat, "cpu", False) is wins
+        assert read_fusion(tmp_path / "fusion.json") == (staged if wins else plain)
+        rep = json.loads((tmp_path / "pipeline.json").read_text())
+        assert rep["written"] is wins and rep["pipeline_f1"] == final
+    assert seen == [3, 3]
+
+
+def test_wins_every_fold_needs_a_strict_gain_on_each_fold() -> None:
+    from index.tuning.ablation import wins_every_fold
+
+    assert wins_every_fold([0.81, 0.9], [0.8, 0.8])
+    assert not wins_every_fold([0.8, 0.9], [0.8, 0.8])  # a tie on one fold loses
+    assert not wins_every_fold([0.79, 0.99], [0.8, 0.8])
+    with pytest.raises(ValueError):
+        wins_every_fold([0.9], [0.8, 0.8])

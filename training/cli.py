@@ -153,6 +153,13 @@ def _register_train(sub: Any) -> None:
         k.add_argument("--margin-warmup-epochs", type=int, default=0)
         k.add_argument("--folds", type=int, default=c_defaults.folds)
         k.add_argument("--no-final-fit", action="store_true", help="CV and thresholds only")
+        k.add_argument(
+            "--no-stages",
+            action="store_true",
+            help="skip the out-of-fold ablation of the match-quality stages (by default the "
+            "stages that win on every fold, tuned on the saved out-of-fold embeddings, go "
+            "into fusion.json when the pipeline beats the plain fusion on every fold)",
+        )
         k.add_argument("--limit-groups", type=int, help="use the first N label groups only")
         k.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
         k.add_argument("--compile", action="store_true", help="torch.compile the model")
@@ -324,7 +331,56 @@ def _train(args: argparse.Namespace) -> int:
         f"the pool when matching ({slopes}), written to {args.out / 'fusion.json'}; "
         f"model folder {args.out} ({report['seconds']:.0f}s)"
     )
+    if not args.no_stages:
+        keep_winning_pipeline(args.out, cat, args.device, show)
     return 0
+
+
+#: The report of the stages chosen after training (`keep_winning_pipeline`).
+PIPELINE_REPORT = "pipeline.json"
+
+
+def keep_winning_pipeline(out: Path, cat: Any, device: str, show: bool) -> bool:
+    """The out-of-fold ablation of the stages on the model's saved out-of-fold embeddings
+    (`index.tuning.ablation.best_pipeline`); its pipeline replaces `out/fusion.json` when it
+    scores above the plain fusion on every fold. Writes `out/pipeline.json`; returns whether
+    fusion.json was replaced."""
+    import json
+
+    import numpy as np
+
+    from index.data.oof import read_oof
+    from index.store.model import FUSION, write_fusion
+    from index.tuning.ablation import best_pipeline
+
+    dense, fold_of = read_oof(out, cat.posting_id)
+    rows = np.flatnonzero(fold_of >= 0)
+    sub = cat.subset(rows)
+    dense = {m: x[rows] for m, x in dense.items()}
+    folds = [np.flatnonzero(fold_of[rows] == f) for f in sorted(set(fold_of[rows].tolist()))]
+    if len(folds) < 2:
+        return False
+    print("\nstages, out of fold on the saved embeddings (each tuned on the other folds):")
+    dev = "cpu" if device == "auto" else device
+    pipe = best_pipeline(sub, dense, folds, dev, within_folds=True, show_progress=show)
+    written = pipe.wins
+    for f, (a, b) in enumerate(zip(pipe.plain, pipe.final, strict=True)):
+        print(f"  fold {f}: plain fusion {a:.4f}  pipeline with stages {b:.4f}")
+    if written:
+        write_fusion(out / FUSION, pipe.config)
+        print(f"the pipeline wins on every fold: written to {out / FUSION}")
+    else:
+        print(f"the pipeline does not win on every fold: {out / FUSION} keeps the plain fusion")
+    report = {
+        "plain_f1": pipe.plain,
+        "pipeline_f1": pipe.final,
+        "wins_every_fold": pipe.wins,
+        "written": written,
+        "config": pipe.config.model_dump(mode="json"),
+        "seconds": pipe.seconds,
+    }
+    (out / PIPELINE_REPORT).write_text(json.dumps(report, indent=2), encoding="utf-8")
+    return written
 
 
 def _parity_images(folder: Path) -> list[Path]:

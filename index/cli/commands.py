@@ -20,7 +20,6 @@ from index.features.tfidf import TfidfConfig
 from index.matching.fusion import SIGNALS, FusionConfig
 from index.matching.selfmatch import NeighbourStep, local_neighbours, self_match, self_neighbours
 from index.matching.stages import fuse_stages, source_links
-from index.progress import progress
 from index.store.model import (
     FUSION,
     Model,
@@ -31,16 +30,11 @@ from index.store.model import (
     write_fusion,
 )
 from index.tuning.ablation import (
+    best_pipeline,
     consensus,
-    default_steps,
-    make_pool,
     mean_std,
-    pool_study,
     ranker_row,
-    run_ablation,
-    stage_slopes,
     summarize,
-    unanimous_only,
 )
 from index.tuning.grids import (
     MARGINAL_MIN,
@@ -539,21 +533,18 @@ def cmd_ablation(args: argparse.Namespace, cat: Catalogue) -> int:
     fold_rows = [np.flatnonzero(fold_of == f) for f in sorted(set(fold_of.tolist()) - {-1})]
     if len(fold_rows) < 2:
         raise CatalogueError("the ablation needs at least 2 folds")
-    pools = [
-        make_pool(cat, r, dense, device)
-        for r in progress(fold_rows, desc="pools", unit="pool", disable=not show)
-    ]
-    t_pools = time.perf_counter() - t0
-    start = FusionConfig().with_(
-        thresholds={k: v for k, v in FusionConfig().thresholds.items() if k in pools[0].nb}
-    )
-    results = run_ablation(pools, start, default_steps(list(dense)), device, show_progress=show)
-    t_abl = time.perf_counter() - t0 - t_pools
     # Saved out-of-fold embeddings come from one model per fold: pools never span folds.
     within = args.oof is not None
-    study = pool_study(
-        cat, dense, fold_rows, pools, start, device, show_progress=show, within_folds=within
+    pipe = best_pipeline(
+        cat,
+        dense,
+        fold_rows,
+        device,
+        within_folds=within,
+        show_progress=show,
+        fit_slopes=args.save_config is not None,
     )
+    pools, results, study, slopes = pipe.pools, pipe.results, pipe.study, pipe.slopes
     final_row = next(r for r in results if r["role"] == "final")
     final = [FusionConfig.model_validate(x["config"]) for x in final_row["folds"]]
     if not args.no_ranker:
@@ -596,17 +587,11 @@ def cmd_ablation(args: argparse.Namespace, cat: Catalogue) -> int:
         + ", ".join(f"{s} {v:+.3f}" for s, v in slopes.items())
     )
     print(
-        f"\ntime: pools {t_pools:.0f}s, stages {t_abl:.0f}s, "
-        f"pool study {elapsed - t_pools - t_abl:.0f}s, total {elapsed:.0f}s"
+        f"\ntime: pools {pipe.seconds['pools']:.0f}s, stages {pipe.seconds['stages']:.0f}s, "
+        f"pool study {pipe.seconds['pool_study']:.0f}s, total {elapsed:.0f}s"
     )
     if args.save_config:
-        best = unanimous_only(consensus(final, slopes), results)
-        # The stages' thresholds (combined) need slopes too, fitted with the stages on.
-        best = best.with_(
-            pool_slopes=stage_slopes(
-                cat, dense, fold_rows, pools, best, device, show_progress=show, merged=not within
-            )
-        )
+        best = pipe.config
         args.save_config.parent.mkdir(parents=True, exist_ok=True)
         write_fusion(args.save_config, best)
         print(f"wrote {args.save_config} (final pipeline, thresholds for {best.tuned_rows} rows)")

@@ -303,7 +303,6 @@ class LiveCatalogue:
             if rows.size:
                 store.add(new_ids[rows], x[rows])
         hexes = phash_hex(feats.phash, feats.phash_valid)
-        base = len(self.posting_id)
         self.posting_id += list(posting_ids)
         self.title += list(feats.title)
         self.image += list(images)

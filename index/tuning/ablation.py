@@ -495,3 +495,89 @@ def ranker_row(
         for r in rep["folds"]
     ]
     return {"name": "+ pair re-ranker", "role": "ranker", "cumulative": False, "folds": folds}
+
+
+@dataclass
+class Pipeline:
+    """The ablation's outcome as a pipeline to keep (`best_pipeline`).
+
+    Attributes:
+        config: the final pipeline: stages kept on every fold (`unanimous_only`), the folds'
+            consensus thresholds, pool-size slopes fitted with the stages on.
+        wins: the final pipeline scores above the plain fusion on every held-out fold.
+        plain: the plain fusion's per-fold F1; final: the final pipeline's.
+        results: every step's per-fold results (`run_ablation`); pools: the folds' pools;
+        study: the pool-size study; slopes: its mean slopes per doubling.
+        seconds: time of each part ("pools", "stages", "pool_study", "stage_slopes").
+    """
+
+    config: FusionConfig
+    wins: bool
+    plain: list[float]
+    final: list[float]
+    results: list[dict[str, Any]]
+    pools: list[Pool]
+    study: list[dict[str, Any]]
+    slopes: dict[str, float]
+    seconds: dict[str, float]
+
+
+def best_pipeline(
+    cat: Catalogue,
+    dense: dict[str, np.ndarray],
+    fold_rows: list[np.ndarray],
+    device: str = "cpu",
+    within_folds: bool = False,
+    show_progress: bool = False,
+    fit_slopes: bool = True,
+) -> Pipeline:
+    """The ablation on the folds `fold_rows` of `cat` (dense: the rows' embeddings), and the
+    pipeline it keeps; `within_folds`: the embeddings are out-of-fold ones (one model per
+    fold), so no pool spans folds; `fit_slopes`: fit the kept pipeline's own pool slopes
+    (`stage_slopes`; else the plain study's slopes)."""
+    import time
+
+    show = show_progress
+    t = [time.perf_counter()]
+
+    def lap() -> float:
+        t.append(time.perf_counter())
+        return t[-1] - t[-2]
+
+    pools = [
+        make_pool(cat, r, dense, device)
+        for r in progress(fold_rows, desc="pools", unit="pool", disable=not show)
+    ]
+    start = FusionConfig().with_(
+        thresholds={k: v for k, v in FusionConfig().thresholds.items() if k in pools[0].nb}
+    )
+    secs = {"pools": lap()}
+    results = run_ablation(pools, start, default_steps(list(dense)), device, show_progress=show)
+    secs["stages"] = lap()
+    study = pool_study(
+        cat, dense, fold_rows, pools, start, device, show_progress=show, within_folds=within_folds
+    )
+    secs["pool_study"] = lap()
+    slopes = {
+        s: float(np.mean([x["slopes"].get(s, 0.0) for x in study])) for s in study[0]["slopes"]
+    }
+    final_row = next(r for r in results if r["role"] == "final")
+    final = [FusionConfig.model_validate(x["config"]) for x in final_row["folds"]]
+    best = unanimous_only(consensus(final, slopes), results)
+    if fit_slopes:  # the stages' thresholds (combined, INB) need slopes fitted with them on
+        merged = not within_folds
+        fitted = stage_slopes(
+            cat, dense, fold_rows, pools, best, device, show_progress=show, merged=merged
+        )
+        best = best.with_(pool_slopes=fitted)
+    secs["stage_slopes"] = lap()
+    fused = results[1]  # the plain fusion (`default_steps`' second row)
+    plain_f1 = [x["report"]["f1"] for x in fused["folds"]]
+    final_f1 = [x["report"]["f1"] for x in final_row["folds"]]
+    wins = wins_every_fold(final_f1, plain_f1)
+    return Pipeline(best, wins, plain_f1, final_f1, results, pools, study, slopes, secs)
+
+
+def wins_every_fold(final: list[float], plain: list[float]) -> bool:
+    """Whether the pipeline's F1 is above the plain fusion's on every fold (a tie loses)."""
+    return all(a > b for a, b in zip(final, plain, strict=True))
