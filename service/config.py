@@ -73,7 +73,7 @@ class Settings(BaseSettings):
     wal: bool = Field(
         default=True,
         description="writes append to a write-ahead log (fsynced) and snapshots are written "
-        "in the background; off (and with Milvus): every write saves a whole snapshot",
+        "in the background (FAISS and Milvus); off: every write saves a whole snapshot",
     )
     wal_max_mb: float = Field(
         default=64, gt=0, description="compact (write a snapshot) when the log passes this size"

@@ -245,10 +245,10 @@ class Engine:
         await anyio.to_thread.run_sync(self.jobs.stop)
         for b in self.batchers.values():
             await b.stop()
-        if self.vectors is not None:
-            self.vectors.close()
         if self.compaction is not None:  # a snapshot in progress: let it finish (or crash safe)
             await anyio.to_thread.run_sync(self.compaction.join, 30.0)
+        if self.vectors is not None:  # after the compaction: its snapshot flushes Milvus
+            self.vectors.close()
         if self.wal is not None:
             with self.lock:
                 self.wal.close()
