@@ -141,3 +141,19 @@ def test_compress_cli_writes_the_parity_report_and_fails_on_an_f1_drop(
     with pytest.raises(SystemExit):
         main(["compress", "int9", str(onnx_text), "--out", str(bad)])
     assert main(["compress", "int8", str(onnx_text), "--out", str(bad), "--dims", "4"]) == 2
+
+
+def test_fp16_keeps_float32_io_and_the_embeddings(model_dir: Path, tmp_path: Path) -> None:
+    import onnx
+
+    from training.compress import convert_fp16
+
+    out = convert_fp16(model_dir / "text", tmp_path / "h")
+    graph = onnx.load(str(out / "model.onnx")).graph
+    table = next(t for t in graph.initializer if t.name == "table")
+    assert table.data_type == onnx.TensorProto.FLOAT16  # the weights are float16
+    assert graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # io float32
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["source"].startswith("fp16 of") and (out / "tokenizer.json").is_file()
+    a = load_encoder(model_dir / "text", device="cpu").encode(TITLES)
+    np.testing.assert_allclose(load_encoder(out, device="cpu").encode(TITLES), a, atol=2e-3)

@@ -45,14 +45,16 @@ def _register_compress(sub: Any) -> None:
         "compress",
         help="make a faster text encoder from an exported one (int8, static) with a parity report",
         description=(
-            "int8: ONNX Runtime dynamic quantisation (MatMul weights, per channel). static: "
+            "int8: ONNX Runtime dynamic quantisation (MatMul weights, per channel). fp16: "
+            "a float16 graph (for CUDA; its parity is measured on whatever device runs it). "
+            "static: "
             "static token embeddings distilled from the encoder (model2vec-style; numpy at "
             "run time). With --check, a labelled CSV: cosine to the source, speed and tuned "
             "F1 (text alone, fused with TF-IDF and phash) of both in OUT/compression.json; "
             "the command fails if the fused F1 drops more than 0.002 (unless --keep-anyway)."
         ),
     )
-    p.add_argument("kind", choices=["int8", "static"])
+    p.add_argument("kind", choices=["int8", "fp16", "static"])
     p.add_argument("source", type=Path, help="an onnx-text encoder folder (e.g. MODEL/text)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="new encoder folder")
     p.add_argument("--check", type=Path, help="labelled CSV for the parity report")
@@ -75,6 +77,7 @@ def _compress(args: argparse.Namespace) -> int:
     from index.data.listings import read_catalogue
     from training.compress import (
         F1_TOLERANCE,
+        convert_fp16,
         distill_static,
         parity_report,
         quantize_int8,
@@ -83,10 +86,10 @@ def _compress(args: argparse.Namespace) -> int:
 
     if args.out.resolve() == args.source.resolve():
         raise PricematchError("--out must be another folder than the source encoder")
-    if args.kind == "int8":
+    if args.kind in ("int8", "fp16"):
         if args.dims or args.corpus:
             raise PricematchError("--dims and --corpus are options of `compress static`")
-        quantize_int8(args.source, args.out)
+        (quantize_int8 if args.kind == "int8" else convert_fp16)(args.source, args.out)
     else:
         corpus = read_catalogue(args.corpus).title if args.corpus else None
         distill_static(

@@ -1,6 +1,7 @@
 """Smaller, faster text encoders made from an exported one, each with a parity report
-(issue 14): `quantize_int8` (ONNX Runtime dynamic int8, per channel, MatMul weights only)
-and `distill_static` (model2vec-style static token embeddings: `static-text` encoders).
+(issue 14): `quantize_int8` (ONNX Runtime dynamic int8, per channel, MatMul weights only),
+`convert_fp16` (float16 graph, for CUDA) and `distill_static` (model2vec-style static token
+embeddings: `static-text` encoders).
 
 Neither needs torch: both read an `onnx-text` artifact folder (the packaged MiniLM from
 `export-default`, or a fine-tuned encoder from `train text`) and write a new artifact
@@ -82,6 +83,31 @@ def quantize_int8(src: Path, out: Path, per_channel: bool = True) -> Path:
         extra_options={"MatMulConstBOnly": True},
     )
     source = f"int8 (MatMul, per channel={per_channel}) of {enc.config.source or src}"
+    cfg = enc.config.model_copy(
+        update={"onnx": "model.onnx", "tokenizer": "tokenizer.json", "source": source}
+    )
+    (out / "config.json").write_text(cfg.model_dump_json(indent=2), encoding="utf-8")
+    return out
+
+
+def convert_fp16(src: Path, out: Path) -> Path:
+    """`src`'s ONNX graph with float16 weights and arithmetic (inputs and outputs stay
+    int64 / float32), for CUDA, where it halves the memory traffic; ONNX Runtime also runs
+    it on a CPU, slower, which is where its parity report is measured here.
+
+    Returns:
+        `out`, holding model.onnx (float16), tokenizer.json and config.json.
+    """
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    enc = _source(src)
+    _copy_tokenizer(enc, out)
+    model = convert_float_to_float16(
+        onnx.load(str(enc.folder / enc.config.onnx)), keep_io_types=True
+    )
+    onnx.save(model, str(out / "model.onnx"))
+    source = f"fp16 of {enc.config.source or src}"
     cfg = enc.config.model_copy(
         update={"onnx": "model.onnx", "tokenizer": "tokenizer.json", "source": source}
     )
