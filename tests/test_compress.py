@@ -157,3 +157,35 @@ def test_fp16_keeps_float32_io_and_the_embeddings(model_dir: Path, tmp_path: Pat
     assert cfg["source"].startswith("fp16 of") and (out / "tokenizer.json").is_file()
     a = load_encoder(model_dir / "text", device="cpu").encode(TITLES)
     np.testing.assert_allclose(load_encoder(out, device="cpu").encode(TITLES), a, atol=2e-3)
+
+
+def test_int8_becomes_the_text_encoder_only_within_the_f1_tolerance(
+    model_dir: Path, synth: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    import training.compress as compress
+    from index.data.listings import read_catalogue
+
+    cat = read_catalogue(synth / "listings.csv")
+    model = tmp_path / "m"
+    shutil.copytree(model_dir, model)
+    rep = compress.adopt_int8(model, cat)  # the fake has no MatMul: same F1, adopted
+    assert rep["adopted"] and rep["f1_delta"] == 0
+    assert json.loads((model / "text" / "config.json").read_text())["source"].startswith("int8")
+    assert (model / "text" / "compression.json").is_file() and (model / "text-fp32").is_dir()
+    assert not (model / "text-int8").exists()
+    # An F1 drop past the tolerance: text/ untouched, the int8 encoder left aside.
+    model2 = tmp_path / "m2"
+    shutil.copytree(model_dir, model2)
+    real = compress.parity_report
+
+    def losing(*a, **kw):  # type: ignore[no-untyped-def]
+        r = real(*a, **kw)
+        return {**r, "f1_delta": -0.0021, "within_tolerance": compress.keeps_f1(-0.0021)}
+
+    monkeypatch.setattr(compress, "parity_report", losing)
+    rep = compress.adopt_int8(model2, cat)
+    assert not rep["adopted"] and (model2 / "text-int8" / "compression.json").is_file()
+    assert json.loads((model2 / "text" / "config.json").read_text())["source"] == "tests.fakes"
+    assert not (model2 / "text-fp32").exists()

@@ -426,3 +426,34 @@ def test_cli_module_does_not_import_torch() -> None:
     )
     root = Path(__file__).resolve().parents[1]
     assert subprocess.run([sys.executable, "-c", code], cwd=root, check=False).returncode == 0
+
+
+def test_cli_export_default_int8_option(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    synth: Path,
+) -> None:
+    import training.compress as compress
+
+    def fake_export_default(out: Path, parity_images: list[Path] | None = None) -> DefaultExport:
+        return DefaultExport(
+            text=ExportResult(out / "text", 384, 1.5e-7, 8),
+            image=ExportResult(out / "image", 1280, 3e-7, 8),
+        )
+
+    seen = []
+
+    def fake_adopt(model: Path, cat: object) -> dict:
+        seen.append((model, len(cat)))  # type: ignore[arg-type]
+        return {"adopted": False, "f1": {"new": {"fused": 0.70}, "source": {"fused": 0.71}}}
+
+    monkeypatch.setattr(export, "export_default", fake_export_default)
+    monkeypatch.setattr(compress, "adopt_int8", fake_adopt)
+    csv = synth / "listings.csv"
+    args = _parser().parse_args(
+        ["export-default", "--out", str(tmp_path / "o"), "--int8", str(csv)]
+    )
+    assert args.func(args) == 0
+    assert seen == [(tmp_path / "o", 113)]
+    assert "more than 0.002 lost, kept in" in capsys.readouterr().out

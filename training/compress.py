@@ -279,3 +279,24 @@ def write_report(out: Path, report: dict[str, Any]) -> Path:
     path = out / REPORT
     path.write_text(json.dumps(report, indent=2), encoding="utf-8")
     return path
+
+
+def adopt_int8(model: Path, cat: Catalogue, device: Device = "cpu") -> dict[str, Any]:
+    """Quantise the model folder's text encoder to int8 and make it the folder's `text/`
+    only if its fused F1 on the labelled `cat` stays within `F1_TOLERANCE` of the fp32
+    one (which is then kept as `text-fp32/`); otherwise the int8 encoder is left in
+    `text-int8/` and `text/` is unchanged. Returns the parity report (with "adopted")."""
+    import os
+
+    text, q = model / "text", model / "text-int8"
+    shutil.rmtree(q, ignore_errors=True)
+    quantize_int8(text, q)
+    report = parity_report(text, q, cat, device=device)
+    report["adopted"] = bool(report["within_tolerance"])
+    write_report(q, report)
+    if report["adopted"]:
+        keep = model / "text-fp32"
+        shutil.rmtree(keep, ignore_errors=True)
+        os.replace(text, keep)
+        os.replace(q, text)
+    return report
