@@ -17,7 +17,7 @@ import json
 import shutil
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,10 @@ from index.features.encoders import (
     Encoder,
     OnnxTextEncoder,
     StaticTextEncoderConfig,
+    TextEncoderConfig,
     load_encoder,
+    prepare_titles,
+    read_encoder_config,
 )
 from index.matching.fusion import FusionConfig
 from index.matching.selfmatch import self_neighbours
@@ -60,6 +63,27 @@ def _copy_tokenizer(enc: OnnxTextEncoder, out: Path) -> None:
     shutil.copyfile(enc.folder / enc.config.tokenizer, out / "tokenizer.json")
 
 
+def _onnx_variant(src: Path, out: Path, what: str, write: Callable[[Path, Path], None]) -> Path:
+    """A copy of the onnx-text artifact `src` in `out` whose graph `write(src_graph,
+    out_graph)` makes (int8, fp16): the same tokenizer and config, `what` in its source."""
+    raw = read_encoder_config(src)
+    if raw["encoder"] != "onnx-text":
+        raise EncoderError(f"{src}: an onnx-text encoder folder is needed, not {raw['encoder']}")
+    cfg = TextEncoderConfig.model_validate(raw)
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src / cfg.tokenizer, out / "tokenizer.json")
+    write(src / cfg.onnx, out / "model.onnx")
+    new = cfg.model_copy(
+        update={
+            "onnx": "model.onnx",
+            "tokenizer": "tokenizer.json",
+            "source": f"{what} of {cfg.source or src}",
+        }
+    )
+    (out / "config.json").write_text(new.model_dump_json(indent=2), encoding="utf-8")
+    return out
+
+
 def quantize_int8(src: Path, out: Path, per_channel: bool = True) -> Path:
     """Dynamic int8 quantisation of `src`'s ONNX graph into the artifact folder `out`.
 
@@ -72,22 +96,17 @@ def quantize_int8(src: Path, out: Path, per_channel: bool = True) -> Path:
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    enc = _source(src)
-    _copy_tokenizer(enc, out)
-    quantize_dynamic(
-        str(enc.folder / enc.config.onnx),
-        str(out / "model.onnx"),
-        weight_type=QuantType.QInt8,
-        per_channel=per_channel,
-        op_types_to_quantize=["MatMul"],
-        extra_options={"MatMulConstBOnly": True},
-    )
-    source = f"int8 (MatMul, per channel={per_channel}) of {enc.config.source or src}"
-    cfg = enc.config.model_copy(
-        update={"onnx": "model.onnx", "tokenizer": "tokenizer.json", "source": source}
-    )
-    (out / "config.json").write_text(cfg.model_dump_json(indent=2), encoding="utf-8")
-    return out
+    def write(graph: Path, to: Path) -> None:
+        quantize_dynamic(
+            str(graph),
+            str(to),
+            weight_type=QuantType.QInt8,
+            per_channel=per_channel,
+            op_types_to_quantize=["MatMul"],
+            extra_options={"MatMulConstBOnly": True},
+        )
+
+    return _onnx_variant(src, out, f"int8 (MatMul, per channel={per_channel})", write)
 
 
 def convert_fp16(src: Path, out: Path) -> Path:
@@ -101,24 +120,16 @@ def convert_fp16(src: Path, out: Path) -> Path:
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    enc = _source(src)
-    _copy_tokenizer(enc, out)
-    model = convert_float_to_float16(
-        onnx.load(str(enc.folder / enc.config.onnx)), keep_io_types=True
-    )
-    onnx.save(model, str(out / "model.onnx"))
-    source = f"fp16 of {enc.config.source or src}"
-    cfg = enc.config.model_copy(
-        update={"onnx": "model.onnx", "tokenizer": "tokenizer.json", "source": source}
-    )
-    (out / "config.json").write_text(cfg.model_dump_json(indent=2), encoding="utf-8")
-    return out
+    def write(graph: Path, to: Path) -> None:
+        onnx.save(convert_float_to_float16(onnx.load(str(graph)), keep_io_types=True), str(to))
+
+    return _onnx_variant(src, out, "fp16", write)
 
 
 def token_frequencies(enc: OnnxTextEncoder, corpus: Sequence[str], vocab: int) -> np.ndarray:
     """(vocab,) relative frequency of each token in `corpus` (tokenized as the encoder
     tokenizes, special tokens left out)."""
-    texts = [t.lower() if enc.config.lowercase else t for t in corpus]
+    texts = prepare_titles(corpus, enc.config.lowercase, enc.config.normalize_titles)
     counts: Counter[int] = Counter()
     for e in enc.tokenizer.encode_batch(texts, add_special_tokens=False):
         counts.update(e.ids)

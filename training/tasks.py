@@ -23,6 +23,7 @@ from index.errors import ImageError
 from index.features.encoders import (
     ImageEncoderConfig,
     load_tokenizer,
+    prepare_titles,
     preprocess_image,
     tokenize_texts,
 )
@@ -358,12 +359,7 @@ class StaticTextTask(Task):
         c = enc.config
         self.titles = [str(t) for t in titles]
         self.normalize = config.normalize_titles or c.normalize_titles  # as exported
-        texts = self.titles
-        if self.normalize:
-            from index.features.text import normalize_title
-
-            texts = [normalize_title(t) for t in texts]
-        texts = [t.lower() if c.lowercase else t for t in texts]
+        texts = prepare_titles(self.titles, c.lowercase, self.normalize)
         encs = enc.tokenizer.encode_batch(texts, add_special_tokens=False)
         self.tokens = [torch.tensor(e.ids, dtype=torch.int64) for e in encs]
 

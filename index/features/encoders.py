@@ -193,6 +193,15 @@ def load_tokenizer(path: Path, max_length: int) -> Any:
     return tok
 
 
+def prepare_titles(texts: Sequence[str], lowercase: bool, normalize: bool = False) -> list[str]:
+    """Titles as a text encoder tokenizes them: `normalize_title` first when `normalize`
+    (it lower-cases too), then lower-cased when `lowercase`. The one place for it."""
+    out = ["" if t is None else str(t) for t in texts]
+    if normalize:
+        out = [normalize_title(t) for t in out]
+    return [t.lower() for t in out] if lowercase else out
+
+
 def tokenize_texts(
     tokenizer: Any, texts: Sequence[str], lowercase: bool, normalize: bool = False
 ) -> dict[str, np.ndarray]:
@@ -201,10 +210,7 @@ def tokenize_texts(
     The one tokenization used at run time and in training. `normalize` applies
     `index.features.text.normalize_title` first (which lower-cases too).
     """
-    if normalize:
-        texts = [normalize_title(t) for t in texts]
-    texts = [t.lower() if lowercase else t for t in texts]
-    encs = tokenizer.encode_batch(list(texts))
+    encs = tokenizer.encode_batch(prepare_titles(texts, lowercase, normalize))
     seq = max(1, max((len(e.ids) for e in encs), default=1))
     ids = np.zeros((len(encs), seq), dtype=np.int64)
     mask = np.zeros((len(encs), seq), dtype=np.int64)
@@ -247,7 +253,10 @@ class OnnxTextEncoder(Encoder):
     def tokenize(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         """Tokenize a batch, padded to its longest member: arrays of shape (n, seq)."""
         c = self.config
-        feeds = tokenize_texts(self.tokenizer, texts, c.lowercase, c.normalize_titles)
+        return self._typed(tokenize_texts(self.tokenizer, texts, c.lowercase, c.normalize_titles))
+
+    def _typed(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """`feeds` plus all-zero token_type_ids where the graph takes them."""
         if "token_type_ids" in self._inputs:
             feeds["token_type_ids"] = np.zeros_like(feeds["input_ids"])
         return feeds
@@ -256,9 +265,7 @@ class OnnxTextEncoder(Encoder):
         """The model's pooled output for token ids (n, seq), all attended: (n, dim), not
         normalised (`training.compress.distill_static` embeds single tokens with it)."""
         ids = np.ascontiguousarray(ids, dtype=np.int64)
-        feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
-        if "token_type_ids" in self._inputs:
-            feeds["token_type_ids"] = np.zeros_like(ids)
+        feeds = self._typed({"input_ids": ids, "attention_mask": np.ones_like(ids)})
         (emb,) = self._session.run(None, feeds)  # (n, dim)
         return np.asarray(emb, np.float32)
 
@@ -310,25 +317,26 @@ class StaticTextEncoder(Encoder):
     def encode(
         self, items: Sequence[str], batch_size: int = 4096, show_progress: bool = False
     ) -> np.ndarray:
-        c = self.config
-        texts = ["" if t is None else str(t) for t in items]
-        if c.normalize_titles:
-            texts = [normalize_title(t) for t in texts]
-        if c.lowercase:
-            texts = [t.lower() for t in texts]
+        texts = list(items)
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         starts = range(0, len(texts), max(1, batch_size))
         for s in progress(starts, desc="text encoder", unit="batch", disable=not show_progress):
-            encs = self.tokenizer.encode_batch(texts[s : s + batch_size], add_special_tokens=False)
-            lens = np.array([len(e.ids) for e in encs], np.int64)  # (b,)
+            toks = self.token_ids(texts[s : s + batch_size])
+            lens = np.array([len(t) for t in toks], np.int64)  # (b,)
             if not lens.sum():
                 continue
-            ids = np.concatenate([e.ids for e in encs if e.ids]).astype(np.int64)  # (tokens,)
+            ids = np.concatenate([t for t in toks if t]).astype(np.int64)  # (tokens,)
             nz = lens > 0
             first = (np.cumsum(lens) - lens)[nz]  # where each non-empty title's tokens start
             sums = np.add.reduceat(self.table[ids], first, axis=0)  # (non-empty, dim)
-            out[s : s + len(encs)][nz] = sums / lens[nz, None]
+            out[s : s + len(toks)][nz] = sums / lens[nz, None]
         return l2_normalize(out)
+
+    def token_ids(self, titles: Sequence[str]) -> list[list[int]]:
+        """Each title's token ids as this encoder averages them (special tokens left out)."""
+        c = self.config
+        texts = prepare_titles(titles, c.lowercase, c.normalize_titles)
+        return [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
 
 
 @register_encoder("onnx-image")

@@ -243,12 +243,13 @@ def hamming_self_knn(
     L = counts[Iu]  # (u, ku) rows each neighbour code brings
     before = np.cumsum(L, axis=1) - L  # rows taken before it
     take = np.clip(k - before, 0, L)  # (u, ku) how many of them fit in k
-    j = np.repeat(np.arange(uniq.size), take.sum(axis=1))  # code of each output entry
-    src = np.repeat(Iu.ravel(), take.ravel())  # neighbour code of each entry
-    off = np.arange(src.size) - np.repeat(np.cumsum(take.ravel()) - take.ravel(), take.ravel())
-    pos = np.arange(src.size) - np.repeat(np.cumsum(take.sum(1)) - take.sum(1), take.sum(1))
+    flat, per_code = take.ravel(), take.sum(axis=1)  # (u*ku,), (u,)
+    j = np.repeat(np.arange(uniq.size), per_code)  # code of each output entry
+    src = np.repeat(Iu.ravel(), flat)  # neighbour code of each entry
+    off = np.arange(src.size) - np.repeat(np.cumsum(flat) - flat, flat)  # within its code
+    pos = np.arange(src.size) - np.repeat(np.cumsum(per_code) - per_code, per_code)
     Du, Ij = no_neighbours(uniq.size, k)
-    Du[j, pos] = 1.0 - np.repeat(dist.ravel(), take.ravel()).astype(np.float32) / 64.0
+    Du[j, pos] = 1.0 - np.repeat(dist.ravel(), flat).astype(np.float32) / 64.0
     Ij[j, pos] = members[start[src] + off]
     D[rows], I[rows] = Du[inv], Ij[inv]
     return D, I

@@ -103,8 +103,11 @@ class FaissFlatStore:
     def purge(self) -> None:
         """Remove the tombstoned ids from the FAISS index (one O(n) pass)."""
         if self._gone:
-            self._remove_now(np.fromiter(self._gone, np.int64, len(self._gone)))
+            self._remove_now(self._gone_ids())
             self._gone = set()
+
+    def _gone_ids(self) -> np.ndarray:
+        return np.fromiter(self._gone, np.int64, len(self._gone))
 
     def _remove_now(self, ids: np.ndarray) -> None:
         if self._cpu.ntotal and ids.size:
@@ -123,7 +126,7 @@ class FaissFlatStore:
         D, I = self._search_index.search(xq, kk)
         I = I.astype(np.int64)
         if self._gone:  # drop the tombstoned ids, the others keep their order
-            dead = np.isin(I, np.fromiter(self._gone, np.int64, len(self._gone)))
+            dead = np.isin(I, self._gone_ids())
             I = np.where(dead, -1, I)
             o = np.argsort(I < 0, axis=1, kind="stable")
             D, I = np.take_along_axis(D, o, axis=1), np.take_along_axis(I, o, axis=1)
@@ -140,7 +143,7 @@ class FaissFlatStore:
         stored = faiss.vector_to_array(idmap.id_map) if self._cpu.ntotal else np.zeros(0, np.int64)
         out = np.isin(ids, stored)
         if self._gone:
-            out &= ~np.isin(ids, np.fromiter(self._gone, np.int64, len(self._gone)))
+            out &= ~np.isin(ids, self._gone_ids())
         return out
 
     def _has(self, i: int) -> bool:
