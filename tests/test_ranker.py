@@ -195,6 +195,76 @@ def test_a_saved_ranker_predicts_the_same(tmp_path: Path) -> None:
         Ranker.load(tmp_path / "ranker")
 
 
+def test_rank_matches_decides_only_the_rows_asked_for() -> None:
+    pairs = np.array([[0, 1], [0, 2], [3, 4]])
+    p = np.array([0.9, 0.8, 0.7], np.float32)
+    cfg = RankerConfig(threshold=0.5)
+    I, _ = rank_matches(pairs, p, 5, cfg, rows=np.array([0, 4]))
+    rows = [[j for j in r if j >= 0] for r in I.tolist()]
+    assert rows == [[0, 1, 2], [1], [2], [3], [4, 3]]  # 1, 2, 3: only themselves
+
+
+def test_f1_report_of_some_rows_counts_their_matches_anywhere() -> None:
+    from index.tuning.metrics import f1_report
+
+    labels = np.array([0, 0, 1, 1])
+    I = np.array([[0, 1], [1, 2], [2, 3], [3, -1]])
+    rep = f1_report(I, labels, rows=np.array([1, 3]))
+    # row 1: 2 predicted (1 true) of a group of 2: F1 0.5; row 3: 1 of 2: F1 2/3
+    assert rep["rows"] == 2 and rep["f1"] == pytest.approx((0.5 + 2 / 3) / 2)
+    assert rep["mean_matches"] == pytest.approx(1.5)
+
+
+def test_whole_pool_training_keeps_each_fold_unseen_by_its_model(
+    synth: Path, strict_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fold f's pairs are scored by a model whose training pairs touch no row of fold f:
+    its scores do not change when fold f's labels do (the other folds' models' may)."""
+    import index.tuning.ranker as tr
+    from index.matching.fusion import FusionConfig
+
+    cat = read_catalogue(synth / "listings.csv")
+    m = load_model(strict_model, device="cpu")
+    pools, fold_of = tr.group_pools(cat, m.encoders, m.fusion, 3, "cpu", pooling="whole")
+    assert fold_of is not None and len(pools) == 1 and len(pools[0].titles) == len(cat)
+    assert sorted(set(fold_of.tolist())) == [0, 1, 2]
+    pool = pools[0]
+    signals = ["tfidf", "phash", "text"]
+    predicted: list[np.ndarray] = []
+    fitted: list[int] = []
+    real_predict, real_fit = tr._predict, tr.fit
+    monkeypatch.setattr(tr, "_predict", lambda b, X: predicted.append(real_predict(b, X))
+                        or predicted[-1])
+    monkeypatch.setattr(tr, "fit", lambda X, y, *a, **k: fitted.append(len(y))
+                        or real_fit(X, y, *a, **k))
+    ranker, rep = tr.train_on_whole(pool, fold_of, signals)
+    first = predicted[:3]
+    # each fold's model saw exactly the candidate pairs away from its fold
+    pairs = candidate_pairs({s: pool.nb[s] for s in signals}, len(cat), RankerConfig())
+    fa, fb = fold_of[pairs[:, 0]], fold_of[pairs[:, 1]]
+    assert fitted[:3] == [int(((fa != f) & (fb != f)).sum()) for f in range(3)]
+    assert [len(x) for x in first] == [int(((fa == f) | (fb == f)).sum()) for f in range(3)]
+    assert rep["mode"] == "whole" and [r["rows"] for r in rep["folds"]] == [
+        int((fold_of == f).sum()) for f in range(3)
+    ]
+    assert ranker.config.pool_rows == 0 and ranker.config.covers(10**9)  # no rule asked
+    # fold 0's labels scrambled (each of its rows a group of its own): its scores stay
+    rows0 = np.flatnonzero(fold_of == 0)
+    labels = pool.labels.copy()
+    labels[rows0] = labels.max() + 1 + np.arange(len(rows0))
+    predicted.clear()
+    tr.train_on_whole(replace(pool, labels=labels), fold_of, signals)
+    assert np.array_equal(predicted[0], first[0])
+    assert not all(np.array_equal(a, b) for a, b in zip(predicted[1:3], first[1:3], strict=True))
+    # with the pool-size rule: tuned at the whole pool's size
+    ranker, rep = tr.train_on_whole(
+        pool, fold_of, signals, sub_pool=tr.sub_pool_maker(FusionConfig(), "cpu")
+    )
+    assert ranker.config.pool_rows == len(cat)
+    assert ranker.config.covers(2 * len(cat)) and not ranker.config.covers(2 * len(cat) + 1)
+    assert (len(cat), rep["pool_rule"]["points"][0][1]) == tuple(rep["pool_rule"]["points"][0])
+
+
 @pytest.fixture(scope="module")
 def ranked_model(synth: Path, strict_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The strict fake model with a ranker trained by `pricematch train ranker`."""
@@ -215,6 +285,27 @@ def test_train_ranker_writes_it_with_an_out_of_fold_report(ranked_model: Path) -
     assert len(report["folds"]) == 2 and len(report["fusion_f1"]) == 2
     assert all(0.0 <= f <= 1.0 for f in report["oof_f1"])
     assert load_model(ranked_model).ranker is not None
+    # the default pooling: the whole CSV as one pool, so the ranker is tuned at its size
+    rows = sum(r["rows"] for r in report["folds"])
+    assert report["mode"] == "whole" and meta["config"]["pool_rows"] == rows
+
+
+def test_train_ranker_pool_folds_matches_each_fold_on_its_own(
+    synth: Path, strict_model: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "model"
+    shutil.copytree(strict_model, out)
+    rep = tmp_path / "report.json"
+    args = ["train", "ranker", str(synth / "listings.csv"), "--model", str(out), "--folds", "2"]
+    argv = [*args, "--pool", "folds", "-q", "--device", "cpu", "--report", str(rep)]
+    assert main([*argv, "--keep-anyway"]) == 0
+    report = json.loads(rep.read_text())
+    assert report["mode"] == "groups" and len(report["pool_rows"]) == 2
+    meta = json.loads((out / "ranker" / "ranker.json").read_text())
+    assert meta["config"]["pool_rows"] == int(np.ceil(np.mean(report["pool_rows"])))
+    with pytest.raises(SystemExit) as e:  # argparse names the choices
+        main([*args, "--pool", "all", "-q"])
+    assert e.value.code == 2
 
 
 def test_a_ranker_that_loses_is_not_written(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -401,7 +492,7 @@ def test_a_pool_far_larger_than_the_tuned_ones_is_decided_by_the_fusion(
 def test_ranker_marginals_leave_out_the_weakest_signal_one_at_a_time(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import index.cli.ranker as cli_ranker
+    import index.tuning.ranker as tuning_ranker
 
     # designed OOF F1 of each signal set: text adds 0.0005 (< 0.001: out); then, among
     # tfidf + phash, phash adds exactly 0.001 (kept: the floor is inclusive)
@@ -420,14 +511,53 @@ def test_ranker_marginals_leave_out_the_weakest_signal_one_at_a_time(
         calls.append(key)
         return None, {"oof_f1": [oof[key]] * 2}
 
-    monkeypatch.setattr(cli_ranker, "train_on_pools", fake_train)
-    kept, left, first = cli_ranker.ranker_marginals([], ["tfidf", "phash", "text"])
+    monkeypatch.setattr(tuning_ranker, "train_on_pools", fake_train)
+    kept, left, first = tuning_ranker.ranker_marginals([], ["tfidf", "phash", "text"])
     assert kept == ["tfidf", "phash"] and left == [("text", 0.0005)]
     assert first == {"tfidf": 0.1, "phash": 0.05, "text": 0.0005}
     assert len(calls) == 1 + 3 + 2  # all, each left out, then each of the two left out
     # "combined" is made of text and image: it goes with either of them
-    assert cli_ranker._without(["tfidf", "text", "combined"], "text") == ["tfidf"]
-    assert cli_ranker._without(["tfidf", "text", "combined"], "tfidf") == ["text", "combined"]
+    assert tuning_ranker.without(["tfidf", "text", "combined"], "text") == ["tfidf"]
+    assert tuning_ranker.without(["tfidf", "text", "combined"], "tfidf") == ["text", "combined"]
+
+
+def test_evaluate_tune_on_a_model_with_a_ranker_reports_the_rankers_marginals(
+    synth: Path,
+    ranked_model: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    import index.tuning.ranker as tuning_ranker
+
+    signals = json.loads((ranked_model / "ranker" / "ranker.json").read_text())["signals"]
+    assert {"tfidf", "phash", "text"} <= set(signals)
+    # designed OOF F1: all 0.9; without tfidf 0.8, without phash 0.85, without text 0.8992
+    # (text adds 0.0008 < 0.001); then without tfidf / phash from tfidf+phash(+the rest)
+    seen: list[tuple[int, int, tuple[str, ...]]] = []
+
+    def fake_train(pools: list, sigs: list[str], fold_of: np.ndarray, show: bool) -> tuple:
+        seen.append((len(pools), int(fold_of.max()) + 1, tuple(sigs)))
+        base = {"tfidf", "phash", "text", "image"} & set(sigs)
+        f1 = 0.9 - 0.1 * ("tfidf" not in base) - 0.05 * ("phash" not in base)
+        f1 -= 0.0008 * ("text" not in base and "text" in signals)
+        return None, {"oof_f1": [f1, f1]}
+
+    monkeypatch.setattr(tuning_ranker, "train_grouped", fake_train)
+    rep = tmp_path / "r.json"
+    argv = ["evaluate", str(synth / "listings.csv"), "--model", str(ranked_model), "--tune"]
+    assert main([*argv, "-q", "--device", "cpu", "--folds", "3", "--report", str(rep)]) == 0
+    r = json.loads(rep.read_text())
+    assert r["ranker_marginal"]["tfidf"] == pytest.approx(0.1)
+    assert r["ranker_marginal"]["phash"] == pytest.approx(0.05)
+    assert r["ranker_marginal"]["text"] == pytest.approx(0.0008)
+    assert r["ranker_left_out"] == {"text": pytest.approx(0.0008)}
+    # pooled as the ranker was trained (one whole pool), in --folds group-disjoint folds
+    assert {(n, k) for n, k, _ in seen} == {(1, 3)}
+    assert seen[0][2] == tuple(signals)  # the ranker's own signals first
+    out = capsys.readouterr().out
+    assert "marginal F1 of each signal with the pair re-ranker" in out
+    assert "train ranker --marginals` retrains it without it" in out
 
 
 def test_train_ranker_marginals_on_the_synthetic_catalogue(

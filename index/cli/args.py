@@ -84,7 +84,13 @@ def register(sub: Any) -> None:
         help="with --ablation: a model folder (or its oof/) from `pricematch train`: use its "
         "saved out-of-fold embeddings and folds instead of embedding with --model",
     )
-    p.add_argument("--folds", type=int, default=5, help="with --ablation: folds (default 5)")
+    p.add_argument(
+        "--folds",
+        type=int,
+        default=5,
+        help="group-disjoint folds of --ablation, and of --tune's marginals on a model with "
+        "a ranker (default 5)",
+    )
     p.add_argument("--seed", type=int, default=0, help="with --ablation: fold seed")
     p.set_defaults(func=lazy("index.cli.commands", "cmd_evaluate"))
 
@@ -174,6 +180,14 @@ def add_ranker_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model folder the ranker is added to")
     p.add_argument("--images", help="folder holding the `image` files (CSV input)")
     p.add_argument("--folds", type=int, default=5, help="out-of-fold splits (default 5)")
+    p.add_argument(
+        "--pool",
+        choices=["whole", "folds"],
+        default="whole",
+        help="label groups: whole = the CSV matched as one pool, its rows decided out of "
+        "fold (the ranker then decides pools up to twice the CSV); folds = each fold "
+        "matched as a pool of its own (pools up to twice a fold). Default: whole",
+    )
     add_text_options(p)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--report", help="write the training report (JSON) here")

@@ -45,6 +45,7 @@ from index.tuning.grids import (
     tune_pairs,
 )
 from index.tuning.metrics import f1_report, pair_report
+from index.tuning.ranker import group_pools, ranker_marginals
 
 log = logging.getLogger("pricematch")
 
@@ -342,6 +343,36 @@ def earn_their_cost(
     return kept, {"marginal": marg, "left_out": dict(dropped)}
 
 
+def ranker_earn_their_cost(
+    cat: Catalogue, model: Model, args: argparse.Namespace
+) -> dict[str, Any]:
+    """A model with a pair re-ranker: print each of its signals' marginal out-of-fold F1
+    with the ranker retrained without it (on `args.folds` group-disjoint pools of `cat`,
+    as `train ranker --marginals`) and say which the ranker should be retrained without."""
+    assert model.ranker is not None
+    show = not args.quiet
+    pooling = model.ranker.report.get("mode", "groups")  # as the ranker was trained
+    pooling = "whole" if pooling == "whole" else "folds"
+    pools, fold_of = group_pools(
+        cat, model.encoders, model.fusion, args.folds, args.device, show, pooling
+    )
+    signals = [s for s in model.ranker.signals if s in pools[0].nb]
+    _, left_out, marg = ranker_marginals(pools, signals, show=show, fold_of=fold_of)
+    how = "one pool" if fold_of is not None else f"{len(pools)} group-disjoint pools"
+    print(
+        f"\nmarginal F1 of each signal with the pair re-ranker (retrained without it, out of "
+        f"fold, {args.folds} folds, {how}):"
+    )
+    for s, g in sorted(marg.items(), key=lambda kv: -kv[1]):
+        print(f"  {s:<10} {g:+.4f}")
+    for s, g in left_out:
+        print(
+            f"the ranker gains {g:+.4f} < {MARGINAL_MIN} from {s}: `pricematch train ranker "
+            "--marginals` retrains it without it (the ranker keeps its encoder loaded)"
+        )
+    return {"ranker_marginal": marg, "ranker_left_out": dict(left_out)}
+
+
 def _evaluate_pairs(args: argparse.Namespace) -> int:
     """Pairwise P/R/F1 on one split's labelled pairs; the matching runs over all records."""
     data = read_pair_folder(args.input, fields_of(args))
@@ -456,6 +487,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if kept is not best:
             best = kept
             rows.append(_row("fused (tuned, weak signals out)", best, nb, labels, titles, src))
+        if model.ranker is not None:
+            earned.update(ranker_earn_their_cost(cat, model, args))
     elapsed = time.perf_counter() - t0
 
     print(f"\n{args.input}: {len(cat)} rows, {len(np.unique(labels))} groups")

@@ -16,49 +16,26 @@ from typing import Any
 import numpy as np
 
 from index.cli.commands import fields_of, with_options
-from index.data.listings import Catalogue, read_catalogue
+from index.data.listings import read_catalogue
 from index.data.pairs import Pairs, is_pair_folder, pair_components, read_pair_folder
 from index.errors import CatalogueError
-from index.features.embed import Encoders, Features, embed
+from index.features.embed import Encoders
 from index.matching.fusion import FusionConfig
-from index.matching.selfmatch import self_neighbours
-from index.matching.stages import apply_stages, fuse_stages
-from index.progress import progress
+from index.matching.stages import fuse_stages
 from index.store.model import FUSION, load_model, write_fusion, write_ranker
-from index.tuning.grids import MARGINAL_MIN, group_folds
+from index.tuning.grids import MARGINAL_MIN
 from index.tuning.metrics import f1_report, pair_report
-from index.tuning.ranker import RankPool, train_on_pairs, train_on_pools
+from index.tuning.ranker import (
+    catalogue_pool,
+    group_pools,
+    ranker_marginals,
+    ranker_signals,
+    sub_pool_maker,
+    train_grouped,
+    train_on_pairs,
+)
 
 log = logging.getLogger("pricematch")
-
-
-def pool_of(
-    feats: Features, titles: list[str], labels: Any, config: FusionConfig, device: str
-) -> RankPool:
-    """Features of a pool matched among itself: neighbours with the config's stages."""
-    nb = self_neighbours(feats, device=device)  # type: ignore[arg-type]
-    nb = apply_stages(feats.parts(), nb, config.for_pool(len(titles)), device=device)
-    return RankPool(feats, nb, titles, labels)
-
-
-def make_pool(
-    cat: Catalogue, encoders: Encoders, config: FusionConfig, device: str, labels: Any = None
-) -> RankPool:
-    """`cat` matched among itself (`pool_of` its features)."""
-    feats = embed(cat, encoders, tfidf_config=config.tfidf)
-    return pool_of(feats, list(cat.title), labels, config, device)
-
-
-def sub_pool_maker(config: FusionConfig, device: str) -> Any:
-    """Sub-pools of a pool for the pool-size rule: its features' rows, neighbours and
-    stages computed anew among them."""
-
-    def make(pool: RankPool, rows: np.ndarray) -> RankPool:
-        labels = None if pool.labels is None else pool.labels[rows]
-        titles = [pool.titles[i] for i in rows]
-        return pool_of(pool.features.subset(rows), titles, labels, config, device)
-
-    return make
 
 
 def cmd_train_ranker(args: argparse.Namespace) -> int:
@@ -82,39 +59,25 @@ def cmd_train_ranker(args: argparse.Namespace) -> int:
     return 0
 
 
-def _signals(pools: list[RankPool], config: FusionConfig) -> list[str]:
-    """The signals the ranker uses: every computed one (stage signals included) but a base
-    signal no row of any pool has (an empty `image_phash` column gives no phash features)."""
-    present = set().union(*(p.features.present() for p in pools))
-    base = ("tfidf", "phash", "text", "image")
-    return [
-        s
-        for s in pools[0].nb
-        if (s in base and s in present) or (s not in base and s in config.thresholds)
-    ]
-
-
 def _train_groups(args: argparse.Namespace, encoders: Encoders, config: FusionConfig) -> Any:
     from pathlib import Path
 
     cat = read_catalogue(Path(args.input), images_dir=args.images, fields=fields_of(args))
     if cat.label_group is None:
         raise CatalogueError(f"{args.input}: training the ranker needs a label_group column")
-    if cat.image is None:
-        encoders = Encoders(text=encoders.text)
-    labels = cat.labels
-    folds = group_folds(labels, args.folds)
-    pools = []
-    for _, rows in progress(folds, desc="pools", unit="pool", disable=args.quiet):
-        sub = cat.subset(rows)
-        pools.append(make_pool(sub, encoders, config, args.device, labels[rows]))
-    signals = _signals(pools, config)
+    pooling = getattr(args, "pool", "whole")
+    pools, fold_of = group_pools(
+        cat, encoders, config, args.folds, args.device, not args.quiet, pooling
+    )
+    signals = ranker_signals(pools, config)
     left_out: list[tuple[str, float]] = []
     marginal: dict[str, float] = {}
     if getattr(args, "marginals", False):
-        signals, left_out, marginal = ranker_marginals(pools, signals, show=not args.quiet)
-    ranker, report = train_on_pools(
-        pools, signals, show_progress=not args.quiet, sub_pool=sub_pool_maker(config, args.device)
+        signals, left_out, marginal = ranker_marginals(
+            pools, signals, show=not args.quiet, fold_of=fold_of
+        )
+    ranker, report = train_grouped(
+        pools, signals, fold_of, not args.quiet, sub_pool_maker(config, args.device)
     )
     if marginal:
         report["marginal_f1"] = marginal
@@ -131,13 +94,24 @@ def _train_groups(args: argparse.Namespace, encoders: Encoders, config: FusionCo
     for p in pools:
         assert p.labels is not None
         I, _ = fuse_stages(p.nb, config, p.titles)
-        plain.append(f1_report(I, p.labels)["f1"])
+        if fold_of is None:
+            plain.append(f1_report(I, p.labels)["f1"])
+        else:  # the fusion of the whole pool, scored on each fold's rows
+            plain += [
+                f1_report(I, p.labels, rows=np.flatnonzero(fold_of == f))["f1"]
+                for f in range(len(report["folds"]))
+            ]
     report["fusion_f1"] = plain
     report["signals"] = signals
     ranker.report.update(report)
+    how = (
+        f"one pool, its rows in {len(report['folds'])} group-disjoint folds"
+        if fold_of is not None
+        else f"{len(pools)} group-disjoint pools"
+    )
     print(
-        f"\n{args.input}: {len(cat)} rows in {len(pools)} group-disjoint pools; signals "
-        f"{'+'.join(signals)}; {report['pairs']} candidate pairs"
+        f"\n{args.input}: {len(cat)} rows in {how}; signals {'+'.join(signals)}; "
+        f"{report['pairs']} candidate pairs"
     )
     print(
         f"{'fold':<6} {'rows':>6} {'fusion F1':>10} {'ranker F1':>10} {'prec':>6} "
@@ -166,46 +140,6 @@ def _train_groups(args: argparse.Namespace, encoders: Encoders, config: FusionCo
     return report
 
 
-def _without(signals: list[str], s: str) -> list[str]:
-    """`signals` without `s` and what is made from it ("combined" from text and image)."""
-    return [x for x in signals if x != s and not (x == "combined" and s in ("text", "image"))]
-
-
-def ranker_marginals(
-    pools: list[RankPool], signals: list[str], show: bool = False
-) -> tuple[list[str], list[tuple[str, float]], dict[str, float]]:
-    """Each base signal's marginal out-of-fold F1 with the ranker: mean OOF F1 of the
-    ranker trained on `signals` minus that of one retrained without the signal. The
-    signal with the lowest marginal under `MARGINAL_MIN` is left out, then the others are
-    measured again, until every one left earns its cost.
-
-    Returns:
-        the signals kept, the (signal, marginal) left out in order, and the first round's
-        marginal of every base signal.
-    """
-
-    def oof(sigs: list[str]) -> float:
-        return float(np.mean(train_on_pools(pools, sigs, show_progress=show)[1]["oof_f1"]))
-
-    kept, left_out = list(signals), []
-    first: dict[str, float] = {}
-    score = oof(kept)
-    while True:
-        base = [s for s in kept if s in ("tfidf", "phash", "text", "image")]
-        if len(base) < 2:
-            break
-        runs = {s: oof(_without(kept, s)) for s in base}
-        gains = {s: score - f for s, f in runs.items()}
-        if not first:
-            first = {s: round(g, 4) for s, g in gains.items()}
-        weakest = min(gains, key=lambda s: gains[s])
-        if gains[weakest] >= MARGINAL_MIN:
-            break
-        left_out.append((weakest, round(gains[weakest], 4)))
-        kept, score = _without(kept, weakest), runs[weakest]
-    return kept, left_out, first
-
-
 def write_if_won(args: argparse.Namespace, ranker: Any, wins: bool, why_not: str) -> bool:
     """Write the ranker into the model folder if it won (or --keep-anyway); say which."""
     from pathlib import Path
@@ -227,8 +161,8 @@ def _train_pairs(args: argparse.Namespace, encoders: Encoders, config: FusionCon
     data = read_pair_folder(args.input, fields_of(args))
     cat = data.catalogue
     train = data.pairs("train")
-    pool = make_pool(cat, Encoders(text=encoders.text), config, args.device)
-    signals = _signals([pool], config)
+    pool = catalogue_pool(cat, Encoders(text=encoders.text), config, args.device)
+    signals = ranker_signals([pool], config)
     groups = pair_components(len(cat), train)
     held: dict[str, Pairs] = {s: data.splits[s] for s in ("valid", "test") if s in data.splits}
     ranker, report = train_on_pairs(pool, train, groups, signals, args.folds, held_out=held)

@@ -215,11 +215,16 @@ def feature_names(signals: Sequence[str]) -> list[str]:
 
 
 def rank_matches(
-    pairs: np.ndarray, p: np.ndarray, n: int, config: RankerConfig
+    pairs: np.ndarray,
+    p: np.ndarray,
+    n: int,
+    config: RankerConfig,
+    rows: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Matches from scored pairs: I (n, max_matches) rows, the row itself first, then its
     partners by probability (those at `threshold` or above; a row with none takes its best
-    candidate at `single_threshold` or above); S the probabilities (+inf for itself)."""
+    candidate at `single_threshold` or above); S the probabilities (+inf for itself).
+    With `rows`, only those rows are decided (the others keep only themselves)."""
     assert pairs.shape == (len(p), 2), (pairs.shape, p.shape)
     a = np.concatenate([pairs[:, 0], pairs[:, 1]])
     b = np.concatenate([pairs[:, 1], pairs[:, 0]])
@@ -233,7 +238,7 @@ def rank_matches(
     S = np.full((n, cap), -np.inf, np.float32)
     I[:, 0] = np.arange(n)
     S[:, 0] = np.inf
-    for i in range(n):
+    for i in range(n) if rows is None else rows.tolist():
         s, e = start[i], end[i]
         if s == e:
             continue

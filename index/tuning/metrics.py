@@ -35,20 +35,25 @@ def row_scores(I: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return f1, precision, recall
 
 
-def mean_f1(I: np.ndarray, labels: np.ndarray) -> float:
-    """The Kaggle score: mean over rows of the row F1."""
-    return float(row_scores(I, labels)[0].mean())
+def mean_f1(I: np.ndarray, labels: np.ndarray, rows: np.ndarray | None = None) -> float:
+    """The Kaggle score: mean over rows (or over `rows` only) of the row F1."""
+    f1 = row_scores(I, labels)[0]
+    return float((f1 if rows is None else f1[rows]).mean())
 
 
 def f1_report(
     I: np.ndarray,
     labels: np.ndarray,
     buckets: tuple[tuple[int, int], ...] = SIZE_BUCKETS,
+    rows: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Mean F1, precision, recall, mean predicted matches, and the same by true group size."""
+    """Mean F1, precision, recall, mean predicted matches, and the same by true group size;
+    of `rows` only when given (their matches may be any row of the pool)."""
     f1, p, r = row_scores(I, labels)
     size = group_sizes(labels)
     pred = (I >= 0).sum(axis=1)
+    if rows is not None:
+        f1, p, r, size, pred = f1[rows], p[rows], r[rows], size[rows], pred[rows]
     by_size = {}
     for lo, hi in buckets:
         m = (size >= lo) & (size <= hi)

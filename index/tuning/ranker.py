@@ -24,9 +24,10 @@ from typing import Any
 
 import numpy as np
 
+from index.data.listings import Catalogue
 from index.data.pairs import Pairs
-from index.features.embed import Features
-from index.matching.fusion import Neighbours
+from index.features.embed import Encoders, Features, embed
+from index.matching.fusion import FusionConfig, Neighbours
 from index.matching.ranker import (
     Ranker,
     RankerConfig,
@@ -34,8 +35,10 @@ from index.matching.ranker import (
     pair_features,
     rank_matches,
 )
+from index.matching.selfmatch import self_neighbours
+from index.matching.stages import apply_stages
 from index.progress import progress
-from index.tuning.grids import sub_pools
+from index.tuning.grids import MARGINAL_MIN, group_folds, sub_pools
 from index.tuning.metrics import SIZE_BUCKETS, f1_report, mean_f1, pair_prf
 
 log = logging.getLogger(__name__)
@@ -95,20 +98,25 @@ def _predict(booster: Any, X: np.ndarray) -> np.ndarray:
     return np.asarray(booster.predict(X, num_threads=PARAMS["num_threads"]), np.float32)
 
 
-def tune_group_thresholds(
-    scored: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], base: RankerConfig
-) -> RankerConfig:
-    """(threshold, single_threshold) maximising mean row F1 over pools given as
-    (pairs, p, labels): the threshold first (single = threshold), then single below it."""
+#: Scored candidate pairs of a pool: (pairs, p, labels) or (pairs, p, labels, rows): the
+#: rows decided and scored (default: every row of the pool).
+Scored = tuple[Any, ...]
+
+
+def tune_group_thresholds(scored: Sequence[Scored], base: RankerConfig) -> RankerConfig:
+    """(threshold, single_threshold) maximising mean row F1 over the rows of scored pools
+    (`Scored`): the threshold first (single = threshold), then single below it."""
 
     def f(cfg: RankerConfig) -> float:
         tot = 0.0
-        rows = 0
-        for pairs, p, labels in scored:
-            I, _ = rank_matches(pairs, p, len(labels), cfg)
-            tot += mean_f1(I, labels) * len(labels)
-            rows += len(labels)
-        return tot / rows
+        count = 0
+        for pairs, p, labels, *rest in scored:
+            rows = rest[0] if rest else None
+            I, _ = rank_matches(pairs, p, len(labels), cfg, rows)
+            m = len(labels) if rows is None else len(rows)
+            tot += mean_f1(I, labels, rows) * m
+            count += m
+        return tot / count
 
     best = max(THRESHOLDS, key=lambda t: (f(replace(base, threshold=t, single_threshold=t)), -t))
     cfg = replace(base, threshold=float(best), single_threshold=float(best))
@@ -175,7 +183,7 @@ def train_on_pools(
     folds = []
     for f in range(k):
         others = [(data[g][0], oof[g], pools[g].labels) for g in range(k) if g != f]
-        cfg = tune_group_thresholds(others, config)  # type: ignore[arg-type]
+        cfg = tune_group_thresholds(others, config)
         labels = pools[f].labels
         assert labels is not None
         I, _ = rank_matches(data[f][0], oof[f], len(labels), cfg)
@@ -185,7 +193,7 @@ def train_on_pools(
         rep["candidate_recall"] = _candidate_recall(data[f][0], data[f][2], labels)
         folds.append(rep)
     final_cfg = tune_group_thresholds(
-        [(data[g][0], oof[g], pools[g].labels) for g in range(k)], config  # type: ignore[misc]
+        [(data[g][0], oof[g], pools[g].labels) for g in range(k)], config
     )
     sizes: list[tuple[int, float]] = []
     if sub_pool is not None:
@@ -225,6 +233,104 @@ def train_on_pools(
     return Ranker(booster, list(signals), final_cfg, report), report
 
 
+def train_on_whole(
+    pool: RankPool,
+    fold_of: np.ndarray,
+    signals: Sequence[str],
+    config: RankerConfig | None = None,
+    show_progress: bool = False,
+    buckets: tuple[tuple[int, int], ...] = SIZE_BUCKETS,
+    sub_pool: SubPool | None = None,
+) -> tuple[Ranker, dict[str, Any]]:
+    """Out-of-fold training on one group-labelled pool matched as a whole (the size it will
+    decide): its rows split into group-disjoint folds by `fold_of` (0..k-1). Fold f's rows
+    are decided by a model trained on the pairs with no row in fold f, which scores every
+    pair touching fold f (labels it never saw), at thresholds tuned on the other folds'
+    rows decided the same way. With `sub_pool`, the pool-size rule: per fold, the best
+    threshold for its rows in the whole pool and for the fold, its halves and quarters
+    matched as pools of their own, all scored by that fold's model.
+
+    Returns:
+        The final ranker (trained on every pair; `pool_rows` the pool's size), and the
+        report of `train_on_pools` with `mode` "whole" and `whole_f1` (every row OOF).
+    """
+    t0 = time.perf_counter()
+    config = config or RankerConfig()
+    labels = pool.labels
+    assert labels is not None
+    n = len(labels)
+    pairs, X, y = _pool_pairs(pool, signals, config)
+    k = int(fold_of.max()) + 1
+    fa, fb = fold_of[pairs[:, 0]], fold_of[pairs[:, 1]]
+    rows_of = [np.flatnonzero(fold_of == f) for f in range(k)]
+    scored: list[Scored] = []  # per fold: pairs touching it, their OOF p, labels, its rows
+    boosters, iters = [], []
+    for f in progress(range(k), desc="ranker folds", unit="fold", disable=not show_progress):
+        away = (fa != f) & (fb != f)
+        booster = fit(X[away], y[away])
+        boosters.append(booster)
+        iters.append(booster.current_iteration())
+        scored.append((pairs[~away], _predict(booster, X[~away]), labels, rows_of[f]))
+    folds = []
+    I_all = np.full((n, config.max_matches), -1, np.int64)
+    for f in range(k):
+        cfg = tune_group_thresholds([scored[g] for g in range(k) if g != f], config)
+        I, _ = rank_matches(scored[f][0], scored[f][1], n, cfg, rows_of[f])
+        I_all[rows_of[f]] = I[rows_of[f]]
+        rep = f1_report(I, labels, buckets, rows=rows_of[f])
+        rep.update(threshold=cfg.threshold, single_threshold=cfg.single_threshold)
+        within = (fa == f) & (fb == f)
+        rep["candidate_pairs"] = len(scored[f][0])
+        rep["candidate_recall"] = _candidate_recall(pairs[within], y[within], labels[rows_of[f]])
+        folds.append(rep)
+    final_cfg = tune_group_thresholds(scored, config)
+    sizes: list[tuple[int, float]] = []
+    if sub_pool is not None:
+        for f in range(k):
+            sizes.append((n, tune_group_thresholds([scored[f]], final_cfg).threshold))
+            for parts in (1, *SUB_PARTS):
+                for rows in sub_pools(rows_of[f], labels, parts, seed=f):
+                    sp = sub_pool(pool, rows)
+                    sp_pairs, Xs, _ = _pool_pairs(sp, signals, config)
+                    assert sp.labels is not None
+                    got = (sp_pairs, _predict(boosters[f], Xs), sp.labels)
+                    sizes.append((len(rows), tune_group_thresholds([got], final_cfg).threshold))
+        slope = float(np.polyfit(np.log2([s for s, _ in sizes]), [t for _, t in sizes], 1)[0])
+        final_cfg = replace(final_cfg, pool_rows=n, pool_slope=slope)
+    booster = fit(X, y, rounds=int(np.mean(iters).round()))
+    report = {
+        "pool_rule": {"points": sizes, "pool_rows": final_cfg.pool_rows,
+                      "slope_per_doubling": final_cfg.pool_slope},
+        "mode": "whole",
+        "folds": folds,
+        "oof_f1": [r["f1"] for r in folds],
+        "whole_f1": f1_report(I_all, labels, buckets)["f1"],
+        "threshold": final_cfg.threshold,
+        "single_threshold": final_cfg.single_threshold,
+        "pairs": len(y),
+        "positives": int(y.sum()),
+        "rounds": booster.current_iteration(),
+        "pool_rows": [n],
+        "seconds": time.perf_counter() - t0,
+    }
+    return Ranker(booster, list(signals), final_cfg, report), report
+
+
+def train_grouped(
+    pools: list[RankPool],
+    signals: Sequence[str],
+    fold_of: np.ndarray | None = None,
+    show_progress: bool = False,
+    sub_pool: SubPool | None = None,
+) -> tuple[Ranker, dict[str, Any]]:
+    """`train_on_whole` of the one pool when `fold_of` is given, else `train_on_pools`."""
+    if fold_of is not None:
+        (pool,) = pools
+        return train_on_whole(pool, fold_of, signals, show_progress=show_progress,
+                              sub_pool=sub_pool)
+    return train_on_pools(pools, signals, show_progress=show_progress, sub_pool=sub_pool)
+
+
 def _candidate_recall(pairs: np.ndarray, y: np.ndarray, labels: np.ndarray) -> float:
     """Share of the true pairs (i < j, same group) that are candidates."""
     _, counts = np.unique(labels, return_counts=True)
@@ -247,8 +353,6 @@ def train_on_pairs(
         groups: (n,) connected component of each row (`index.data.pairs.pair_components`).
         held_out: splits only scored with the final model (e.g. valid).
     """
-    from index.tuning.grids import group_folds
-
     t0 = time.perf_counter()
     config = config or RankerConfig()
     use = {s: pool.nb[s] for s in signals}
@@ -280,3 +384,123 @@ def train_on_pairs(
         report[name] = pair_prf(p >= t, split.label)
     report["seconds"] = time.perf_counter() - t0
     return ranker, report
+
+
+def match_pool(
+    feats: Features, titles: list[str], labels: Any, config: FusionConfig, device: str
+) -> RankPool:
+    """Features of a pool matched among itself: neighbours with the config's stages."""
+    nb = self_neighbours(feats, device=device)  # type: ignore[arg-type]
+    nb = apply_stages(feats.parts(), nb, config.for_pool(len(titles)), device=device)
+    return RankPool(feats, nb, titles, labels)
+
+
+def catalogue_pool(
+    cat: Catalogue, encoders: Encoders, config: FusionConfig, device: str, labels: Any = None
+) -> RankPool:
+    """`cat` matched among itself (`match_pool` of its features)."""
+    feats = embed(cat, encoders, tfidf_config=config.tfidf)
+    return match_pool(feats, list(cat.title), labels, config, device)
+
+
+def ranker_signals(pools: list[RankPool], config: FusionConfig) -> list[str]:
+    """The signals a ranker uses: every computed one (stage signals included) but a base
+    signal no row of any pool has (an empty `image_phash` column gives no phash features)."""
+    present = set().union(*(p.features.present() for p in pools))
+    base = ("tfidf", "phash", "text", "image")
+    return [
+        s
+        for s in pools[0].nb
+        if (s in base and s in present) or (s not in base and s in config.thresholds)
+    ]
+
+
+#: How `train ranker` pools group-labelled rows: "whole" (the CSV matched as one pool,
+#: folds by group within it: `train_on_whole`) or "folds" (each fold its own pool).
+POOLINGS = ("whole", "folds")
+
+
+def group_pools(
+    cat: Catalogue,
+    encoders: Encoders,
+    config: FusionConfig,
+    folds: int,
+    device: str,
+    show_progress: bool = False,
+    pooling: str = "folds",
+) -> tuple[list[RankPool], np.ndarray | None]:
+    """The pools of a group-labelled catalogue for the ranker (`POOLINGS`): "folds" gives
+    `folds` group-disjoint pools each matched among itself and no fold ids; "whole" gives
+    one pool of every row and each row's fold (0..folds-1). Without images the image
+    encoder is not used."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+    if cat.image is None:
+        encoders = Encoders(text=encoders.text)
+    labels = cat.labels
+    splits = group_folds(labels, folds)
+    if pooling == "whole":
+        fold_of = np.full(len(cat), -1, np.int64)
+        for f, (_, rows) in enumerate(splits):
+            fold_of[rows] = f
+        return [catalogue_pool(cat, encoders, config, device, labels)], fold_of
+    pools = []
+    for _, rows in progress(splits, desc="pools", unit="pool", disable=not show_progress):
+        pools.append(catalogue_pool(cat.subset(rows), encoders, config, device, labels[rows]))
+    return pools, None
+
+
+def sub_pool_maker(config: FusionConfig, device: str) -> Any:
+    """Sub-pools of a pool for the pool-size rule: its features' rows, neighbours and
+    stages computed anew among them."""
+
+    def make(pool: RankPool, rows: np.ndarray) -> RankPool:
+        labels = None if pool.labels is None else pool.labels[rows]
+        titles = [pool.titles[i] for i in rows]
+        return match_pool(pool.features.subset(rows), titles, labels, config, device)
+
+    return make
+
+
+def without(signals: list[str], s: str) -> list[str]:
+    """`signals` without `s` and what is made from it ("combined" from text and image)."""
+    return [x for x in signals if x != s and not (x == "combined" and s in ("text", "image"))]
+
+
+def ranker_marginals(
+    pools: list[RankPool],
+    signals: list[str],
+    show: bool = False,
+    fold_of: np.ndarray | None = None,
+) -> tuple[list[str], list[tuple[str, float]], dict[str, float]]:
+    """Each base signal's marginal out-of-fold F1 with the ranker: mean OOF F1 of the
+    ranker trained on `signals` minus that of one retrained without the signal. The
+    signal with the lowest marginal under `MARGINAL_MIN` is left out, then the others are
+    measured again, until every one left earns its cost. (`fold_of`: one whole pool, as
+    `train_grouped`.)
+
+    Returns:
+        the signals kept, the (signal, marginal) left out in order, and the first round's
+        marginal of every base signal.
+    """
+
+    def oof(sigs: list[str]) -> float:
+        return float(np.mean(train_grouped(pools, sigs, fold_of, show)[1]["oof_f1"]))
+
+    kept, left_out = list(signals), []
+    first: dict[str, float] = {}
+    score = oof(kept)
+    while True:
+        base = [s for s in kept if s in ("tfidf", "phash", "text", "image")]
+        if len(base) < 2:
+            break
+        runs = {s: oof(without(kept, s)) for s in base}
+        gains = {s: score - f for s, f in runs.items()}
+        if not first:
+            first = {s: round(g, 4) for s, g in gains.items()}
+        weakest = min(gains, key=lambda s: gains[s])
+        if gains[weakest] >= MARGINAL_MIN:
+            break
+        left_out.append((weakest, round(gains[weakest], 4)))
+        kept, score = without(kept, weakest), runs[weakest]
+    return kept, left_out, first
