@@ -56,7 +56,7 @@ def carry(
         pools, signals, fold_of, sub_pool=sub_pool_maker(model.fusion, device)
     )
     trained = time.perf_counter() - t0
-    r = self_match(held, model.fusion, model.encoders, device=device)
+    r = self_match(held, model.fusion, model.encoders, device=device)  # type: ignore[arg-type]
     labels = held.labels
     flat = replace(ranker, config=replace(ranker.config, pool_slope=0.0))
     rows: dict[str, Any] = {"fusion": f1_report(r.I, labels)}

@@ -271,3 +271,51 @@ def test_open_loop_schedule_is_even_and_counts_the_offer() -> None:
     t = send_times(100, 2)
     assert len(t) == 200 and t[0] == 0.0 and t[1] == pytest.approx(0.01)
     assert t[-1] == pytest.approx(1.99)
+
+
+def test_ranker_carry_splits_groups_and_scores_the_held_out_pool(
+    synth: Path, tmp_path: Path
+) -> None:
+    import json
+
+    from benchmarks import ranker_carry as rc
+    from index.data.listings import read_catalogue
+
+    labels = np.array([1, 1, 2, 3, 3, 3, 4, 5])
+    tr, held = rc.split_groups(labels, 0.4, seed=0)
+    assert len(set(labels[tr]) & set(labels[held])) == 0  # group-disjoint
+    assert len(set(labels[tr])) == 2 and sorted([*tr, *held]) == list(range(8))
+    assert len(set(labels[rc.split_groups(labels, 0.0, 0)[0]])) == 1  # at least one group
+    assert len(set(labels[rc.split_groups(labels, 1.0, 0)[1]])) == 1  # one held out
+
+    model = tmp_path / "model"  # TF-IDF + phash only
+    model.mkdir()
+    (model / "fusion.json").write_text('{"thresholds": {"tfidf": 0.6, "phash": 0.85}}')
+    out = tmp_path / "carry.json"
+    argv = [str(synth / "listings.csv"), "--model", str(model), "--train-share", "0.5"]
+    assert rc.main([*argv, "--folds", "2", "--out", str(out)]) == 0
+    (res,) = json.loads(out.read_text())
+    n = len(read_catalogue(synth / "listings.csv"))
+    assert res["train_rows"] + res["held_rows"] == n
+    assert set(res["held_out"]) == {"fusion", "ranker", "ranker, no pool rule"}
+    assert all(0 < r["f1"] <= 1 for r in res["held_out"].values())
+
+
+def test_cheap_signals_paths_agree_and_run_in_turn(synth: Path, tmp_path: Path) -> None:
+    import json
+
+    from benchmarks import cheap_signals as cs
+
+    order: list[str] = []
+    _, times = cs.in_turn({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, 3)
+    assert order == ["a", "b"] * 3 and all(len(t["wall"]) == 3 for t in times.values())
+    D = np.array([[1.0, 0.5, -np.inf]], np.float32)
+    same = cs.agreement((D, np.array([[0, 1, -1]])), (D, np.array([[0, 2, -1]])))
+    assert same == {"max_score_diff": 0.0, "same_empty_slots": True, "rows_with_other_ids": 1.0}
+    out = tmp_path / "cheap.json"
+    assert cs.main([str(synth / "listings.csv"), "--rounds", "1", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    # both TF-IDF paths give the same scores, both phash paths the same similarities
+    assert r["tfidf"]["agreement"]["max_score_diff"] < 1e-6
+    assert r["phash"]["agreement"]["max_score_diff"] == 0.0
+    assert r["phash"]["agreement"]["same_empty_slots"]
