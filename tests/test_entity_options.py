@@ -425,7 +425,7 @@ def test_ranker_code_features_see_codes_without_separators() -> None:
 def test_the_tuned_fusion_never_ends_below_its_best_single_signal(
     synth: Path, tmp_path: Path
 ) -> None:
-    from index.cli.commands import never_below_single
+    from index.tuning.grids import never_below_single
 
     a, b = FusionConfig(thresholds={"tfidf": 0.5}), FusionConfig(thresholds={"text": 0.5})
     assert never_below_single((a, 0.5), [(b, 0.6)]) == (b, 0.6)

@@ -156,8 +156,9 @@ def test_pair_features_exact_similarities(synth: Path, model_dir: Path) -> None:
     assert feats.text is not None
     want_text = [float(feats.text[a] @ feats.text[b]) for a, b in pairs]
     assert np.allclose(col["text_sim"], want_text, atol=1e-5)
-    want_ham = [bin(int(cat.image_phash[a], 16) ^ int(cat.image_phash[b], 16)).count("1")
-                for a, b in pairs]
+    want_ham = [
+        bin(int(cat.image_phash[a], 16) ^ int(cat.image_phash[b], 16)).count("1") for a, b in pairs
+    ]
     assert col["phash_distance"].tolist() == want_ham
 
 
@@ -233,10 +234,12 @@ def test_whole_pool_training_keeps_each_fold_unseen_by_its_model(
     predicted: list[np.ndarray] = []
     fitted: list[int] = []
     real_predict, real_fit = tr._predict, tr.fit
-    monkeypatch.setattr(tr, "_predict", lambda b, X: predicted.append(real_predict(b, X))
-                        or predicted[-1])
-    monkeypatch.setattr(tr, "fit", lambda X, y, *a, **k: fitted.append(len(y))
-                        or real_fit(X, y, *a, **k))
+    monkeypatch.setattr(
+        tr, "_predict", lambda b, X: predicted.append(real_predict(b, X)) or predicted[-1]
+    )
+    monkeypatch.setattr(
+        tr, "fit", lambda X, y, *a, **k: fitted.append(len(y)) or real_fit(X, y, *a, **k)
+    )
     ranker, rep = tr.train_on_whole(pool, fold_of, signals)
     first = predicted[:3]
     # each fold's model saw exactly the candidate pairs away from its fold
@@ -357,8 +360,11 @@ def test_evaluate_an_entity_matching_folder(
             w.writerow(["id", "title"])
             w.writerows([[i, cat.title[i]] for i in rows])
     assert cat.label_group is not None
-    pairs = [(a, b, int(cat.label_group[a] == cat.label_group[b]))
-             for a in range(half) for b in range(half, len(cat))]
+    pairs = [
+        (a, b, int(cat.label_group[a] == cat.label_group[b]))
+        for a in range(half)
+        for b in range(half, len(cat))
+    ]
     with open(root / "valid.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["ltable_id", "rtable_id", "label"])
@@ -396,8 +402,11 @@ def test_match_endpoint_uses_the_ranker_on_the_querys_candidates(
         for name in m.ranker.signals:
             D, I = nb[name]
             top = cfg.top_k + 1
-            c |= {cat.posting_id[j] for j, d in zip(I[i, :top], D[i, :top], strict=True)
-                  if j >= 0 and d >= cfg.floors.get(name, -np.inf)}
+            c |= {
+                cat.posting_id[j]
+                for j, d in zip(I[i, :top], D[i, :top], strict=True)
+                if j >= 0 and d >= cfg.floors.get(name, -np.inf)
+            }
         own_side.append(c)
     s = Settings(model_dir=ranked_model, data_dir=tmp_path / "data", device="cpu")
     with TestClient(create_app(s)) as c:
@@ -580,3 +589,46 @@ def test_train_ranker_marginals_on_the_synthetic_catalogue(
     pairs = write_pair_folder(tmp_path / "pairs")
     assert main(["train", "ranker", str(pairs), "--model", str(out), "-q", "--marginals"]) == 2
     assert "--marginals needs label groups" in capsys.readouterr().err
+
+
+def _two_pair_pools():  # type: ignore[no-untyped-def]
+    from index.tuning.grids import PairPool
+
+    # pool A: rows 0-1 at 0.7 (a labelled match), 0-2 and 1-2 at 0.4 (0-2 a labelled
+    # non-match); pool B: rows 0-1 at 0.6, a labelled non-match
+    a = (
+        np.array([[1.0, 0.7, 0.4], [1.0, 0.7, 0.4], [1.0, 0.4, 0.4]], np.float32),
+        np.array([[0, 1, 2], [1, 0, 2], [2, 0, 1]]),
+    )
+    b = (np.array([[1.0, 0.6], [1.0, 0.6]], np.float32), np.array([[0, 1], [1, 0]]))
+    pa = PairPool({"tfidf": a}, (np.array([0, 0]), np.array([1, 2]), np.array([True, False])))
+    pb = PairPool({"tfidf": b}, (np.array([0]), np.array([1]), np.array([False])))
+    return pa, pb
+
+
+def test_pair_pools_prf_pools_the_pairs_and_keeps_threshold_inclusive() -> None:
+    from index.matching.fusion import FusionConfig
+    from index.tuning.grids import pair_pools_prf
+
+    pa, pb = _two_pair_pools()
+    cfg = FusionConfig(thresholds={"tfidf": 0.6}, min2=False, sources="any")
+    r = pair_pools_prf([pa, pb], cfg)
+    # A: 0-1 matched (tp); B: 0-1 at exactly 0.6 matched too (fp): pooled P 1/2, R 1/1
+    # (the mean of each pool's F1 would be (1 + 0) / 2 = 0.5 instead of 2/3)
+    assert (r["precision"], r["recall"]) == (0.5, 1.0)
+    assert r["f1"] == pytest.approx(2 / 3) and r["pairs"] == 3
+    assert pair_pools_prf([pa, pb], cfg.with_(thresholds={"tfidf": 0.601}))["f1"] == 1.0
+
+
+def test_tune_pair_pools_counts_only_labelled_pairs() -> None:
+    """Row 1-2 of pool A (0.4) is unlabelled: a threshold that links it costs nothing,
+    while 0-2 (also 0.4, a labelled non-match) does; the tuned threshold lies above 0.6
+    (B's non-match) and at most 0.7 (A's match)."""
+    from index.matching.fusion import FusionConfig
+    from index.tuning.grids import tune_pair_pools
+
+    pa, pb = _two_pair_pools()
+    start = FusionConfig(thresholds={"tfidf": 0.3}, min2=False, sources="any")
+    cfg, f1 = tune_pair_pools([pa, pb], start)
+    assert f1 == 1.0 and 0.6 < cfg.thresholds["tfidf"] <= 0.7
+    assert cfg.tuned_rows == round((3 + 2) / 2)

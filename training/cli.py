@@ -150,7 +150,12 @@ def _register_train(sub: Any) -> None:
     t_defaults, c_defaults = TrainConfig(), CVConfig()
     for kind in ("text", "image"):
         k = kinds.add_parser(kind, help=f"train the {kind} encoder")
-        k.add_argument("input", type=Path, help="labelled CSV (Kaggle train.csv format)")
+        k.add_argument(
+            "input",
+            type=Path,
+            help="labelled CSV (Kaggle train.csv format), or for text a folder in the "
+            "entity-matching layout (tableA/tableB.csv, train/valid.csv pairs)",
+        )
         k.add_argument("--out", type=Path, required=True, metavar="DIR", help="model folder")
         k.add_argument("--images", type=Path, required=kind == "image", help="images folder")
         k.add_argument("--epochs", type=int, default=None)
@@ -255,13 +260,27 @@ def _train(args: argparse.Namespace) -> int:
     import numpy as np
 
     from index.data.listings import read_catalogue
+    from index.data.pairs import is_pair_folder, read_pair_folder
     from index.errors import CatalogueError
 
-    cat = read_catalogue(args.input, images_dir=args.images)
-    if cat.label_group is None:
-        raise CatalogueError(f"{args.input}: training needs a label_group column")
-    if args.limit_groups:
-        cat = cat.first_groups(args.limit_groups)
+    pair_data = None
+    if is_pair_folder(args.input):
+        if args.modality == "image":
+            raise CatalogueError(
+                f"{args.input}: an entity-matching folder has no images; `train image` needs "
+                "a labelled CSV with an image column and --images"
+            )
+        if args.limit_groups:
+            raise CatalogueError("--limit-groups applies to a label_group CSV, not to pairs")
+        pair_data = read_pair_folder(args.input)
+        pair_data.pairs("train")  # a clear error when the folder has no train pairs
+        cat = pair_data.catalogue
+    else:
+        cat = read_catalogue(args.input, images_dir=args.images)
+        if cat.label_group is None:
+            raise CatalogueError(f"{args.input}: training needs a label_group column")
+        if args.limit_groups:
+            cat = cat.first_groups(args.limit_groups)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise PricematchError("--device cuda: torch sees no CUDA device")
     device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
@@ -319,6 +338,8 @@ def _train(args: argparse.Namespace) -> int:
         if len(rows) < len(cat):
             print(f"{len(cat) - len(rows)} row(s) without a readable image are left out")
         other = {"text": export_default_text}
+    if pair_data is not None:
+        return _train_pairs(args, task, pair_data, train, cv, model_cfg, other, device)
     print(
         f"training {args.modality} on {device}: {len(cat)} rows, "
         f"{len(np.unique(cat.labels))} groups, {cv.folds} folds"
@@ -343,6 +364,62 @@ def _train(args: argparse.Namespace) -> int:
     )
     if not args.no_stages:
         keep_winning_pipeline(args.out, cat, args.device, show)
+    return 0
+
+
+def _train_pairs(
+    args: argparse.Namespace,
+    task: Any,
+    data: Any,
+    train: Any,
+    cv: Any,
+    model_cfg: Any,
+    other: dict[str, Any],
+    device: Any,
+) -> int:
+    """`train text` on an entity-matching folder (`training.recipe_pairs.run_pairs`)."""
+    from training.recipe_pairs import run_pairs
+
+    n_pairs = len(data.pairs("train"))
+    print(
+        f"training {args.modality} on {device}: {len(data.catalogue)} records, "
+        f"{n_pairs} train pairs, {cv.folds} folds by connected component of the pairs"
+    )
+    try:
+        report = run_pairs(
+            task, data, args.out, train, cv, model_cfg, other, show_progress=not args.quiet
+        )
+    except ValueError as e:  # too few components for the folds
+        raise PricematchError(f"{args.input}: {e}") from e
+    print(
+        f"\nout of fold on the train pairs ({cv.folds} folds; thresholds tuned on the "
+        "labelled pairs, each fold's records matched among themselves):"
+    )
+    print(f"  {'pipeline':<28} {'P':>6} {'R':>6} {'F1':>6}   per fold")
+    for r in report["oof"]:
+        folds = " ".join(f"{f:.3f}" for f in r["per_fold"])
+        print(
+            f"  {r['pipeline']:<28} {r['precision']:6.3f} {r['recall']:6.3f} {r['f1']:6.3f}"
+            f"   {folds}"
+        )
+    if report["held_out"]:
+        print("\nthe final model over every record, scored on pairs it never saw:")
+        for r in report["held_out"]:
+            name = f"{r['split']}: {r['pipeline']}"
+            print(
+                f"  {name:<28} {r['precision']:6.3f} {r['recall']:6.3f} {r['f1']:6.3f}"
+                f"   ({r['pairs']} pairs)"
+            )
+    kept = "+".join(report["signals"])
+    if args.modality not in report["signals"]:
+        print(
+            f"\n{kept} alone scored best out of fold: the fusion leaves the "
+            f"{args.modality} encoder out"
+        )
+    print(
+        f"\nfusion ({kept}) written to {args.out / 'fusion.json'}; model folder {args.out} "
+        f"({report['seconds']:.0f}s); the stages ablation is for label_group CSVs"
+    )
     return 0
 
 

@@ -9,6 +9,7 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,18 +69,25 @@ def cross_validate(
     workdir: Path,
     rows: np.ndarray | None = None,
     show_progress: bool = False,
+    groups: np.ndarray | None = None,
+    score: Callable[[np.ndarray, np.ndarray], float] | None = None,
 ) -> CVResult:
     """Train one model per GroupKFold fold; embed each validation fold with its model.
 
     Args:
         task: the modality's model/data.
-        labels: (n,) group of every row.
+        labels: (n,) class of every row (the ArcFace head's).
         rows: rows to use (default all); others get zero embeddings.
         workdir: per-fold checkpoints (resumable).
+        groups: (n,) what the folds split by (default `labels`); for pairwise data the
+            connected components of every labelled pair, so no pair straddles two folds.
+        score: (embeddings (m, d) of validation rows, those rows (m,)) -> the metric logged
+            after each epoch (default: `embedding_f1` on `labels`).
     """
     t0 = time.perf_counter()
     rows = np.arange(len(labels)) if rows is None else rows
-    folds = [(rows[tr], rows[va]) for tr, va in group_folds(labels[rows], cv.folds, train.seed)]
+    groups = labels if groups is None else groups
+    folds = [(rows[tr], rows[va]) for tr, va in group_folds(groups[rows], cv.folds, train.seed)]
     oof = np.zeros((len(labels), task.dim), np.float32)
     logs = []
     for f, (tr, va) in enumerate(folds):
@@ -91,7 +99,8 @@ def cross_validate(
         trainer = Trainer(model, int(y.max()) + 1, task.dim, train, workdir / f"fold{f}.pt")
 
         def evaluate(m: Any, va: np.ndarray = va) -> float:
-            return embedding_f1(task.embed(m, va), labels[va])[0]
+            x = task.embed(m, va)
+            return score(x, va) if score is not None else embedding_f1(x, labels[va])[0]
 
         hist = trainer.fit(
             task.loader(tr, y, train), evaluate=evaluate, show_progress=show_progress

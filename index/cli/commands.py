@@ -41,6 +41,7 @@ from index.tuning.grids import (
     Tuner,
     drop_weak,
     group_folds,
+    never_below_single,
     single_signal,
     tune_pairs,
 )
@@ -304,25 +305,6 @@ def _fmt_thresholds(config: FusionConfig) -> str:
     if config.min2:
         parts.append(f"min2 {config.min2_signal}>={config.min2_floor:.2f}")
     return " ".join(parts)
-
-
-def never_below_single(
-    fused: tuple[FusionConfig, float], singles: list[tuple[FusionConfig, float]]
-) -> tuple[FusionConfig, float]:
-    """The tuned fused config and its score, unless a signal alone scored higher on the
-    tuning data: then that signal's (the fusion never ends below its best single signal)."""
-    best, score = fused
-    for cfg, f1 in singles:
-        if f1 > score + 1e-9:
-            best, score = cfg, f1
-    if best is not fused[0]:
-        log.info(
-            "tuning: %s alone beat every fusion on the tuning data (%.4f vs %.4f): kept alone",
-            "+".join(best.thresholds),
-            score,
-            fused[1],
-        )
-    return best, score
 
 
 def earn_their_cost(

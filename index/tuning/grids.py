@@ -5,13 +5,17 @@ Neighbours are computed once; every candidate config is then one vectorised `fus
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from index.matching.fusion import FusionConfig, Neighbours, fuse, phash_similarity
 from index.progress import progress
 from index.tuning.metrics import group_sizes, mean_f1
+
+log = logging.getLogger(__name__)
 
 #: Candidate thresholds per signal.
 GRIDS: dict[str, list[float]] = {
@@ -372,6 +376,60 @@ def fit_pool_slopes(
     return {k: v for k, v in slopes.items() if k in start.thresholds}, tuned
 
 
+@dataclass(frozen=True)
+class PairPool:
+    """One pool of pairwise-labelled records matched among themselves: neighbours per
+    signal (row ids local to the pool), the labelled pairs `(left, right, label)` inside
+    it, and its titles and source codes (for the unit rule and the source mode)."""
+
+    signals: dict[str, Neighbours]
+    pairs: tuple[np.ndarray, np.ndarray, np.ndarray]
+    titles: list[str] | None = None
+    source: np.ndarray | None = None
+
+    @property
+    def rows(self) -> int:
+        return int(self.signals[next(iter(self.signals))][1].shape[0])
+
+
+def pair_pools_prf(pools: Sequence[PairPool], config: FusionConfig) -> dict[str, float]:
+    """Pairwise P/R/F1 over the labelled pairs of every pool (each pool matched on its
+    own, as `fuse_stages` makes the matches; the pairs pooled, not the pools averaged)."""
+    from index.matching.stages import fuse_stages
+    from index.tuning.metrics import pair_prf, predicted_pairs
+
+    pred, y = [], []
+    for p in pools:
+        I, _ = fuse_stages(p.signals, config, p.titles, n=p.rows, source=p.source)
+        left, right, label = p.pairs
+        pred.append(predicted_pairs(I, left, right))
+        y.append(label.astype(bool))
+    return pair_prf(np.concatenate(pred), np.concatenate(y))
+
+
+def tune_pair_pools(
+    pools: Sequence[PairPool],
+    start: FusionConfig,
+    rounds: int = 2,
+    tune_min2: bool = True,
+    show_progress: bool = False,
+) -> tuple[FusionConfig, float]:
+    """`descend` on pairwise-labelled data: the objective is the pairwise F1 on the
+    labelled pairs only (an unlabelled pair is unknown, never a non-match) of the matches
+    over every row of each pool (`pair_pools_prf`). Only signals present in every pool are
+    tuned. Returns the best config (`tuned_rows`: the mean pool size) and its pair F1."""
+    signals = [s for s in pools[0].signals if all(s in p.signals for p in pools)]
+    names = [s for s in start.thresholds if s in signals]
+    start = start.with_(thresholds={s: start.thresholds[s] for s in names})
+    if start.min2_signal not in signals and names:
+        start = start.with_(min2_signal=names[0])
+    min2 = [s for s in ("tfidf", "text", "image", "combined") if s in signals]
+    best, f1 = descend(
+        lambda c: pair_pools_prf(pools, c)["f1"], start, min2, rounds, tune_min2, show_progress
+    )
+    return best.with_(tuned_rows=round(sum(p.rows for p in pools) / len(pools))), f1
+
+
 def tune_pairs(
     signals: dict[str, Neighbours],
     pairs: tuple[np.ndarray, np.ndarray, np.ndarray],
@@ -381,27 +439,28 @@ def tune_pairs(
     rounds: int = 2,
     show_progress: bool = False,
 ) -> tuple[FusionConfig, float]:
-    """`descend` on pairwise-labelled data: the objective is the pairwise F1 on the
-    labelled pairs `(left, right, label)` only (an unlabelled pair is unknown, never a
-    non-match) of the matches over every row, as `fuse_stages` makes them (sources and the
-    unit rule included). Returns the best config (`tuned_rows` set) and its pair F1."""
-    from index.matching.stages import fuse_stages
-    from index.tuning.metrics import pair_report
+    """`tune_pair_pools` on one pool: every record, matched over all of them."""
+    pool = PairPool(signals, pairs, titles, source)
+    return tune_pair_pools([pool], start, rounds, show_progress=show_progress)
 
-    n = signals[next(iter(signals))][1].shape[0]
-    left, right, label = pairs
-    names = [s for s in start.thresholds if s in signals]
-    start = start.with_(thresholds={s: start.thresholds[s] for s in names})
-    if start.min2_signal not in signals and names:
-        start = start.with_(min2_signal=names[0])
 
-    def objective(c: FusionConfig) -> float:
-        I, _ = fuse_stages(signals, c, titles, n=n, source=source)
-        return float(pair_report(I, left, right, label)["f1"])
-
-    min2 = [s for s in ("tfidf", "text", "image", "combined") if s in signals]
-    best, f1 = descend(objective, start, min2, rounds, True, show_progress)
-    return best.with_(tuned_rows=n), f1
+def never_below_single(
+    fused: tuple[FusionConfig, float], singles: list[tuple[FusionConfig, float]]
+) -> tuple[FusionConfig, float]:
+    """The tuned fused config and its score, unless a signal alone scored higher on the
+    tuning data: then that signal's (the fusion never ends below its best single signal)."""
+    best, score = fused
+    for cfg, f1 in singles:
+        if f1 > score + 1e-9:
+            best, score = cfg, f1
+    if best is not fused[0]:
+        log.info(
+            "tuning: %s alone beat every fusion on the tuning data (%.4f vs %.4f): kept alone",
+            "+".join(best.thresholds),
+            score,
+            fused[1],
+        )
+    return best, score
 
 
 #: A signal whose marginal F1 is below this is left out of a saved config (`drop_weak`).

@@ -1,0 +1,268 @@
+"""The training recipe on pairwise-labelled data (the entity-matching layout,
+`index.data.pairs`): the records of the train pairs are the training rows, the connected
+components of their positive pairs the ArcFace classes, and the folds split by the
+components of *every* labelled pair, so each pair lies inside one fold and is scored by a
+model that never trained on either record. Thresholds are tuned on pairwise F1 over the
+labelled pairs only (an unlabelled pair is unknown, never a non-match), each fold's records
+matched among themselves with out-of-fold embeddings; the final model is scored on the
+valid pairs (when the folder has them) over every record, never used for training or
+thresholds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from index.data.oof import write_oof
+from index.data.pairs import PairData, Pairs, pair_components
+from index.matching.fusion import FusionConfig
+from index.search.knn import self_knn
+from index.tuning.grids import (
+    GRIDS,
+    PairPool,
+    never_below_single,
+    pair_pools_prf,
+    single_signal,
+    slopes_of,
+    sub_pools,
+    tune_pair_pools,
+)
+from index.tuning.metrics import pair_prf
+from training.config import CVConfig, TrainConfig
+from training.recipe import cross_validate, pool_signals, relabel, write_model_dir
+from training.tasks import Task
+from training.trainer import Trainer
+
+log = logging.getLogger(__name__)
+
+
+def local_pairs(
+    rows: np.ndarray, pairs: Pairs, n: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The labelled pairs with both records in `rows` (sorted or not), as positions in
+    `rows`: (left, right, label)."""
+    loc = np.full(n, -1, np.int64)
+    loc[rows] = np.arange(len(rows))
+    keep = (loc[pairs.left] >= 0) & (loc[pairs.right] >= 0)
+    return loc[pairs.left[keep]], loc[pairs.right[keep]], pairs.label[keep]
+
+
+def embedding_pair_f1(
+    x: np.ndarray, pairs: tuple[np.ndarray, np.ndarray, np.ndarray]
+) -> tuple[float, float]:
+    """Best pairwise F1 (and its cosine threshold, from the text grid) of embeddings x
+    (m, d), unit rows, on labelled pairs given as positions in x."""
+    left, right, label = pairs
+    if not len(label):
+        return 0.0, 0.0
+    cos = np.einsum("ij,ij->i", x[left], x[right])  # (pairs,)
+    best = (0.0, 0.0)
+    for t in GRIDS["text"]:
+        f = pair_prf(cos >= t, label.astype(bool))["f1"]
+        if f > best[0]:
+            best = (f, t)
+    return best
+
+
+def pair_pool(cat: Any, rows: np.ndarray, dense: dict[str, np.ndarray], pairs: Pairs) -> PairPool:
+    """`rows` of the catalogue matched among themselves (`pool_signals`: TF-IDF fitted on
+    the pool, phash, the `dense` embeddings) with the labelled pairs inside them."""
+    codes = cat.source_codes
+    return PairPool(
+        pool_signals(cat, rows, dense),
+        local_pairs(rows, pairs, len(cat)),
+        [cat.title[i] for i in rows],
+        None if codes is None else codes[rows],
+    )
+
+
+def _row(name: str, pools: list[PairPool], cfg: FusionConfig) -> dict[str, Any]:
+    """One table row: pairwise P/R/F1 over every pool's pairs, and each pool's F1."""
+    r = pair_pools_prf(pools, cfg)
+    per_fold = [pair_pools_prf([p], cfg)["f1"] for p in pools]
+    return {
+        "pipeline": name,
+        "f1": r["f1"],
+        "precision": r["precision"],
+        "recall": r["recall"],
+        "per_fold": per_fold,
+        "config": cfg.model_dump(mode="json"),
+    }
+
+
+def pair_pool_slopes(
+    cat: Any,
+    folds: list[tuple[np.ndarray, np.ndarray]],
+    groups: np.ndarray,
+    dense: dict[str, np.ndarray],
+    pairs: Pairs,
+    start: FusionConfig,
+) -> dict[str, float]:
+    """The pool-size rule on pairwise data: each fold's records split into 4, 2 and 1
+    pools along `groups` (no labelled pair cut), thresholds tuned per size on the pairs,
+    the slope of each against log2(pool size) (`slopes_of`)."""
+    tuned = []
+    for parts in (4, 2, 1):
+        pools = [
+            pair_pool(cat, p, dense, pairs)
+            for f, (_, va) in enumerate(folds)
+            for p in sub_pools(va, groups, parts, seed=f, min_rows=2)
+        ]
+        tuned.append(tune_pair_pools(pools, start, rounds=1, tune_min2=False)[0])
+    return {k: v for k, v in slopes_of(tuned).items() if k in start.thresholds}
+
+
+def run_pairs(
+    task: Task,
+    data: PairData,
+    out: Path,
+    train: TrainConfig,
+    cv: CVConfig,
+    model_config: Any,
+    other: dict[str, Any],
+    show_progress: bool = False,
+) -> dict[str, Any]:
+    """The recipe on an entity-matching folder's train pairs; writes the model folder.
+
+    Args:
+        task: the modality being trained, over every record of `data.catalogue`.
+        data: the folder read (`read_pair_folder`); needs train pairs.
+        out: model folder to write (`out/work` keeps resumable checkpoints).
+        other: name -> callable(folder) exporting another modality's default encoder.
+
+    Returns:
+        The report written to `out/cv_report.json`: the out-of-fold table (pairwise P/R/F1
+        on the train pairs), the fusion written, and the valid pairs' scores.
+    """
+    t0 = time.perf_counter()
+    cat = data.catalogue
+    n, m = len(cat), task.modality
+    pairs = data.pairs("train")
+    rows = np.unique(np.concatenate([pairs.left, pairs.right]))
+    classes = pair_components(n, pairs)
+    every = pair_components(n, dataclasses.replace(pairs, label=np.ones(len(pairs), bool)))
+    res = cross_validate(
+        task,
+        classes,
+        train,
+        cv,
+        out / "work",
+        rows=rows,
+        show_progress=show_progress,
+        groups=every,
+        score=lambda x, va: embedding_pair_f1(x, local_pairs(va, pairs, n))[0],
+    )
+    shared = [pair_pool(cat, va, {}, pairs) for _, va in res.folds]
+
+    def with_dense(x: np.ndarray) -> list[PairPool]:
+        return [
+            dataclasses.replace(p, signals={**p.signals, m: self_knn(x[va], None, device="cpu")})
+            for p, (_, va) in zip(shared, res.folds, strict=True)
+        ]
+
+    start = FusionConfig().with_(
+        thresholds={k: v for k, v in FusionConfig().thresholds.items() if k in ("tfidf", m)}
+    )
+    tfidf = tune_pair_pools(shared, single_signal("tfidf", start))
+    table = [_row("tfidf alone", shared, tfidf[0])]
+    base = task.baseline(rows)
+    if base is not None:
+        x0 = np.zeros((n, base.shape[1]), np.float32)
+        x0[rows] = base
+        pools0 = with_dense(x0)
+        table.append(
+            _row(
+                f"{m} alone (untrained)",
+                pools0,
+                tune_pair_pools(pools0, single_signal(m, start))[0],
+            )
+        )
+        table.append(_row(f"tfidf+{m} (untrained)", pools0, tune_pair_pools(pools0, start)[0]))
+    pools = with_dense(res.oof)
+    alone = tune_pair_pools(pools, single_signal(m, start))
+    fused = tune_pair_pools(pools, start)
+    table.append(_row(f"{m} alone (trained)", pools, alone[0]))
+    table.append(_row(f"tfidf+{m} (trained)", pools, fused[0]))
+    kept, _ = never_below_single(fused, [tfidf, alone])
+    slopes = pair_pool_slopes(cat, res.folds, every, {m: res.oof}, pairs, kept)
+    # Other modalities (e.g. phash) keep the default thresholds; TF-IDF and this one only
+    # where the tuning kept them (a signal that loses is left out, its encoder not loaded).
+    final = kept.with_(
+        thresholds={
+            **{k: v for k, v in FusionConfig().thresholds.items() if k not in ("tfidf", m)},
+            **kept.thresholds,
+        },
+        pool_slopes=slopes,
+    )
+
+    artifacts: dict[str, Path] = {}
+    final_log: list[dict[str, Any]] = []
+    held: list[dict[str, Any]] = []
+    work = out / "work"
+    if cv.final_fit:
+        log.info("final fit on the %d records of the train pairs", len(rows))
+        model = task.build()
+        y = relabel(classes[rows])
+        trainer = Trainer(model, int(y.max()) + 1, task.dim, train, work / "final.pt")
+        final_log = [
+            h.__dict__
+            for h in trainer.fit(task.loader(rows, y, train), show_progress=show_progress)
+        ]
+        artifacts[m] = task.export(model, work / m).folder
+        held = _held_out(task, model, data, final, tfidf[0])
+    for name, export in other.items():
+        artifacts[name] = export(work / name).folder
+    report = {
+        "modality": m,
+        "layout": "pairs",
+        "rows": len(rows),
+        "records": n,
+        "train_pairs": len(pairs),
+        "classes": len(np.unique(classes[rows])),
+        "folds": cv.folds,
+        "oof": table,
+        "fusion": final.model_dump(mode="json"),
+        "signals": list(kept.thresholds),
+        "held_out": held,
+        "cv_logs": res.logs,
+        "final_log": final_log,
+        "cv_seconds": res.seconds,
+        "seconds": time.perf_counter() - t0,
+    }
+    write_oof(out / "oof", m, res.oof, res.folds, cat.posting_id)
+    write_model_dir(
+        out,
+        final,
+        {"train_config": train, "model_config": model_config, "cv_config": cv},
+        report,
+        artifacts,
+    )
+    for name in artifacts:
+        shutil.rmtree(work / name, ignore_errors=True)
+    return report
+
+
+def _held_out(
+    task: Task, model: Any, data: PairData, final: FusionConfig, tfidf: FusionConfig
+) -> list[dict[str, Any]]:
+    """Pairwise P/R/F1 on each split other than train (valid, test where present) of the
+    final model's matches over every record, and of TF-IDF alone, both as tuned."""
+    splits = [s for s in data.splits if s != "train"]
+    if not splits:
+        return []
+    cat = data.catalogue
+    everyone = np.arange(len(cat))
+    x = task.embed(model, everyone)
+    out = []
+    for s in splits:
+        pool = pair_pool(cat, everyone, {task.modality: x}, data.splits[s])
+        for name, cfg in (("tfidf alone", tfidf), ("final", final)):
+            out.append({"split": s, "pipeline": name, **pair_pools_prf([pool], cfg)})
+    return out
