@@ -466,6 +466,9 @@ def test_train_text_on_pairwise_labelled_folder(tmp_path: Path, capsys) -> None:
     data = read_pair_folder(folder)
     tr = data.splits["train"]
     assert report["layout"] == "pairs" and report["train_pairs"] == len(tr)
+    # tuned at the size it matches (every record as one pool per fold): no pool-size rule
+    assert report["fusion"]["tuned_rows"] == len(data.catalogue)
+    assert report["fusion"]["pool_slopes"] == {}
     rows = np.unique(np.concatenate([tr.left, tr.right]))
     assert report["rows"] == len(rows) and report["records"] == len(data.catalogue)
     # ArcFace classes: the positive components (each A record with its B records)

@@ -392,8 +392,9 @@ def _train_pairs(
     except ValueError as e:  # too few components for the folds
         raise PricematchError(f"{args.input}: {e}") from e
     print(
-        f"\nout of fold on the train pairs ({cv.folds} folds; thresholds tuned on the "
-        "labelled pairs, each fold's records matched among themselves):"
+        f"\nout of fold on the train pairs ({cv.folds} folds; every record matched as one "
+        "pool, each fold's pairs scored with the model that never saw them; thresholds "
+        "tuned on those pairs):"
     )
     print(f"  {'pipeline':<28} {'P':>6} {'R':>6} {'F1':>6}   per fold")
     for r in report["oof"]:

@@ -59,6 +59,8 @@ class CVResult:
     folds: list[tuple[np.ndarray, np.ndarray]]
     logs: list[list[dict[str, Any]]] = field(default_factory=list)
     seconds: float = 0.0
+    #: per fold, the `embed_rows` embedded by that fold's model (when asked for)
+    fold_embeddings: list[np.ndarray] = field(default_factory=list)
 
 
 def cross_validate(
@@ -71,6 +73,7 @@ def cross_validate(
     show_progress: bool = False,
     groups: np.ndarray | None = None,
     score: Callable[[np.ndarray, np.ndarray], float] | None = None,
+    embed_rows: np.ndarray | None = None,
 ) -> CVResult:
     """Train one model per GroupKFold fold; embed each validation fold with its model.
 
@@ -83,6 +86,7 @@ def cross_validate(
             connected components of every labelled pair, so no pair straddles two folds.
         score: (embeddings (m, d) of validation rows, those rows (m,)) -> the metric logged
             after each epoch (default: `embedding_f1` on `labels`).
+        embed_rows: rows every fold model also embeds (`CVResult.fold_embeddings`).
     """
     t0 = time.perf_counter()
     rows = np.arange(len(labels)) if rows is None else rows
@@ -90,6 +94,7 @@ def cross_validate(
     folds = [(rows[tr], rows[va]) for tr, va in group_folds(groups[rows], cv.folds, train.seed)]
     oof = np.zeros((len(labels), task.dim), np.float32)
     logs = []
+    per_fold: list[np.ndarray] = []
     for f, (tr, va) in enumerate(folds):
         log.info(
             "fold %d/%d: %d train rows, %d validation rows", f + 1, len(folds), len(tr), len(va)
@@ -107,7 +112,15 @@ def cross_validate(
         )
         logs.append([h.__dict__ for h in hist])
         oof[va] = task.embed(model, va)
-    return CVResult(oof=oof, folds=folds, logs=logs, seconds=time.perf_counter() - t0)
+        if embed_rows is not None:
+            per_fold.append(task.embed(model, embed_rows))
+    return CVResult(
+        oof=oof,
+        folds=folds,
+        logs=logs,
+        seconds=time.perf_counter() - t0,
+        fold_embeddings=per_fold,
+    )
 
 
 def pool_signals(

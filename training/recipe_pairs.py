@@ -3,10 +3,11 @@
 components of their positive pairs the ArcFace classes, and the folds split by the
 components of *every* labelled pair, so each pair lies inside one fold and is scored by a
 model that never trained on either record. Thresholds are tuned on pairwise F1 over the
-labelled pairs only (an unlabelled pair is unknown, never a non-match), each fold's records
-matched among themselves with out-of-fold embeddings; the final model is scored on the
-valid pairs (when the folder has them) over every record, never used for training or
-thresholds.
+labelled pairs only (an unlabelled pair is unknown, never a non-match), at the size the
+folder is matched at: per fold, *every* record embedded by that fold's model and matched as
+one pool, the fold's pairs scored (as `train ranker --pool whole` does). The final model is
+scored on the valid pairs (when the folder has them) over every record, never used for
+training or thresholds.
 """
 
 from __future__ import annotations
@@ -30,8 +31,6 @@ from index.tuning.grids import (
     never_below_single,
     pair_pools_prf,
     single_signal,
-    slopes_of,
-    sub_pools,
     tune_pair_pools,
 )
 from index.tuning.metrics import pair_prf
@@ -97,28 +96,6 @@ def _row(name: str, pools: list[PairPool], cfg: FusionConfig) -> dict[str, Any]:
     }
 
 
-def pair_pool_slopes(
-    cat: Any,
-    folds: list[tuple[np.ndarray, np.ndarray]],
-    groups: np.ndarray,
-    dense: dict[str, np.ndarray],
-    pairs: Pairs,
-    start: FusionConfig,
-) -> dict[str, float]:
-    """The pool-size rule on pairwise data: each fold's records split into 4, 2 and 1
-    pools along `groups` (no labelled pair cut), thresholds tuned per size on the pairs,
-    the slope of each against log2(pool size) (`slopes_of`)."""
-    tuned = []
-    for parts in (4, 2, 1):
-        pools = [
-            pair_pool(cat, p, dense, pairs)
-            for f, (_, va) in enumerate(folds)
-            for p in sub_pools(va, groups, parts, seed=f, min_rows=2)
-        ]
-        tuned.append(tune_pair_pools(pools, start, rounds=1, tune_min2=False)[0])
-    return {k: v for k, v in slopes_of(tuned).items() if k in start.thresholds}
-
-
 def run_pairs(
     task: Task,
     data: PairData,
@@ -148,6 +125,7 @@ def run_pairs(
     rows = np.unique(np.concatenate([pairs.left, pairs.right]))
     classes = pair_components(n, pairs)
     every = pair_components(n, dataclasses.replace(pairs, label=np.ones(len(pairs), bool)))
+    everyone = np.arange(n)
     res = cross_validate(
         task,
         classes,
@@ -158,48 +136,54 @@ def run_pairs(
         show_progress=show_progress,
         groups=every,
         score=lambda x, va: embedding_pair_f1(x, local_pairs(va, pairs, n))[0],
+        embed_rows=everyone,
     )
-    shared = [pair_pool(cat, va, {}, pairs) for _, va in res.folds]
+    # Every record as one pool (TF-IDF fitted on all of them, computed once); per fold the
+    # fold model's embeddings of every record and only the fold's pairs, which it never saw.
+    whole = pair_pool(cat, everyone, {}, pairs)
 
-    def with_dense(x: np.ndarray) -> list[PairPool]:
-        return [
-            dataclasses.replace(p, signals={**p.signals, m: self_knn(x[va], None, device="cpu")})
-            for p, (_, va) in zip(shared, res.folds, strict=True)
-        ]
+    def fold_pools(signals: list[dict[str, Any]]) -> list[PairPool]:
+        """Per fold: the whole pool with these signals, scored on the fold's pairs only."""
+        out = []
+        for nb, (_, va) in zip(signals, res.folds, strict=True):
+            left, right, label = whole.pairs
+            inside = np.isin(left, va)  # both ends: a pair never straddles folds
+            fold = (left[inside], right[inside], label[inside])
+            out.append(dataclasses.replace(whole, signals=nb, pairs=fold))
+        return out
 
+    def with_dense(x: np.ndarray) -> dict[str, Any]:
+        return {**whole.signals, m: self_knn(x, None, device="cpu")}
+
+    n_folds = len(res.folds)
     start = FusionConfig().with_(
         thresholds={k: v for k, v in FusionConfig().thresholds.items() if k in ("tfidf", m)}
     )
+    shared = fold_pools([whole.signals] * n_folds)
     tfidf = tune_pair_pools(shared, single_signal("tfidf", start))
     table = [_row("tfidf alone", shared, tfidf[0])]
-    base = task.baseline(rows)
+    base = task.baseline(everyone)
     if base is not None:
-        x0 = np.zeros((n, base.shape[1]), np.float32)
-        x0[rows] = base
-        pools0 = with_dense(x0)
-        table.append(
-            _row(
-                f"{m} alone (untrained)",
-                pools0,
-                tune_pair_pools(pools0, single_signal(m, start))[0],
-            )
-        )
+        pools0 = fold_pools([with_dense(base)] * n_folds)
+        alone0 = tune_pair_pools(pools0, single_signal(m, start))
+        table.append(_row(f"{m} alone (untrained)", pools0, alone0[0]))
         table.append(_row(f"tfidf+{m} (untrained)", pools0, tune_pair_pools(pools0, start)[0]))
-    pools = with_dense(res.oof)
+    pools = fold_pools([with_dense(x) for x in res.fold_embeddings])
     alone = tune_pair_pools(pools, single_signal(m, start))
     fused = tune_pair_pools(pools, start)
     table.append(_row(f"{m} alone (trained)", pools, alone[0]))
     table.append(_row(f"tfidf+{m} (trained)", pools, fused[0]))
     kept, _ = never_below_single(fused, [tfidf, alone])
-    slopes = pair_pool_slopes(cat, res.folds, every, {m: res.oof}, pairs, kept)
-    # Other modalities (e.g. phash) keep the default thresholds; TF-IDF and this one only
-    # where the tuning kept them (a signal that loses is left out, its encoder not loaded).
+    # Tuned at the size the folder is matched at: no pool-size rule. Other modalities (e.g.
+    # phash) keep the default thresholds; TF-IDF and this one only where the tuning kept
+    # them (a signal that loses is left out, its encoder not loaded).
     final = kept.with_(
         thresholds={
             **{k: v for k, v in FusionConfig().thresholds.items() if k not in ("tfidf", m)},
             **kept.thresholds,
         },
-        pool_slopes=slopes,
+        tuned_rows=n,
+        pool_slopes={},
     )
 
     artifacts: dict[str, Path] = {}
