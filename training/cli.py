@@ -412,7 +412,11 @@ def _train_pairs(
                 f"   ({r['pairs']} pairs)"
             )
     kept = "+".join(report["signals"])
-    if args.modality not in report["signals"]:
+    for sig, gain in report["marginal"].items():
+        print(f"marginal pair F1 of {sig} (left out, the others re-tuned): {gain:+.4f}")
+    for sig, gain in report["left_out"].items():
+        print(f"left out {sig}: adds {gain:+.4f} < 0.001 (its encoder is then not loaded)")
+    if args.modality not in report["signals"] and not report["left_out"]:
         print(
             f"\n{kept} alone scored best out of fold: the fusion leaves the "
             f"{args.modality} encoder out"

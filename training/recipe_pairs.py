@@ -28,6 +28,7 @@ from index.search.knn import self_knn
 from index.tuning.grids import (
     GRIDS,
     PairPool,
+    drop_weak,
     never_below_single,
     pair_pools_prf,
     single_signal,
@@ -173,7 +174,9 @@ def run_pairs(
     fused = tune_pair_pools(pools, start)
     table.append(_row(f"{m} alone (trained)", pools, alone[0]))
     table.append(_row(f"tfidf+{m} (trained)", pools, fused[0]))
-    kept, _ = never_below_single(fused, [tfidf, alone])
+    kept, score = never_below_single(fused, [tfidf, alone])
+    # A signal adding under MARGINAL_MIN pair F1 (the others re-tuned) is left out.
+    kept, _, dropped, marginal = drop_weak(lambda c: tune_pair_pools(pools, c), kept, score)
     # Tuned at the size the folder is matched at: no pool-size rule. Other modalities (e.g.
     # phash) keep the default thresholds; TF-IDF and this one only where the tuning kept
     # them (a signal that loses is left out, its encoder not loaded).
@@ -214,6 +217,8 @@ def run_pairs(
         "oof": table,
         "fusion": final.model_dump(mode="json"),
         "signals": list(kept.thresholds),
+        "marginal": marginal,
+        "left_out": dict(dropped),
         "held_out": held,
         "cv_logs": res.logs,
         "final_log": final_log,
