@@ -57,16 +57,28 @@ def in_turn(
 
 
 def agreement(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> dict:
-    """How two (D, I) results differ: the largest score difference (finite entries) and
-    the share of rows whose neighbour ids differ (ties cut at the k-th place may)."""
+    """How two (D, I) results (the same k, scores descending per row) differ: the largest
+    score difference (finite entries), whether the empty slots coincide, the share of rows
+    whose set of neighbour ids differs (a cut through tied scores at the k-th place may
+    keep other ids), and of rows whose ids scoring above their k-th score differ (never
+    legitimate)."""
     (Da, Ia), (Db, Ib) = a, b
-    both = np.isfinite(Da) & np.isfinite(Db)
-    same_inf = np.array_equal(np.isfinite(Da), np.isfinite(Db))
+    fa, fb = np.isfinite(Da) & (Ia >= 0), np.isfinite(Db) & (Ib >= 0)
+    both = fa & fb
     diff = float(np.abs(Da[both] - Db[both]).max()) if both.any() else 0.0
+    # the lowest kept score of each row (its k-th, or its last kept one)
+    kth = np.where(fa, Da, np.inf).min(axis=1, keepdims=True)
+
+    def ids(I: np.ndarray, keep: np.ndarray) -> np.ndarray:
+        return np.sort(np.where(keep, I, -1), axis=1)
+
     return {
         "max_score_diff": diff,
-        "same_empty_slots": bool(same_inf),
-        "rows_with_other_ids": float(np.mean((Ia != Ib).any(axis=1))),
+        "same_empty_slots": bool(np.array_equal(fa, fb)),
+        "rows_with_other_ids": float(np.mean((ids(Ia, fa) != ids(Ib, fb)).any(axis=1))),
+        "rows_differing_above_kth": float(
+            np.mean((ids(Ia, fa & (Da > kth)) != ids(Ib, fb & (Db > kth))).any(axis=1))
+        ),
     }
 
 

@@ -75,8 +75,10 @@ def carry(
         "slope_per_doubling": ranker.config.pool_slope,
         "moved_threshold": [moved.threshold, moved.single_threshold],
         "train_seconds": trained,
-        "held_out": {k: {m: v[m] for m in ("f1", "precision", "recall", "mean_matches")}
-                     for k, v in rows.items()},
+        "held_out": {
+            k: {m: v[m] for m in ("f1", "precision", "recall", "mean_matches")}
+            for k, v in rows.items()
+        },
     }
 
 
@@ -96,8 +98,10 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{args.input}: needs a label_group column")
     model = load_model(args.model, device=args.device)
     results = []
-    print(f"{'share':>5} {'train':>6} {'held':>6} {'ratio':>5}  "
-          f"{'fusion':>7} {'ranker':>7} {'no rule':>7}  thresholds (moved)")
+    print(
+        f"{'share':>5} {'train':>6} {'held':>6} {'ratio':>5}  "
+        f"{'fusion':>7} {'ranker':>7} {'no rule':>7}  thresholds (moved)"
+    )
     for share in (float(s) for s in args.train_share.split(",")):
         res = carry(cat, model, share, args.folds, args.seed, args.device)
         results.append(res)

@@ -309,9 +309,18 @@ def test_cheap_signals_paths_agree_and_run_in_turn(synth: Path, tmp_path: Path) 
     order: list[str] = []
     _, times = cs.in_turn({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, 3)
     assert order == ["a", "b"] * 3 and all(len(t["wall"]) == 3 for t in times.values())
-    D = np.array([[1.0, 0.5, -np.inf]], np.float32)
-    same = cs.agreement((D, np.array([[0, 1, -1]])), (D, np.array([[0, 2, -1]])))
-    assert same == {"max_score_diff": 0.0, "same_empty_slots": True, "rows_with_other_ids": 1.0}
+    D = np.array([[1.0, 0.5, -np.inf], [1.0, 0.5, 0.5]], np.float32)
+    a = np.array([[0, 1, -1], [1, 2, 0]])
+    # row 0: another id at its k-th (last kept) score; row 1: the same ids in another order
+    got = cs.agreement((D, a), (D, np.array([[0, 2, -1], [1, 0, 2]])))
+    assert got == {
+        "max_score_diff": 0.0,
+        "same_empty_slots": True,
+        "rows_with_other_ids": 0.5,
+        "rows_differing_above_kth": 0.0,
+    }
+    worse = cs.agreement((D, a), (D, np.array([[2, 1, -1], [1, 2, 0]])))  # id 0 at 1.0 swapped
+    assert worse["rows_differing_above_kth"] == 0.5
     out = tmp_path / "cheap.json"
     assert cs.main([str(synth / "listings.csv"), "--rounds", "1", "--out", str(out)]) == 0
     r = json.loads(out.read_text())
