@@ -181,7 +181,7 @@ class Engine:
             meta: dict[str, Any] = {"bundle": sha256(bundle.folder / "manifest.json")}
             initial: LiveCatalogue | None = LiveCatalogue.from_bundle(bundle, device=dev)
             source = f"bundle {bundle.folder}"
-            ranker: Ranker | None = None  # a bundle holds no ranker
+            ranker: Ranker | None = bundle.ranker
         else:
             # only the encoders the model's pipeline uses (fusion.json, stages, ranker)
             model = load_model(settings.model_dir, device=dev, modalities=())

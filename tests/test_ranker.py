@@ -632,3 +632,48 @@ def test_tune_pair_pools_counts_only_labelled_pairs() -> None:
     cfg, f1 = tune_pair_pools([pa, pb], start)
     assert f1 == 1.0 and 0.6 < cfg.thresholds["tfidf"] <= 0.7
     assert cfg.tuned_rows == round((3 + 2) / 2)
+
+
+def test_a_bundle_carries_the_ranker_to_match_and_the_service(
+    ranked_model: Path, synth: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """build-index from a model with a ranker: the bundle holds it (checksummed), `match
+    --bundle` decides with it as `match --model` does, and a service on the bundle answers
+    /match with it."""
+    from fastapi.testclient import TestClient
+
+    from index.errors import BundleError
+    from index.store.bundle import load_bundle, verify_bundle
+    from service.config import Settings
+    from service.main import create_app
+
+    csv_path = str(synth / "listings.csv")
+    bundle = tmp_path / "bundle"
+    argv = ["build-index", csv_path, "--model", str(ranked_model), "--out", str(bundle), "-q"]
+    assert main([*argv, "--device", "cpu"]) == 0
+    assert "(with the pair re-ranker)" in capsys.readouterr().out
+    assert {"ranker/model.txt", "ranker/ranker.json"} <= set(verify_bundle(bundle)["files"])
+    b = load_bundle(bundle, device="cpu")
+    assert b.ranker is not None and b.ranker.signals == load_model(ranked_model).ranker.signals
+    by_model, by_bundle = tmp_path / "m.csv", tmp_path / "b.csv"
+    base = [csv_path, "-q", "--device", "cpu"]
+    assert main(["match", *base, "--model", str(ranked_model), "-o", str(by_model)]) == 0
+    assert main(["match", *base, "--bundle", str(bundle), "-o", str(by_bundle)]) == 0
+    assert "(pair re-ranker)" in capsys.readouterr().out
+    assert by_bundle.read_text() == by_model.read_text()
+    assert main(["match", *base, "--bundle", str(bundle), "--no-ranker", "-o", str(by_bundle)]) == 0
+    assert "(pair re-ranker)" not in capsys.readouterr().out
+    cat = read_catalogue(synth / "listings.csv")
+    s = Settings(bundle=bundle, data_dir=tmp_path / "data", device="cpu")
+    with TestClient(create_app(s)) as c:
+        while c.get("/readyz").status_code != 200:
+            time.sleep(0.02)
+        q = {"posting_id": cat.posting_id[0], "title": cat.title[0]}
+        if cat.image_phash:
+            q["image_phash"] = cat.image_phash[0]
+        got = c.post("/match", json=q).json()["matches"]
+        assert len(got) > 1 and got[0]["signals"] == ["self"]
+        assert all(x["signals"] == ["ranker"] for x in got[1:])
+    (bundle / "ranker" / "ranker.json").write_text("{}")
+    with pytest.raises(BundleError, match="ranker/ranker.json"):
+        verify_bundle(bundle)

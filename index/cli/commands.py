@@ -18,10 +18,12 @@ from index.errors import CatalogueError, EncoderError
 from index.features.embed import DENSE, Encoders, Features, embed
 from index.features.tfidf import TfidfConfig
 from index.matching.fusion import SIGNALS, FusionConfig
+from index.matching.ranker import Ranker
 from index.matching.selfmatch import NeighbourStep, local_neighbours, self_match, self_neighbours
 from index.matching.stages import fuse_stages, source_links
 from index.store.model import (
     FUSION,
+    RANKER,
     Model,
     load_model,
     load_some_encoders,
@@ -142,6 +144,9 @@ def resolve_model(args: argparse.Namespace) -> Model:
         config = read_fusion(args.config)
     chosen = _signals(args)
     ranker = None if getattr(args, "no_ranker", False) else model.ranker
+    in_bundle = args.bundle is not None and (args.bundle / RANKER).is_dir()
+    if in_bundle and not getattr(args, "no_ranker", False):
+        ranker = Ranker.load(args.bundle / RANKER)  # a bundle keeps it beside its encoders
     # --signals naming a signal the config leaves out forces it (at the default threshold)
     forced = {s for s in chosen if s in DENSE} if args.signals != ",".join(SIGNALS) else set()
     default = FusionConfig().thresholds
@@ -516,8 +521,11 @@ def cmd_build_index(args: argparse.Namespace) -> int:
     if args.images is not None and encoders.image is None and args.bundle is None and args.model:
         log.warning("--images given but the model has no image encoder")
     feats = embed(cat, encoders, tfidf_config=config.tfidf, show_progress=not args.quiet)
-    out = save_bundle(args.out, cat, feats, config, encoders)
-    print(f"wrote bundle {out}: {len(cat)} listings")
+    out = save_bundle(args.out, cat, feats, config, encoders, ranker=model.ranker)
+    print(
+        f"wrote bundle {out}: {len(cat)} listings"
+        + (" (with the pair re-ranker)" if model.ranker is not None else "")
+    )
     return 0
 
 

@@ -10,6 +10,7 @@ Layout::
     masks.npz          per-signal validity masks
     text.faiss, image.faiss   FAISS stores of the embeddings (ids = row numbers)
     encoders/text/, encoders/image/   the ONNX encoder artifacts used to build it
+    ranker/            the model's pair re-ranker, when it has one (`Ranker.save`)
 
 Written to a temporary folder then renamed into place, so a crash leaves the old bundle
 or the new one, never half of one (`index.store.atomic.write_atomic`); verified against
@@ -37,9 +38,10 @@ from index.features.encoders import Device
 from index.features.images import phash_hex
 from index.features.tfidf import TitleTfidf
 from index.matching.fusion import FusionConfig
+from index.matching.ranker import Ranker
 from index.search.stores import FaissFlatStore
 from index.store.atomic import sha256, write_atomic
-from index.store.model import FUSION, load_encoders, read_fusion, write_fusion
+from index.store.model import FUSION, RANKER, load_encoders, read_fusion, write_fusion
 
 FORMAT = 1
 
@@ -80,8 +82,10 @@ def save_bundle(
     feats: Features,
     fusion: FusionConfig,
     encoders: Encoders | None = None,
+    ranker: Ranker | None = None,
 ) -> Path:
-    """Write a bundle folder atomically (see the module doc for the layout)."""
+    """Write a bundle folder atomically (see the module doc for the layout); `ranker`: the
+    model's pair re-ranker, carried so that `/match` and `match --bundle` use it."""
     encoders = encoders or Encoders()
     n = len(cat)
     assert len(feats) == n, (len(feats), n)
@@ -105,6 +109,8 @@ def save_bundle(
             if enc is not None:
                 shutil.copytree(enc.folder, tmp / "encoders" / m)
         np.savez(tmp / "masks.npz", **masks)  # type: ignore[arg-type]
+        if ranker is not None:
+            ranker.save(tmp / RANKER)
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
         manifest = {
             "format": FORMAT,
@@ -134,6 +140,7 @@ class Bundle:
     masks: dict[str, np.ndarray]
     stores: dict[str, FaissFlatStore]
     encoders: Encoders
+    ranker: Ranker | None = None
 
 
 def verify_bundle(folder: str | Path) -> dict[str, Any]:
@@ -193,4 +200,5 @@ def load_bundle(folder: str | Path, device: Device = "auto", with_encoders: bool
         masks=masks,
         stores=stores,
         encoders=encoders,
+        ranker=Ranker.load(root / RANKER) if (root / RANKER).is_dir() else None,
     )
