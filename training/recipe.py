@@ -202,6 +202,48 @@ def write_model_dir(
     )
 
 
+def final_fit(
+    task: Task,
+    labels: np.ndarray,
+    rows: np.ndarray,
+    train: TrainConfig,
+    work: Path,
+    show_progress: bool = False,
+) -> tuple[Any, list[dict[str, Any]]]:
+    """The final fit on `rows` (classes `labels[rows]`), resumable from `work/final.pt`;
+    returns the model and its epoch logs."""
+    model = task.build()
+    y = relabel(labels[rows])
+    trainer = Trainer(model, int(y.max()) + 1, task.dim, train, work / "final.pt")
+    hist = trainer.fit(task.loader(rows, y, train), show_progress=show_progress)
+    return model, [h.__dict__ for h in hist]
+
+
+def write_trained(
+    out: Path,
+    modality: str,
+    res: CVResult,
+    posting_ids: list[str],
+    fusion: FusionConfig,
+    configs: dict[str, Any],
+    report: dict[str, Any],
+    artifacts: dict[str, Path],
+    other: dict[str, Any],
+) -> None:
+    """Finish a training run: export the other modalities' default encoders (`other`: name
+    -> callable(folder)), write the out-of-fold embeddings and the model folder
+    (`write_model_dir`), then remove the exported copies from `out/work`."""
+    work = out / "work"
+    artifacts = {
+        **artifacts,
+        **{name: export(work / name).folder for name, export in other.items()},
+    }
+    write_oof(out / "oof", modality, res.oof, res.folds, posting_ids)
+    write_model_dir(out, fusion, configs, report, artifacts)
+    for name in artifacts:
+        shutil.rmtree(work / name, ignore_errors=True)
+
+
 def _table(name: str, pools: list[Pool], start: FusionConfig, signal: str) -> list[dict[str, Any]]:
     """Tuned out-of-fold rows: `signal` alone, and fused with TF-IDF and phash."""
     alone = start.with_(thresholds={signal: start.thresholds[signal]}, min2_signal=signal)  # type: ignore[index]
@@ -287,17 +329,8 @@ def run(
     final_log: list[dict[str, Any]] = []
     if cv.final_fit:
         log.info("final fit on all %d rows", len(rows))
-        model = task.build()
-        y = relabel(labels[rows])
-        trainer = Trainer(model, int(y.max()) + 1, task.dim, train, work / "final.pt")
-        final_log = [
-            h.__dict__
-            for h in trainer.fit(task.loader(rows, y, train), show_progress=show_progress)
-        ]
-        exp = task.export(model, work / m)
-        artifacts[m] = exp.folder
-    for name, export in other.items():
-        artifacts[name] = export(work / name).folder
+        model, final_log = final_fit(task, labels, rows, train, work, show_progress)
+        artifacts[m] = task.export(model, work / m).folder
     report = {
         "modality": m,
         "rows": len(rows),
@@ -311,14 +344,6 @@ def run(
         "cv_seconds": res.seconds,
         "seconds": time.perf_counter() - t0,
     }
-    write_oof(out / "oof", m, res.oof, res.folds, cat.posting_id)
-    write_model_dir(
-        out,
-        final,
-        {"train_config": train, "model_config": model_config, "cv_config": cv},
-        report,
-        artifacts,
-    )
-    for name in artifacts:
-        shutil.rmtree(work / name, ignore_errors=True)
+    configs = {"train_config": train, "model_config": model_config, "cv_config": cv}
+    write_trained(out, m, res, cat.posting_id, final, configs, report, artifacts, other)
     return report

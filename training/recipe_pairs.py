@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from index.data.oof import write_oof
 from index.data.pairs import PairData, Pairs, pair_components
 from index.matching.fusion import FusionConfig
 from index.search.knn import self_knn
@@ -36,9 +34,8 @@ from index.tuning.grids import (
 )
 from index.tuning.metrics import pair_prf
 from training.config import CVConfig, TrainConfig
-from training.recipe import cross_validate, pool_signals, relabel, write_model_dir
+from training.recipe import cross_validate, final_fit, pool_signals, write_trained
 from training.tasks import Task
-from training.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -192,20 +189,11 @@ def run_pairs(
     artifacts: dict[str, Path] = {}
     final_log: list[dict[str, Any]] = []
     held: list[dict[str, Any]] = []
-    work = out / "work"
     if cv.final_fit:
         log.info("final fit on the %d records of the train pairs", len(rows))
-        model = task.build()
-        y = relabel(classes[rows])
-        trainer = Trainer(model, int(y.max()) + 1, task.dim, train, work / "final.pt")
-        final_log = [
-            h.__dict__
-            for h in trainer.fit(task.loader(rows, y, train), show_progress=show_progress)
-        ]
-        artifacts[m] = task.export(model, work / m).folder
-        held = _held_out(task, model, data, final, tfidf[0])
-    for name, export in other.items():
-        artifacts[name] = export(work / name).folder
+        model, final_log = final_fit(task, classes, rows, train, out / "work", show_progress)
+        artifacts[m] = task.export(model, out / "work" / m).folder
+        held = _held_out(task, model, data, whole, final, tfidf[0])
     report = {
         "modality": m,
         "layout": "pairs",
@@ -225,33 +213,31 @@ def run_pairs(
         "cv_seconds": res.seconds,
         "seconds": time.perf_counter() - t0,
     }
-    write_oof(out / "oof", m, res.oof, res.folds, cat.posting_id)
-    write_model_dir(
-        out,
-        final,
-        {"train_config": train, "model_config": model_config, "cv_config": cv},
-        report,
-        artifacts,
-    )
-    for name in artifacts:
-        shutil.rmtree(work / name, ignore_errors=True)
+    configs = {"train_config": train, "model_config": model_config, "cv_config": cv}
+    write_trained(out, m, res, cat.posting_id, final, configs, report, artifacts, other)
     return report
 
 
 def _held_out(
-    task: Task, model: Any, data: PairData, final: FusionConfig, tfidf: FusionConfig
+    task: Task,
+    model: Any,
+    data: PairData,
+    whole: PairPool,
+    final: FusionConfig,
+    tfidf: FusionConfig,
 ) -> list[dict[str, Any]]:
     """Pairwise P/R/F1 on each split other than train (valid, test where present) of the
-    final model's matches over every record, and of TF-IDF alone, both as tuned."""
+    final model's matches over every record (`whole`: the pool of every record, its TF-IDF
+    and phash neighbours reused), and of TF-IDF alone, both as tuned."""
     splits = [s for s in data.splits if s != "train"]
     if not splits:
         return []
-    cat = data.catalogue
-    everyone = np.arange(len(cat))
-    x = task.embed(model, everyone)
+    x = task.embed(model, np.arange(len(data.catalogue)))
+    nb = {**whole.signals, task.modality: self_knn(x, None, device="cpu")}
     out = []
     for s in splits:
-        pool = pair_pool(cat, everyone, {task.modality: x}, data.splits[s])
+        p = data.splits[s]  # row ids of the catalogue: those of the whole pool
+        pool = dataclasses.replace(whole, signals=nb, pairs=(p.left, p.right, p.label))
         for name, cfg in (("tfidf alone", tfidf), ("final", final)):
             out.append({"split": s, "pipeline": name, **pair_pools_prf([pool], cfg)})
     return out
