@@ -18,12 +18,10 @@ from index.errors import CatalogueError, EncoderError
 from index.features.embed import DENSE, Encoders, Features, embed
 from index.features.tfidf import TfidfConfig
 from index.matching.fusion import SIGNALS, FusionConfig
-from index.matching.ranker import Ranker
 from index.matching.selfmatch import NeighbourStep, local_neighbours, self_match, self_neighbours
 from index.matching.stages import fuse_stages, source_links
 from index.store.model import (
     FUSION,
-    RANKER,
     Model,
     load_model,
     load_some_encoders,
@@ -144,9 +142,10 @@ def resolve_model(args: argparse.Namespace) -> Model:
         config = read_fusion(args.config)
     chosen = _signals(args)
     ranker = None if getattr(args, "no_ranker", False) else model.ranker
-    in_bundle = args.bundle is not None and (args.bundle / RANKER).is_dir()
-    if in_bundle and not getattr(args, "no_ranker", False):
-        ranker = Ranker.load(args.bundle / RANKER)  # a bundle keeps it beside its encoders
+    if args.bundle is not None and not getattr(args, "no_ranker", False):
+        from index.store.bundle import bundle_ranker
+
+        ranker = bundle_ranker(args.bundle)  # a bundle keeps it beside its encoders
     # --signals naming a signal the config leaves out forces it (at the default threshold)
     forced = {s for s in chosen if s in DENSE} if args.signals != ",".join(SIGNALS) else set()
     default = FusionConfig().thresholds

@@ -185,9 +185,7 @@ def load_bundle(folder: str | Path, device: Device = "auto", with_encoders: bool
     }
     enc_dir = root / "encoders"
     encoders = (
-        load_encoders(enc_dir, device=device)
-        if with_encoders and enc_dir.is_dir()
-        else Encoders()
+        load_encoders(enc_dir, device=device) if with_encoders and enc_dir.is_dir() else Encoders()
     )
     return Bundle(
         folder=root,
@@ -200,5 +198,11 @@ def load_bundle(folder: str | Path, device: Device = "auto", with_encoders: bool
         masks=masks,
         stores=stores,
         encoders=encoders,
-        ranker=Ranker.load(root / RANKER) if (root / RANKER).is_dir() else None,
+        ranker=bundle_ranker(root),
     )
+
+
+def bundle_ranker(folder: str | Path) -> Ranker | None:
+    """The pair re-ranker a bundle carries (`ranker/`), or None."""
+    d = Path(folder) / RANKER
+    return Ranker.load(d) if d.is_dir() else None
