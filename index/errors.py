@@ -30,6 +30,11 @@ class StoreError(PricematchError):
     the catalogue."""
 
 
+class ConfigurationError(PricematchError):
+    """What the loaded model or server settings cannot do (e.g. a ranker needing a signal
+    the live catalogue does not search): the operator's to fix, never the request's."""
+
+
 class CancelledError(PricematchError):
     """Work stopped on request (`index.progress.cancellable`): its client went away or the
     process is stopping."""

@@ -27,6 +27,7 @@ from index.errors import (
     BundleError,
     CancelledError,
     CatalogueError,
+    ConfigurationError,
     EncoderError,
     ImageError,
     NotFoundError,
@@ -58,8 +59,11 @@ STATUS: list[tuple[type[PricematchError], int]] = [
     (CancelledError, 503),
     (ImageError, 400),
     (CatalogueError, 400),
-    (EncoderError, 422),
-    (BundleError, 422),
+    # the server's own artifacts and settings (model, bundle, write-ahead log, snapshots,
+    # vector store): never the request's fault, so never a 4xx
+    (EncoderError, 503),
+    (BundleError, 503),
+    (ConfigurationError, 503),
     (StoreError, 503),
     (PricematchError, 400),
 ]

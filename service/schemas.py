@@ -212,5 +212,5 @@ ERROR_WHEN = {
     415: "a body that is neither JSON nor multipart/form-data",
     422: "a field missing, out of range or of the wrong type",
     500: "internal error (logged; the body says nothing more)",
-    503: "starting, stopping, or the vector store is unavailable",
+    503: "starting, stopping, or the server's own model, data or vector store cannot serve it",
 }

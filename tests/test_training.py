@@ -10,6 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from index.errors import CatalogueError  # noqa: E402
 from index.tuning.grids import group_folds, sub_pools  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
 from training.heads import ArcFace, CurricularFace, create_head  # noqa: E402
@@ -69,7 +70,7 @@ def test_group_folds_keep_groups_apart() -> None:
     for tr, va in folds:
         assert not set(groups[tr]) & set(groups[va])
         assert len(tr) + len(va) == len(groups)
-    with pytest.raises(ValueError, match="at least 5 label groups"):
+    with pytest.raises(CatalogueError, match="at least 5 label groups"):
         group_folds(np.array([0, 0, 1]), 5)
     pools = sub_pools(np.arange(len(groups)), groups, 3, seed=0)
     assert sum(len(p) for p in pools) == len(groups)

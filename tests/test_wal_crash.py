@@ -149,14 +149,17 @@ def _send_async_then_kill(s: object, change: dict[str, str | None], rng: random.
     base = str(s.client.base_url)  # type: ignore[attr-defined]
 
     acked: list[bool] = []
+    wrong: list[AssertionError] = []  # an answer that is not a 200 (a 500 included)
 
     def go() -> None:
         try:
             with httpx.Client(base_url=base, timeout=10) as c:
                 _send(c, change)
             acked.append(True)
-        except (httpx.TransportError, AssertionError):
+        except httpx.TransportError:  # the kill cut the connection: not acknowledged
             pass
+        except AssertionError as e:  # answered, but not with a 200: a failure, not a kill
+            wrong.append(e)
 
     t = threading.Thread(target=go, daemon=True)
     t.start()
@@ -166,4 +169,5 @@ def _send_async_then_kill(s: object, change: dict[str, str | None], rng: random.
     proc.kill()
     proc.wait()
     t.join(10)
+    assert not wrong, f"the write in flight was answered with an error: {wrong[0]}"
     return bool(acked)

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 #: The word vectoriser's token pattern (`TitleTfidf._vectorizers`, `_word_rows`).
 _TOKEN = re.compile(r"(?u)\b\w+\b")
+#: The one document a vectoriser is fitted on when no title has a token of its kind.
+_NO_WORD = "_empty_"
 
 
 def _l2_rows(X: sp.spmatrix) -> sp.csr_matrix:
@@ -111,11 +113,16 @@ class TitleTfidf:
 
     def _fit(self, norm: list[str]) -> TitleTfidf:
         self.word, self.char = self._vectorizers()
-        if not any(norm):
-            norm = ["_empty_"]  # an all-empty catalogue still gets a (useless) vocabulary
-        self.word.fit(norm)
+        # a catalogue without one word token (empty, punctuation-only or emoji-only titles)
+        # still gets a (useless) vocabulary: every row is then a zero row, matched by the
+        # other signals and at-least-one-match alone
+        words = norm if any(_TOKEN.search(t) for t in norm) else [_NO_WORD]
+        self.word.fit(words)
         if self.char is not None:
-            self.char.fit(norm)
+            try:
+                self.char.fit(norm)
+            except ValueError:  # no character n-gram in any title (all shorter than min)
+                self.char.fit([_NO_WORD])
         return self
 
     def transform(self, titles: list[str]) -> sp.csr_matrix:

@@ -123,6 +123,8 @@ def _lookup(nb: Neighbours, n: int, what: str) -> sp.csr_matrix:
 
 
 def _get(m: sp.csr_matrix, a: np.ndarray, b: np.ndarray, offset: float) -> np.ndarray:
+    if len(a) == 0:  # no pair (a one-row pool): scipy's fancy indexing needs at least one
+        return np.zeros(0, np.float32)
     v = np.asarray(m[a, b]).ravel().astype(np.float32)
     return np.where(v > 0, v - offset, np.nan).astype(np.float32)
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import scipy.sparse as sp
 
-from index.errors import NotFoundError
+from index.errors import ConfigurationError, NotFoundError
 from index.features.embed import Features, QueryFeatures
 from index.features.images import phash_codes, phash_hex
 from index.features.tfidf import TfidfConfig, TitleTfidf
@@ -492,7 +492,7 @@ class LiveCatalogue:
         """
         missing = [s for s in ranker.signals if s not in ("tfidf", "phash", *self.stores)]
         if missing:
-            raise NotFoundError(
+            raise ConfigurationError(
                 f"the model's ranker needs signal(s) {', '.join(missing)}, which the live "
                 "catalogue does not search (stage signals are self-match only)"
             )

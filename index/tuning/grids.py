@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from index.errors import CatalogueError
 from index.matching.fusion import FusionConfig, Neighbours, fuse, phash_similarity
 from index.progress import progress
 from index.tuning.metrics import group_sizes, mean_f1
@@ -34,12 +35,19 @@ FLOORS: list[float] = [round(float(t), 2) for t in np.arange(0.0, 0.951, 0.05)]
 
 
 def group_folds(groups: np.ndarray, k: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
-    """GroupKFold splits (train rows, validation rows): no group on both sides."""
+    """GroupKFold splits (train rows, validation rows): no group on both sides.
+
+    Raises:
+        CatalogueError: fewer label groups than folds (out-of-fold work needs k of them).
+    """
     from sklearn.model_selection import GroupKFold
 
     n_groups = len(np.unique(groups))
-    if n_groups < k:
-        raise ValueError(f"{k} folds need at least {k} label groups, got {n_groups}")
+    if n_groups < max(k, 2):
+        raise CatalogueError(
+            f"{k} folds need at least {max(k, 2)} label groups, the data has {n_groups} "
+            "(label more groups, or lower --folds)"
+        )
     gkf = GroupKFold(n_splits=k, shuffle=True, random_state=seed)
     return [(tr, va) for tr, va in gkf.split(np.zeros(len(groups)), groups=groups)]
 

@@ -26,6 +26,7 @@ import numpy as np
 
 from index.data.listings import Catalogue
 from index.data.pairs import Pairs
+from index.errors import CatalogueError
 from index.features.embed import Encoders, Features, embed
 from index.matching.fusion import FusionConfig, Neighbours
 from index.matching.ranker import (
@@ -78,8 +79,18 @@ def fit(
     X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None = None, y_val: np.ndarray | None = None,
     rounds: int = MAX_ROUNDS,
 ) -> Any:
-    """A LightGBM booster; with a validation set, stopped early on its log loss."""
+    """A LightGBM booster; with a validation set, stopped early on its log loss.
+
+    Raises:
+        CatalogueError: no candidate pair to learn from (LightGBM needs at least one).
+    """
     import lightgbm
+
+    if len(X) == 0:
+        raise CatalogueError(
+            "the re-ranker has no candidate pair to learn from (in the whole data or in one "
+            "fold's training part): the rows are too few or too unlike each other"
+        )
 
     train = lightgbm.Dataset(X, label=y.astype(np.float32), free_raw_data=False)
     if X_val is None or y_val is None or len(np.unique(y_val)) < 2:
