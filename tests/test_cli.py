@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from index.cli.parser import main
+from index.matching.fusion import FusionConfig
 
 
 def read_sub(path: Path) -> dict[str, list[str]]:
@@ -190,3 +191,32 @@ def test_faiss_cuda_without_a_gpu_is_a_clear_error() -> None:
     with pytest.raises(StoreError, match="device 'cuda' requested but faiss has no GPU"):
         FaissFlatStore(4, device="cuda")
     assert FaissFlatStore(4, device="auto").device == "auto"  # auto falls back to the CPU
+
+
+def test_match_bundle_of_a_pipeline_without_encoders(
+    synth: Path, model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Issue 29: a model whose fusion uses no encoder builds a bundle without encoders/;
+    `match --bundle` on it works (and equals `match --model`), and a flipped byte in any of
+    its files is refused with one line naming the file, exit 2."""
+    model = tmp_path / "tfidf_phash"
+    shutil.copytree(model_dir, model)
+    cfg = FusionConfig(thresholds={"tfidf": 0.6, "phash": 0.85})
+    (model / "fusion.json").write_text(cfg.model_dump_json())
+    listings, b = str(synth / "listings.csv"), tmp_path / "bundle"
+    assert main(["build-index", listings, "--model", str(model), "--out", str(b), "-q"]) == 0
+    assert not (b / "encoders").exists()
+    s1, s2 = tmp_path / "s1.csv", tmp_path / "s2.csv"
+    assert main(["match", listings, "--bundle", str(b), "-o", str(s1), "-q"]) == 0
+    assert main(["match", listings, "--model", str(model), "-o", str(s2), "-q"]) == 0
+    assert read_sub(s1) == read_sub(s2) and len(read_sub(s1)) > 0
+    for name in ("listings.csv", "tfidf.npz", "fusion.json"):
+        bad = tmp_path / f"bad_{name}"
+        shutil.copytree(b, bad)
+        data = bytearray((bad / name).read_bytes())
+        data[len(data) // 2] ^= 1
+        (bad / name).write_bytes(bytes(data))
+        capsys.readouterr()
+        assert main(["match", listings, "--bundle", str(bad), "-o", str(s1), "-q"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"checksum mismatch for {name}" in err[0], err

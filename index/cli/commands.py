@@ -14,14 +14,13 @@ import numpy as np
 from index.data.listings import Catalogue, read_catalogue, write_links, write_submission
 from index.data.oof import read_oof
 from index.data.pairs import is_pair_folder, read_pair_folder
-from index.errors import CatalogueError, EncoderError
+from index.errors import BundleError, CatalogueError
 from index.features.embed import DENSE, Encoders, Features, embed
 from index.features.tfidf import TfidfConfig
 from index.matching.fusion import SIGNALS, FusionConfig
 from index.matching.selfmatch import NeighbourStep, local_neighbours, self_match, self_neighbours
 from index.matching.stages import fuse_stages, source_links
 from index.store.model import (
-    FUSION,
     Model,
     load_model,
     load_some_encoders,
@@ -126,13 +125,14 @@ def _signals(args: argparse.Namespace) -> set[str]:
 def resolve_model(args: argparse.Namespace) -> Model:
     """Encoders, fusion config and ranker from --bundle / --model / --config / --signals /
     --images / --no-ranker."""
-    folder = _model_folder(args)
-    if args.bundle is not None and not (args.bundle / FUSION).is_file():
-        raise EncoderError(f"{args.bundle} is not a bundle (no {FUSION})")
-    model = load_model(folder, device=args.device, modalities=())  # config and ranker first
-    config = model.fusion
     if args.bundle is not None:
-        config = read_fusion(args.bundle / FUSION)
+        from index.store.bundle import bundle_model
+
+        model = bundle_model(args.bundle)  # checksums verified, as the service does
+    else:  # config and ranker first, the encoders once it is known which are needed
+        model = load_model(args.model, device=args.device, modalities=())
+    folder = model.folder
+    config = model.fusion
     if folder is None:
         log.info(
             "no --model or --bundle: matching on TF-IDF and phash only "
@@ -142,10 +142,6 @@ def resolve_model(args: argparse.Namespace) -> Model:
         config = read_fusion(args.config)
     chosen = _signals(args)
     ranker = None if getattr(args, "no_ranker", False) else model.ranker
-    if args.bundle is not None and not getattr(args, "no_ranker", False):
-        from index.store.bundle import bundle_ranker
-
-        ranker = bundle_ranker(args.bundle)  # a bundle keeps it beside its encoders
     # --signals naming a signal the config leaves out forces it (at the default threshold)
     forced = {s for s in chosen if s in DENSE} if args.signals != ",".join(SIGNALS) else set()
     default = FusionConfig().thresholds
@@ -160,6 +156,12 @@ def resolve_model(args: argparse.Namespace) -> Model:
         if folder is not None and (folder / m / "config.json").is_file():
             log.info("the %s encoder is not loaded: this pipeline uses no %s signal", m, m)
     encoders = load_some_encoders(folder, args.device, sorted(need)) if folder else Encoders()
+    missing = [m for m in sorted(need) if getattr(encoders, m) is None]
+    if missing and args.bundle is not None:
+        raise BundleError(
+            f"{args.bundle}: its pipeline uses the {', '.join(missing)} encoder, "
+            "which the bundle does not hold (encoders/)"
+        )
     return Model(model.folder, encoders, config, ranker)
 
 

@@ -41,7 +41,14 @@ from index.matching.fusion import FusionConfig
 from index.matching.ranker import Ranker
 from index.search.stores import FaissFlatStore
 from index.store.atomic import sha256, write_atomic
-from index.store.model import FUSION, RANKER, load_encoders, read_fusion, write_fusion
+from index.store.model import (
+    FUSION,
+    RANKER,
+    Model,
+    load_encoders,
+    read_fusion,
+    write_fusion,
+)
 
 FORMAT = 1
 
@@ -200,6 +207,21 @@ def load_bundle(folder: str | Path, device: Device = "auto", with_encoders: bool
         encoders=encoders,
         ranker=bundle_ranker(root),
     )
+
+
+def bundle_model(folder: str | Path) -> Model:
+    """A bundle as a model (its fusion config, ranker and the folder of its encoders),
+    verified against its manifest first; for matching rows among themselves with the
+    bundle's pipeline (`match --bundle`). No encoder is loaded here: the caller loads the
+    ones the pipeline needs from `folder` (`load_some_encoders`), which may not exist where
+    the pipeline uses none.
+
+    Raises:
+        BundleError: what `verify_bundle` raises.
+    """
+    root = Path(folder)
+    verify_bundle(root)
+    return Model(root / "encoders", Encoders(), read_fusion(root / FUSION), bundle_ranker(root))
 
 
 def bundle_ranker(folder: str | Path) -> Ranker | None:
