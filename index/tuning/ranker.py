@@ -92,12 +92,14 @@ def fit(
             "fold's training part): the rows are too few or too unlike each other"
         )
 
+    # bagging 90% of a handful of pairs can draw none (LightGBM then fails): no bagging there
+    params = PARAMS if len(X) >= 10 else {**PARAMS, "bagging_fraction": 1.0, "bagging_freq": 0}
     train = lightgbm.Dataset(X, label=y.astype(np.float32), free_raw_data=False)
     if X_val is None or y_val is None or len(np.unique(y_val)) < 2:
-        return lightgbm.train(PARAMS, train, num_boost_round=rounds)
+        return lightgbm.train(params, train, num_boost_round=rounds)
     val = lightgbm.Dataset(X_val, label=y_val.astype(np.float32), reference=train)
     return lightgbm.train(
-        PARAMS,
+        params,
         train,
         num_boost_round=rounds,
         valid_sets=[val],
