@@ -57,6 +57,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "ray_replicas": args.replicas,
     }
     settings = Settings(**{k: v for k, v in given.items() if v is not None})
+    if settings.bundle is not None:
+        from index.store.bundle import verify_bundle
+
+        # a damaged bundle is one line (exit 2) here, not a traceback from the lifespan
+        verify_bundle(settings.bundle)
     if args.engine == "ray":
         try:
             from service import ray_serve

@@ -217,6 +217,10 @@ def test_match_bundle_of_a_pipeline_without_encoders(
         data[len(data) // 2] ^= 1
         (bad / name).write_bytes(bytes(data))
         capsys.readouterr()
-        assert main(["match", listings, "--bundle", str(bad), "-o", str(s1), "-q"]) == 2
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and f"checksum mismatch for {name}" in err[0], err
+        for argv in (
+            ["match", listings, "--bundle", str(bad), "-o", str(s1), "-q"],
+            ["serve", "--bundle", str(bad), "--port", "1"],  # refused before it listens
+        ):
+            assert main(argv) == 2
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and f"checksum mismatch for {name}" in err[0], err
