@@ -149,3 +149,16 @@ def make_model_dir(folder: Path) -> Path:
     make_text_encoder(folder / "text")
     make_image_encoder(folder / "image")
     return folder
+
+
+def write_tables(titles: list[str], root: Path, half: int) -> None:
+    """An entity-matching folder's two tables: rows [0, half) as tableA, the rest tableB
+    (`id,title`, ids the row numbers)."""
+    import csv
+
+    root.mkdir(parents=True, exist_ok=True)
+    for name, rows in (("tableA", range(half)), ("tableB", range(half, len(titles)))):
+        with open(root / f"{name}.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["id", "title"])
+            w.writerows([[i, titles[i]] for i in rows])

@@ -32,6 +32,7 @@ from index.matching.selfmatch import match_catalogue, self_neighbours
 from index.store.model import load_encoders, load_model
 from index.tuning.metrics import pair_prf, pair_report, predicted_pairs
 from index.tuning.ranker import fit
+from tests.fakes import write_tables
 
 
 def write_pair_folder(root: Path, with_b: bool = True) -> Path:
@@ -352,13 +353,8 @@ def test_evaluate_an_entity_matching_folder(
     """The synthetic catalogue as two tables and labelled pairs: pairwise scores."""
     cat = read_catalogue(synth / "listings.csv")
     root = tmp_path / "er"
-    root.mkdir()
     half = len(cat) // 2
-    for name, rows in (("tableA", range(half)), ("tableB", range(half, len(cat)))):
-        with open(root / f"{name}.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["id", "title"])
-            w.writerows([[i, cat.title[i]] for i in rows])
+    write_tables(cat.title, root, half)
     assert cat.label_group is not None
     pairs = [
         (a, b, int(cat.label_group[a] == cat.label_group[b]))

@@ -25,6 +25,7 @@ from index.cli.parser import main
 from index.data.listings import read_catalogue
 from index.data.synthetic import SyntheticSpec, make_catalogue
 from index.store.model import write_fusion
+from tests.fakes import write_tables
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -84,13 +85,8 @@ def _pair_folder(cat_csv: Path, root: Path) -> None:
     """The catalogue as tableA/tableB and labelled train/valid pairs."""
     cat = read_catalogue(cat_csv)
     assert cat.label_group is not None
-    root.mkdir()
     half = len(cat) // 2
-    for name, rows in (("tableA", range(half)), ("tableB", range(half, len(cat)))):
-        with open(root / f"{name}.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["id", "title"])
-            w.writerows([[i, cat.title[i]] for i in rows])
+    write_tables(cat.title, root, half)
     pairs = [
         (a, b, int(cat.label_group[a] == cat.label_group[b]))
         for a in range(half)
