@@ -673,3 +673,61 @@ def test_a_bundle_carries_the_ranker_to_match_and_the_service(
     (bundle / "ranker" / "ranker.json").write_text("{}")
     with pytest.raises(BundleError, match="ranker/ranker.json"):
         verify_bundle(bundle)
+
+
+def _valid_f1(out: str, name: str) -> str:
+    """The F1 column (3 decimals, as printed) of the line starting with `name`."""
+    line = next(ln for ln in out.splitlines() if ln.startswith(name))
+    return line.split()[-1]
+
+
+def test_train_ranker_valid_line_equals_evaluate_on_a_lopsided_folder(
+    strict_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Issue 28: table B ten times table A (each product once in A, its other listings and
+    many unmatched records in B), sources cross_first. What `train ranker` prints for the
+    valid pairs equals `evaluate --split valid` on the written model, to the third decimal.
+    (The cause was the fusion's at-least-one-match of `link_sources`, applied after the
+    ranker by `evaluate` and `match` only, adding back links the ranker left out.)"""
+    import random
+
+    from index.data.synthetic import SyntheticSpec, make_catalogue
+
+    make_catalogue(tmp_path / "syn", SyntheticSpec(products=40, singletons=330, seed=5), False)
+    cat = read_catalogue(tmp_path / "syn" / "listings.csv")
+    assert cat.label_group is not None
+    first: dict[str, int] = {}
+    for i, g in enumerate(cat.label_group):
+        first.setdefault(g, i)
+    a_rows = sorted(first.values())[:36]
+    b_rows = [i for i in range(len(cat)) if i not in set(a_rows)]
+    assert len(b_rows) >= 9 * len(a_rows)
+    order = a_rows + b_rows  # tableA = the first len(a_rows) rows
+    titles = [cat.title[i] for i in order]
+    labels = [cat.label_group[i] for i in order]
+    root = tmp_path / "er"
+    write_tables(titles, root, len(a_rows))
+    rng = random.Random(0)
+    pairs = []
+    for a in range(len(a_rows)):
+        bs = range(len(a_rows), len(order))
+        pairs += [(a, b, 1) for b in bs if labels[a] == labels[b]]
+        pairs += [(a, b, 0) for b in rng.sample(list(bs), 8) if labels[a] != labels[b]]
+    rng.shuffle(pairs)
+    cut = int(len(pairs) * 0.6)
+    for split, part in (("train", pairs[:cut]), ("valid", pairs[cut:])):
+        with open(root / f"{split}.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["ltable_id", "rtable_id", "label"])
+            w.writerows(part)
+    model = tmp_path / "m"
+    shutil.copytree(strict_model, model)
+    cfg = json.loads((model / "fusion.json").read_text())
+    (model / "fusion.json").write_text(json.dumps({**cfg, "sources": "cross_first"}))
+    capsys.readouterr()
+    argv = ["train", "ranker", str(root), "--model", str(model), "--keep-anyway", "-q"]
+    assert main([*argv, "--device", "cpu"]) == 0
+    trained = _valid_f1(capsys.readouterr().out, "valid, ranker")
+    assert main(["evaluate", str(root), "--model", str(model), "--split", "valid", "-q"]) == 0
+    evaluated = _valid_f1(capsys.readouterr().out, "pair re-ranker")
+    assert trained == evaluated

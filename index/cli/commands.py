@@ -19,7 +19,7 @@ from index.features.embed import DENSE, Encoders, Features, embed
 from index.features.tfidf import TfidfConfig
 from index.matching.fusion import SIGNALS, FusionConfig
 from index.matching.selfmatch import NeighbourStep, local_neighbours, self_match, self_neighbours
-from index.matching.stages import fuse_stages, source_links
+from index.matching.stages import fuse_stages, ranker_source_links
 from index.store.model import (
     Model,
     load_model,
@@ -403,7 +403,7 @@ def _evaluate_pairs(args: argparse.Namespace) -> int:
             rows.append(("fused (tuned, weak signals out)", I))
     if model.ranker is not None:
         I, S = model.ranker.match(result.features, result.neighbours, cat.title)
-        I, _ = source_links(I, S, result.neighbours, result.config, source)
+        I, _ = ranker_source_links(I, S, result.config, source)
         rows.append(("pair re-ranker", I))
     print(
         f"\n{args.input}: {len(cat)} records; {len(split)} labelled {args.split} pairs "

@@ -17,7 +17,7 @@ from index.features.encoders import Device
 from index.features.tfidf import TfidfConfig
 from index.matching.fusion import FusionConfig, Neighbours, to_lists
 from index.matching.ranker import POOL_REACH, Ranker
-from index.matching.stages import apply_stages, fuse_stages, source_links
+from index.matching.stages import apply_stages, fuse_stages, ranker_source_links
 from index.search.knn import K, hamming_self_knn, order_ties, self_knn, sparse_knn
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ def self_match(
     source = cat.source_codes
     if ranker is not None:
         I, S = ranker.match(feats, nb, cat.title)
-        I, S = source_links(I, S, nb, config, source)
+        I, S = ranker_source_links(I, S, config, source)
     else:
         I, S = fuse_stages(nb, config, cat.title, source=source)
     return SelfMatch(feats, nb, config, I, S, to_lists(I, cat.posting_id), ranker is not None)

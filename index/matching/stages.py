@@ -309,3 +309,16 @@ def source_links(
     """`link_sources` with the config's mode, its at-least-one-match signal and floor."""
     fallback = signals.get(config.min2_signal) if config.min2 else None
     return link_sources(I, S, source, config.sources, fallback, config.min2_floor)
+
+
+def ranker_source_links(
+    I: np.ndarray, S: np.ndarray, config: FusionConfig, source: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The config's source mode on the pair re-ranker's matches: same-source links dropped
+    ("cross") or put behind ("cross_first"), but no at-least-one-match fallback: the ranker
+    decides which rows stay alone (its own `single_threshold`), as it was tuned to, so the
+    fusion's fallback must not add back the links it left out (it did, and `evaluate` and
+    `match` then scored far below what `train ranker` reported on a folder whose table B
+    is ten times table A)."""
+    return link_sources(I, S, source, config.sources)
+
