@@ -682,7 +682,10 @@ def _valid_f1(out: str, name: str) -> str:
 
 
 def test_train_ranker_valid_line_equals_evaluate_on_a_lopsided_folder(
-    strict_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+    strict_model: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Issue 28: table B ten times table A (each product once in A, its other listings and
     many unmatched records in B), sources cross_first. What `train ranker` prints for the
@@ -731,3 +734,14 @@ def test_train_ranker_valid_line_equals_evaluate_on_a_lopsided_folder(
     assert main(["evaluate", str(root), "--model", str(model), "--split", "valid", "-q"]) == 0
     evaluated = _valid_f1(capsys.readouterr().out, "pair re-ranker")
     assert trained == evaluated
+    # a pool beyond the ranker's reach: the fusion decides, said on stderr and in --report
+    meta = json.loads((model / "ranker" / "ranker.json").read_text())
+    meta["config"]["pool_rows"] = 10  # tuned on 10 rows: reach 2 x 10 < this folder
+    (model / "ranker" / "ranker.json").write_text(json.dumps(meta))
+    rep = tmp_path / "rep.json"
+    args = ["evaluate", str(root), "--model", str(model), "--split", "valid", "-q"]
+    assert main([*args, "--report", str(rep)]) == 0
+    out = capsys.readouterr()
+    assert "pair re-ranker" not in out.out and "fused (ranker beyond its reach)" in out.out
+    assert json.loads(rep.read_text())["decided_by"].startswith("fusion")
+    assert "the fusion decides" in caplog.text

@@ -18,8 +18,14 @@ from index.errors import BundleError, CatalogueError
 from index.features.embed import DENSE, Encoders, Features, embed
 from index.features.tfidf import TfidfConfig
 from index.matching.fusion import SIGNALS, FusionConfig
-from index.matching.selfmatch import NeighbourStep, local_neighbours, self_match, self_neighbours
-from index.matching.stages import fuse_stages, ranker_source_links
+from index.matching.selfmatch import (
+    NeighbourStep,
+    decide,
+    local_neighbours,
+    self_match,
+    self_neighbours,
+)
+from index.matching.stages import fuse_stages
 from index.store.model import (
     Model,
     load_model,
@@ -401,10 +407,11 @@ def _evaluate_pairs(args: argparse.Namespace) -> int:
             best = kept
             I, _ = fuse_stages(nb, best, cat.title, source=source)
             rows.append(("fused (tuned, weak signals out)", I))
+    decided_by = None
     if model.ranker is not None:
-        I, S = model.ranker.match(result.features, result.neighbours, cat.title)
-        I, _ = ranker_source_links(I, S, result.config, source)
-        rows.append(("pair re-ranker", I))
+        I, _, ranked = decide(result.features, nb, result.config, cat.title, source, model.ranker)
+        decided_by = "ranker" if ranked else "fusion (the pool is beyond the ranker's reach)"
+        rows.append(("pair re-ranker" if ranked else "fused (ranker beyond its reach)", I))
     print(
         f"\n{args.input}: {len(cat)} records; {len(split)} labelled {args.split} pairs "
         f"({int(split.label.sum())} matches); scored on those pairs only"
@@ -419,7 +426,13 @@ def _evaluate_pairs(args: argparse.Namespace) -> int:
         args.report.parent.mkdir(parents=True, exist_ok=True)
         args.report.write_text(
             json.dumps(
-                {"input": str(args.input), "split": args.split, "rows": report, **earned},
+                {
+                    "input": str(args.input),
+                    "split": args.split,
+                    "rows": report,
+                    "decided_by": decided_by,
+                    **earned,
+                },
                 indent=2,
             ),
             encoding="utf-8",
@@ -464,9 +477,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             rows.append(_row(f"{s} alone (tuned)", singles[-1][0], nb, labels, titles, src))
     rows.append(_row("fused", config, nb, labels, titles, src))
     if model.ranker is not None:
-        I, _ = model.ranker.match(result.features, nb, titles)
-        rep = f1_report(I, labels)
-        rows.append({**rep, "name": "pair re-ranker", "config": config.model_dump()})
+        I, _, ranked = decide(result.features, nb, config, titles, src, model.ranker)
+        name = "pair re-ranker" if ranked else "fused (ranker beyond its reach)"
+        rows.append({**f1_report(I, labels), "name": name, "config": config.model_dump()})
     best = config
     if args.tune:
         best, score = never_below_single(tune(nb, labels, config, show_progress=show), singles)

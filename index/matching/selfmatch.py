@@ -127,22 +127,42 @@ def self_match(
     present = feats.present()
     used = {k for k in nb if k in present or k not in BASE_SIGNALS}
     config = config.with_(thresholds={k: v for k, v in config.thresholds.items() if k in used})
-    if ranker is not None and not ranker.config.covers(len(cat)):
+    I, S, ranked = decide(feats, nb, config, cat.title, cat.source_codes, ranker)
+    return SelfMatch(feats, nb, config, I, S, to_lists(I, cat.posting_id), ranked)
+
+
+def decide(
+    feats: Features,
+    nb: dict[str, Neighbours],
+    config: FusionConfig,
+    titles: list[str],
+    source: np.ndarray | None,
+    ranker: Ranker | None,
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """The one decision of a self-match on its neighbours (after the stages): the pair
+    re-ranker where given and the pool is within its reach, else the fusion; the source
+    mode on either. `match`, `evaluate` and `/batch-match` all decide here.
+
+    Returns:
+        I, S (n, max_matches) and whether the ranker decided (False: the fusion did, and
+        a warning on stderr names why when a ranker was given).
+    """
+    n = len(titles)
+    if ranker is not None and not ranker.config.covers(n):
         log.warning(
             "%d rows is more than %dx the pools the ranker was tuned on (%d rows): the "
             "fusion decides (train the ranker on larger pools: `train ranker --folds 2`)",
-            len(cat),
+            n,
             POOL_REACH,
             ranker.config.pool_rows,
         )
         ranker = None
-    source = cat.source_codes
     if ranker is not None:
-        I, S = ranker.match(feats, nb, cat.title)
+        I, S = ranker.match(feats, nb, titles)
         I, S = ranker_source_links(I, S, config, source)
-    else:
-        I, S = fuse_stages(nb, config, cat.title, source=source)
-    return SelfMatch(feats, nb, config, I, S, to_lists(I, cat.posting_id), ranker is not None)
+        return I, S, True
+    I, S = fuse_stages(nb, config, titles, source=source)
+    return I, S, False
 
 
 def match_catalogue(
