@@ -165,7 +165,16 @@ def _train_pairs(args: argparse.Namespace, encoders: Encoders, config: FusionCon
     signals = ranker_signals([pool], config)
     groups = pair_components(len(cat), train)
     held: dict[str, Pairs] = {s: data.splits[s] for s in ("valid", "test") if s in data.splits}
-    ranker, report = train_on_pairs(pool, train, groups, signals, args.folds, held_out=held)
+    ranker, report = train_on_pairs(
+        pool,
+        train,
+        groups,
+        signals,
+        args.folds,
+        held_out=held,
+        fusion=config,
+        source=cat.source_codes,
+    )
     I, _ = fuse_stages(pool.nb, config, pool.titles, source=cat.source_codes)
     scored: dict[str, Pairs] = {"train": train, **held}
     report["fusion"] = {s: pair_report(I, p.left, p.right, p.label) for s, p in scored.items()}

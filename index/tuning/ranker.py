@@ -36,11 +36,11 @@ from index.matching.ranker import (
     pair_features,
     rank_matches,
 )
-from index.matching.selfmatch import self_neighbours
+from index.matching.selfmatch import decide, self_neighbours
 from index.matching.stages import apply_stages
 from index.progress import progress
 from index.tuning.grids import MARGINAL_MIN, group_folds, sub_pools
-from index.tuning.metrics import SIZE_BUCKETS, f1_report, mean_f1, pair_prf
+from index.tuning.metrics import SIZE_BUCKETS, f1_report, mean_f1, pair_prf, pair_report
 
 log = logging.getLogger(__name__)
 
@@ -359,12 +359,16 @@ def train_on_pairs(
     folds: int = 5,
     config: RankerConfig | None = None,
     held_out: dict[str, Pairs] | None = None,
+    fusion: FusionConfig | None = None,
+    source: np.ndarray | None = None,
 ) -> tuple[Ranker, dict[str, Any]]:
     """Out-of-fold training on labelled pairs of one pool (see the module doc).
 
     Args:
         groups: (n,) connected component of each row (`index.data.pairs.pair_components`).
-        held_out: splits only scored with the final model (e.g. valid).
+        held_out: splits only scored with the final model (e.g. valid), by the decision
+            `match` and `evaluate` make (`selfmatch.decide` with `fusion`'s source mode
+            and the rows' `source` codes).
     """
     t0 = time.perf_counter()
     config = config or RankerConfig()
@@ -392,9 +396,13 @@ def train_on_pairs(
     }
     ranker = Ranker(booster, list(signals), cfg, report)
     for name, split in (held_out or {}).items():
-        sp_pairs = np.stack([split.left, split.right], axis=1)
-        p = ranker.predict(pair_features(sp_pairs, pool.features, use, pool.titles, signals))
-        report[name] = pair_prf(p >= t, split.label)
+        # scored as `evaluate` and `match` decide: the ranker's matches over the whole pool
+        # (candidates, threshold, cap), not every labelled pair's probability on its own
+        # (that scored pairs no signal ever proposes, and so disagreed with `evaluate`)
+        I, _, _ = decide(
+            pool.features, pool.nb, fusion or FusionConfig(), pool.titles, source, ranker
+        )
+        report[name] = pair_report(I, split.left, split.right, split.label)
     report["seconds"] = time.perf_counter() - t0
     return ranker, report
 
