@@ -745,3 +745,21 @@ def test_train_ranker_valid_line_equals_evaluate_on_a_lopsided_folder(
     assert "pair re-ranker" not in out.out and "fused (ranker beyond its reach)" in out.out
     assert json.loads(rep.read_text())["decided_by"].startswith("fusion")
     assert "the fusion decides" in caplog.text
+
+
+def test_train_ranker_in_sample_line_equals_evaluate_on_the_same_csv(
+    synth: Path, strict_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Issue 28 for label groups: the fold table is out of fold; the line `train ranker`
+    prints as in sample is what `evaluate` of the same CSV on the written model prints."""
+    model = tmp_path / "m"
+    shutil.copytree(strict_model, model)
+    listings = str(synth / "listings.csv")
+    capsys.readouterr()
+    assert main(["train", "ranker", listings, "--model", str(model), "--keep-anyway", "-q"]) == 0
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if ln.startswith("in sample"))
+    trained = line.split("prints): ")[1].split(";")[0]
+    assert main(["evaluate", listings, "--model", str(model), "-q"]) == 0
+    row = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("pair re-"))
+    assert row.split()[2] == trained, (row, trained)
