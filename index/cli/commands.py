@@ -227,15 +227,12 @@ def _log_issues(cat: Catalogue, feats: Features, args: argparse.Namespace) -> No
             log.warning("%s: %d row(s): %s", args.input, n, what)
 
 
-def _model_folder(args: argparse.Namespace) -> Path | None:
-    """The folder holding the encoders (text/, image/) that `resolve_model` loads from."""
-    if args.bundle is not None:
-        return Path(args.bundle) / "encoders"
-    return Path(args.model) if args.model is not None else None
-
-
 def _ray_features(
-    cat: Catalogue, encoders: Encoders, args: argparse.Namespace, tfidf: TfidfConfig
+    cat: Catalogue,
+    encoders: Encoders,
+    args: argparse.Namespace,
+    tfidf: TfidfConfig,
+    folder: Path | None,
 ) -> Any:
     try:
         from index.scale.ray_engine import init_ray, ray_neighbours
@@ -247,7 +244,7 @@ def _ray_features(
     init_ray(args.address)
     feats, nb = ray_neighbours(
         cat,
-        _model_folder(args),
+        folder,
         text=encoders.text is not None,
         image=encoders.image is not None,
         tfidf_config=tfidf,
@@ -268,7 +265,7 @@ def cmd_match(args: argparse.Namespace) -> int:
     cat = _read(args)
     model = resolve_model(args)
     encoders, config = model.encoders, model.fusion
-    step = _neighbour_step(args, config)
+    step = _neighbour_step(args, model)
     r = self_match(cat, config, encoders, step, device=args.device, ranker=model.ranker)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     write_submission(args.output, cat.posting_id, r.matches)
@@ -287,12 +284,13 @@ def cmd_match(args: argparse.Namespace) -> int:
     return 0
 
 
-def _neighbour_step(args: argparse.Namespace, config: FusionConfig) -> NeighbourStep:
-    """The neighbour step `--engine` asks for (TF-IDF as `config.tfidf`), logging what it
-    found."""
+def _neighbour_step(args: argparse.Namespace, model: Model) -> NeighbourStep:
+    """The neighbour step `--engine` asks for (TF-IDF as the model's `fusion.tfidf`; Ray's
+    workers load the encoders from `model.folder`), logging what it found."""
+    tfidf = model.fusion.tfidf
     if getattr(args, "engine", "local") == "ray":
-        return lambda cat, encoders: _ray_features(cat, encoders, args, config.tfidf)
-    return lambda cat, encoders: _features(cat, encoders, args, config.tfidf)
+        return lambda cat, encoders: _ray_features(cat, encoders, args, tfidf, model.folder)
+    return lambda cat, encoders: _features(cat, encoders, args, tfidf)
 
 
 def _row(
@@ -374,7 +372,7 @@ def _evaluate_pairs(args: argparse.Namespace) -> int:
     cat = data.catalogue
     model = resolve_model(args)
     result = self_match(
-        cat, model.fusion, model.encoders, _neighbour_step(args, model.fusion), args.device
+        cat, model.fusion, model.encoders, _neighbour_step(args, model), args.device
     )
     source, nb = cat.source_codes, result.neighbours
     rows = [("fused", result.I)]
@@ -462,7 +460,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return cmd_ablation(args, cat)
     model = resolve_model(args)
     encoders, config = model.encoders, model.fusion
-    result = self_match(cat, config, encoders, _neighbour_step(args, config), device=args.device)
+    result = self_match(cat, config, encoders, _neighbour_step(args, model), device=args.device)
     nb, config = result.neighbours, result.config
     show = not args.quiet
     titles, src = cat.title, cat.source_codes

@@ -321,4 +321,3 @@ def ranker_source_links(
     `match` then scored far below what `train ranker` reported on a folder whose table B
     is ten times table A)."""
     return link_sources(I, S, source, config.sources)
-

@@ -51,6 +51,8 @@ from index.store.model import (
 )
 
 FORMAT = 1
+#: The bundle's folder of encoder artifacts (text/, image/), absent where none is used.
+ENCODERS = "encoders"
 
 
 def _versions() -> dict[str, str]:
@@ -114,7 +116,7 @@ def save_bundle(
             masks[m] = valid
             dims[m] = int(x.shape[1])
             if enc is not None:
-                shutil.copytree(enc.folder, tmp / "encoders" / m)
+                shutil.copytree(enc.folder, tmp / ENCODERS / m)
         np.savez(tmp / "masks.npz", **masks)  # type: ignore[arg-type]
         if ranker is not None:
             ranker.save(tmp / RANKER)
@@ -190,7 +192,7 @@ def load_bundle(folder: str | Path, device: Device = "auto", with_encoders: bool
         for m in ("text", "image")
         if (root / f"{m}.faiss").is_file()
     }
-    enc_dir = root / "encoders"
+    enc_dir = root / ENCODERS
     encoders = (
         load_encoders(enc_dir, device=device) if with_encoders and enc_dir.is_dir() else Encoders()
     )
@@ -221,7 +223,7 @@ def bundle_model(folder: str | Path) -> Model:
     """
     root = Path(folder)
     verify_bundle(root)
-    return Model(root / "encoders", Encoders(), read_fusion(root / FUSION), bundle_ranker(root))
+    return Model(root / ENCODERS, Encoders(), read_fusion(root / FUSION), bundle_ranker(root))
 
 
 def bundle_ranker(folder: str | Path) -> Ranker | None:

@@ -395,14 +395,15 @@ def train_on_pairs(
         "rounds": booster.current_iteration(),
     }
     ranker = Ranker(booster, list(signals), cfg, report)
-    for name, split in (held_out or {}).items():
+    if held_out:
         # scored as `evaluate` and `match` decide: the ranker's matches over the whole pool
         # (candidates, threshold, cap), not every labelled pair's probability on its own
         # (that scored pairs no signal ever proposes, and so disagreed with `evaluate`)
         I, _, _ = decide(
             pool.features, pool.nb, fusion or FusionConfig(), pool.titles, source, ranker
         )
-        report[name] = pair_report(I, split.left, split.right, split.label)
+        for name, split in held_out.items():
+            report[name] = pair_report(I, split.left, split.right, split.label)
     report["seconds"] = time.perf_counter() - t0
     return ranker, report
 
