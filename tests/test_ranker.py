@@ -763,3 +763,76 @@ def test_train_ranker_in_sample_line_equals_evaluate_on_the_same_csv(
     assert main(["evaluate", listings, "--model", str(model), "-q"]) == 0
     row = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("pair re-"))
     assert row.split()[2] == trained, (row, trained)
+
+
+def _loop_title_features(titles: list[str], a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The title features pair by pair, with Python sets (the vectorised code's oracle)."""
+    import re
+
+    from index.features.text import model_codes, normalize_title, parse_quantities, unit_conflict
+
+    num = re.compile(r"(?<![a-z\d.,])\d+(?:[.,]\d+)?")
+    rows = []
+    for i, j in zip(a.tolist(), b.tolist(), strict=True):
+        wi, wj = set(normalize_title(titles[i]).split()), set(normalize_title(titles[j]).split())
+        ni, nj = set(num.findall(titles[i].lower())), set(num.findall(titles[j].lower()))
+        ci, cj = set(model_codes(titles[i])), set(model_codes(titles[j]))
+        union = len(wi | wj)
+        rows.append([
+            min(len(wi), len(wj)),
+            max(len(wi), len(wj)),
+            len(wi & wj) / union if union else 0.0,
+            len(ni & nj),
+            float(bool(ni) and bool(nj) and not ni & nj),
+            len(ci & cj),
+            float(bool(ci) and bool(cj) and not ci & cj),
+            float(unit_conflict(parse_quantities(titles[i]), parse_quantities(titles[j]))),
+        ])
+    return np.asarray(rows, np.float32).reshape(len(rows), 8)
+
+
+def test_vectorised_title_features_equal_the_pair_by_pair_sets() -> None:
+    from index.matching.ranker import _title_features
+
+    rng = np.random.default_rng(3)
+    pieces = ["200gr", "400 gr", "1kg", "1000 gram", "2pcs", "3 pcs", "500ml", "1,5 L", "hp",
+              "DSC-W120", "dscw120", "xta-3510", "64gb", "128 GB", "!!!", "", "susu", "bubuk",
+              "v2", "3.5", "12", "Kaos &amp; celana", "iphone 11"]
+    titles = [" ".join(rng.choice(pieces, rng.integers(0, 6))) for _ in range(80)]
+    a, b = rng.integers(0, 80, 600), rng.integers(0, 80, 600)
+    got = _title_features(titles, a, b)
+    want = _loop_title_features(titles, a, b)
+    np.testing.assert_allclose(np.stack(list(got.values()), axis=1), want, rtol=1e-6)
+    assert want[:, 7].sum() > 10 and want[:, 4].sum() > 10 and want[:, 6].sum() > 5
+    assert all(len(v) == 0 for v in _title_features(titles, a[:0], b[:0]).values())
+
+
+def _loop_rank_matches(pairs: np.ndarray, p: np.ndarray, n: int, cfg: RankerConfig) -> np.ndarray:
+    """`rank_matches` row by row (the vectorised code's oracle); probabilities compared in
+    float32, as the ranker's are."""
+    t, single = np.float32(cfg.threshold), np.float32(cfg.single_threshold)
+    out = np.full((n, cfg.max_matches), -1, np.int64)
+    for i in range(n):
+        part = [(np.float32(pr), int(y if x == i else x))
+                for (x, y), pr in zip(pairs, p, strict=True) if i in (x, y)]
+        part.sort(key=lambda t: (-t[0], t[1]))
+        keep = [j for pr, j in part if pr >= t]
+        if not keep and part and part[0][0] >= single:
+            keep = [part[0][1]]
+        row = [i, *keep][: cfg.max_matches]
+        out[i, : len(row)] = row
+    return out
+
+
+@pytest.mark.parametrize("cap", [1, 2, 4, 50])
+def test_vectorised_rank_matches_equal_the_row_by_row_rule(cap: int) -> None:
+    rng = np.random.default_rng(cap)
+    n = 40
+    pairs = np.unique(np.sort(rng.integers(0, n, (300, 2)), axis=1), axis=0)
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+    p = np.round(rng.random(len(pairs)), 1).astype(np.float32)  # ties on purpose
+    cfg = RankerConfig(threshold=0.7, single_threshold=0.4, max_matches=cap)
+    I, S = rank_matches(pairs, p, n, cfg)
+    np.testing.assert_array_equal(I, _loop_rank_matches(pairs, p, n, cfg))
+    assert (S[:, 0] == np.inf).all()
+    assert np.array_equal(I >= 0, np.isfinite(S) | np.isposinf(S))

@@ -146,8 +146,11 @@ def _register_train(sub: Any) -> None:
             "a final fit on all rows, and export to a model folder for `match --model`."
         ),
     )
-    kinds = p.add_subparsers(dest="modality", required=True, metavar="{text,image,ranker}")
+    kinds = p.add_subparsers(
+        dest="modality", required=True, metavar="{DATA,text,image,ranker}"
+    )
     t_defaults, c_defaults = TrainConfig(), CVConfig()
+    _register_train_all(kinds)
     for kind in ("text", "image"):
         k = kinds.add_parser(kind, help=f"train the {kind} encoder")
         k.add_argument(
@@ -231,6 +234,123 @@ def _register_train(sub: Any) -> None:
             help="train the pair re-ranker (LightGBM, no torch) into an existing model folder",
         )
     )
+
+
+def _register_train_all(kinds: Any) -> None:
+    from index.cli.parser import default_part
+    from training.auto import DEFAULT_BUDGET_MINUTES, AutoConfig
+
+    d = AutoConfig()
+    a = kinds.add_parser(
+        "all",
+        help="`pricematch train DATA --out MODEL`: try every part out of fold, keep the "
+        "winners, write one model",
+        description=(
+            "Out of fold on the same folds (label groups: the CSV as one pool, rows in "
+            "group-disjoint folds; an entity-matching folder: its train pairs in folds by "
+            "connected component): TF-IDF + phash, then each candidate part (TF-IDF char "
+            "n-grams, stages, a static and the base text encoder, the image encoder, the pair "
+            "re-ranker), cheapest first while the CPU budget lasts; a part is kept only if it "
+            "scores above the best pipeline so far on every fold. Prints what was tried, its "
+            "out-of-fold F1, its CPU seconds and what was kept; writes the winner to --out."
+        ),
+    )
+    a.add_argument(
+        "input",
+        type=Path,
+        metavar="DATA",
+        help="labelled CSV (label_group) or an entity-matching folder",
+    )
+    a.add_argument("--out", type=Path, required=True, metavar="DIR", help="model folder")
+    a.add_argument("--images", type=Path, help="images folder (adds the image candidates)")
+    a.add_argument(
+        "--base",
+        type=Path,
+        metavar="DIR",
+        help="a folder with the encoders to start from (text/, image/; e.g. what "
+        "`export-default` wrote); default: export the packaged ones into OUT/work/base",
+    )
+    a.add_argument(
+        "--budget",
+        type=float,
+        default=DEFAULT_BUDGET_MINUTES,
+        metavar="MINUTES",
+        help=f"CPU minutes for the search (default {DEFAULT_BUDGET_MINUTES:g}); candidates "
+        "whose estimated cost no longer fits are skipped and named",
+    )
+    a.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a killed run from its finished candidates (OUT/work/train)",
+    )
+    a.add_argument("--folds", type=int, default=d.folds)
+    a.add_argument("--seed", type=int, default=d.seed, help="the folds' shuffle")
+    a.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    a.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    a.set_defaults(func=_train_all)
+    default_part("train", "all", {"text", "image", "ranker"})
+
+
+def _train_all(args: argparse.Namespace) -> int:
+    import time
+
+    import numpy as np
+
+    from index.data.listings import read_catalogue
+    from index.data.pairs import is_pair_folder, read_pair_folder
+    from index.errors import CatalogueError
+    from training.auto import AutoConfig, Search, load_base
+
+    if args.folds < 2:
+        raise CatalogueError(f"--folds must be at least 2, got {args.folds}")
+    if args.budget < 0:
+        raise CatalogueError(f"--budget must be at least 0 minutes, got {args.budget:g}")
+    data = None
+    if is_pair_folder(args.input):
+        if args.images is not None:
+            raise CatalogueError(f"{args.input}: an entity-matching folder has no images")
+        data = read_pair_folder(args.input)
+        data.pairs("train")  # a clear error when the folder has no train pairs
+        cat = data.catalogue
+    else:
+        cat = read_catalogue(args.input, images_dir=args.images)
+        if cat.label_group is None:
+            raise CatalogueError(f"{args.input}: training needs a label_group column")
+    device = args.device
+    if device == "auto":
+        from index.features.encoders import onnx_providers
+
+        device = "cuda" if "CUDAExecutionProvider" in onnx_providers("auto") else "cpu"
+    config = AutoConfig(folds=args.folds, budget_minutes=args.budget, seed=args.seed,
+                        device=device)
+    t0 = time.perf_counter()
+    base = load_base(args.base, args.out / "work", device)
+    images = args.images is not None and cat.image is not None
+    search = Search(cat, base, args.out, config, data, images, args.resume, not args.quiet)
+    what = (
+        f"{len(cat)} rows, {len(np.unique(cat.labels))} label groups"
+        if data is None
+        else f"{len(cat)} records, {len(data.pairs('train'))} train pairs"
+    )
+    print(f"train {args.input}: {what}, {config.folds} folds, budget {args.budget:g} CPU-min")
+    best, rows = search.run()
+    path = search.write(best, rows, time.perf_counter() - t0)
+    score = "mean row F1" if data is None else "pairwise F1 of the train pairs"
+    print(f"\nout of fold ({score}; each fold scored by thresholds / ranker fitted away from it):")
+    print(f"  {'candidate':<48} {'F1':>7} {'CPU s':>7}  per fold / what happened")
+    for t in rows:
+        f1 = f"{t.f1:7.4f}" if t.fold_f1 else f"{'-':>7}"
+        folds = " ".join(f"{f:.4f}" for f in t.fold_f1)
+        print(f"  {t.name:<48} {f1} {t.cpu_s:7.1f}  {folds}")
+        print(f"  {'':<48} {'':>7} {'':>7}  {t.note or 'start'}")
+    parts = [k if v is True else f"{k}={v}" for k, v in vars(best.pipeline).items() if v]
+    print(
+        f"\nkept: {', '.join(parts) or 'the start (TF-IDF + phash)'}; out-of-fold F1 "
+        f"{best.f1:.4f}; written to {args.out} ({path.name}"
+        f"{', ranker/' if best.ranker is not None else ''}, train_report.json); "
+        f"`pricematch match CSV --model {args.out}` uses it"
+    )
+    return 0
 
 
 #: Per-modality defaults where text (projection on frozen features) and image differ.

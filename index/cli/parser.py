@@ -41,9 +41,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Commands whose first argument may be data instead of one of their parts: command ->
+#: (the part that takes it, every part's name); `train DATA` is `train all DATA`.
+DEFAULT_PARTS: dict[str, tuple[str, frozenset[str]]] = {}
+
+
+def default_part(command: str, part: str, parts: set[str]) -> None:
+    """Let `pricematch COMMAND ARG ...` mean `COMMAND PART ARG ...` when ARG names no part."""
+    DEFAULT_PARTS[command] = (part, frozenset(parts | {part}))
+
+
+def with_default_part(argv: list[str]) -> list[str]:
+    """`argv` with the default part inserted after a command that takes one (see
+    `default_part`); other command lines unchanged."""
+    pos = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
+    if pos is None or argv[pos] not in DEFAULT_PARTS or pos + 1 >= len(argv):
+        return argv
+    part, parts = DEFAULT_PARTS[argv[pos]]
+    nxt = argv[pos + 1]
+    if nxt in parts or nxt.startswith("-"):
+        return argv
+    return [*argv[: pos + 1], part, *argv[pos + 1 :]]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(with_default_part(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",

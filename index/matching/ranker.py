@@ -26,7 +26,7 @@ import scipy.sparse as sp
 
 from index.errors import EncoderError
 from index.features.embed import Features
-from index.features.text import model_codes, normalize_title, parse_quantities, unit_conflict
+from index.features.text import model_codes, normalize_title, parse_quantities
 from index.matching.fusion import Neighbours
 
 #: Signals whose similarity is computed exactly for any pair (the others are looked up in
@@ -143,35 +143,67 @@ def _density(nb: Neighbours, rank: int) -> np.ndarray:
     return out
 
 
-def _title_tokens(titles: Sequence[str]) -> list[tuple[set[str], set[str], set[str]]]:
-    out = []
-    for t in titles:
-        norm = normalize_title(t)
-        words = set(norm.split())
-        raw = t.lower()
-        out.append((words, set(_NUM.findall(raw)), set(model_codes(t))))
-    return out
+def _binary_rows(sets: Sequence[set[Any]]) -> tuple[sp.csr_matrix, list[Any]]:
+    """(n, vocab) 0/1 CSR, row i with a 1 in the column of each item of sets[i]; and the
+    items of the columns in order."""
+    vocab: dict[Any, int] = {}
+    indptr = np.zeros(len(sets) + 1, np.int64)
+    cols: list[int] = []
+    for i, items in enumerate(sets):
+        cols += [vocab.setdefault(x, len(vocab)) for x in items]
+        indptr[i + 1] = len(cols)
+    data = np.ones(len(cols), np.float32)
+    M = sp.csr_matrix((data, np.asarray(cols, np.int64), indptr), shape=(len(sets), len(vocab)))
+    return M, list(vocab)
+
+
+def _shared(M: sp.csr_matrix, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(m,) how many columns rows a[p] and b[p] of a 0/1 matrix share."""
+    return np.asarray(M[a].multiply(M[b]).sum(axis=1)).ravel()
 
 
 def _title_features(titles: Sequence[str], a: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:
-    tok = _title_tokens(titles)
-    qty = [parse_quantities(t) for t in titles]
+    """The title columns (`TITLE_FEATURES`) of the pairs (a[p], b[p]): the titles' words,
+    numbers, codes and quantities as 0/1 rows of sparse matrices, each pair's overlap one
+    row-wise product (no loop over pairs)."""
+    words, nums, codes, units, values = [], [], [], [], []
+    for t in titles:
+        words.append(set(normalize_title(t).split()))
+        nums.append(set(_NUM.findall(t.lower())))
+        codes.append(set(model_codes(t)))
+        q = parse_quantities(t)
+        units.append(set(q))
+        values.append({(u, v) for u, vs in q.items() for v in vs})
     m = len(a)
-    f = {k: np.zeros(m, np.float32) for k in TITLE_FEATURES}
-    for p, (i, j) in enumerate(zip(a.tolist(), b.tolist(), strict=True)):
-        (wi, ni, ci), (wj, nj, cj) = tok[i], tok[j]
-        li, lj = len(wi), len(wj)
-        f["len_min"][p], f["len_max"][p] = min(li, lj), max(li, lj)
-        union = len(wi | wj)
-        f["jaccard"][p] = len(wi & wj) / union if union else 0.0
-        ns = len(ni & nj)
-        f["num_shared"][p] = ns
-        f["num_conflict"][p] = float(bool(ni) and bool(nj) and ns == 0)
-        cs = len(ci & cj)
-        f["code_shared"][p] = cs
-        f["code_conflict"][p] = float(bool(ci) and bool(cj) and cs == 0)
-        f["unit_conflict"][p] = float(unit_conflict(qty[i], qty[j]))
-    return f
+    if m == 0:
+        return {k: np.zeros(0, np.float32) for k in TITLE_FEATURES}
+    f: dict[str, np.ndarray] = {}
+    W, _ = _binary_rows(words)
+    size = np.diff(W.indptr)
+    li, lj = size[a], size[b]
+    inter = _shared(W, a, b)
+    union = li + lj - inter
+    f["len_min"], f["len_max"] = np.minimum(li, lj), np.maximum(li, lj)
+    f["jaccard"] = np.divide(inter, union, out=np.zeros(m), where=union > 0)
+    for name, sets in (("num", nums), ("code", codes)):
+        M, _ = _binary_rows(sets)
+        has = np.diff(M.indptr) > 0
+        shared = _shared(M, a, b)
+        f[f"{name}_shared"] = shared
+        f[f"{name}_conflict"] = (has[a] & has[b] & (shared == 0)).astype(np.float32)
+    # a unit conflict: some unit both titles give, with no value of it in common
+    (U, unit_names), (V, value_names) = _binary_rows(units), _binary_rows(values)
+    both = U[a].multiply(U[b]).tocsr()  # (m, units)
+    unit_col = {u: j for j, u in enumerate(unit_names)}
+    value_unit = np.array([unit_col[u] for u, _ in value_names], np.int64)
+    to_unit = sp.csr_matrix(
+        (np.ones(len(value_unit), np.float32), (np.arange(len(value_unit)), value_unit)),
+        shape=(len(value_unit), U.shape[1]),
+    )
+    shared_units = (V[a].multiply(V[b]) @ to_unit).tocsr()  # (m, units): shared values
+    lacking = both - both.multiply(shared_units > 0)
+    f["unit_conflict"] = (np.asarray(lacking.sum(axis=1)).ravel() > 0).astype(np.float32)
+    return {k: np.asarray(f[k], np.float32) for k in TITLE_FEATURES}
 
 
 def pair_features(
@@ -234,22 +266,22 @@ def rank_matches(
     o = np.lexsort((b, -pp, a))  # by row, best first, ties by partner id
     a, b, pp = a[o], b[o], pp[o]
     start = np.searchsorted(a, np.arange(n))
-    end = np.searchsorted(a, np.arange(n), side="right")
+    pos = np.arange(len(a)) - start[a]  # rank of each partner in its row, 0 = best
+    kept = np.bincount(a[pp >= config.threshold], minlength=n)  # a prefix of each row
     cap = config.max_matches
+    take = pos < np.minimum(kept, cap - 1)[a]
+    # a row with no partner at the threshold takes its best at single_threshold
+    take |= (kept[a] == 0) & (pos == 0) & (pp >= config.single_threshold) & (cap > 1)
+    if rows is not None:
+        decided = np.zeros(n, bool)
+        decided[rows] = True
+        take &= decided[a]
     I = np.full((n, cap), -1, np.int64)
     S = np.full((n, cap), -np.inf, np.float32)
     I[:, 0] = np.arange(n)
     S[:, 0] = np.inf
-    for i in range(n) if rows is None else rows.tolist():
-        s, e = start[i], end[i]
-        if s == e:
-            continue
-        keep = pp[s:e] >= config.threshold
-        if not keep.any() and pp[s] >= config.single_threshold:
-            keep[0] = True
-        take = np.flatnonzero(keep)[: cap - 1]
-        I[i, 1 : 1 + len(take)] = b[s:e][take]
-        S[i, 1 : 1 + len(take)] = pp[s:e][take]
+    I[a[take], 1 + pos[take]] = b[take]
+    S[a[take], 1 + pos[take]] = pp[take]
     return I, S
 
 

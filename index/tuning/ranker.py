@@ -379,17 +379,24 @@ def train_on_pairs(
     pair_group = groups[train.left]
     oof = np.zeros(len(y), np.float32)
     iters = []
-    for tr, va in group_folds(pair_group, folds):
+    splits = group_folds(pair_group, folds)
+    for tr, va in splits:
         booster = fit(X[tr], y[tr])
         iters.append(booster.current_iteration())
         oof[va] = _predict(booster, X[va])
     t = tune_pair_threshold(oof, y)
+    # each fold's pairs at the threshold tuned on the other folds' out-of-fold scores
+    fold_f1 = [
+        pair_prf(oof[va] >= tune_pair_threshold(oof[tr], y[tr]), y[va])["f1"]
+        for tr, va in splits
+    ]
     booster = fit(X, y, rounds=int(np.mean(iters).round()))
     cfg = replace(config, threshold=t, single_threshold=1.01)
     report: dict[str, Any] = {
         "mode": "pairs",
         "threshold": t,
         "train_oof": pair_prf(oof >= t, y),
+        "oof_f1": fold_f1,
         "pairs": len(y),
         "positives": int(y.sum()),
         "rounds": booster.current_iteration(),

@@ -1,0 +1,262 @@
+"""`pricematch train DATA --out MODEL` (issue 24): the out-of-fold search over the parts,
+its budget, --resume, entity-matching folders, and the model `match` then uses."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from index.cli.parser import build_parser, main, with_default_part
+from index.features.encoders import Encoder, register_encoder
+from index.search.knn import l2_normalize
+from training import auto
+
+
+@register_encoder("noise-text")
+class NoiseTextEncoder(Encoder):
+    """A text 'encoder' of pure noise: each title a random unit vector (seeded by its text,
+    so runs agree), unrelated to its product."""
+
+    modality = "text"
+
+    def __init__(self, folder: Path, device: str = "auto") -> None:
+        self.folder, self.dim = folder, 16
+
+    def encode(self, items: Sequence[Any], batch_size: int = 64, show_progress: bool = False
+               ) -> np.ndarray:
+        rows = []
+        for t in items:
+            seed = int(hashlib.sha256(str(t).encode()).hexdigest()[:8], 16)
+            rows.append(np.random.default_rng(seed).normal(size=self.dim))
+        return l2_normalize(np.asarray(rows, np.float32).reshape(len(rows), self.dim))
+
+
+@pytest.fixture(scope="module")
+def noise_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("noise") / "base"
+    (base / "text").mkdir(parents=True)
+    (base / "text" / "config.json").write_text(json.dumps({"encoder": "noise-text"}))
+    return base
+
+
+@pytest.fixture(scope="module")
+def trained(synth: Path, model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("train") / "m"
+    args = ["train", str(synth / "listings.csv"), "--out", str(out), "--base", str(model_dir)]
+    assert main([*args, "-q"]) == 0
+    return out
+
+
+def _report(out: Path) -> dict[str, Any]:
+    return json.loads((out / auto.REPORT).read_text())
+
+
+def test_train_names_data_or_a_part() -> None:
+    build_parser()  # the commands register their default parts
+    assert with_default_part(["train", "x.csv", "--out", "m"]) == [
+        "train", "all", "x.csv", "--out", "m"
+    ]
+    assert with_default_part(["-v", "train", "x.csv"]) == ["-v", "train", "all", "x.csv"]
+    for argv in (["train", "text", "x.csv"], ["train", "ranker", "x"], ["train", "--help"],
+                 ["train"], ["match", "x.csv"]):
+        assert with_default_part(argv) == argv
+
+
+def test_documented_defaults() -> None:
+    assert auto.DEFAULT_BUDGET_MINUTES == 30.0
+    assert auto.AutoConfig() == auto.AutoConfig(folds=5, budget_minutes=30.0, seed=0,
+                                                device="cpu")
+
+
+def test_a_part_must_beat_every_fold_a_perfect_fold_excepted() -> None:
+    assert auto.not_above([0.9, 0.8], [0.85, 0.75]) == []
+    assert auto.not_above([0.9, 0.75], [0.85, 0.75]) == [1]  # a tie loses
+    assert auto.not_above([1.0, 0.8], [1.0, 0.7]) == []  # 1.0 cannot be beaten
+    assert auto.not_above([1.0, 0.7], [1.0, 0.7]) == [1]
+    assert auto.not_above([1.0, 1.0], [1.0, 1.0]) == [0, 1]  # no fold beaten: not kept
+    assert auto.not_above([0.99, 0.9], [1.0, 0.8]) == [0]
+
+
+def test_train_writes_a_model_match_uses_with_no_flags(
+    trained: Path, synth: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rep = _report(trained)
+    kept = [t for t in rep["trials"] if t["kept"]]
+    assert kept[0]["name"].startswith("TF-IDF + phash") and len(rep["fold_f1"]) == 5
+    assert rep["fold_f1"] == kept[-1]["fold_f1"] and rep["chosen"] == kept[-1]["pipeline"]
+    for t in rep["trials"][1:]:  # the table: every candidate tried or skipped, with why
+        assert t["note"].startswith(("kept", "not kept", "skipped")), t
+    # the model is the fusion (and ranker) of the winner: match needs no flag, and the
+    # winner's F1 is at least the start's on every fold
+    assert all(a >= b for a, b in zip(rep["fold_f1"], kept[0]["fold_f1"], strict=True))
+    sub = tmp_path / "s.csv"
+    assert main(["match", str(synth / "listings.csv"), "--model", str(trained), "-o",
+                 str(sub), "-q"]) == 0
+    with sub.open() as f:
+        assert sum(1 for _ in csv.DictReader(f)) == len(
+            (synth / "listings.csv").read_text().splitlines()) - 1
+    assert (trained / "ranker").is_dir() == rep["chosen"]["ranker"]
+
+
+def test_the_written_folder_holds_what_the_winner_needs(
+    synth: Path, model_dir: Path, tmp_path: Path
+) -> None:
+    """A winner with a distilled static text encoder and a ranker: both land in the model
+    folder, and `match --model` runs them (it fails on a missing encoder or ranker)."""
+    from index.data.listings import read_catalogue
+
+    cat = read_catalogue(synth / "listings.csv")
+    base = auto.load_base(model_dir, tmp_path / "work")
+    out = tmp_path / "m"
+    search = auto.Search(cat, base, out, auto.AutoConfig(folds=3), None, False)
+    p = auto.Pipeline(text="static", ranker=True)
+    t = search.trial("forced", "test", p)
+    search.write(t, [t], 0.0)
+    cfg = json.loads((out / "text" / "config.json").read_text())
+    assert cfg["encoder"] == "static-text"
+    assert (out / "ranker" / "model.txt").is_file()
+    sub = tmp_path / "s.csv"
+    assert main(["match", str(synth / "listings.csv"), "--model", str(out), "-o", str(sub),
+                 "-q", "--links", str(tmp_path / "l.csv")]) == 0
+    with (tmp_path / "l.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert rows and {r["decided_by"] for r in rows} == {"ranker"}
+
+
+def test_a_pure_noise_signal_is_not_kept(synth: Path, noise_base: Path, tmp_path: Path) -> None:
+    out = tmp_path / "m"
+    assert main(["train", str(synth / "listings.csv"), "--out", str(out), "--base",
+                 str(noise_base), "-q"]) == 0
+    rep = _report(out)
+    noise = [t for t in rep["trials"] if t["pipeline"]["text"] == "base"]
+    assert len(noise) == 1 and noise[0]["fold_f1"] and not noise[0]["kept"]
+    assert noise[0]["note"].startswith("not kept")
+    assert rep["chosen"]["text"] is None and not (out / "text").exists()
+    assert "text" not in json.loads((out / "fusion.json").read_text())["thresholds"]
+    # the static candidate needs a transformer to distil: not offered for this encoder
+    assert not any(t["pipeline"]["text"] == "static" for t in rep["trials"])
+
+
+def test_the_budget_skips_the_expensive_candidate(
+    synth: Path, model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "m"
+    # 15 CPU-s: the static encoder's distillation alone is estimated at 30 s
+    assert auto.COSTS["static"][0] == 30.0
+    assert main(["train", str(synth / "listings.csv"), "--out", str(out), "--base",
+                 str(model_dir), "--budget", "0.25", "-q"]) == 0
+    rep = _report(out)
+    by = {t["name"]: t for t in rep["trials"]}
+    static = by["text: static, distilled from the base encoder"]
+    assert static["note"].startswith("skipped: needs ~") and not static["fold_f1"]
+    assert by["unit rule"]["fold_f1"]  # a cheap one ran
+    assert "skipped: needs" in capsys.readouterr().out
+    # no budget at all: the start only, and still a model
+    out0 = tmp_path / "m0"
+    assert main(["train", str(synth / "listings.csv"), "--out", str(out0), "--base",
+                 str(model_dir), "--budget", "0", "-q"]) == 0
+    rep0 = _report(out0)
+    assert all(t["note"].startswith("skipped") for t in rep0["trials"][1:])
+    assert (out0 / "fusion.json").is_file()
+
+
+def test_a_resumed_run_gives_the_same_model(
+    synth: Path, model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = [str(synth / "listings.csv"), "--base", str(model_dir), "-q", "--folds", "3"]
+    whole = tmp_path / "whole"
+    assert main(["train", *args, "--out", str(whole)]) == 0
+    real = auto.Search.score
+    calls: list[auto.Pipeline] = []
+
+    def dies_on_the_fourth(self: auto.Search, p: auto.Pipeline) -> Any:
+        calls.append(p)
+        if len(calls) == 4:
+            raise KeyboardInterrupt  # a kill in the middle of a candidate
+        return real(self, p)
+
+    monkeypatch.setattr(auto.Search, "score", dies_on_the_fourth)
+    cut = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        main(["train", *args, "--out", str(cut)])
+    assert not (cut / "fusion.json").exists()
+    calls.clear()
+    monkeypatch.setattr(auto.Search, "score", lambda self, p: (calls.append(p), real(self, p))[1])
+    assert main(["train", *args, "--out", str(cut), "--resume"]) == 0
+    n_trials = sum(1 for t in _report(whole)["trials"] if t["fold_f1"])
+    assert len(calls) == n_trials - 3  # the three finished candidates were not scored again
+    a, b = _report(whole), _report(cut)
+    assert [t["fold_f1"] for t in a["trials"]] == [t["fold_f1"] for t in b["trials"]]
+    assert a["chosen"] == b["chosen"]
+    assert (whole / "fusion.json").read_text() == (cut / "fusion.json").read_text()
+    if (whole / "ranker").exists():
+        assert (whole / "ranker" / "model.txt").read_bytes() == (
+            cut / "ranker" / "model.txt").read_bytes()
+    # --resume on other data refuses instead of mixing results
+    other = tmp_path / "other.csv"
+    lines = (synth / "listings.csv").read_text().splitlines()
+    other.write_text("\n".join(lines[:-5]) + "\n")
+    assert main(["train", str(other), "--base", str(model_dir), "-q", "--folds", "3",
+                 "--out", str(cut), "--resume"]) == 2
+
+
+def _pair_folder(synth: Path, root: Path) -> Path:
+    """The synthetic catalogue as an entity-matching folder: even rows tableA, odd rows
+    tableB; train/valid pairs: every same-group A-B pair, and as many random others."""
+    with (synth / "listings.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    root.mkdir(parents=True)
+    for name, part in (("tableA", rows[0::2]), ("tableB", rows[1::2])):
+        with (root / f"{name}.csv").open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["id", "title"])
+            w.writerows([r["posting_id"], r["title"]] for r in part)
+    a, b = rows[0::2], rows[1::2]
+    pos = [(x, y) for x in a for y in b if x["label_group"] == y["label_group"]]
+    rng = np.random.default_rng(0)
+    neg = [(a[i], b[j]) for i, j in zip(rng.integers(0, len(a), 3 * len(pos)),
+                                        rng.integers(0, len(b), 3 * len(pos)), strict=True)
+           if a[i]["label_group"] != b[j]["label_group"]]
+    pairs = [(x["posting_id"], y["posting_id"], 1) for x, y in pos] + [
+        (x["posting_id"], y["posting_id"], 0) for x, y in neg]
+    rng.shuffle(pairs)  # type: ignore[arg-type]
+    cut = int(len(pairs) * 0.8)
+    for name, part in (("train", pairs[:cut]), ("valid", pairs[cut:])):
+        with (root / f"{name}.csv").open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["ltable_id", "rtable_id", "label"])
+            w.writerows(part)
+    return root
+
+
+def test_an_entity_matching_folder_goes_through_the_same_command(
+    synth: Path, model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = _pair_folder(synth, tmp_path / "er")
+    out = tmp_path / "m"
+    assert main(["train", str(folder), "--out", str(out), "--base", str(model_dir), "-q"]) == 0
+    rep = _report(out)
+    assert rep["mode"] == "pairs" and len(rep["fold_f1"]) == 5
+    assert "pairwise F1 of the train pairs" in capsys.readouterr().out
+    ran = [t for t in rep["trials"] if t["fold_f1"]]
+    assert any(t["pipeline"]["ranker"] for t in ran)
+    assert main(["evaluate", str(folder), "--model", str(out), "--split", "valid"]) == 0
+    assert main(["train", str(folder), "--out", str(out), "--images", str(synth)]) == 2
+
+
+def test_train_needs_label_groups(tmp_path: Path, model_dir: Path,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    csv_path = tmp_path / "x.csv"
+    csv_path.write_text("posting_id,title\na,x\nb,y\n")
+    assert main(["train", str(csv_path), "--out", str(tmp_path / "m"), "--base",
+                 str(model_dir)]) == 2
+    assert "label_group" in capsys.readouterr().err
+    shutil.rmtree(tmp_path / "m", ignore_errors=True)

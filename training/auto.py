@@ -1,0 +1,476 @@
+"""`pricematch train DATA --out MODEL`: the best model a CPU budget can measure, out of fold.
+
+Every candidate is a whole pipeline (signals, TF-IDF options, stages, the pair re-ranker),
+scored on the same folds: label groups are one pool of every row (the size a catalogue
+like it is matched at) whose rows are split into group-disjoint folds, each fold's rows
+scored with thresholds (and ranker) fitted away from it (`index.tuning.whole`,
+`index.tuning.ranker.train_on_whole`); an entity-matching folder is one pool of every
+record whose labelled train pairs are split by connected component (`train_on_pairs`).
+
+The search is greedy, cheapest candidate first: starting from TF-IDF + phash, each
+candidate changes one part of the best pipeline so far and is kept only if it scores
+above it on **every** fold. Candidates whose estimated CPU cost no longer fits the budget
+are skipped and named. Each finished candidate is saved under `OUT/work/train/`, so
+`--resume` continues a killed run from there and ends with the same model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from index.data.listings import Catalogue
+from index.data.oof import posting_ids_sha256
+from index.data.pairs import PairData, Pairs, pair_components
+from index.errors import CatalogueError, PricematchError
+from index.features.embed import Encoders
+from index.features.encoders import Encoder, load_encoder, read_encoder_config
+from index.features.tfidf import TfidfConfig
+from index.matching.fusion import FusionConfig
+from index.matching.ranker import Ranker
+from index.progress import progress
+from index.store.model import FUSION, RANKER, write_model, write_ranker
+from index.tuning.grids import group_folds
+from index.tuning.ranker import (
+    RankPool,
+    catalogue_pool,
+    ranker_signals,
+    sub_pool_maker,
+    train_on_pairs,
+    train_on_whole,
+)
+from index.tuning.whole import start_config, tune_groups, tune_pair_folds
+
+log = logging.getLogger(__name__)
+
+#: The report written beside the model.
+REPORT = "train_report.json"
+#: Where finished candidates are kept for --resume.
+WORK = Path("work") / "train"
+#: Estimated CPU seconds of each step: (fixed, per 1,000 rows). From the 2-core dev VM's
+#: runs on the 27k dev rows (docs/BENCHMARKS.md, "One training command"); they only order
+#: the candidates and decide what the budget skips.
+COSTS: dict[str, tuple[float, float]] = {
+    "pool": (1.0, 0.4),  # TF-IDF, phash and their neighbours
+    "char": (1.0, 0.6),  # char n-gram TF-IDF on top
+    "tune": (1.0, 3.0),  # out-of-fold threshold descent
+    "static": (30.0, 0.3),  # distilling the static encoder, then encoding
+    "text": (2.0, 9.0),  # the transformer encoder, zero-shot
+    "image": (2.0, 60.0),  # the image encoder, zero-shot, on a CPU
+    "ranker": (2.0, 12.0),  # candidate pairs, LightGBM folds, the pool-size rule
+}
+#: The default budget: about 30 CPU-minutes, what the 27k dev rows' search needs on 2 cores.
+DEFAULT_BUDGET_MINUTES = 30.0
+
+
+@dataclass(frozen=True)
+class AutoConfig:
+    """The search's settings (saved in the report)."""
+
+    folds: int = 5
+    budget_minutes: float = DEFAULT_BUDGET_MINUTES
+    seed: int = 0
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """One candidate model: the choice made for each part."""
+
+    char_ngrams: bool = False  # TF-IDF char 3-5 n-grams as a second part
+    text: str | None = None  # None, "static" (distilled from the base) or "base"
+    image: bool = False  # the base image encoder (zero-shot)
+    unit_rule: bool = False
+    reciprocal: int = 0  # min-2 reciprocal rank check (0 off)
+    ranker: bool = False
+
+    def key(self) -> str:
+        """A stable name of the pipeline (file names under WORK)."""
+        raw = json.dumps(asdict(self), sort_keys=True)
+        return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+    def signals(self) -> tuple[bool, str | None, bool]:
+        """What its features depend on (pools are shared by pipelines with the same)."""
+        return self.char_ngrams, self.text, self.image
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A change to the best pipeline so far."""
+
+    name: str
+    part: str
+    change: Callable[[Pipeline], Pipeline]
+    applies: Callable[[Pipeline], bool] = lambda p: True
+
+
+@dataclass
+class Trial:
+    """One row of the table: a pipeline scored out of fold (or skipped)."""
+
+    name: str
+    part: str
+    pipeline: Pipeline
+    fold_f1: list[float] = field(default_factory=list)
+    cpu_s: float = 0.0
+    kept: bool = False
+    note: str = ""
+    config: FusionConfig | None = None
+    ranker: Ranker | None = None
+
+    @property
+    def f1(self) -> float:
+        return float(np.mean(self.fold_f1)) if self.fold_f1 else float("nan")
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "part": self.part,
+            "pipeline": asdict(self.pipeline),
+            "fold_f1": self.fold_f1,
+            "f1": self.f1 if self.fold_f1 else None,
+            "cpu_s": round(self.cpu_s, 1),
+            "kept": self.kept,
+            "note": self.note,
+        }
+
+
+def candidates(base: Encoders, images: bool) -> list[Candidate]:
+    """What the search tries (it orders them by estimated cost)."""
+    kind = read_encoder_config(base.text.folder)["encoder"] if base.text is not None else None
+    static_ok = kind == "onnx-text"
+    out = [
+        Candidate("TF-IDF char 3-5 n-grams", "tfidf", lambda p: replace(p, char_ngrams=True)),
+        Candidate("unit rule", "stage", lambda p: replace(p, unit_rule=True)),
+        Candidate("min-2 reciprocal 3", "stage", lambda p: replace(p, reciprocal=3)),
+        Candidate("pair re-ranker", "ranker", lambda p: replace(p, ranker=True)),
+    ]
+    if static_ok:
+        out.append(
+            Candidate(
+                "text: static, distilled from the base encoder",
+                "signal",
+                lambda p: replace(p, text="static"),
+                lambda p: p.text is None,
+            )
+        )
+    if base.text is not None:
+        out.append(
+            Candidate(
+                f"text: base encoder ({kind}, zero-shot)",
+                "signal",
+                lambda p: replace(p, text="base"),
+                lambda p: p.text != "base",
+            )
+        )
+    if images and base.image is not None:
+        out.append(
+            Candidate("image: base encoder (zero-shot)", "signal", lambda p: replace(p, image=True))
+        )
+    return out
+
+
+def not_above(new: list[float], old: list[float]) -> list[int]:
+    """The folds where `new` does not beat `old`: every fold must score above, but a fold
+    already at the ceiling (F1 1.0 both) cannot, and counts as won (a pipeline that ties
+    everywhere is still not kept)."""
+    pairs = list(zip(new, old, strict=True))
+    out = [f for f, (a, b) in enumerate(pairs) if a <= b and not a == b == 1.0]
+    return out if out or any(a > b for a, b in pairs) else list(range(len(pairs)))
+
+
+def _cost(kind: str, rows: int) -> float:
+    fixed, per_1k = COSTS[kind]
+    return fixed + per_1k * rows / 1000.0
+
+
+class Search:
+    """The greedy out-of-fold search over one catalogue (see the module doc)."""
+
+    def __init__(
+        self,
+        cat: Catalogue,
+        base: Encoders,
+        out: Path,
+        config: AutoConfig,
+        pairs: PairData | None = None,
+        images: bool = False,
+        resume: bool = False,
+        show_progress: bool = False,
+    ) -> None:
+        self.cat, self.base, self.out, self.config = cat, base, out, config
+        self.data, self.images, self.show = pairs, images, show_progress
+        self.work = out / WORK
+        self.n = len(cat)
+        self.pools: dict[tuple[bool, str | None, bool], RankPool] = {}
+        # the pools of the trials finished so far, run or resumed: what the estimates take
+        # as made (so a resumed run decides as the uninterrupted one did)
+        self.made: set[str] = set()
+        self._folds()
+        self._open_work(resume)
+
+    # -- folds and the work folder -------------------------------------------------------
+
+    def _folds(self) -> None:
+        k = self.config.folds
+        if self.data is None:
+            labels = self.cat.labels
+            self.fold_of = np.full(self.n, -1, np.int64)
+            for f, (_, rows) in enumerate(group_folds(labels, k, self.config.seed)):
+                self.fold_of[rows] = f
+            self.train_pairs: Pairs | None = None
+            return
+        train = self.data.pairs("train")
+        self.train_pairs = train
+        self.groups = pair_components(self.n, train)
+        self.pair_fold = np.full(len(train), -1, np.int64)
+        for f, (_, va) in enumerate(group_folds(self.groups[train.left], k, self.config.seed)):
+            self.pair_fold[va] = f
+
+    def _identity(self) -> dict[str, Any]:
+        return {
+            "rows": posting_ids_sha256(self.cat.posting_id),
+            "titles": hashlib.sha256("\n".join(self.cat.title).encode()).hexdigest(),
+            "labels": hashlib.sha256(
+                (self.fold_of if self.data is None else self.pair_fold).tobytes()
+            ).hexdigest(),
+            "folds": self.config.folds,
+            "seed": self.config.seed,
+            "images": self.images,
+        }
+
+    def _open_work(self, resume: bool) -> None:
+        state = self.work / "state.json"
+        ident = self._identity()
+        if resume and state.is_file():
+            had = json.loads(state.read_text(encoding="utf-8"))
+            if had != ident:
+                raise PricematchError(
+                    f"--resume: {self.work} was started on other data or folds; run "
+                    "without --resume to start again"
+                )
+            return
+        if resume:
+            log.info("--resume: nothing to resume in %s, starting", self.work)
+        shutil.rmtree(self.work, ignore_errors=True)
+        self.work.mkdir(parents=True, exist_ok=True)
+        state.write_text(json.dumps(ident), encoding="utf-8")
+
+    # -- encoders and pools --------------------------------------------------------------
+
+    def _static(self) -> Encoder:
+        """The static encoder distilled from the base text encoder (kept in WORK)."""
+        from training.compress import distill_static
+
+        folder = self.work / "static-text"
+        if not (folder / "done").is_file():
+            assert self.base.text is not None
+            shutil.rmtree(folder, ignore_errors=True)
+            distill_static(
+                self.base.text.folder,
+                folder,
+                corpus=list(self.cat.title),
+                show_progress=self.show,
+            )
+            (folder / "done").write_text("", encoding="utf-8")
+        return load_encoder(folder, device=self.config.device)  # type: ignore[arg-type]
+
+    def _text(self, which: str | None) -> Encoder | None:
+        if which is None:
+            return None
+        return self._static() if which == "static" else self.base.text
+
+    def fusion_base(self, p: Pipeline) -> FusionConfig:
+        """The fusion settings a pipeline starts its tuning from."""
+        tf = TfidfConfig(code_tokens=True, char_ngrams=(3, 5) if p.char_ngrams else None)
+        cfg = FusionConfig(tfidf=tf, min2_reciprocal=p.reciprocal)
+        return cfg.with_stages(unit_rule=p.unit_rule)
+
+    def pool(self, p: Pipeline) -> RankPool:
+        key = p.signals()
+        if key not in self.pools:
+            enc = Encoders(text=self._text(p.text), image=self.base.image if p.image else None)
+            labels = self.cat.labels if self.data is None else None
+            self.pools[key] = catalogue_pool(
+                self.cat, enc, self.fusion_base(p), self.config.device, labels
+            )
+        return self.pools[key]
+
+    def estimate(self, p: Pipeline, made: set[str] | None = None) -> float:
+        """Estimated CPU seconds to score `p` when the pools of `made` exist (default:
+        those made so far; a pool already made costs nothing)."""
+        n = self.n
+        s = 0.0
+        if f"{p.signals()}" not in (self.made if made is None else made):
+            s += _cost("pool", n) + (_cost("char", n) if p.char_ngrams else 0.0)
+            if p.text == "static":
+                s += _cost("static", n)
+            elif p.text == "base":
+                s += _cost("text", n)
+            if p.image:
+                s += _cost("image", n)
+        s += _cost("tune", n)
+        if p.ranker:
+            s += _cost("ranker", n)
+        return s
+
+    # -- scoring -------------------------------------------------------------------------
+
+    def score(self, p: Pipeline) -> tuple[list[float], FusionConfig, Ranker | None]:
+        """`p` out of fold: each fold's F1, the fusion config kept, the ranker kept."""
+        pool = self.pool(p)
+        present = pool.features.present()
+        start = start_config(pool.nb, self.fusion_base(p), present)
+        dev = self.config.device
+        if self.data is None:
+            assert pool.labels is not None
+            tuned = tune_groups(pool.nb, pool.titles, pool.labels, self.fold_of, start)
+            if not p.ranker:
+                return tuned.fold_f1, tuned.config, None
+            signals = ranker_signals([pool], tuned.config)
+            ranker, rep = train_on_whole(
+                pool, self.fold_of, signals, sub_pool=sub_pool_maker(tuned.config, dev)
+            )
+            return list(rep["oof_f1"]), tuned.config, ranker
+        train = self.train_pairs
+        assert train is not None
+        src = self.cat.source_codes
+        tuned_p = tune_pair_folds(
+            pool.nb, pool.titles, (train.left, train.right, train.label), self.pair_fold,
+            start, source=src,
+        )
+        if not p.ranker:
+            return tuned_p.fold_f1, tuned_p.config, None
+        signals = ranker_signals([pool], tuned_p.config)
+        ranker, rep = train_on_pairs(
+            pool, train, self.groups, signals, self.config.folds, fusion=tuned_p.config,
+            source=src,
+        )
+        return list(rep["oof_f1"]), tuned_p.config, ranker
+
+    def _saved(self, p: Pipeline) -> Path:
+        return self.work / f"{p.key()}.json"
+
+    def trial(self, name: str, part: str, p: Pipeline) -> Trial:
+        """Score `p` (or read its saved result) as a row of the table."""
+        path = self._saved(p)
+        if path.is_file():
+            got = json.loads(path.read_text(encoding="utf-8"))
+            ranker = Ranker.load(self.work / p.key()) if p.ranker else None
+            t = Trial(name, part, p, got["fold_f1"], got["cpu_s"], note="resumed")
+            t.config, t.ranker = FusionConfig.model_validate(got["config"]), ranker
+            self.made.add(f"{p.signals()}")
+            return t
+        c0 = time.process_time()
+        fold_f1, cfg, ranker = self.score(p)
+        t = Trial(name, part, p, fold_f1, time.process_time() - c0, config=cfg, ranker=ranker)
+        if ranker is not None:
+            ranker.save(self.work / p.key())
+        self.made.add(f"{p.signals()}")
+        body = {"fold_f1": fold_f1, "cpu_s": t.cpu_s, "config": cfg.model_dump(mode="json")}
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(body), encoding="utf-8")
+        tmp.replace(path)  # the trial counts as finished only once this file is whole
+        return t
+
+    def run(self) -> tuple[Trial, list[Trial]]:
+        """The greedy search; returns the best trial and every row of the table."""
+        budget = self.config.budget_minutes * 60.0
+        best = self.trial("TF-IDF + phash fusion (start)", "fusion", Pipeline())
+        best.kept = True
+        rows = [best]
+        start = {f"{Pipeline().signals()}"}  # the order must not depend on what is resumed
+        cands = sorted(
+            candidates(self.base, self.images),
+            key=lambda c: self.estimate(c.change(Pipeline()), start),
+        )
+        for c in progress(cands, desc="train: candidates", unit="cand", disable=not self.show):
+            if not c.applies(best.pipeline):
+                continue
+            p = c.change(best.pipeline)
+            spent = sum(t.cpu_s for t in rows)  # as measured when each trial ran
+            need = self.estimate(p)
+            if not self._saved(p).is_file() and spent + need > budget:
+                rows.append(
+                    Trial(c.name, c.part, p, note=f"skipped: needs ~{need:.0f} CPU-s, "
+                          f"{max(0.0, budget - spent):.0f} left of the budget")
+                )
+                continue
+            t = self.trial(c.name, c.part, p)
+            losses = not_above(t.fold_f1, best.fold_f1)
+            t.kept = not losses
+            if t.kept:
+                t.note = (t.note + "; " if t.note else "") + "kept: above on every fold"
+                best = t
+            else:
+                folds = ", ".join(str(f) for f in losses)
+                t.note = (t.note + "; " if t.note else "") + f"not kept: not above on fold {folds}"
+            rows.append(t)
+        return best, rows
+
+    # -- the model -----------------------------------------------------------------------
+
+    def write(self, best: Trial, rows: list[Trial], seconds: float) -> Path:
+        """Write the model folder: encoders the pipeline uses, fusion.json, ranker/,
+        and the report."""
+        assert best.config is not None
+        p = best.pipeline
+        arts: dict[str, Path] = {}
+        text = self._text(p.text)
+        if text is not None:
+            arts["text"] = text.folder
+        if p.image and self.base.image is not None:
+            arts["image"] = self.base.image.folder
+        for stale in ("text", "image", RANKER):
+            if stale not in arts and (self.out / stale).exists():
+                shutil.rmtree(self.out / stale)
+        write_model(self.out, best.config, arts)
+        if best.ranker is not None:
+            write_ranker(self.out, best.ranker)
+        report = {
+            "config": asdict(self.config),
+            "rows": self.n,
+            "mode": "groups" if self.data is None else "pairs",
+            "chosen": asdict(p),
+            "f1": best.f1,
+            "fold_f1": best.fold_f1,
+            "trials": [t.summary() for t in rows],
+            "cpu_s": round(sum(t.cpu_s for t in rows), 1),
+            "seconds": round(seconds, 1),
+        }
+        (self.out / REPORT).write_text(json.dumps(report, indent=2), encoding="utf-8")
+        return self.out / FUSION
+
+
+def load_base(folder: Path | None, work: Path, device: str = "cpu") -> Encoders:
+    """The encoders the candidates start from: a model folder's text/ and image/ (as
+    `export-default` writes them), or, without one, the packaged encoders exported once
+    into `work/base` (needs the [train] extra)."""
+    if folder is None:
+        folder = work / "base"
+        if not (folder / "done").is_file():
+            try:
+                from training.export import export_default
+            except ImportError as e:
+                raise PricematchError(
+                    f"train without --base exports the packaged encoders, which needs the "
+                    f"[train] extra (pip install 'pricematch[train]'): {e}"
+                ) from e
+            export_default(folder)
+            (folder / "done").write_text("", encoding="utf-8")
+    enc = Encoders()
+    for m in ("text", "image"):
+        if (folder / m / "config.json").is_file():
+            setattr(enc, m, load_encoder(folder / m, device=device))  # type: ignore[arg-type]
+    if enc.text is None and enc.image is None:
+        raise CatalogueError(f"--base {folder}: no text/ or image/ encoder folder in it")
+    return enc
