@@ -273,8 +273,8 @@ def test_open_loop_schedule_is_even_and_counts_the_offer() -> None:
     assert t[-1] == pytest.approx(1.99)
 
 
-def test_ranker_carry_splits_groups_and_scores_the_held_out_pool(
-    synth: Path, tmp_path: Path
+def test_ranker_carry_samples_groups_and_scores_held_out_pools(
+    synth: Path, model_dir: Path, tmp_path: Path
 ) -> None:
     import json
 
@@ -282,23 +282,21 @@ def test_ranker_carry_splits_groups_and_scores_the_held_out_pool(
     from index.data.listings import read_catalogue
 
     labels = np.array([1, 1, 2, 3, 3, 3, 4, 5])
-    tr, held = rc.split_groups(labels, 0.4, seed=0)
-    assert len(set(labels[tr]) & set(labels[held])) == 0  # group-disjoint
-    assert len(set(labels[tr])) == 2 and sorted([*tr, *held]) == list(range(8))
-    assert len(set(labels[rc.split_groups(labels, 0.0, 0)[0]])) == 1  # at least one group
-    assert len(set(labels[rc.split_groups(labels, 1.0, 0)[1]])) == 1  # one held out
+    got = rc.group_sample(labels, 3, seed=0)
+    assert len(got) >= 3 and set(np.flatnonzero(np.isin(labels, labels[got]))) == set(got)
+    assert len(rc.group_sample(labels, 100, seed=0)) == 8  # all when too few
+    held = np.array([0, 1, 2, 7])
+    assert set(rc.group_sample(labels, 1, seed=1, among=held)) <= set(held.tolist())
 
-    model = tmp_path / "model"  # TF-IDF + phash only
-    model.mkdir()
-    (model / "fusion.json").write_text('{"thresholds": {"tfidf": 0.6, "phash": 0.85}}')
     out = tmp_path / "carry.json"
-    argv = [str(synth / "listings.csv"), "--model", str(model), "--train-share", "0.5"]
-    assert rc.main([*argv, "--folds", "2", "--out", str(out)]) == 0
-    (res,) = json.loads(out.read_text())
+    argv = [str(synth / "listings.csv"), "--base", str(model_dir), "--train-rows", "40"]
+    assert rc.main([*argv, "--ratios", "0.5,1", "--folds", "2", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
     n = len(read_catalogue(synth / "listings.csv"))
-    assert res["train_rows"] + res["held_rows"] == n
-    assert set(res["held_out"]) == {"fusion", "ranker", "ranker, no pool rule"}
-    assert all(0 < r["f1"] <= 1 for r in res["held_out"].values())
+    assert 40 <= res["train_rows"] < n and [p["ratio"] for p in res["pools"]] == [0.5, 1.0]
+    for p in res["pools"]:
+        assert p["rows"] + res["train_rows"] <= n
+        assert all(0 < p[k] <= 1 for k in ("fusion", "ranker", "ranker_no_rule"))
 
 
 def test_cheap_signals_paths_agree_and_run_in_turn(synth: Path, tmp_path: Path) -> None:

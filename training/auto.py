@@ -289,6 +289,10 @@ class Search:
             return None
         return self._static() if which == "static" else self.base.text
 
+    def encoders(self, p: Pipeline) -> Encoders:
+        """The encoders pipeline `p` runs."""
+        return Encoders(text=self._text(p.text), image=self.base.image if p.image else None)
+
     def fusion_base(self, p: Pipeline) -> FusionConfig:
         """The fusion settings a pipeline starts its tuning from."""
         tf = TfidfConfig(code_tokens=True, char_ngrams=(3, 5) if p.char_ngrams else None)
@@ -298,10 +302,10 @@ class Search:
     def pool(self, p: Pipeline) -> RankPool:
         key = p.signals()
         if key not in self.pools:
-            enc = Encoders(text=self._text(p.text), image=self.base.image if p.image else None)
+            enc = self.encoders(p)
             labels = self.cat.labels if self.data is None else None
             self.pools[key] = catalogue_pool(
-                self.cat, enc, self.fusion_base(p), self.config.device, labels
+                self.cat, enc, self.fusion_base(p), self.config.device, labels, self.show
             )
         return self.pools[key]
 
@@ -333,12 +337,18 @@ class Search:
         dev = self.config.device
         if self.data is None:
             assert pool.labels is not None
-            tuned = tune_groups(pool.nb, pool.titles, pool.labels, self.fold_of, start)
+            tuned = tune_groups(
+                pool.nb, pool.titles, pool.labels, self.fold_of, start, show_progress=self.show
+            )
             if not p.ranker:
                 return tuned.fold_f1, tuned.config, None
             signals = ranker_signals([pool], tuned.config)
             ranker, rep = train_on_whole(
-                pool, self.fold_of, signals, sub_pool=sub_pool_maker(tuned.config, dev)
+                pool,
+                self.fold_of,
+                signals,
+                show_progress=self.show,
+                sub_pool=sub_pool_maker(tuned.config, dev),
             )
             return list(rep["oof_f1"]), tuned.config, ranker
         train = self.train_pairs
@@ -346,7 +356,7 @@ class Search:
         src = self.cat.source_codes
         tuned_p = tune_pair_folds(
             pool.nb, pool.titles, (train.left, train.right, train.label), self.pair_fold,
-            start, source=src,
+            start, source=src, show_progress=self.show,
         )
         if not p.ranker:
             return tuned_p.fold_f1, tuned_p.config, None

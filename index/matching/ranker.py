@@ -74,6 +74,8 @@ class RankerConfig:
     #: by `pool_slope` per doubling of the pool (fitted on sub-pools out of fold).
     pool_rows: int = 0
     pool_slope: float = 0.0
+    #: The pair features' version (`pair_features`); a ranker saved without it has 1.
+    features: int = 1
 
     def covers(self, n: int) -> bool:
         """Whether a pool of `n` rows is within what the ranker was validated on: up to
@@ -212,39 +214,55 @@ def pair_features(
     nb: dict[str, Neighbours],
     titles: Sequence[str],
     signals: Sequence[str],
+    version: int = 1,
 ) -> np.ndarray:
-    """(m, f) float32 features of the pairs (columns: `feature_names(signals)`)."""
+    """(m, f) float32 features of the pairs (columns: `feature_names(signals, version)`).
+
+    Version 2 adds, per signal, the pair's similarity minus each side's density (its
+    nearest and its 10th other neighbour's similarity; min and max over the two sides):
+    how far the pair stands out of its rows' crowds, which a bigger pool raises for every
+    pair alike, where the similarity alone does not move."""
     n = len(titles)
     a, b = pairs[:, 0], pairs[:, 1]
     cols: list[np.ndarray] = []
     for name in signals:
         if name == "phash":
-            cols.append(feats.phash_distance(a, b))
+            dist = feats.phash_distance(a, b)
+            cols.append(dist)
+            sim = (1.0 - dist / 64.0).astype(np.float32)
         elif name in EXACT:
-            cols.append(feats.pair_similarity(name, a, b))
+            sim = feats.pair_similarity(name, a, b)
+            cols.append(sim)
         else:
-            sim = _lookup(nb[name], n, "sim")
-            s_ab, s_ba = _get(sim, a, b, 3.0), _get(sim, b, a, 3.0)
-            cols.append(np.fmax(s_ab, s_ba))
+            table = _lookup(nb[name], n, "sim")
+            sim = np.fmax(_get(table, a, b, 3.0), _get(table, b, a, 3.0))
+            cols.append(sim)
         rank = _lookup(nb[name], n, "rank")
         r_ab, r_ba = _get(rank, a, b, 0.0), _get(rank, b, a, 0.0)
         cols += [np.fmin(r_ab, r_ba), np.fmax(r_ab, r_ba)]
-        for r in DENSITY_RANKS:
-            d = _density(nb[name], r)
+        dens = [_density(nb[name], r) for r in DENSITY_RANKS]
+        for d in dens:
             cols += [np.fmin(d[a], d[b]), np.fmax(d[a], d[b])]
+        if version >= 2:
+            for d in dens:
+                ga, gb = sim - d[a], sim - d[b]
+                cols += [np.fmin(ga, gb), np.fmax(ga, gb)]
     t = _title_features(titles, a, b)
     cols += list(t.values())
     return np.stack(cols, axis=1).astype(np.float32) if cols else np.zeros((len(a), 0), np.float32)
 
 
-def feature_names(signals: Sequence[str]) -> list[str]:
-    """Column names of `pair_features` for these signals."""
+def feature_names(signals: Sequence[str], version: int = 1) -> list[str]:
+    """Column names of `pair_features` for these signals and feature version."""
     out = []
     for name in signals:
         out.append(f"{name}_distance" if name == "phash" else f"{name}_sim")
         out += [f"{name}_rank_min", f"{name}_rank_max"]
         for r in DENSITY_RANKS:
             out += [f"{name}_density{r + 1}_min", f"{name}_density{r + 1}_max"]
+        if version >= 2:
+            for r in DENSITY_RANKS:
+                out += [f"{name}_gap{r + 1}_min", f"{name}_gap{r + 1}_max"]
     return [*out, *TITLE_FEATURES]
 
 
@@ -313,8 +331,18 @@ class Ranker:
         n = len(titles)
         use = {s: nb[s] for s in self.signals}
         pairs = candidate_pairs(use, n, self.config)
-        p = self.predict(pair_features(pairs, feats, use, titles, self.signals))
+        p = self.predict(self.pair_features(pairs, feats, use, titles))
         return rank_matches(pairs, p, n, self.config.for_pool(n))
+
+    def pair_features(
+        self,
+        pairs: np.ndarray,
+        feats: Features,
+        nb: dict[str, Neighbours],
+        titles: Sequence[str],
+    ) -> np.ndarray:
+        """`pair_features` of the pairs as this ranker was trained on them."""
+        return pair_features(pairs, feats, nb, titles, self.signals, self.config.features)
 
     def save(self, folder: str | Path) -> Path:
         """Write `folder/model.txt` (LightGBM) and `folder/ranker.json`."""
@@ -324,7 +352,7 @@ class Ranker:
         meta = {
             "format": 1,
             "signals": self.signals,
-            "features": feature_names(self.signals),
+            "features": feature_names(self.signals, self.config.features),
             "config": asdict(self.config),
             "report": self.report,
         }
@@ -343,6 +371,7 @@ class Ranker:
         if meta.get("format") != 1:
             raise EncoderError(f"{d}: ranker format {meta.get('format')!r}, expected 1")
         booster = lightgbm.Booster(model_file=str(d / "model.txt"))
-        if booster.num_feature() != len(feature_names(meta["signals"])):
+        config = RankerConfig(**{"features": 1, **meta["config"]})
+        if booster.num_feature() != len(feature_names(meta["signals"], config.features)):
             raise EncoderError(f"{d}: the model's features do not match its signals")
-        return cls(booster, list(meta["signals"]), RankerConfig(**meta["config"]), meta["report"])
+        return cls(booster, list(meta["signals"]), config, meta["report"])

@@ -31,7 +31,7 @@ from index.features.embed import Features, QueryFeatures
 from index.features.images import phash_codes, phash_hex
 from index.features.tfidf import TfidfConfig, TitleTfidf
 from index.matching.fusion import FusionConfig, Neighbours, fuse, threshold
-from index.matching.ranker import Ranker, pair_features
+from index.matching.ranker import Ranker
 from index.search.knn import (
     K,
     as_f32,
@@ -560,7 +560,7 @@ class LiveCatalogue:
                 pool.set_dense(name, x, np.concatenate([qd[name][1][j : j + 1], cd[name][1]]))
         titles = [q.title[j], *cq.title]
         pairs = np.stack([np.zeros(m, np.int64), np.arange(1, m + 1)], axis=1)
-        p = ranker.predict(pair_features(pairs, pool, nb, titles, ranker.signals))
+        p = ranker.predict(ranker.pair_features(pairs, pool, nb, titles))
         keep = p >= cfg.threshold
         if not keep.any() and p.max() >= cfg.single_threshold:
             keep[int(np.argmax(p))] = True

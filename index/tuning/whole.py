@@ -17,6 +17,7 @@ import numpy as np
 
 from index.matching.fusion import FusionConfig, Neighbours
 from index.matching.stages import fuse_stages
+from index.progress import progress
 from index.tuning.grids import descend
 from index.tuning.metrics import pair_prf, predicted_pairs, row_scores
 
@@ -95,15 +96,9 @@ def tune_groups(
     k = int(fold_of.max()) + 1
     min2 = [s for s in MIN2_SIGNALS if s in nb]
     fold_f1, configs = [], []
-    for f in range(k):
+    for f in progress(range(k), desc="tune folds", unit="fold", disable=not show_progress):
         away, held = fold_of != f, fold_of == f
-        cfg, _ = descend(
-            lambda c, m=away: float(row_f1(c)[m].mean()),  # type: ignore[misc]
-            start,
-            min2,
-            rounds,
-            show_progress=show_progress,
-        )
+        cfg, _ = descend(lambda c, m=away: float(row_f1(c)[m].mean()), start, min2, rounds)  # type: ignore[misc]
         configs.append(cfg)
         fold_f1.append(float(row_f1(cfg)[held].mean()))
     cfg, f1 = descend(lambda c: float(row_f1(c).mean()), start, min2, rounds)
@@ -118,6 +113,7 @@ def tune_pair_folds(
     start: FusionConfig,
     source: np.ndarray | None = None,
     rounds: int = 2,
+    show_progress: bool = False,
 ) -> FoldTuning:
     """Out-of-fold thresholds on labelled pairs of one pool: for each fold of the pairs
     (`pair_fold`, 0..k-1), the pairwise F1 of the other folds' pairs maximised, the fold's
@@ -142,7 +138,7 @@ def tune_pair_folds(
     k = int(pair_fold.max()) + 1
     min2 = [s for s in MIN2_SIGNALS if s in nb]
     fold_f1, configs = [], []
-    for f in range(k):
+    for f in progress(range(k), desc="tune folds", unit="fold", disable=not show_progress):
         away, held = pair_fold != f, pair_fold == f
         cfg, _ = descend(lambda c, m=away: f1(c, m), start, min2, rounds)  # type: ignore[misc]
         configs.append(cfg)
