@@ -358,7 +358,7 @@ class Engine:
                 t = time.perf_counter()
                 self.catalogue.last_timings = {}
                 ranker = self.ranker if self.match_ranker and not threshold else None
-                if ranker is not None and ranker.config.covers(len(self.catalogue)):
+                if ranker is not None:
                     found = self.catalogue.rank(feats, ranker, [listing.posting_id])[0]
                 else:
                     found = self.catalogue.match(feats, config, [listing.posting_id])[0]

@@ -251,7 +251,7 @@ def test_whole_pool_training_keeps_each_fold_unseen_by_its_model(
     assert rep["mode"] == "whole" and [r["rows"] for r in rep["folds"]] == [
         int((fold_of == f).sum()) for f in range(3)
     ]
-    assert ranker.config.pool_rows == 0 and ranker.config.covers(10**9)  # no rule asked
+    assert ranker.config.pool_rows == 0 and ranker.config.measured_for(10**9)  # no rule asked
     # fold 0's labels scrambled (each of its rows a group of its own): its scores stay
     rows0 = np.flatnonzero(fold_of == 0)
     labels = pool.labels.copy()
@@ -265,7 +265,8 @@ def test_whole_pool_training_keeps_each_fold_unseen_by_its_model(
         pool, fold_of, signals, sub_pool=tr.sub_pool_maker(FusionConfig(), "cpu")
     )
     assert ranker.config.pool_rows == len(cat)
-    assert ranker.config.covers(2 * len(cat)) and not ranker.config.covers(2 * len(cat) + 1)
+    assert ranker.config.measured_for(4 * len(cat))
+    assert not ranker.config.measured_for(4 * len(cat) + 1)
     assert (len(cat), rep["pool_rule"]["points"][0][1]) == tuple(rep["pool_rule"]["points"][0])
 
 
@@ -275,7 +276,6 @@ def ranked_model(synth: Path, strict_model: Path, tmp_path_factory: pytest.TempP
     out = tmp_path_factory.mktemp("ranked") / "model"
     shutil.copytree(strict_model, out)
     rep = out.parent / "report.json"
-    # 2 folds: the whole CSV is twice a pool, within the ranker's reach (POOL_REACH)
     args = ["train", "ranker", str(synth / "listings.csv"), "--model", str(out), "--folds", "2"]
     assert main([*args, "-q", "--device", "cpu", "--report", str(rep), "--keep-anyway"]) == 0
     return out
@@ -435,7 +435,12 @@ def test_the_pool_size_rule_moves_both_thresholds_by_the_slope() -> None:
     assert big.threshold == pytest.approx(0.6) and big.single_threshold == pytest.approx(0.4)
     small = cfg.for_pool(500)
     assert small.threshold == pytest.approx(0.45)
-    assert cfg.for_pool(10**9).threshold == 0.99  # clipped
+    # past the measured range (1/4x to 4x) the thresholds stay at its end
+    assert cfg.for_pool(10**9) == cfg.for_pool(4000)
+    assert cfg.for_pool(4001) == cfg.for_pool(4000) and cfg.for_pool(3999) != big
+    assert cfg.for_pool(1) == cfg.for_pool(250) and cfg.for_pool(251) != cfg.for_pool(250)
+    steep = replace(cfg, pool_slope=0.5)
+    assert steep.for_pool(4000).threshold == 0.99  # clipped
     assert RankerConfig(threshold=0.5).for_pool(10**6).threshold == 0.5  # no rule: as tuned
 
 
@@ -477,21 +482,33 @@ def test_features_subset_keeps_rows_and_masks(synth: Path, model_dir: Path) -> N
     assert np.array_equal(sub.text, feats.text[rows])
 
 
-def test_a_pool_far_larger_than_the_tuned_ones_is_decided_by_the_fusion(
-    ranked_model: Path, synth: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+def test_a_pool_far_larger_than_the_tuned_ones_is_still_decided_by_the_ranker(
+    ranked_model: Path, synth: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from index.matching.ranker import POOL_REACH
+    from index.matching.ranker import POOL_RANGE
 
+    assert POOL_RANGE == (0.25, 4.0)
     cfg = RankerConfig(pool_rows=100)
-    assert cfg.covers(POOL_REACH * 100) and not cfg.covers(POOL_REACH * 100 + 1)
-    assert RankerConfig().covers(10**9)  # no tuned size known: any pool
+    assert cfg.measured_for(400) and not cfg.measured_for(401)
+    assert cfg.measured_for(25) and not cfg.measured_for(24)
+    assert RankerConfig().measured_for(10**9)  # no tuned size known: any pool
     m = load_model(ranked_model, device="cpu")
     assert m.ranker is not None
     cat = read_catalogue(synth / "listings.csv")
-    small = replace(m.ranker, config=replace(m.ranker.config, pool_rows=len(cat) // 3))
-    got, _ = match_catalogue(cat, m.fusion, m.encoders, device="cpu", ranker=small)
-    fused, _ = match_catalogue(cat, m.fusion, m.encoders, device="cpu")
-    assert got == fused
+    small = replace(m.ranker, config=replace(m.ranker.config, pool_rows=len(cat) // 5))
+    from index.matching.selfmatch import self_match
+
+    with caplog.at_level("WARNING"):
+        r = self_match(cat, m.fusion, m.encoders, device="cpu", ranker=small)
+    assert r.ranked and "more than 4x" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        at4 = replace(small, config=replace(small.config, pool_rows=len(cat) // 4 + 1))
+        assert self_match(cat, m.fusion, m.encoders, device="cpu", ranker=at4).ranked
+    assert "more than 4x" not in caplog.text
+    # the thresholds past 4x are those at 4x
+    assert small.config.for_pool(len(cat)) == replace(
+        small.config.for_pool(4 * small.config.pool_rows))
 
 
 def test_ranker_marginals_leave_out_the_weakest_signal_one_at_a_time(
@@ -734,17 +751,17 @@ def test_train_ranker_valid_line_equals_evaluate_on_a_lopsided_folder(
     assert main(["evaluate", str(root), "--model", str(model), "--split", "valid", "-q"]) == 0
     evaluated = _valid_f1(capsys.readouterr().out, "pair re-ranker")
     assert trained == evaluated
-    # a pool beyond the ranker's reach: the fusion decides, said on stderr and in --report
+    # a pool past the measured range: still the ranker, said on stderr and in --report
     meta = json.loads((model / "ranker" / "ranker.json").read_text())
-    meta["config"]["pool_rows"] = 10  # tuned on 10 rows: reach 2 x 10 < this folder
+    meta["config"]["pool_rows"] = 10  # tuned on 10 rows: 4 x 10 < this folder
     (model / "ranker" / "ranker.json").write_text(json.dumps(meta))
     rep = tmp_path / "rep.json"
     args = ["evaluate", str(root), "--model", str(model), "--split", "valid", "-q"]
     assert main([*args, "--report", str(rep)]) == 0
     out = capsys.readouterr()
-    assert "pair re-ranker" not in out.out and "fused (ranker beyond its reach)" in out.out
-    assert json.loads(rep.read_text())["decided_by"].startswith("fusion")
-    assert "the fusion decides" in caplog.text
+    assert "pair re-ranker" in out.out
+    assert json.loads(rep.read_text())["decided_by"] == "ranker"
+    assert "more than 4x" in caplog.text
 
 
 def test_train_ranker_in_sample_line_equals_evaluate_on_the_same_csv(

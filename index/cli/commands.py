@@ -407,9 +407,9 @@ def _evaluate_pairs(args: argparse.Namespace) -> int:
             rows.append(("fused (tuned, weak signals out)", I))
     decided_by = None
     if model.ranker is not None:
-        I, _, ranked = decide(result.features, nb, result.config, cat.title, source, model.ranker)
-        decided_by = "ranker" if ranked else "fusion (the pool is beyond the ranker's reach)"
-        rows.append(("pair re-ranker" if ranked else "fused (ranker beyond its reach)", I))
+        I, _, _ = decide(result.features, nb, result.config, cat.title, source, model.ranker)
+        decided_by = "ranker"
+        rows.append(("pair re-ranker", I))
     print(
         f"\n{args.input}: {len(cat)} records; {len(split)} labelled {args.split} pairs "
         f"({int(split.label.sum())} matches); scored on those pairs only"
@@ -475,9 +475,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             rows.append(_row(f"{s} alone (tuned)", singles[-1][0], nb, labels, titles, src))
     rows.append(_row("fused", config, nb, labels, titles, src))
     if model.ranker is not None:
-        I, _, ranked = decide(result.features, nb, config, titles, src, model.ranker)
-        name = "pair re-ranker" if ranked else "fused (ranker beyond its reach)"
-        rows.append({**f1_report(I, labels), "name": name, "config": config.model_dump()})
+        I, _, _ = decide(result.features, nb, config, titles, src, model.ranker)
+        rep = f1_report(I, labels)
+        rows.append({**rep, "name": "pair re-ranker", "config": config.model_dump()})
     best = config
     if args.tune:
         best, score = never_below_single(tune(nb, labels, config, show_progress=show), singles)

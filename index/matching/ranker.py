@@ -32,10 +32,12 @@ from index.matching.fusion import Neighbours
 #: Signals whose similarity is computed exactly for any pair (the others are looked up in
 #: their neighbour lists).
 EXACT = ("tfidf", "text", "image")
-#: How far beyond its tuned pool size a ranker decides: measured on the Shopee dev rows, a
-#: ranker tuned on 5.4k-row pools lost to the fusion on the 27k-row pool (5x) even with its
-#: pool-size rule (docs/BENCHMARKS.md); larger pools are decided by the fusion.
-POOL_REACH = 2
+#: The pool sizes, as ratios to the tuned pool, the pool-size rule was measured on: a ranker
+#: trained by `pricematch train` on 5k Shopee dev rows beat the fusion trained the same way
+#: on held-out pools of 0.25x to 4x (benchmarks/ranker_carry.py, docs/BENCHMARKS.md). The
+#: ranker decides any pool; past this range its thresholds stay where the rule puts them at
+#: the range's end (and a warning says so).
+POOL_RANGE = (0.25, 4.0)
 #: Neighbour ranks (1 = nearest other row) whose similarity measures a row's density.
 DENSITY_RANKS = (1, 9)
 #: The title columns of `pair_features`, in order.
@@ -74,19 +76,20 @@ class RankerConfig:
     #: by `pool_slope` per doubling of the pool (fitted on sub-pools out of fold).
     pool_rows: int = 0
     pool_slope: float = 0.0
-    #: The pair features' version (`pair_features`); a ranker saved without it has 1.
-    features: int = 1
 
-    def covers(self, n: int) -> bool:
-        """Whether a pool of `n` rows is within what the ranker was validated on: up to
-        `POOL_REACH` times the pools it was tuned on (any size when that is unknown)."""
-        return not self.pool_rows or n <= POOL_REACH * self.pool_rows
+    def measured_for(self, n: int) -> bool:
+        """Whether a pool of `n` rows is within the measured `POOL_RANGE` of the pools the
+        ranker was tuned on (any size when that is unknown)."""
+        lo, hi = POOL_RANGE
+        return not self.pool_rows or lo * self.pool_rows <= n <= hi * self.pool_rows
 
     def for_pool(self, n: int) -> RankerConfig:
-        """The thresholds moved to a pool of `n` rows (clipped to [0.01, 0.99])."""
+        """The thresholds moved to a pool of `n` rows: by `pool_slope` per doubling from
+        `pool_rows`, the ratio clipped to `POOL_RANGE`, the thresholds to [0.01, 0.99]."""
         if not self.pool_rows or not self.pool_slope or n <= 0:
             return self
-        d = self.pool_slope * float(np.log2(n / self.pool_rows))
+        lo, hi = POOL_RANGE
+        d = self.pool_slope * float(np.log2(min(hi, max(lo, n / self.pool_rows))))
 
         def clip(t: float) -> float:
             return float(min(0.99, max(0.01, t + d)))
@@ -214,55 +217,38 @@ def pair_features(
     nb: dict[str, Neighbours],
     titles: Sequence[str],
     signals: Sequence[str],
-    version: int = 1,
 ) -> np.ndarray:
-    """(m, f) float32 features of the pairs (columns: `feature_names(signals, version)`).
-
-    Version 2 adds, per signal, the pair's similarity minus each side's density (its
-    nearest and its 10th other neighbour's similarity; min and max over the two sides):
-    how far the pair stands out of its rows' crowds, which a bigger pool raises for every
-    pair alike, where the similarity alone does not move."""
+    """(m, f) float32 features of the pairs (columns: `feature_names(signals)`)."""
     n = len(titles)
     a, b = pairs[:, 0], pairs[:, 1]
     cols: list[np.ndarray] = []
     for name in signals:
         if name == "phash":
-            dist = feats.phash_distance(a, b)
-            cols.append(dist)
-            sim = (1.0 - dist / 64.0).astype(np.float32)
+            cols.append(feats.phash_distance(a, b))
         elif name in EXACT:
-            sim = feats.pair_similarity(name, a, b)
-            cols.append(sim)
+            cols.append(feats.pair_similarity(name, a, b))
         else:
             table = _lookup(nb[name], n, "sim")
-            sim = np.fmax(_get(table, a, b, 3.0), _get(table, b, a, 3.0))
-            cols.append(sim)
+            cols.append(np.fmax(_get(table, a, b, 3.0), _get(table, b, a, 3.0)))
         rank = _lookup(nb[name], n, "rank")
         r_ab, r_ba = _get(rank, a, b, 0.0), _get(rank, b, a, 0.0)
         cols += [np.fmin(r_ab, r_ba), np.fmax(r_ab, r_ba)]
-        dens = [_density(nb[name], r) for r in DENSITY_RANKS]
-        for d in dens:
+        for r in DENSITY_RANKS:
+            d = _density(nb[name], r)
             cols += [np.fmin(d[a], d[b]), np.fmax(d[a], d[b])]
-        if version >= 2:
-            for d in dens:
-                ga, gb = sim - d[a], sim - d[b]
-                cols += [np.fmin(ga, gb), np.fmax(ga, gb)]
     t = _title_features(titles, a, b)
     cols += list(t.values())
     return np.stack(cols, axis=1).astype(np.float32) if cols else np.zeros((len(a), 0), np.float32)
 
 
-def feature_names(signals: Sequence[str], version: int = 1) -> list[str]:
-    """Column names of `pair_features` for these signals and feature version."""
+def feature_names(signals: Sequence[str]) -> list[str]:
+    """Column names of `pair_features` for these signals."""
     out = []
     for name in signals:
         out.append(f"{name}_distance" if name == "phash" else f"{name}_sim")
         out += [f"{name}_rank_min", f"{name}_rank_max"]
         for r in DENSITY_RANKS:
             out += [f"{name}_density{r + 1}_min", f"{name}_density{r + 1}_max"]
-        if version >= 2:
-            for r in DENSITY_RANKS:
-                out += [f"{name}_gap{r + 1}_min", f"{name}_gap{r + 1}_max"]
     return [*out, *TITLE_FEATURES]
 
 
@@ -342,7 +328,7 @@ class Ranker:
         titles: Sequence[str],
     ) -> np.ndarray:
         """`pair_features` of the pairs as this ranker was trained on them."""
-        return pair_features(pairs, feats, nb, titles, self.signals, self.config.features)
+        return pair_features(pairs, feats, nb, titles, self.signals)
 
     def save(self, folder: str | Path) -> Path:
         """Write `folder/model.txt` (LightGBM) and `folder/ranker.json`."""
@@ -352,7 +338,7 @@ class Ranker:
         meta = {
             "format": 1,
             "signals": self.signals,
-            "features": feature_names(self.signals, self.config.features),
+            "features": feature_names(self.signals),
             "config": asdict(self.config),
             "report": self.report,
         }
@@ -371,7 +357,7 @@ class Ranker:
         if meta.get("format") != 1:
             raise EncoderError(f"{d}: ranker format {meta.get('format')!r}, expected 1")
         booster = lightgbm.Booster(model_file=str(d / "model.txt"))
-        config = RankerConfig(**{"features": 1, **meta["config"]})
-        if booster.num_feature() != len(feature_names(meta["signals"], config.features)):
+        config = RankerConfig(**meta["config"])
+        if booster.num_feature() != len(feature_names(meta["signals"])):
             raise EncoderError(f"{d}: the model's features do not match its signals")
         return cls(booster, list(meta["signals"]), config, meta["report"])

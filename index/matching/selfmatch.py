@@ -16,7 +16,7 @@ from index.features.embed import Encoders, Features, embed
 from index.features.encoders import Device
 from index.features.tfidf import TfidfConfig
 from index.matching.fusion import FusionConfig, Neighbours, to_lists
-from index.matching.ranker import POOL_REACH, Ranker
+from index.matching.ranker import POOL_RANGE, Ranker
 from index.matching.stages import apply_stages, fuse_stages, ranker_source_links
 from index.search.knn import K, hamming_self_knn, order_ties, self_knn, sparse_knn
 
@@ -140,23 +140,21 @@ def decide(
     ranker: Ranker | None,
 ) -> tuple[np.ndarray, np.ndarray, bool]:
     """The one decision of a self-match on its neighbours (after the stages): the pair
-    re-ranker where given and the pool is within its reach, else the fusion; the source
+    re-ranker where given (any pool size), else the fusion; the source
     mode on either. `match`, `evaluate` and `/batch-match` all decide here.
 
     Returns:
-        I, S (n, max_matches) and whether the ranker decided (False: the fusion did, and
-        a warning on stderr names why when a ranker was given).
+        I, S (n, max_matches) and whether the ranker decided (False: no ranker given).
     """
     n = len(titles)
-    if ranker is not None and not ranker.config.covers(n):
+    if ranker is not None and n > ranker.config.pool_rows > 0 and not ranker.config.measured_for(n):
         log.warning(
-            "%d rows is more than %dx the pools the ranker was tuned on (%d rows): the "
-            "fusion decides (train the ranker on larger pools: `train ranker --folds 2`)",
+            "%d rows: more than %gx the %d-row pool the ranker was tuned on, the largest its "
+            "pool-size rule was measured at; its thresholds stay where the rule puts them there",
             n,
-            POOL_REACH,
+            POOL_RANGE[1],
             ranker.config.pool_rows,
         )
-        ranker = None
     if ranker is not None:
         I, S = ranker.match(feats, nb, titles)
         I, S = ranker_source_links(I, S, config, source)

@@ -149,7 +149,7 @@ def _pool_pairs(pool: RankPool, signals: Sequence[str], config: RankerConfig) ->
     assert pool.labels is not None
     use = {s: pool.nb[s] for s in signals}
     pairs = candidate_pairs(use, len(pool.titles), config)
-    X = pair_features(pairs, pool.features, use, pool.titles, signals, config.features)
+    X = pair_features(pairs, pool.features, use, pool.titles, signals)
     y = pool.labels[pairs[:, 0]] == pool.labels[pairs[:, 1]]
     return pairs, X, y
 
@@ -374,7 +374,7 @@ def train_on_pairs(
     config = config or RankerConfig()
     use = {s: pool.nb[s] for s in signals}
     pairs = np.stack([train.left, train.right], axis=1)
-    X = pair_features(pairs, pool.features, use, pool.titles, signals, config.features)
+    X = pair_features(pairs, pool.features, use, pool.titles, signals)
     y = train.label
     pair_group = groups[train.left]
     oof = np.zeros(len(y), np.float32)
