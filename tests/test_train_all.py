@@ -260,3 +260,22 @@ def test_train_needs_label_groups(tmp_path: Path, model_dir: Path,
                  str(model_dir)]) == 2
     assert "label_group" in capsys.readouterr().err
     shutil.rmtree(tmp_path / "m", ignore_errors=True)
+
+
+def test_a_part_that_wins_but_matches_too_slowly_is_not_kept(
+    synth: Path, model_dir: Path, tmp_path: Path
+) -> None:
+    assert auto.DEFAULT_MATCH_CPU_PER_1K == 2.8 and auto.CAP_MIN_ROWS == 5000
+    args = [str(synth / "listings.csv"), "--base", str(model_dir), "-q", "--budget", "0.5"]
+    free = tmp_path / "free"
+    assert main(["train", *args, "--out", str(free), "--match-cap", "1000"]) == 0
+    won = [t for t in _report(free)["trials"][1:] if t["kept"]]
+    assert won, "the synthetic catalogue has a part that wins on every fold"
+    assert all(t["match_cpu_per_1k"] > 0 for t in won)
+    tight = tmp_path / "tight"
+    assert main(["train", *args, "--out", str(tight), "--match-cap", "0"]) == 0
+    rep = _report(tight)
+    assert not any(t["kept"] for t in rep["trials"][1:])
+    first = next(t for t in rep["trials"] if t["name"] == won[0]["name"])
+    assert "over the cap of 0" in first["note"]
+    assert rep["chosen"] == _report(free)["trials"][0]["pipeline"]  # the start

@@ -37,6 +37,7 @@ from index.features.encoders import Encoder, load_encoder, read_encoder_config
 from index.features.tfidf import TfidfConfig
 from index.matching.fusion import FusionConfig
 from index.matching.ranker import Ranker
+from index.matching.stages import fuse_stages
 from index.progress import progress
 from index.store.model import FUSION, RANKER, write_model, write_ranker
 from index.tuning.grids import group_folds
@@ -70,6 +71,13 @@ COSTS: dict[str, tuple[float, float]] = {
 }
 #: The default budget: about 30 CPU-minutes, what the 27k dev rows' search needs on 2 cores.
 DEFAULT_BUDGET_MINUTES = 30.0
+#: The default match cost cap, CPU seconds per 1,000 rows matched: a third of the reference
+#: pipeline's (benchmarks/reference_pipeline.py: 226-258 CPU-s for the 27,206 dev rows, so
+#: 8.3-9.5 per 1k; docs/BENCHMARKS.md). A part whose model matches slower is not kept.
+DEFAULT_MATCH_CPU_PER_1K = 2.8
+#: The cap counts a catalogue of fewer rows as this many (its fixed costs, imports and
+#: index set-up, would otherwise dominate the per-row figure of a small catalogue).
+CAP_MIN_ROWS = 5000
 
 
 @dataclass(frozen=True)
@@ -78,6 +86,7 @@ class AutoConfig:
 
     folds: int = 5
     budget_minutes: float = DEFAULT_BUDGET_MINUTES
+    match_cpu_per_1k: float = DEFAULT_MATCH_CPU_PER_1K
     seed: int = 0
     device: str = "cpu"
 
@@ -122,6 +131,7 @@ class Trial:
     pipeline: Pipeline
     fold_f1: list[float] = field(default_factory=list)
     cpu_s: float = 0.0
+    match_cpu_1k: float = float("nan")  # CPU-s per 1k rows to match with this pipeline
     kept: bool = False
     note: str = ""
     config: FusionConfig | None = None
@@ -139,6 +149,7 @@ class Trial:
             "fold_f1": self.fold_f1,
             "f1": self.f1 if self.fold_f1 else None,
             "cpu_s": round(self.cpu_s, 1),
+            "match_cpu_per_1k": None if np.isnan(self.match_cpu_1k) else self.match_cpu_1k,
             "kept": self.kept,
             "note": self.note,
         }
@@ -212,6 +223,7 @@ class Search:
         self.work = out / WORK
         self.n = len(cat)
         self.pools: dict[tuple[bool, str | None, bool], RankPool] = {}
+        self.pool_cpu: dict[tuple[bool, str | None, bool], float] = {}
         # the pools of the trials finished so far, run or resumed: what the estimates take
         # as made (so a resumed run decides as the uninterrupted one did)
         self.made: set[str] = set()
@@ -304,10 +316,24 @@ class Search:
         if key not in self.pools:
             enc = self.encoders(p)
             labels = self.cat.labels if self.data is None else None
+            c0 = time.process_time()
             self.pools[key] = catalogue_pool(
                 self.cat, enc, self.fusion_base(p), self.config.device, labels, self.show
             )
+            self.pool_cpu[key] = time.process_time() - c0
         return self.pools[key]
+
+    def match_cost(self, p: Pipeline, config: FusionConfig, ranker: Ranker | None) -> float:
+        """CPU seconds per 1,000 rows to match the catalogue with `p`: its features and
+        neighbours (as measured when its pool was made), then one decision, timed."""
+        pool = self.pool(p)
+        c0 = time.process_time()
+        if ranker is not None:
+            ranker.match(pool.features, pool.nb, pool.titles)
+        else:
+            fuse_stages(pool.nb, config, pool.titles, source=self.cat.source_codes)
+        decide = time.process_time() - c0
+        return (self.pool_cpu[p.signals()] + decide) * 1000.0 / self.n
 
     def estimate(self, p: Pipeline, made: set[str] | None = None) -> float:
         """Estimated CPU seconds to score `p` when the pools of `made` exist (default:
@@ -376,17 +402,25 @@ class Search:
         if path.is_file():
             got = json.loads(path.read_text(encoding="utf-8"))
             ranker = Ranker.load(self.work / p.key()) if p.ranker else None
-            t = Trial(name, part, p, got["fold_f1"], got["cpu_s"], note="resumed")
+            t = Trial(name, part, p, got["fold_f1"], got["cpu_s"], got["match_cpu_1k"],
+                      note="resumed")
             t.config, t.ranker = FusionConfig.model_validate(got["config"]), ranker
             self.made.add(f"{p.signals()}")
             return t
         c0 = time.process_time()
         fold_f1, cfg, ranker = self.score(p)
-        t = Trial(name, part, p, fold_f1, time.process_time() - c0, config=cfg, ranker=ranker)
+        cost = self.match_cost(p, cfg, ranker)
+        t = Trial(name, part, p, fold_f1, time.process_time() - c0, cost, config=cfg,
+                  ranker=ranker)
         if ranker is not None:
             ranker.save(self.work / p.key())
         self.made.add(f"{p.signals()}")
-        body = {"fold_f1": fold_f1, "cpu_s": t.cpu_s, "config": cfg.model_dump(mode="json")}
+        body = {
+            "fold_f1": fold_f1,
+            "cpu_s": t.cpu_s,
+            "match_cpu_1k": cost,
+            "config": cfg.model_dump(mode="json"),
+        }
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(body), encoding="utf-8")
         tmp.replace(path)  # the trial counts as finished only once this file is whole
@@ -417,8 +451,14 @@ class Search:
                 continue
             t = self.trial(c.name, c.part, p)
             losses = not_above(t.fold_f1, best.fold_f1)
-            t.kept = not losses
-            if t.kept:
+            cap = self.config.match_cpu_per_1k
+            t.kept = not losses and t.match_cpu_1k * self.n <= cap * max(self.n, CAP_MIN_ROWS)
+            if not losses and not t.kept:
+                t.note = (t.note + "; " if t.note else "") + (
+                    f"not kept: above on every fold, but matches at {t.match_cpu_1k:.2f} "
+                    f"CPU-s per 1k rows, over the cap of {cap:g}"
+                )
+            elif t.kept:
                 t.note = (t.note + "; " if t.note else "") + "kept: above on every fold"
                 best = t
             else:

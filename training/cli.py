@@ -279,6 +279,15 @@ def _register_train_all(kinds: Any) -> None:
         "whose estimated cost no longer fits are skipped and named",
     )
     a.add_argument(
+        "--match-cap",
+        type=float,
+        default=d.match_cpu_per_1k,
+        metavar="CPU_S",
+        help=f"CPU seconds per 1,000 rows the model may take to match (default "
+        f"{d.match_cpu_per_1k:g}, a third of the reference pipeline's); a part that would "
+        "make it slower is not kept",
+    )
+    a.add_argument(
         "--resume",
         action="store_true",
         help="continue a killed run from its finished candidates (OUT/work/train)",
@@ -321,8 +330,13 @@ def _train_all(args: argparse.Namespace) -> int:
         from index.features.encoders import onnx_providers
 
         device = "cuda" if "CUDAExecutionProvider" in onnx_providers("auto") else "cpu"
-    config = AutoConfig(folds=args.folds, budget_minutes=args.budget, seed=args.seed,
-                        device=device)
+    config = AutoConfig(
+        folds=args.folds,
+        budget_minutes=args.budget,
+        match_cpu_per_1k=args.match_cap,
+        seed=args.seed,
+        device=device,
+    )
     t0 = time.perf_counter()
     base = load_base(args.base, args.out / "work", device)
     images = args.images is not None and cat.image is not None
@@ -337,12 +351,16 @@ def _train_all(args: argparse.Namespace) -> int:
     path = search.write(best, rows, time.perf_counter() - t0)
     score = "mean row F1" if data is None else "pairwise F1 of the train pairs"
     print(f"\nout of fold ({score}; each fold scored by thresholds / ranker fitted away from it):")
-    print(f"  {'candidate':<48} {'F1':>7} {'CPU s':>7}  per fold / what happened")
+    print(
+        f"  {'candidate':<48} {'F1':>7} {'CPU s':>7} {'match':>6}  per fold / what happened"
+    )
     for t in rows:
         f1 = f"{t.f1:7.4f}" if t.fold_f1 else f"{'-':>7}"
+        cost = f"{t.match_cpu_1k:6.2f}" if t.fold_f1 else f"{'-':>6}"
         folds = " ".join(f"{f:.4f}" for f in t.fold_f1)
-        print(f"  {t.name:<48} {f1} {t.cpu_s:7.1f}  {folds}")
-        print(f"  {'':<48} {'':>7} {'':>7}  {t.note or 'start'}")
+        print(f"  {t.name:<48} {f1} {t.cpu_s:7.1f} {cost}  {folds}")
+        print(f"  {'':<48} {'':>7} {'':>7} {'':>6}  {t.note or 'start'}")
+    print("  (CPU s: what trying it cost; match: CPU-s per 1,000 rows to match with it)")
     parts = [k if v is True else f"{k}={v}" for k, v in vars(best.pipeline).items() if v]
     print(
         f"\nkept: {', '.join(parts) or 'the start (TF-IDF + phash)'}; out-of-fold F1 "
