@@ -76,13 +76,15 @@ def test_documented_defaults() -> None:
                                                 device="cpu")
 
 
-def test_a_part_must_beat_every_fold_a_perfect_fold_excepted() -> None:
-    assert auto.not_above([0.9, 0.8], [0.85, 0.75]) == []
-    assert auto.not_above([0.9, 0.75], [0.85, 0.75]) == [1]  # a tie loses
-    assert auto.not_above([1.0, 0.8], [1.0, 0.7]) == []  # 1.0 cannot be beaten
-    assert auto.not_above([1.0, 0.7], [1.0, 0.7]) == [1]
-    assert auto.not_above([1.0, 1.0], [1.0, 1.0]) == [0, 1]  # no fold beaten: not kept
-    assert auto.not_above([0.99, 0.9], [1.0, 0.8]) == [0]
+def test_a_part_must_lose_no_fold_and_win_most() -> None:
+    assert auto.not_above([0.9, 0.8, 0.7], [0.85, 0.75, 0.65]) == []
+    assert auto.not_above([0.9, 0.8, 0.6], [0.85, 0.75, 0.65]) == [2]  # one fold below
+    assert auto.not_above([0.9, 0.8, 0.65], [0.85, 0.75, 0.65]) == []  # a tie, 2 of 3 above
+    assert auto.not_above([0.9, 0.75, 0.65], [0.85, 0.75, 0.65]) == [1, 2]  # 1 of 3 above
+    assert auto.not_above([1.0, 0.8], [1.0, 0.7]) == []  # a fold at 1.0 cannot tell
+    assert auto.not_above([0.9, 0.8], [0.9, 0.7]) == [0]  # 1 of 2 is not most
+    assert auto.not_above([1.0, 1.0], [1.0, 1.0]) == [0, 1]  # ties everywhere: not kept
+    assert auto.not_above([0.95, 0.9, 0.9, 0.9], [0.9, 0.85, 0.85, 0.9]) == []  # 3 of 4
 
 
 def test_train_writes_a_model_match_uses_with_no_flags(

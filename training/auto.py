@@ -9,9 +9,10 @@ record whose labelled train pairs are split by connected component (`train_on_pa
 
 The search is greedy, cheapest candidate first: starting from TF-IDF + phash, each
 candidate changes one part of the best pipeline so far and is kept only if it scores
-above it on **every** fold. Candidates whose estimated CPU cost no longer fits the budget
-are skipped and named. Each finished candidate is saved under `OUT/work/train/`, so
-`--resume` continues a killed run from there and ends with the same model.
+below it on no fold and above it on most (`not_above`). Candidates whose estimated CPU
+cost no longer fits the budget are skipped and named. Each finished candidate is saved
+under `OUT/work/train/`, so `--resume` continues a killed run from there and ends with the
+same model.
 """
 
 from __future__ import annotations
@@ -191,12 +192,17 @@ def candidates(base: Encoders, images: bool) -> list[Candidate]:
 
 
 def not_above(new: list[float], old: list[float]) -> list[int]:
-    """The folds where `new` does not beat `old`: every fold must score above, but a fold
-    already at the ceiling (F1 1.0 both) cannot, and counts as won (a pipeline that ties
-    everywhere is still not kept)."""
+    """The folds that speak against `new` (empty: `new` wins): those where it scores below
+    `old`; or, unless it scores above on more than half of the folds that can tell (a fold
+    at F1 1.0 for both cannot), every fold where it is not above. A tie alone (a small fold
+    often cannot tell two pipelines apart) does not count against it."""
     pairs = list(zip(new, old, strict=True))
-    out = [f for f, (a, b) in enumerate(pairs) if a <= b and not a == b == 1.0]
-    return out if out or any(a > b for a, b in pairs) else list(range(len(pairs)))
+    below = [f for f, (a, b) in enumerate(pairs) if a < b]
+    above = sum(a > b for a, b in pairs)
+    telling = sum(not a == b == 1.0 for a, b in pairs)
+    if below or (telling and 2 * above > telling):
+        return below
+    return [f for f, (a, b) in enumerate(pairs) if a <= b]
 
 
 def _cost(kind: str, rows: int) -> float:
@@ -455,15 +461,17 @@ class Search:
             t.kept = not losses and t.match_cpu_1k * self.n <= cap * max(self.n, CAP_MIN_ROWS)
             if not losses and not t.kept:
                 t.note = (t.note + "; " if t.note else "") + (
-                    f"not kept: above on every fold, but matches at {t.match_cpu_1k:.2f} "
+                    f"not kept: it wins, but matches at {t.match_cpu_1k:.2f} "
                     f"CPU-s per 1k rows, over the cap of {cap:g}"
                 )
             elif t.kept:
-                t.note = (t.note + "; " if t.note else "") + "kept: above on every fold"
+                t.note = (t.note + "; " if t.note else "") + "kept: below on no fold"
                 best = t
             else:
                 folds = ", ".join(str(f) for f in losses)
-                t.note = (t.note + "; " if t.note else "") + f"not kept: not above on fold {folds}"
+                lower = any(a < b for a, b in zip(t.fold_f1, best.fold_f1, strict=True))
+                why = "below" if lower else "above on too few folds: not above"
+                t.note = (t.note + "; " if t.note else "") + f"not kept: {why} on fold {folds}"
             rows.append(t)
         return best, rows
 
