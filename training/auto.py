@@ -178,7 +178,7 @@ def candidates(base: Encoders, images: bool) -> list[Candidate]:
     if base.text is not None:
         out.append(
             Candidate(
-                f"text: base encoder ({kind}, zero-shot)",
+                f"text: base encoder ({kind}, as given)",
                 "signal",
                 lambda p: replace(p, text="base"),
                 lambda p: p.text != "base",
@@ -186,7 +186,7 @@ def candidates(base: Encoders, images: bool) -> list[Candidate]:
         )
     if images and base.image is not None:
         out.append(
-            Candidate("image: base encoder (zero-shot)", "signal", lambda p: replace(p, image=True))
+            Candidate("image: base encoder (as given)", "signal", lambda p: replace(p, image=True))
         )
     return out
 
