@@ -163,7 +163,10 @@ def test_every_readme_command_runs(
     assert ids  # the synthetic test.csv is not empty
     # the blocks the issue names ran: the first run and the Kaggle block, bundle included
     must = [
-        "pricematch match sample/listings.csv --images sample/images --model models/default",
+        "pricematch train sample/listings.csv --images sample/images --base models/default",
+        "pricematch match sample-new/listings.csv --images sample-new/images --model models/sample",
+        "pricematch train train.csv --images train_images --base models/default",
+        "pricematch train er_folder/ --base models/default",
         "pricematch build-index train.csv --images train_images --model models/default",
         "pricematch match test.csv --bundle bundles/train -o submission.csv",
         "pricematch train ranker train.csv --model models/default",
