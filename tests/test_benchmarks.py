@@ -326,3 +326,16 @@ def test_cheap_signals_paths_agree_and_run_in_turn(synth: Path, tmp_path: Path) 
     assert r["tfidf"]["agreement"]["max_score_diff"] < 1e-6
     assert r["phash"]["agreement"]["max_score_diff"] == 0.0
     assert r["phash"]["agreement"]["same_empty_slots"]
+
+
+def test_ranker_speed_times_each_hot_loop(synth: Path, tmp_path: Path) -> None:
+    import json
+
+    from benchmarks import ranker_speed as rs
+
+    out = tmp_path / "speed.json"
+    assert rs.main([str(synth / "listings.csv"), "--rounds", "1", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["rows"] > 0 and res["pairs"] > 0
+    for k in ("pair_features_cpu_s", "rank_matches_cpu_s", "tune_thresholds_cpu_s"):
+        assert res[k] >= 0.0
