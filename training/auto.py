@@ -7,12 +7,13 @@ scored with thresholds (and ranker) fitted away from it (`index.tuning.whole`,
 `index.tuning.ranker.train_on_whole`); an entity-matching folder is one pool of every
 record whose labelled train pairs are split by connected component (`train_on_pairs`).
 
-The search is greedy, cheapest candidate first: starting from TF-IDF + phash, each
-candidate changes one part of the best pipeline so far and is kept only if it scores
-below it on no fold and above it on most (`not_above`). Candidates whose estimated CPU
-cost no longer fits the budget are skipped and named. Each finished candidate is saved
-under `OUT/work/train/`, so `--resume` continues a killed run from there and ends with the
-same model.
+The search is greedy, cheapest candidate first within each part (`PART_ORDER`): from
+TF-IDF + phash, each candidate changes one part of the best pipeline so far and is kept
+only if it scores below it on no fold and above it on most (`not_above`), and if the
+model still matches within the match-cost cap. Candidates whose estimated CPU cost no
+longer fits the budget are skipped and named. Each finished candidate is saved under
+`OUT/work/train/`, so `--resume` continues a killed run from there and ends with the same
+model.
 """
 
 from __future__ import annotations
@@ -154,6 +155,13 @@ class Trial:
             "kept": self.kept,
             "note": self.note,
         }
+
+
+#: The order of the parts tried (cheapest first within each): the TF-IDF options and the
+#: stages, then the ranker, then the signals, since the ranker changes what a signal is
+#: worth (one that adds nothing to the fusion's thresholds can add to the ranker's:
+#: docs/BENCHMARKS.md, "Each signal's marginal F1 with the ranker").
+PART_ORDER = {"tfidf": 0, "stage": 0, "ranker": 1, "signal": 2}
 
 
 def candidates(base: Encoders, images: bool) -> list[Candidate]:
@@ -441,7 +449,7 @@ class Search:
         start = {f"{Pipeline().signals()}"}  # the order must not depend on what is resumed
         cands = sorted(
             candidates(self.base, self.images),
-            key=lambda c: self.estimate(c.change(Pipeline()), start),
+            key=lambda c: (PART_ORDER[c.part], self.estimate(c.change(Pipeline()), start)),
         )
         for c in progress(cands, desc="train: candidates", unit="cand", disable=not self.show):
             if not c.applies(best.pipeline):
