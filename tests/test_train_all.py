@@ -76,15 +76,20 @@ def test_documented_defaults() -> None:
                                                 device="cpu")
 
 
-def test_a_part_must_lose_no_fold_and_win_most() -> None:
-    assert auto.not_above([0.9, 0.8, 0.7], [0.85, 0.75, 0.65]) == []
-    assert auto.not_above([0.9, 0.8, 0.6], [0.85, 0.75, 0.65]) == [2]  # one fold below
-    assert auto.not_above([0.9, 0.8, 0.65], [0.85, 0.75, 0.65]) == []  # a tie, 2 of 3 above
-    assert auto.not_above([0.9, 0.75, 0.65], [0.85, 0.75, 0.65]) == [1, 2]  # 1 of 3 above
-    assert auto.not_above([1.0, 0.8], [1.0, 0.7]) == []  # a fold at 1.0 cannot tell
-    assert auto.not_above([0.9, 0.8], [0.9, 0.7]) == [0]  # 1 of 2 is not most
-    assert auto.not_above([1.0, 1.0], [1.0, 1.0]) == [0, 1]  # ties everywhere: not kept
-    assert auto.not_above([0.95, 0.9, 0.9, 0.9], [0.9, 0.85, 0.85, 0.9]) == []  # 3 of 4
+def test_a_part_wins_on_every_fold_or_on_most_beyond_the_noise() -> None:
+    v = auto.verdict
+    assert v([0.9, 0.8, 0.7], [0.85, 0.75, 0.65]) is None  # above on every fold
+    assert v([1.0, 0.8], [1.0, 0.7]) is None  # a fold at 1.0 cannot tell
+    assert v([1.0, 1.0], [1.0, 1.0]) == "no fold can tell (F1 1.0 on all)"
+    assert v([0.9, 0.75, 0.65], [0.85, 0.75, 0.65]) == "above on 1 of 3 folds"
+    assert v([0.9, 0.8], [0.9, 0.7]) == "above on 1 of 2 folds"  # half is not most
+    # most folds above, one below: the mean gain must exceed its standard error
+    assert v([0.86, 0.86, 0.86, 0.86, 0.84], [0.85, 0.85, 0.85, 0.85, 0.85]) is None
+    got = v([0.851, 0.851, 0.851, 0.80], [0.85, 0.85, 0.85, 0.85])
+    assert got == "mean gain -0.0117 not above its standard error 0.0127"
+    # gains +0.2, +0.2, -0.2: mean 0.067 under its standard error 0.133
+    assert v([0.2, 0.2, 0.0], [0.0, 0.0, 0.2]) == (
+        "mean gain +0.0667 not above its standard error 0.1333")
 
 
 def test_train_writes_a_model_match_uses_with_no_flags(

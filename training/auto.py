@@ -9,7 +9,7 @@ record whose labelled train pairs are split by connected component (`train_on_pa
 
 The search is greedy, cheapest candidate first within each part (`PART_ORDER`): from
 TF-IDF + phash, each candidate changes one part of the best pipeline so far and is kept
-only if it scores below it on no fold and above it on most (`not_above`), and if the
+only if it scores above it out of fold (`verdict`), and if the
 model still matches within the match-cost cap. Candidates whose estimated CPU cost no
 longer fits the budget are skipped and named. Each finished candidate is saved under
 `OUT/work/train/`, so `--resume` continues a killed run from there and ends with the same
@@ -199,18 +199,26 @@ def candidates(base: Encoders, images: bool) -> list[Candidate]:
     return out
 
 
-def not_above(new: list[float], old: list[float]) -> list[int]:
-    """The folds that speak against `new` (empty: `new` wins): those where it scores below
-    `old`; or, unless it scores above on more than half of the folds that can tell (a fold
-    at F1 1.0 for both cannot), every fold where it is not above. A tie alone (a small fold
-    often cannot tell two pipelines apart) does not count against it."""
-    pairs = list(zip(new, old, strict=True))
-    below = [f for f, (a, b) in enumerate(pairs) if a < b]
-    above = sum(a > b for a, b in pairs)
-    telling = sum(not a == b == 1.0 for a, b in pairs)
-    if below or (telling and 2 * above > telling):
-        return below
-    return [f for f, (a, b) in enumerate(pairs) if a <= b]
+def verdict(new: list[float], old: list[float]) -> str | None:
+    """Whether per-fold scores `new` beat `old`: None when they do, else why not.
+
+    They do when they are above on every fold that can tell (a fold at F1 1.0 for both
+    cannot), or above on most of them with a mean gain over the folds larger than its
+    standard error (a fold or two of noise, as small folds have, does not sink a part whose
+    gain holds on the others; a gain no larger than its spread does not count)."""
+    pairs = [(a, b) for a, b in zip(new, old, strict=True) if not a == b == 1.0]
+    if not pairs:
+        return "no fold can tell (F1 1.0 on all)"
+    gain = np.array([a - b for a, b in pairs])
+    above = int((gain > 0).sum())
+    if above == len(gain):
+        return None
+    if 2 * above <= len(gain):
+        return f"above on {above} of {len(gain)} folds"
+    se = float(gain.std(ddof=1) / np.sqrt(len(gain)))
+    if gain.mean() > se:
+        return None
+    return f"mean gain {gain.mean():+.4f} not above its standard error {se:.4f}"
 
 
 def _cost(kind: str, rows: int) -> float:
@@ -464,22 +472,19 @@ class Search:
                 )
                 continue
             t = self.trial(c.name, c.part, p)
-            losses = not_above(t.fold_f1, best.fold_f1)
+            why = verdict(t.fold_f1, best.fold_f1)
             cap = self.config.match_cpu_per_1k
-            t.kept = not losses and t.match_cpu_1k * self.n <= cap * max(self.n, CAP_MIN_ROWS)
-            if not losses and not t.kept:
+            t.kept = why is None and t.match_cpu_1k * self.n <= cap * max(self.n, CAP_MIN_ROWS)
+            if why is None and not t.kept:
                 t.note = (t.note + "; " if t.note else "") + (
                     f"not kept: it wins, but matches at {t.match_cpu_1k:.2f} "
                     f"CPU-s per 1k rows, over the cap of {cap:g}"
                 )
             elif t.kept:
-                t.note = (t.note + "; " if t.note else "") + "kept: below on no fold"
+                t.note = (t.note + "; " if t.note else "") + "kept"
                 best = t
             else:
-                folds = ", ".join(str(f) for f in losses)
-                lower = any(a < b for a, b in zip(t.fold_f1, best.fold_f1, strict=True))
-                why = "below" if lower else "above on too few folds: not above"
-                t.note = (t.note + "; " if t.note else "") + f"not kept: {why} on fold {folds}"
+                t.note = (t.note + "; " if t.note else "") + f"not kept: {why}"
             rows.append(t)
         return best, rows
 
