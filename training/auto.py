@@ -418,18 +418,31 @@ class Search:
     def _saved(self, p: Pipeline) -> Path:
         return self.work / f"{p.key()}.json"
 
-    def trial(self, name: str, part: str, p: Pipeline) -> Trial:
-        """Score `p` (or read its saved result) as a row of the table."""
+    def trial(self, name: str, part: str, p: Pipeline, start: bool = False) -> Trial:
+        """Score `p` (or read its saved result) as a row of the table; unless it is the
+        `start`, one whose features alone are over the match cap is not scored."""
         path = self._saved(p)
         if path.is_file():
             got = json.loads(path.read_text(encoding="utf-8"))
             ranker = Ranker.load(self.work / p.key()) if p.ranker else None
             t = Trial(name, part, p, got["fold_f1"], got["cpu_s"], got["match_cpu_1k"],
-                      note="resumed")
-            t.config, t.ranker = FusionConfig.model_validate(got["config"]), ranker
+                      note="resumed" + (f"; {got['note']}" if got.get("note") else ""))
+            if got["config"] is not None:
+                t.config, t.ranker = FusionConfig.model_validate(got["config"]), ranker
             self.made.add(f"{p.signals()}")
             return t
         c0 = time.process_time()
+        self.pool(p)
+        features_1k = self.pool_cpu[p.signals()] * 1000.0 / self.n
+        if not start and not self.fast_enough(features_1k):  # it could not be kept
+            note = (
+                f"not kept: its features alone take {features_1k:.2f} CPU-s per 1k rows, "
+                f"over the cap of {self.config.match_cpu_per_1k:g}"
+            )
+            t = Trial(name, part, p, [], time.process_time() - c0, features_1k, note=note)
+            self._save(path, {"fold_f1": [], "cpu_s": t.cpu_s, "match_cpu_1k": features_1k,
+                              "config": None, "note": note})
+            return t
         fold_f1, cfg, ranker = self.score(p)
         cost = self.match_cost(p, cfg, ranker)
         t = Trial(name, part, p, fold_f1, time.process_time() - c0, cost, config=cfg,
@@ -443,15 +456,25 @@ class Search:
             "match_cpu_1k": cost,
             "config": cfg.model_dump(mode="json"),
         }
+        self._save(path, body)
+        return t
+
+    @staticmethod
+    def _save(path: Path, body: dict[str, Any]) -> None:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(body), encoding="utf-8")
         tmp.replace(path)  # the trial counts as finished only once this file is whole
-        return t
+
+    def fast_enough(self, cpu_per_1k: float) -> bool:
+        """Whether a model matching at `cpu_per_1k` CPU-s per 1k rows is within the cap
+        (a catalogue under `CAP_MIN_ROWS` rows counted as that many)."""
+        cap = self.config.match_cpu_per_1k
+        return cpu_per_1k * self.n <= cap * max(self.n, CAP_MIN_ROWS)
 
     def run(self) -> tuple[Trial, list[Trial]]:
         """The greedy search; returns the best trial and every row of the table."""
         budget = self.config.budget_minutes * 60.0
-        best = self.trial("TF-IDF + phash fusion (start)", "fusion", Pipeline())
+        best = self.trial("TF-IDF + phash fusion (start)", "fusion", Pipeline(), start=True)
         best.kept = True
         rows = [best]
         start = {f"{Pipeline().signals()}"}  # the order must not depend on what is resumed
@@ -472,9 +495,13 @@ class Search:
                 )
                 continue
             t = self.trial(c.name, c.part, p)
+            if not t.fold_f1:  # stopped early: too slow to match
+                rows.append(t)
+                self.pools.pop(p.signals(), None)
+                continue
             why = verdict(t.fold_f1, best.fold_f1)
             cap = self.config.match_cpu_per_1k
-            t.kept = why is None and t.match_cpu_1k * self.n <= cap * max(self.n, CAP_MIN_ROWS)
+            t.kept = why is None and self.fast_enough(t.match_cpu_1k)
             if why is None and not t.kept:
                 t.note = (t.note + "; " if t.note else "") + (
                     f"not kept: it wins, but matches at {t.match_cpu_1k:.2f} "
@@ -486,6 +513,9 @@ class Search:
             else:
                 t.note = (t.note + "; " if t.note else "") + f"not kept: {why}"
             rows.append(t)
+            # every candidate changes the best pipeline: other pools are not needed again
+            for key in [k for k in self.pools if k != best.pipeline.signals()]:
+                del self.pools[key]
         return best, rows
 
     # -- the model -----------------------------------------------------------------------
