@@ -414,3 +414,21 @@ def test_a_stage_is_on_only_where_it_won_on_every_fold() -> None:
     no_combined = unanimous_only(cfg, [row("combined", [False, True]), *every[1:]])
     assert "combined" not in no_combined.thresholds and not no_combined.stages.combined_weights
     assert no_combined.stages.inb == () and set(no_combined.pool_slopes) == {"tfidf"}
+
+
+def test_the_vectorised_unit_rule_equals_the_pairwise_one() -> None:
+    """`Quantities.conflicts` (the one vectorised unit rule) against `unit_conflict` of
+    each pair's parsed quantities."""
+    from index.features.text import Quantities, parse_quantities, unit_conflict
+
+    rng = np.random.default_rng(5)
+    pieces = ["200gr", "400 gr", "1kg", "1000 gram", "2pcs", "3 pcs", "500ml", "1,5 L",
+              "0.5 l", "64gb", "1 tb", "10 cm", "100 mm", "susu", "", "5 inch"]
+    titles = [" ".join(rng.choice(pieces, rng.integers(0, 4))) for _ in range(60)]
+    a, b = rng.integers(0, 60, 800), rng.integers(0, 60, 800)
+    q = [parse_quantities(t) for t in titles]
+    want = np.array([unit_conflict(q[i], q[j]) for i, j in zip(a, b, strict=True)])
+    got = Quantities(titles).conflicts(a, b)
+    assert want.sum() > 30 and (~want).sum() > 30
+    np.testing.assert_array_equal(got, want)
+    assert Quantities(titles).conflicts(a[:0], b[:0]).shape == (0,)

@@ -5,7 +5,9 @@ the project."""
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+
+import numpy as np
 
 _HTML = re.compile(r"&(#\d+|[a-z]+);")
 # "500ml" -> "500 ml", "2x" -> "2 x": numbers and units become separate tokens.
@@ -95,3 +97,50 @@ def parse_quantities(title: str) -> dict[str, frozenset[float]]:
 def unit_conflict(a: Mapping[str, frozenset[float]], b: Mapping[str, frozenset[float]]) -> bool:
     """True when both carry some unit and share none of its values (`200gr` vs `400gr`)."""
     return any(u in b and not (a[u] & b[u]) for u in a)
+
+
+class Quantities:
+    """The quantities of many titles (`parse_quantities`) as 0/1 sparse rows, so the unit
+    rule (`unit_conflict`) is checked for many pairs at once: the one vectorised form of
+    the rule, used by the unit-rule stage, its tuning tables and the ranker's features."""
+
+    def __init__(self, titles: Sequence[str]) -> None:
+        import scipy.sparse as sp
+
+        units: dict[str, int] = {}
+        values: dict[tuple[str, float], int] = {}
+        u_rows: list[int] = []
+        u_cols: list[int] = []
+        v_rows: list[int] = []
+        v_cols: list[int] = []
+        for i, t in enumerate(titles):
+            for u, vs in parse_quantities(t).items():
+                u_rows.append(i)
+                u_cols.append(units.setdefault(u, len(units)))
+                for v in vs:
+                    v_rows.append(i)
+                    v_cols.append(values.setdefault((u, v), len(values)))
+        n = len(titles)
+
+        def ones(r: list[int], c: list[int], shape: tuple[int, int]) -> sp.csr_matrix:
+            return sp.csr_matrix((np.ones(len(r), np.float32), (r, c)), shape=shape)
+
+        self.U = ones(u_rows, u_cols, (n, len(units)))  # (n, units): the title gives it
+        self.V = ones(v_rows, v_cols, (n, len(values)))  # (n, values): and that value
+        unit_of = [units[u] for u, _ in values]
+        self.to_unit = ones(list(range(len(values))), unit_of, (len(values), len(units)))
+        self.has = np.diff(self.U.indptr) > 0  # (n,) the title gives some quantity
+
+    def conflicts(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """(m,) bool: `unit_conflict` of the pairs of rows (a[p], b[p])."""
+        a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
+        out = np.zeros(len(a), bool)
+        both = np.flatnonzero(self.has[a] & self.has[b])
+        if len(both) == 0:
+            return out
+        a, b = a[both], b[both]
+        shared_unit = self.U[a].multiply(self.U[b]).tocsr()  # (m', units)
+        shared_value = (self.V[a].multiply(self.V[b]) @ self.to_unit).tocsr()  # per unit
+        lacking = shared_unit - shared_unit.multiply(shared_value > 0)
+        out[both] = np.asarray(lacking.sum(axis=1)).ravel() > 0
+        return out

@@ -26,7 +26,7 @@ import scipy.sparse as sp
 
 from index.errors import EncoderError
 from index.features.embed import Features
-from index.features.text import model_codes, normalize_title, parse_quantities
+from index.features.text import Quantities, model_codes, normalize_title
 from index.matching.fusion import Neighbours
 
 #: Signals whose similarity is computed exactly for any pair (the others are looked up in
@@ -171,14 +171,11 @@ def _title_features(titles: Sequence[str], a: np.ndarray, b: np.ndarray) -> dict
     """The title columns (`TITLE_FEATURES`) of the pairs (a[p], b[p]): the titles' words,
     numbers, codes and quantities as 0/1 rows of sparse matrices, each pair's overlap one
     row-wise product (no loop over pairs)."""
-    words, nums, codes, units, values = [], [], [], [], []
+    words, nums, codes = [], [], []
     for t in titles:
         words.append(set(normalize_title(t).split()))
         nums.append(set(_NUM.findall(t.lower())))
         codes.append(set(model_codes(t)))
-        q = parse_quantities(t)
-        units.append(set(q))
-        values.append({(u, v) for u, vs in q.items() for v in vs})
     m = len(a)
     if m == 0:
         return {k: np.zeros(0, np.float32) for k in TITLE_FEATURES}
@@ -196,18 +193,7 @@ def _title_features(titles: Sequence[str], a: np.ndarray, b: np.ndarray) -> dict
         shared = _shared(M, a, b)
         f[f"{name}_shared"] = shared
         f[f"{name}_conflict"] = (has[a] & has[b] & (shared == 0)).astype(np.float32)
-    # a unit conflict: some unit both titles give, with no value of it in common
-    (U, unit_names), (V, value_names) = _binary_rows(units), _binary_rows(values)
-    both = U[a].multiply(U[b]).tocsr()  # (m, units)
-    unit_col = {u: j for j, u in enumerate(unit_names)}
-    value_unit = np.array([unit_col[u] for u, _ in value_names], np.int64)
-    to_unit = sp.csr_matrix(
-        (np.ones(len(value_unit), np.float32), (np.arange(len(value_unit)), value_unit)),
-        shape=(len(value_unit), U.shape[1]),
-    )
-    shared_units = (V[a].multiply(V[b]) @ to_unit).tocsr()  # (m, units): shared values
-    lacking = both - both.multiply(shared_units > 0)
-    f["unit_conflict"] = (np.asarray(lacking.sum(axis=1)).ravel() > 0).astype(np.float32)
+    f["unit_conflict"] = Quantities(titles).conflicts(a, b).astype(np.float32)
     return {k: np.asarray(f[k], np.float32) for k in TITLE_FEATURES}
 
 

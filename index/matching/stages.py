@@ -15,6 +15,7 @@ neighbours; `fuse_stages` is `fuse` plus the pool-size rule and the unit rule.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeAlias
 
@@ -22,7 +23,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from index.features.embed import Part
-from index.features.text import parse_quantities, unit_conflict
+from index.features.text import Quantities
 from index.matching.fusion import FusionConfig, Neighbours, fuse, link_sources
 from index.search.knn import K, as_f32, l2_normalize, no_neighbours, self_knn
 
@@ -165,10 +166,25 @@ def alpha_qe(space: Space, D: np.ndarray, I: np.ndarray, alpha: float, k: int) -
     return _apply(_weights(Dk, Ik, Wd, n), space, empty)
 
 
-def _pair_similarity(signals: Mapping[str, Neighbours], name: str, i: int, j: int) -> float:
-    D, I = signals[name]
-    hit = np.flatnonzero(I[i] == j)
-    return float(D[i, hit[0]]) if hit.size else -np.inf
+def pair_similarities(nb: Neighbours, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(m,) float32 similarity of b[p] in row a[p]'s neighbour list (-inf where absent)."""
+    D, I = nb
+    hit = I[a] == b[:, None]  # (m, k)
+    found = hit.any(axis=1)
+    out = np.full(len(a), -np.inf, np.float32)
+    out[found] = D[a[found], hit[found].argmax(axis=1)]
+    return out
+
+
+@functools.lru_cache(maxsize=4)
+def _quantities_of(titles: tuple[str, ...]) -> Quantities:
+    return Quantities(titles)
+
+
+def quantities(titles: Sequence[str]) -> Quantities:
+    """`Quantities` of the titles, parsed once for the same titles (tuning fuses one pool
+    many times)."""
+    return _quantities_of(tuple(titles))
 
 
 def drop_unit_conflicts(
@@ -191,21 +207,17 @@ def drop_unit_conflicts(
         I, S with the dropped matches moved to the end (-1 / -inf) and the count dropped.
     """
     assert I.shape == S.shape and I.shape[0] == len(titles), (I.shape, S.shape, len(titles))
-    q = [parse_quantities(t) for t in titles]
+    n = I.shape[0]
+    rows, cols = np.nonzero((I >= 0) & (np.arange(n)[:, None] != I))
+    a, b = rows.astype(np.int64), I[rows, cols]
+    drop = quantities(titles).conflicts(a, b)
+    for s, t in keep_if.items():
+        if s in signals and drop.any():
+            hit = np.flatnonzero(drop)
+            drop[hit[pair_similarities(signals[s], a[hit], b[hit]) >= t]] = False
     I, S = I.copy(), S.copy()
-    dropped = 0
-    strong = {s: t for s, t in keep_if.items() if s in signals}
-    for i in range(I.shape[0]):
-        if not q[i]:
-            continue
-        for c in range(I.shape[1]):
-            j = int(I[i, c])
-            if j < 0 or j == i or not q[j] or not unit_conflict(q[i], q[j]):
-                continue
-            if any(_pair_similarity(signals, s, i, j) >= t for s, t in strong.items()):
-                continue
-            I[i, c], S[i, c] = -1, -np.inf
-            dropped += 1
+    I[rows[drop], cols[drop]], S[rows[drop], cols[drop]] = -1, -np.inf
+    dropped = int(drop.sum())
     o = np.argsort(I < 0, axis=1, kind="stable")
     return np.take_along_axis(I, o, axis=1), np.take_along_axis(S, o, axis=1), dropped
 

@@ -220,20 +220,14 @@ class PairTable:
         self.same = labels[self.row] == labels[col]
         self.drop = np.zeros(len(uniq), bool)
         if titles is not None:
-            from index.features.text import parse_quantities, unit_conflict
+            from index.features.text import Quantities
 
-            q = [parse_quantities(t) for t in titles]
-            has = np.array([bool(x) for x in q])
-            cand = np.flatnonzero(has[self.row] & has[col])
-            conflict = np.array(
-                [unit_conflict(q[self.row[p]], q[col[p]]) for p in cand.tolist()], bool
-            )
+            conflict = Quantities(titles).conflicts(self.row, col)
             strong = np.zeros(len(uniq), bool)
             for s, t in (unit_keep or {}).items():
                 if s in self.names:
                     strong |= self.P[:, self.names.index(s)] >= t
-            self.drop[cand[conflict]] = True
-            self.drop &= ~strong
+            self.drop = conflict & ~strong
         # Per signal: each row's nearest other row, its similarity, same label, rank of the
         # row in that neighbour's list (for the reciprocal check), and the unit-rule drop.
         self.near: dict[str, tuple[np.ndarray, ...]] = {}
