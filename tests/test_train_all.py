@@ -101,9 +101,11 @@ def test_train_writes_a_model_match_uses_with_no_flags(
     assert rep["fold_f1"] == kept[-1]["fold_f1"] and rep["chosen"] == kept[-1]["pipeline"]
     for t in rep["trials"][1:]:  # the table: every candidate tried or skipped, with why
         assert t["note"].startswith(("kept", "not kept", "skipped")), t
-    parts = [t["part"] for t in rep["trials"][1:]]  # options and stages, ranker, signals
-    assert parts == sorted(parts, key=lambda x: auto.PART_ORDER[x]) and "ranker" in parts
-    assert auto.PART_ORDER == {"tfidf": 0, "stage": 0, "ranker": 1, "signal": 2}
+    parts = [t["part"] for t in rep["trials"][1:]]  # ranker, options, signals, stages
+    assert parts == sorted(parts, key=lambda x: auto.PART_ORDER[x]) and parts[0] == "ranker"
+    assert auto.PART_ORDER == {"ranker": 0, "tfidf": 1, "signal": 2, "stage": 3}
+    # with the ranker kept the fusion's stages are not tried (the ranker decides instead)
+    assert ("stage" in parts) != rep["chosen"]["ranker"]
     # the model is the fusion (and ranker) of the winner: match needs no flag, and the
     # winner's F1 is at least the start's on every fold
     assert all(a >= b for a, b in zip(rep["fold_f1"], kept[0]["fold_f1"], strict=True))

@@ -157,11 +157,13 @@ class Trial:
         }
 
 
-#: The order of the parts tried (cheapest first within each): the TF-IDF options and the
-#: stages, then the ranker, then the signals, since the ranker changes what a signal is
-#: worth (one that adds nothing to the fusion's thresholds can add to the ranker's:
-#: docs/BENCHMARKS.md, "Each signal's marginal F1 with the ranker").
-PART_ORDER = {"tfidf": 0, "stage": 0, "ranker": 1, "signal": 2}
+#: The order of the parts tried (cheapest first within each): the ranker first, since it
+#: is what most often wins and it changes what every other part is worth (a TF-IDF option
+#: or a signal that adds nothing to the fusion's thresholds can add to the ranker's, and
+#: the other way round: docs/BENCHMARKS.md, "One training command"); then the TF-IDF
+#: options and the signals, weighed with the ranker when it was kept; the fusion's stages
+#: last, and only without a ranker (it decides instead of them).
+PART_ORDER = {"ranker": 0, "tfidf": 1, "signal": 2, "stage": 3}
 
 
 def candidates(base: Encoders, images: bool) -> list[Candidate]:
@@ -170,8 +172,13 @@ def candidates(base: Encoders, images: bool) -> list[Candidate]:
     static_ok = kind == "onnx-text"
     out = [
         Candidate("TF-IDF char 3-5 n-grams", "tfidf", lambda p: replace(p, char_ngrams=True)),
-        Candidate("unit rule", "stage", lambda p: replace(p, unit_rule=True)),
-        Candidate("min-2 reciprocal 3", "stage", lambda p: replace(p, reciprocal=3)),
+        Candidate(
+            "unit rule", "stage", lambda p: replace(p, unit_rule=True), lambda p: not p.ranker
+        ),
+        Candidate(
+            "min-2 reciprocal 3", "stage", lambda p: replace(p, reciprocal=3),
+            lambda p: not p.ranker,
+        ),
         Candidate("pair re-ranker", "ranker", lambda p: replace(p, ranker=True)),
     ]
     if static_ok:
