@@ -238,6 +238,52 @@ def feature_names(signals: Sequence[str]) -> list[str]:
     return [*out, *TITLE_FEATURES]
 
 
+@dataclass(frozen=True)
+class ScoredPairs:
+    """Scored candidate pairs of a pool of `n` rows, both directions sorted once (by row,
+    best first, ties by partner id), so that many decisions (threshold tuning) do not sort
+    again: `decide`."""
+
+    a: np.ndarray  # (2m,) row
+    b: np.ndarray  # (2m,) partner
+    p: np.ndarray  # (2m,) float32 probability
+    pos: np.ndarray  # (2m,) rank of the partner in its row, 0 = best
+    n: int
+
+    @classmethod
+    def of(cls, pairs: np.ndarray, p: np.ndarray, n: int) -> ScoredPairs:
+        assert pairs.shape == (len(p), 2), (pairs.shape, p.shape)
+        a = np.concatenate([pairs[:, 0], pairs[:, 1]])
+        b = np.concatenate([pairs[:, 1], pairs[:, 0]])
+        pp = np.concatenate([p, p]).astype(np.float32)
+        o = np.lexsort((b, -pp, a))
+        a, b, pp = a[o], b[o], pp[o]
+        pos = np.arange(len(a)) - np.searchsorted(a, np.arange(n))[a]
+        return cls(a, b, pp, pos, n)
+
+    def decide(
+        self, config: RankerConfig, rows: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`rank_matches` of these pairs."""
+        a, b, pp, pos, n = self.a, self.b, self.p, self.pos, self.n
+        kept = np.bincount(a[pp >= config.threshold], minlength=n)  # a prefix of each row
+        cap = config.max_matches
+        take = pos < np.minimum(kept, cap - 1)[a]
+        # a row with no partner at the threshold takes its best at single_threshold
+        take |= (kept[a] == 0) & (pos == 0) & (pp >= config.single_threshold) & (cap > 1)
+        if rows is not None:
+            decided = np.zeros(n, bool)
+            decided[rows] = True
+            take &= decided[a]
+        I = np.full((n, cap), -1, np.int64)
+        S = np.full((n, cap), -np.inf, np.float32)
+        I[:, 0] = np.arange(n)
+        S[:, 0] = np.inf
+        I[a[take], 1 + pos[take]] = b[take]
+        S[a[take], 1 + pos[take]] = pp[take]
+        return I, S
+
+
 def rank_matches(
     pairs: np.ndarray,
     p: np.ndarray,
@@ -249,30 +295,7 @@ def rank_matches(
     partners by probability (those at `threshold` or above; a row with none takes its best
     candidate at `single_threshold` or above); S the probabilities (+inf for itself).
     With `rows`, only those rows are decided (the others keep only themselves)."""
-    assert pairs.shape == (len(p), 2), (pairs.shape, p.shape)
-    a = np.concatenate([pairs[:, 0], pairs[:, 1]])
-    b = np.concatenate([pairs[:, 1], pairs[:, 0]])
-    pp = np.concatenate([p, p]).astype(np.float32)
-    o = np.lexsort((b, -pp, a))  # by row, best first, ties by partner id
-    a, b, pp = a[o], b[o], pp[o]
-    start = np.searchsorted(a, np.arange(n))
-    pos = np.arange(len(a)) - start[a]  # rank of each partner in its row, 0 = best
-    kept = np.bincount(a[pp >= config.threshold], minlength=n)  # a prefix of each row
-    cap = config.max_matches
-    take = pos < np.minimum(kept, cap - 1)[a]
-    # a row with no partner at the threshold takes its best at single_threshold
-    take |= (kept[a] == 0) & (pos == 0) & (pp >= config.single_threshold) & (cap > 1)
-    if rows is not None:
-        decided = np.zeros(n, bool)
-        decided[rows] = True
-        take &= decided[a]
-    I = np.full((n, cap), -1, np.int64)
-    S = np.full((n, cap), -np.inf, np.float32)
-    I[:, 0] = np.arange(n)
-    S[:, 0] = np.inf
-    I[a[take], 1 + pos[take]] = b[take]
-    S[a[take], 1 + pos[take]] = pp[take]
-    return I, S
+    return ScoredPairs.of(pairs, p, n).decide(config, rows)
 
 
 @dataclass

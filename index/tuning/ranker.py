@@ -32,6 +32,7 @@ from index.matching.fusion import FusionConfig, Neighbours
 from index.matching.ranker import (
     Ranker,
     RankerConfig,
+    ScoredPairs,
     candidate_pairs,
     pair_features,
     rank_matches,
@@ -120,12 +121,16 @@ def tune_group_thresholds(scored: Sequence[Scored], base: RankerConfig) -> Ranke
     """(threshold, single_threshold) maximising mean row F1 over the rows of scored pools
     (`Scored`): the threshold first (single = threshold), then single below it."""
 
+    sorted_once = [
+        (ScoredPairs.of(pairs, p, len(labels)), labels, rest[0] if rest else None)
+        for pairs, p, labels, *rest in scored
+    ]
+
     def f(cfg: RankerConfig) -> float:
         tot = 0.0
         count = 0
-        for pairs, p, labels, *rest in scored:
-            rows = rest[0] if rest else None
-            I, _ = rank_matches(pairs, p, len(labels), cfg, rows)
+        for sp, labels, rows in sorted_once:
+            I, _ = sp.decide(cfg, rows)
             m = len(labels) if rows is None else len(rows)
             tot += mean_f1(I, labels, rows) * m
             count += m
