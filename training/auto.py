@@ -52,6 +52,24 @@ from index.tuning.ranker import (
     train_on_whole,
 )
 from index.tuning.whole import start_config, tune_groups, tune_pair_folds
+from training.config import DEFAULT_BUDGET_MINUTES, DEFAULT_MATCH_CPU_PER_1K, AutoConfig
+
+__all__ = [
+    "CAP_MIN_ROWS",
+    "COSTS",
+    "DEFAULT_BUDGET_MINUTES",
+    "DEFAULT_MATCH_CPU_PER_1K",
+    "PART_ORDER",
+    "REPORT",
+    "AutoConfig",
+    "Candidate",
+    "Pipeline",
+    "Search",
+    "Trial",
+    "candidates",
+    "load_base",
+    "verdict",
+]
 
 log = logging.getLogger(__name__)
 
@@ -71,26 +89,9 @@ COSTS: dict[str, tuple[float, float]] = {
     "image": (2.0, 60.0),  # the image encoder, zero-shot, on a CPU
     "ranker": (2.0, 12.0),  # candidate pairs, LightGBM folds, the pool-size rule
 }
-#: The default budget: about 30 CPU-minutes, what the 27k dev rows' search needs on 2 cores.
-DEFAULT_BUDGET_MINUTES = 30.0
-#: The default match cost cap, CPU seconds per 1,000 rows matched: a third of the reference
-#: pipeline's (benchmarks/reference_pipeline.py: 226-258 CPU-s for the 27,206 dev rows, so
-#: 8.3-9.5 per 1k; docs/BENCHMARKS.md). A part whose model matches slower is not kept.
-DEFAULT_MATCH_CPU_PER_1K = 2.8
 #: The cap counts a catalogue of fewer rows as this many (its fixed costs, imports and
 #: index set-up, would otherwise dominate the per-row figure of a small catalogue).
 CAP_MIN_ROWS = 5000
-
-
-@dataclass(frozen=True)
-class AutoConfig:
-    """The search's settings (saved in the report)."""
-
-    folds: int = 5
-    budget_minutes: float = DEFAULT_BUDGET_MINUTES
-    match_cpu_per_1k: float = DEFAULT_MATCH_CPU_PER_1K
-    seed: int = 0
-    device: str = "cpu"
 
 
 @dataclass(frozen=True)

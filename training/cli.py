@@ -238,7 +238,7 @@ def _register_train(sub: Any) -> None:
 
 def _register_train_all(kinds: Any) -> None:
     from index.cli.parser import default_part
-    from training.auto import DEFAULT_BUDGET_MINUTES, AutoConfig
+    from training.config import DEFAULT_BUDGET_MINUTES, AutoConfig
 
     d = AutoConfig()
     a = kinds.add_parser(
@@ -300,31 +300,44 @@ def _register_train_all(kinds: Any) -> None:
     default_part("train", "all", {"text", "image", "ranker"})
 
 
+def training_data(path: Path, images: Path | None) -> tuple[Any, Any]:
+    """The labelled data of a training command: (catalogue, None) from a label-group CSV,
+    or (every record, the `PairData`) from an entity-matching folder with train pairs.
+
+    Raises:
+        CatalogueError: a CSV without label_group, or a folder without train pairs.
+    """
+    from index.data.listings import read_catalogue
+    from index.data.pairs import is_pair_folder, read_pair_folder
+    from index.errors import CatalogueError
+
+    if is_pair_folder(path):
+        data = read_pair_folder(path)
+        data.pairs("train")  # a clear error when the folder has no train pairs
+        return data.catalogue, data
+    cat = read_catalogue(path, images_dir=images)
+    if cat.label_group is None:
+        raise CatalogueError(f"{path}: training needs a label_group column")
+    return cat, None
+
+
 def _train_all(args: argparse.Namespace) -> int:
     import time
 
     import numpy as np
 
-    from index.data.listings import read_catalogue
-    from index.data.pairs import is_pair_folder, read_pair_folder
+    from index.data.pairs import is_pair_folder
     from index.errors import CatalogueError
-    from training.auto import AutoConfig, Search, load_base
+    from training.auto import Search, load_base
+    from training.config import AutoConfig
 
     if args.folds < 2:
         raise CatalogueError(f"--folds must be at least 2, got {args.folds}")
     if args.budget < 0:
         raise CatalogueError(f"--budget must be at least 0 minutes, got {args.budget:g}")
-    data = None
-    if is_pair_folder(args.input):
-        if args.images is not None:
-            raise CatalogueError(f"{args.input}: an entity-matching folder has no images")
-        data = read_pair_folder(args.input)
-        data.pairs("train")  # a clear error when the folder has no train pairs
-        cat = data.catalogue
-    else:
-        cat = read_catalogue(args.input, images_dir=args.images)
-        if cat.label_group is None:
-            raise CatalogueError(f"{args.input}: training needs a label_group column")
+    if is_pair_folder(args.input) and args.images is not None:
+        raise CatalogueError(f"{args.input}: an entity-matching folder has no images")
+    cat, data = training_data(args.input, args.images)
     device = args.device
     if device == "auto":
         from index.features.encoders import onnx_providers
@@ -397,8 +410,7 @@ def _train(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from index.data.listings import read_catalogue
-    from index.data.pairs import is_pair_folder, read_pair_folder
+    from index.data.pairs import is_pair_folder
     from index.errors import CatalogueError
 
     pair_data = None
@@ -410,15 +422,9 @@ def _train(args: argparse.Namespace) -> int:
             )
         if args.limit_groups:
             raise CatalogueError("--limit-groups applies to a label_group CSV, not to pairs")
-        pair_data = read_pair_folder(args.input)
-        pair_data.pairs("train")  # a clear error when the folder has no train pairs
-        cat = pair_data.catalogue
-    else:
-        cat = read_catalogue(args.input, images_dir=args.images)
-        if cat.label_group is None:
-            raise CatalogueError(f"{args.input}: training needs a label_group column")
-        if args.limit_groups:
-            cat = cat.first_groups(args.limit_groups)
+    cat, pair_data = training_data(args.input, args.images)
+    if pair_data is None and args.limit_groups:
+        cat = cat.first_groups(args.limit_groups)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise PricematchError("--device cuda: torch sees no CUDA device")
     device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")

@@ -124,3 +124,22 @@ def load_config(cls: type[T], path: Path) -> T:
     names = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     kw = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in names}
     return cls(**kw)
+
+
+#: The default budget: about 30 CPU-minutes, what the 27k dev rows' search needs on 2 cores.
+DEFAULT_BUDGET_MINUTES = 30.0
+#: The default match cost cap, CPU seconds per 1,000 rows matched: a third of the reference
+#: pipeline's (benchmarks/reference_pipeline.py: 226-258 CPU-s for the 27,206 dev rows, so
+#: 8.3-9.5 per 1k; docs/BENCHMARKS.md). A part whose model matches slower is not kept.
+DEFAULT_MATCH_CPU_PER_1K = 2.8
+
+
+@dataclass(frozen=True)
+class AutoConfig:
+    """The search's settings (saved in the report)."""
+
+    folds: int = 5
+    budget_minutes: float = DEFAULT_BUDGET_MINUTES
+    match_cpu_per_1k: float = DEFAULT_MATCH_CPU_PER_1K
+    seed: int = 0
+    device: str = "cpu"
