@@ -61,11 +61,11 @@ def carry(
         search = Search(train, base, Path(tmp), AutoConfig(folds=folds, seed=seed))
         fused = search.trial("fusion", "fusion", replace(pipeline, ranker=False))
         ranked = search.trial("ranker", "ranker", replace(pipeline, ranker=True))
+        enc = search.encoders(pipeline)  # while its work folder (a static encoder) exists
     trained = time.process_time() - t0
     assert fused.config is not None and ranked.config is not None and ranked.ranker is not None
     ranker = ranked.ranker
     flat = replace(ranker, config=replace(ranker.config, pool_slope=0.0))
-    enc = search.encoders(pipeline)
     out: dict[str, Any] = {
         "train_rows": len(train),
         "pipeline": dict(vars(pipeline)),

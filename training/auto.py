@@ -256,7 +256,7 @@ class Search:
         self.pool_cpu: dict[tuple[bool, str | None, bool], float] = {}
         # the pools of the trials finished so far, run or resumed: what the estimates take
         # as made (so a resumed run decides as the uninterrupted one did)
-        self.made: set[str] = set()
+        self.made: set[tuple[bool, str | None, bool]] = set()
         self._folds()
         self._open_work(resume)
 
@@ -365,12 +365,14 @@ class Search:
         decide = time.process_time() - c0
         return (self.pool_cpu[p.signals()] + decide) * 1000.0 / self.n
 
-    def estimate(self, p: Pipeline, made: set[str] | None = None) -> float:
+    def estimate(
+        self, p: Pipeline, made: set[tuple[bool, str | None, bool]] | None = None
+    ) -> float:
         """Estimated CPU seconds to score `p` when the pools of `made` exist (default:
         those made so far; a pool already made costs nothing)."""
         n = self.n
         s = 0.0
-        if f"{p.signals()}" not in (self.made if made is None else made):
+        if p.signals() not in (self.made if made is None else made):
             s += _cost("pool", n) + (_cost("char", n) if p.char_ngrams else 0.0)
             if p.text == "static":
                 s += _cost("static", n)
@@ -437,7 +439,7 @@ class Search:
                       note="resumed" + (f"; {got['note']}" if got.get("note") else ""))
             if got["config"] is not None:
                 t.config, t.ranker = FusionConfig.model_validate(got["config"]), ranker
-            self.made.add(f"{p.signals()}")
+            self.made.add(p.signals())
             return t
         c0 = time.process_time()
         self.pool(p)
@@ -457,7 +459,7 @@ class Search:
                   ranker=ranker)
         if ranker is not None:
             ranker.save(self.work / p.key())
-        self.made.add(f"{p.signals()}")
+        self.made.add(p.signals())
         body = {
             "fold_f1": fold_f1,
             "cpu_s": t.cpu_s,
@@ -485,7 +487,7 @@ class Search:
         best = self.trial("TF-IDF + phash fusion (start)", "fusion", Pipeline(), start=True)
         best.kept = True
         rows = [best]
-        start = {f"{Pipeline().signals()}"}  # the order must not depend on what is resumed
+        start = {Pipeline().signals()}  # the order must not depend on what is resumed
         cands = sorted(
             candidates(self.base, self.images),
             key=lambda c: (PART_ORDER[c.part], self.estimate(c.change(Pipeline()), start)),
