@@ -284,7 +284,10 @@ def ranked_model(synth: Path, strict_model: Path, tmp_path_factory: pytest.TempP
 def test_train_ranker_writes_it_with_an_out_of_fold_report(ranked_model: Path) -> None:
     meta = json.loads((ranked_model / "ranker" / "ranker.json").read_text())
     assert meta["signals"] == ["tfidf", "phash", "text"]
-    assert len(meta["features"]) == len(feature_names(meta["signals"]))
+    assert len(meta["features"]) == len(feature_names(meta["signals"], weighted=True))
+    assert meta["features"][-2:] == ["diff_idf_max", "diff_idf_share"]
+    assert meta["word_weights"]["rows"] == sum(r["rows"] for r in json.loads(
+        (ranked_model.parent / "report.json").read_text())["folds"])
     report = json.loads((ranked_model.parent / "report.json").read_text())
     assert len(report["folds"]) == 2 and len(report["fusion_f1"]) == 2
     assert all(0.0 <= f <= 1.0 for f in report["oof_f1"])
@@ -753,6 +756,10 @@ def test_train_ranker_valid_line_equals_evaluate_on_a_lopsided_folder(
     assert trained == evaluated
     # a pool past the measured range: still the ranker, said on stderr and in --report
     meta = json.loads((model / "ranker" / "ranker.json").read_text())
+    # out of fold, a labelled pair that is no candidate is never matched (as in `match`)
+    rep_oof = meta["report"]
+    assert 0.0 < rep_oof["candidate_recall"] <= 1.0
+    assert rep_oof["train_oof"]["recall"] <= rep_oof["candidate_recall"]
     meta["config"]["pool_rows"] = 10  # tuned on 10 rows: 4 x 10 < this folder
     (model / "ranker" / "ranker.json").write_text(json.dumps(meta))
     rep = tmp_path / "rep.json"
@@ -853,3 +860,89 @@ def test_vectorised_rank_matches_equal_the_row_by_row_rule(cap: int) -> None:
     np.testing.assert_array_equal(I, _loop_rank_matches(pairs, p, n, cfg))
     assert (S[:, 0] == np.inf).all()
     assert np.array_equal(I >= 0, np.isfinite(S) | np.isposinf(S))
+
+
+def test_word_weights_by_hand() -> None:
+    from index.features.text import WordWeights
+
+    w = WordWeights.fit(["a b", "a c", "A  b", ""])
+    n = 4
+    idf = {"a": np.log(5 / 4) + 1, "b": np.log(5 / 3) + 1, "c": np.log(5 / 2) + 1}
+    assert w.idf == pytest.approx(idf) and w.unseen == pytest.approx(np.log(1 + n) + 1)
+    titles = ["a b", "a c", "a b", "", "a zz"]
+    big, share = w.differences(titles, np.array([0, 0, 3, 0, 3]), np.array([1, 2, 3, 4, 0]))
+    # (0,1): b and c in one only; (0,2) equal; (3,3) both empty; (0,4) b and unseen zz;
+    # (3,0) every word in one only
+    assert big.tolist() == pytest.approx([idf["c"], 0.0, 0.0, w.unseen, idf["b"]])
+    a, b, c = idf["a"], idf["b"], idf["c"]
+    assert share.tolist() == pytest.approx(
+        [(b + c) / (a + b + c), 0.0, 0.0, (b + w.unseen) / (a + b + w.unseen), 1.0], rel=1e-6
+    )
+    back = WordWeights.from_json(json.loads(json.dumps(w.to_json())))
+    assert back.idf == w.idf and back.rows == 4  # exact: what was trained on is served
+
+
+def test_word_weight_features_do_not_depend_on_the_pool() -> None:
+    """The same pair gets the same columns among 3 titles as among just its 2 (one
+    listing against its candidates at /match): the weights are the ranker's, not the
+    pool's."""
+    from index.features.text import WordWeights, normalize_title
+
+    rng = np.random.default_rng(5)
+    words = ["susu", "bubuk", "200gr", "dscw120", "hp", "xta", "kaos", "v2", "merah"]
+    titles = [" ".join(rng.choice(words, rng.integers(1, 6))) for _ in range(60)]
+    w = WordWeights.fit(titles)
+    a, b = rng.integers(0, 60, 200), rng.integers(0, 60, 200)
+    big, share = w.differences(titles, a, b)
+    for p in range(0, 200, 17):
+        two = [titles[a[p]], titles[b[p]]]
+        g_big, g_share = w.differences(two, np.array([0]), np.array([1]))
+        ta, tb = (set(normalize_title(t).split()) for t in two)
+        only = ta ^ tb
+        want = max((w.idf[x] for x in only), default=0.0)
+        assert big[p] == pytest.approx(want, rel=1e-6) == pytest.approx(g_big[0], rel=1e-6)
+        assert share[p] == pytest.approx(g_share[0], rel=1e-6)
+
+
+def test_a_ranker_with_word_weights_saves_them_and_an_old_one_still_loads(
+    tmp_path: Path,
+) -> None:
+    from index.features.text import WordWeights
+
+    rng = np.random.default_rng(0)
+    signals = ["tfidf"]
+    weights = WordWeights.fit(["a b", "a c"])
+    X = rng.random((300, len(feature_names(signals, weighted=True)))).astype(np.float32)
+    r = Ranker(fit(X, X[:, -1] > 0.5, rounds=10), signals, RankerConfig(), weights=weights)
+    back = Ranker.load(r.save(tmp_path / "new"))
+    assert back.weights is not None and back.weights.idf == pytest.approx(weights.idf)
+    assert np.array_equal(back.predict(X), r.predict(X))
+    X0 = X[:, : len(feature_names(signals))]
+    old = Ranker(fit(X0, X0[:, 0] > 0.5, rounds=10), signals, RankerConfig())
+    assert Ranker.load(old.save(tmp_path / "old")).weights is None
+    meta = json.loads((tmp_path / "new" / "ranker.json").read_text())
+    meta["word_weights"] = {"rows": "many"}
+    (tmp_path / "new" / "ranker.json").write_text(json.dumps(meta))
+    with pytest.raises(EncoderError, match="word_weights"):
+        Ranker.load(tmp_path / "new")
+    del meta["word_weights"]  # a model of weighted features read as unweighted
+    (tmp_path / "new" / "ranker.json").write_text(json.dumps(meta))
+    with pytest.raises(EncoderError, match="do not match its signals"):
+        Ranker.load(tmp_path / "new")
+
+
+def test_is_candidate_equals_a_set_lookup() -> None:
+    from index.tuning.ranker import is_candidate
+
+    rng = np.random.default_rng(2)
+    raw = rng.integers(0, 40, (300, 2))
+    raw = raw[raw[:, 0] != raw[:, 1]]
+    cands = np.unique(np.sort(raw[:150], axis=1), axis=0)
+    asked = rng.integers(0, 45, (500, 2))  # some rows past every candidate's
+    asked[:50] = raw[:50][:, ::-1]  # candidates asked the other way round
+    want = {tuple(x) for x in cands.tolist()}
+    got = is_candidate(asked, cands)
+    assert got.tolist() == [(min(a, b), max(a, b)) in want for a, b in asked.tolist()]
+    assert got[:50].all() and not got[50:].all()
+    assert is_candidate(asked, cands[:0]).tolist() == [False] * len(asked)
+    assert len(is_candidate(asked[:0], cands)) == 0

@@ -38,7 +38,7 @@ from index.features.embed import Encoders
 from index.features.encoders import Encoder, load_encoder, read_encoder_config
 from index.features.tfidf import TfidfConfig
 from index.matching.fusion import FusionConfig
-from index.matching.ranker import Ranker
+from index.matching.ranker import Ranker, RankerConfig
 from index.matching.stages import fuse_stages
 from index.progress import progress
 from index.store.model import FUSION, RANKER, write_model, write_ranker
@@ -61,6 +61,7 @@ __all__ = [
     "DEFAULT_MATCH_CPU_PER_1K",
     "PART_ORDER",
     "REPORT",
+    "WIDE_TOP_K",
     "AutoConfig",
     "Candidate",
     "Pipeline",
@@ -104,6 +105,13 @@ class Pipeline:
     unit_rule: bool = False
     reciprocal: int = 0  # min-2 reciprocal rank check (0 off)
     ranker: bool = False
+    top_k: int = 20  # the ranker's candidates: each signal's top k neighbours
+    floors: bool = True  # ... at or above each signal's floor (False: any similarity)
+
+    def ranker_config(self) -> RankerConfig:
+        """The ranker's candidate settings of this pipeline."""
+        cfg = RankerConfig(top_k=self.top_k)
+        return cfg if self.floors else replace(cfg, floors={})
 
     def key(self) -> str:
         """A stable name of the pipeline (file names under WORK)."""
@@ -161,10 +169,13 @@ class Trial:
 #: The order of the parts tried (cheapest first within each): the ranker first, since it
 #: is what most often wins and it changes what every other part is worth (a TF-IDF option
 #: or a signal that adds nothing to the fusion's thresholds can add to the ranker's, and
-#: the other way round: docs/BENCHMARKS.md, "One training command"); then the TF-IDF
-#: options and the signals, weighed with the ranker when it was kept; the fusion's stages
-#: last, and only without a ranker (it decides instead of them).
-PART_ORDER = {"ranker": 0, "tfidf": 1, "signal": 2, "stage": 3}
+#: the other way round: docs/BENCHMARKS.md, "One training command"); then its candidates
+#: (no floors, a wider top k: a true pair that is no candidate is never matched); then the
+#: TF-IDF options and the signals, weighed with the ranker when it was kept; the fusion's
+#: stages last, and only without a ranker (it decides instead of them).
+PART_ORDER = {"ranker": 0, "candidates": 1, "tfidf": 2, "signal": 3, "stage": 4}
+#: The wider candidate set tried for the ranker (each signal's top k; the default is 20).
+WIDE_TOP_K = 50
 
 
 def candidates(base: Encoders, images: bool) -> list[Candidate]:
@@ -181,6 +192,14 @@ def candidates(base: Encoders, images: bool) -> list[Candidate]:
             lambda p: not p.ranker,
         ),
         Candidate("pair re-ranker", "ranker", lambda p: replace(p, ranker=True)),
+        Candidate(
+            "candidates: no similarity floors", "candidates",
+            lambda p: replace(p, floors=False), lambda p: p.ranker and p.floors,
+        ),
+        Candidate(
+            f"candidates: top {WIDE_TOP_K} per signal", "candidates",
+            lambda p: replace(p, top_k=WIDE_TOP_K), lambda p: p.ranker and p.top_k < WIDE_TOP_K,
+        ),
     ]
     if static_ok:
         out.append(
@@ -381,8 +400,8 @@ class Search:
             if p.image:
                 s += _cost("image", n)
         s += _cost("tune", n)
-        if p.ranker:
-            s += _cost("ranker", n)
+        if p.ranker:  # its cost grows with the candidate pairs
+            s += _cost("ranker", n) * p.top_k / 20 * (1.0 if p.floors else 1.1)
         return s
 
     # -- scoring -------------------------------------------------------------------------
@@ -405,6 +424,7 @@ class Search:
                 pool,
                 self.fold_of,
                 signals,
+                p.ranker_config(),
                 show_progress=self.show,
                 sub_pool=sub_pool_maker(tuned.config, dev),
             )
@@ -420,8 +440,8 @@ class Search:
             return tuned_p.fold_f1, tuned_p.config, None
         signals = ranker_signals([pool], tuned_p.config)
         ranker, rep = train_on_pairs(
-            pool, train, self.groups, signals, self.config.folds, fusion=tuned_p.config,
-            source=src,
+            pool, train, self.groups, signals, self.config.folds, p.ranker_config(),
+            fusion=tuned_p.config, source=src,
         )
         return list(rep["oof_f1"]), tuned_p.config, ranker
 

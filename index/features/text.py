@@ -144,3 +144,72 @@ class Quantities:
         lacking = shared_unit - shared_unit.multiply(shared_value > 0)
         out[both] = np.asarray(lacking.sum(axis=1)).ravel() > 0
         return out
+
+
+class WordWeights:
+    """Inverse document frequencies of the words of a catalogue's titles (`normalize_title`
+    split on spaces), fitted once on the titles a ranker is trained on and saved with it, so
+    a pair's features do not depend on the pool it is decided in (one listing against its
+    candidates at `/match`, a whole CSV at `match`).
+
+    idf(w) = ln((1 + N) / (1 + df(w))) + 1; a word the titles never had weighs as one seen
+    in no title (the rarest).
+    """
+
+    def __init__(self, idf: Mapping[str, float], rows: int) -> None:
+        self.idf = dict(idf)
+        self.rows = rows
+        self.unseen = float(np.log(1.0 + rows) + 1.0)
+
+    @classmethod
+    def fit(cls, titles: Sequence[str]) -> WordWeights:
+        df: dict[str, int] = {}
+        for t in titles:
+            for w in set(normalize_title(t).split()):
+                df[w] = df.get(w, 0) + 1
+        n = len(titles)
+        return cls({w: float(np.log((1.0 + n) / (1.0 + c)) + 1.0) for w, c in df.items()}, n)
+
+    def to_json(self) -> dict[str, object]:
+        return {"rows": self.rows, "idf": dict(sorted(self.idf.items()))}
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, object]) -> WordWeights:
+        idf = raw["idf"]
+        rows = raw["rows"]
+        if not isinstance(idf, dict) or not isinstance(rows, int):
+            raise ValueError("word weights need 'rows' (int) and 'idf' (word -> weight)")
+        return cls({str(w): float(v) for w, v in idf.items()}, rows)
+
+    def differences(
+        self, titles: Sequence[str], a: np.ndarray, b: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """For the pairs (a[p], b[p]) of `titles`, over the words in one title and not the
+        other: the largest weight (0 when the word sets are equal), and their share of the
+        weight of all the pair's words (0 for two empty titles). Both (m,) float32."""
+        import scipy.sparse as sp
+
+        vocab: dict[str, int] = {}
+        indptr = np.zeros(len(titles) + 1, np.int64)
+        cols: list[int] = []
+        for i, t in enumerate(titles):
+            cols += [vocab.setdefault(w, len(vocab)) for w in set(normalize_title(t).split())]
+            indptr[i + 1] = len(cols)
+        weight = np.array([self.idf.get(w, self.unseen) for w in vocab], np.float64)
+        W = sp.csr_matrix(
+            (np.ones(len(cols), np.float64), np.asarray(cols, np.int64), indptr),
+            shape=(len(titles), len(vocab)),
+        )
+        a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
+        if len(a) == 0:
+            return np.zeros(0, np.float32), np.zeros(0, np.float32)
+        both = (W[a] + W[b]).tocsr()  # (m, vocab): 1 in one title, 2 in both
+        w = weight[both.indices]
+        one = np.where(both.data == 1.0, w, 0.0)
+        rows = np.repeat(np.arange(len(a)), np.diff(both.indptr))
+        largest = np.zeros(len(a))
+        np.maximum.at(largest, rows, one)
+        total = np.bincount(rows, weights=w, minlength=len(a))
+        differ = np.bincount(rows, weights=one, minlength=len(a))
+        share = np.divide(differ, total, out=np.zeros(len(a)), where=total > 0)
+        return largest.astype(np.float32), share.astype(np.float32)

@@ -6,7 +6,8 @@ similarity where it can be computed (TF-IDF, text, image; phash distance), its r
 directions and each side's neighbourhood density (the similarity of the 2nd and 10th
 neighbour), the stage signals' similarities where they list the pair, and title features
 (lengths, token overlap, shared and conflicting numbers and model codes, the unit rule's
-verdict). `rank_matches` keeps pairs whose probability reaches `threshold`, gives a row
+verdict; with the ranker's word weights, the rarest word in one title only and the weight
+share of such words). `rank_matches` keeps pairs whose probability reaches `threshold`, gives a row
 left alone its best candidate at `single_threshold` (at-least-one-match), caps at 50.
 
 No torch: the booster is LightGBM's text model, read at serving time.
@@ -26,7 +27,7 @@ import scipy.sparse as sp
 
 from index.errors import EncoderError
 from index.features.embed import Features
-from index.features.text import Quantities, model_codes, normalize_title
+from index.features.text import Quantities, WordWeights, model_codes, normalize_title
 from index.matching.fusion import Neighbours
 
 #: Signals whose similarity is computed exactly for any pair (the others are looked up in
@@ -51,6 +52,9 @@ TITLE_FEATURES = (
     "code_conflict",
     "unit_conflict",
 )
+#: The columns a ranker with word weights (`WordWeights`, saved with it) adds after them:
+#: over the words in one title only, the largest weight and their share of the pair's.
+WEIGHT_FEATURES = ("diff_idf_max", "diff_idf_share")
 #: Numbers that stand alone or lead a unit ("3gr"), not the digits inside a code ("a12b").
 _NUM = re.compile(r"(?<![a-z\d.,])\d+(?:[.,]\d+)?")
 
@@ -203,8 +207,10 @@ def pair_features(
     nb: dict[str, Neighbours],
     titles: Sequence[str],
     signals: Sequence[str],
+    weights: WordWeights | None = None,
 ) -> np.ndarray:
-    """(m, f) float32 features of the pairs (columns: `feature_names(signals)`)."""
+    """(m, f) float32 features of the pairs (columns: `feature_names(signals, weights is
+    not None)`)."""
     n = len(titles)
     a, b = pairs[:, 0], pairs[:, 1]
     cols: list[np.ndarray] = []
@@ -224,18 +230,20 @@ def pair_features(
             cols += [np.fmin(d[a], d[b]), np.fmax(d[a], d[b])]
     t = _title_features(titles, a, b)
     cols += list(t.values())
+    if weights is not None:
+        cols += list(weights.differences(titles, a, b))
     return np.stack(cols, axis=1).astype(np.float32) if cols else np.zeros((len(a), 0), np.float32)
 
 
-def feature_names(signals: Sequence[str]) -> list[str]:
-    """Column names of `pair_features` for these signals."""
+def feature_names(signals: Sequence[str], weighted: bool = False) -> list[str]:
+    """Column names of `pair_features` for these signals (with word weights or not)."""
     out = []
     for name in signals:
         out.append(f"{name}_distance" if name == "phash" else f"{name}_sim")
         out += [f"{name}_rank_min", f"{name}_rank_max"]
         for r in DENSITY_RANKS:
             out += [f"{name}_density{r + 1}_min", f"{name}_density{r + 1}_max"]
-    return [*out, *TITLE_FEATURES]
+    return [*out, *TITLE_FEATURES, *(WEIGHT_FEATURES if weighted else ())]
 
 
 @dataclass(frozen=True)
@@ -306,6 +314,8 @@ class Ranker:
     signals: list[str]
     config: RankerConfig
     report: dict[str, Any] = field(default_factory=dict)
+    #: The word weights of its title features (None: a ranker trained without them).
+    weights: WordWeights | None = None
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """(m,) match probability of each pair's features."""
@@ -337,20 +347,22 @@ class Ranker:
         titles: Sequence[str],
     ) -> np.ndarray:
         """`pair_features` of the pairs as this ranker was trained on them."""
-        return pair_features(pairs, feats, nb, titles, self.signals)
+        return pair_features(pairs, feats, nb, titles, self.signals, self.weights)
 
     def save(self, folder: str | Path) -> Path:
         """Write `folder/model.txt` (LightGBM) and `folder/ranker.json`."""
         d = Path(folder)
         d.mkdir(parents=True, exist_ok=True)
         self.booster.save_model(str(d / "model.txt"))
-        meta = {
+        meta: dict[str, Any] = {
             "format": 1,
             "signals": self.signals,
-            "features": feature_names(self.signals),
+            "features": feature_names(self.signals, self.weights is not None),
             "config": asdict(self.config),
             "report": self.report,
         }
+        if self.weights is not None:
+            meta["word_weights"] = self.weights.to_json()
         (d / "ranker.json").write_text(json.dumps(meta, indent=2, default=float), "utf-8")
         return d
 
@@ -367,6 +379,12 @@ class Ranker:
             raise EncoderError(f"{d}: ranker format {meta.get('format')!r}, expected 1")
         booster = lightgbm.Booster(model_file=str(d / "model.txt"))
         config = RankerConfig(**meta["config"])
-        if booster.num_feature() != len(feature_names(meta["signals"])):
+        weights = None
+        if "word_weights" in meta:
+            try:
+                weights = WordWeights.from_json(meta["word_weights"])
+            except (KeyError, TypeError, ValueError) as e:
+                raise EncoderError(f"{d}: unreadable word_weights in ranker.json: {e}") from e
+        if booster.num_feature() != len(feature_names(meta["signals"], weights is not None)):
             raise EncoderError(f"{d}: the model's features do not match its signals")
-        return cls(booster, list(meta["signals"]), config, meta["report"])
+        return cls(booster, list(meta["signals"]), config, meta["report"], weights)

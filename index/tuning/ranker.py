@@ -28,6 +28,7 @@ from index.data.listings import Catalogue
 from index.data.pairs import Pairs
 from index.errors import CatalogueError
 from index.features.embed import Encoders, Features, embed
+from index.features.text import WordWeights
 from index.matching.fusion import FusionConfig, Neighbours
 from index.matching.ranker import (
     Ranker,
@@ -148,13 +149,13 @@ def tune_pair_threshold(p: np.ndarray, y: np.ndarray) -> float:
     return float(max(THRESHOLDS, key=lambda t: (pair_prf(p >= t, y)["f1"], -t)))
 
 
-def _pool_pairs(pool: RankPool, signals: Sequence[str], config: RankerConfig) -> tuple[
-    np.ndarray, np.ndarray, np.ndarray
-]:
+def _pool_pairs(
+    pool: RankPool, signals: Sequence[str], config: RankerConfig, weights: WordWeights
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     assert pool.labels is not None
     use = {s: pool.nb[s] for s in signals}
     pairs = candidate_pairs(use, len(pool.titles), config)
-    X = pair_features(pairs, pool.features, use, pool.titles, signals)
+    X = pair_features(pairs, pool.features, use, pool.titles, signals, weights)
     y = pool.labels[pairs[:, 0]] == pool.labels[pairs[:, 1]]
     return pairs, X, y
 
@@ -185,7 +186,8 @@ def train_on_pools(
     """
     t0 = time.perf_counter()
     config = config or RankerConfig()
-    data = [_pool_pairs(p, signals, config) for p in pools]
+    weights = WordWeights.fit([t for p in pools for t in p.titles])
+    data = [_pool_pairs(p, signals, config, weights) for p in pools]
     k = len(pools)
     oof: list[np.ndarray] = []
     iters = []
@@ -223,7 +225,7 @@ def train_on_pools(
             for parts in SUB_PARTS:
                 for rows in sub_pools(np.arange(len(labels)), labels, parts, seed=f):
                     sp = sub_pool(pools[f], rows)
-                    pairs, Xs, _ = _pool_pairs(sp, signals, config)
+                    pairs, Xs, _ = _pool_pairs(sp, signals, config, weights)
                     assert sp.labels is not None
                     t = tune_group_thresholds([(pairs, _predict(boosters[f], Xs), sp.labels)],
                                               final_cfg).threshold
@@ -248,7 +250,7 @@ def train_on_pools(
         "pool_rows": [len(p.titles) for p in pools],
         "seconds": time.perf_counter() - t0,
     }
-    return Ranker(booster, list(signals), final_cfg, report), report
+    return Ranker(booster, list(signals), final_cfg, report, weights), report
 
 
 def train_on_whole(
@@ -277,7 +279,8 @@ def train_on_whole(
     labels = pool.labels
     assert labels is not None
     n = len(labels)
-    pairs, X, y = _pool_pairs(pool, signals, config)
+    weights = WordWeights.fit(pool.titles)
+    pairs, X, y = _pool_pairs(pool, signals, config, weights)
     k = int(fold_of.max()) + 1
     fa, fb = fold_of[pairs[:, 0]], fold_of[pairs[:, 1]]
     rows_of = [np.flatnonzero(fold_of == f) for f in range(k)]
@@ -309,7 +312,7 @@ def train_on_whole(
             for parts in (1, *SUB_PARTS):
                 for rows in sub_pools(rows_of[f], labels, parts, seed=f):
                     sp = sub_pool(pool, rows)
-                    sp_pairs, Xs, _ = _pool_pairs(sp, signals, config)
+                    sp_pairs, Xs, _ = _pool_pairs(sp, signals, config, weights)
                     assert sp.labels is not None
                     got = (sp_pairs, _predict(boosters[f], Xs), sp.labels)
                     sizes.append((len(rows), tune_group_thresholds([got], final_cfg).threshold))
@@ -331,7 +334,7 @@ def train_on_whole(
         "pool_rows": [n],
         "seconds": time.perf_counter() - t0,
     }
-    return Ranker(booster, list(signals), final_cfg, report), report
+    return Ranker(booster, list(signals), final_cfg, report, weights), report
 
 
 def train_grouped(
@@ -347,6 +350,19 @@ def train_grouped(
         return train_on_whole(pool, fold_of, signals, show_progress=show_progress,
                               sub_pool=sub_pool)
     return train_on_pools(pools, signals, show_progress=show_progress, sub_pool=sub_pool)
+
+
+def is_candidate(pairs: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """(m,) bool: whether each pair of rows (either order) is one of the (c, 2) sorted
+    unordered `candidates` (as `candidate_pairs` gives them)."""
+    if len(pairs) == 0 or len(candidates) == 0:
+        return np.zeros(len(pairs), bool)
+    lo, hi = np.minimum(pairs[:, 0], pairs[:, 1]), np.maximum(pairs[:, 0], pairs[:, 1])
+    width = int(max(hi.max(), candidates.max())) + 1
+    key = lo.astype(np.int64) * width + hi
+    ckey = candidates[:, 0].astype(np.int64) * width + candidates[:, 1]
+    pos = np.searchsorted(ckey, key)
+    return (pos < len(ckey)) & (ckey[np.minimum(pos, len(ckey) - 1)] == key)
 
 
 def _candidate_recall(pairs: np.ndarray, y: np.ndarray, labels: np.ndarray) -> float:
@@ -379,8 +395,12 @@ def train_on_pairs(
     config = config or RankerConfig()
     use = {s: pool.nb[s] for s in signals}
     pairs = np.stack([train.left, train.right], axis=1)
-    X = pair_features(pairs, pool.features, use, pool.titles, signals)
+    weights = WordWeights.fit(pool.titles)
+    X = pair_features(pairs, pool.features, use, pool.titles, signals, weights)
     y = train.label
+    # a labelled pair no signal proposes is never matched: it scores as a non-match (so
+    # the out-of-fold F1 is the decision's, and wider candidates can be measured)
+    reach = is_candidate(pairs, candidate_pairs(use, len(pool.titles), config))
     pair_group = groups[train.left]
     oof = np.zeros(len(y), np.float32)
     iters = []
@@ -388,7 +408,7 @@ def train_on_pairs(
     for tr, va in splits:
         booster = fit(X[tr], y[tr])
         iters.append(booster.current_iteration())
-        oof[va] = _predict(booster, X[va])
+        oof[va] = np.where(reach[va], _predict(booster, X[va]), 0.0)
     t = tune_pair_threshold(oof, y)
     # each fold's pairs at the threshold tuned on the other folds' out-of-fold scores
     fold_f1 = [
@@ -404,9 +424,10 @@ def train_on_pairs(
         "oof_f1": fold_f1,
         "pairs": len(y),
         "positives": int(y.sum()),
+        "candidate_recall": float(reach[y].mean()) if y.any() else 1.0,
         "rounds": booster.current_iteration(),
     }
-    ranker = Ranker(booster, list(signals), cfg, report)
+    ranker = Ranker(booster, list(signals), cfg, report, weights)
     if held_out:
         # scored as `evaluate` and `match` decide: the ranker's matches over the whole pool
         # (candidates, threshold, cap), not every labelled pair's probability on its own
