@@ -76,6 +76,17 @@ def test_documented_defaults() -> None:
                                                 device="cpu")
 
 
+def test_the_start_pipeline_and_what_a_change_prints() -> None:
+    start = auto.Pipeline()
+    assert start == auto.Pipeline(char_ngrams=False, text=None, image=False, unit_rule=False,
+                                  reciprocal=0, ranker=False, top_k=20, floors=True)
+    assert start.changes() == []
+    p = auto.Pipeline(text="static", ranker=True, floors=False, top_k=50)
+    assert p.changes() == ["text=static", "ranker", "top_k=50", "floors=False"]
+    assert p.ranker_config().top_k == 50 and p.ranker_config().floors == {}
+    assert auto.Pipeline(ranker=True).ranker_config().floors["tfidf"] == 0.2
+
+
 def test_a_part_wins_on_every_fold_or_on_most_beyond_the_noise() -> None:
     v = auto.verdict
     assert v([0.9, 0.8, 0.7], [0.85, 0.75, 0.65]) is None  # above on every fold
@@ -103,7 +114,8 @@ def test_train_writes_a_model_match_uses_with_no_flags(
         assert t["note"].startswith(("kept", "not kept", "skipped")), t
     parts = [t["part"] for t in rep["trials"][1:]]  # ranker, options, signals, stages
     assert parts == sorted(parts, key=lambda x: auto.PART_ORDER[x]) and parts[0] == "ranker"
-    assert auto.PART_ORDER == {"ranker": 0, "tfidf": 1, "signal": 2, "stage": 3}
+    assert auto.PART_ORDER == {"ranker": 0, "candidates": 1, "tfidf": 2, "signal": 3, "stage": 4}
+    assert auto.WIDE_TOP_K == 50
     # with the ranker kept the fusion's stages are not tried (the ranker decides instead)
     assert ("stage" in parts) != rep["chosen"]["ranker"]
     # the model is the fusion (and ranker) of the winner: match needs no flag, and the
@@ -291,3 +303,22 @@ def test_a_part_that_wins_but_matches_too_slowly_is_not_kept(
     first = next(t for t in rep["trials"] if t["name"] == won[0]["name"])
     assert "over the cap of 0" in first["note"]
     assert rep["chosen"] == _report(free)["trials"][0]["pipeline"]  # the start
+
+
+def test_a_wider_top_k_of_a_pure_noise_signal_is_not_kept(
+    synth: Path, noise_base: Path, tmp_path: Path
+) -> None:
+    """Issue 27: with a noise text signal among the ranker's sources, its top 50 instead of
+    its top 20 adds only unrelated candidates; out of fold that does not win."""
+    from index.data.listings import read_catalogue
+
+    cat = read_catalogue(synth / "listings.csv")
+    base = auto.load_base(noise_base, tmp_path / "work")
+    search = auto.Search(cat, base, tmp_path / "m", auto.AutoConfig(), None, False)
+    narrow = search.trial("top 20", "test", auto.Pipeline(text="base", ranker=True))
+    wide = search.trial("top 50", "candidates",
+                        auto.Pipeline(text="base", ranker=True, top_k=auto.WIDE_TOP_K))
+    assert len(wide.fold_f1) == len(narrow.fold_f1) == 5
+    assert auto.verdict(wide.fold_f1, narrow.fold_f1) is not None
+    assert wide.ranker is not None and wide.ranker.config.top_k == 50
+    assert "text" in wide.ranker.signals  # the noise is one of its sources

@@ -118,6 +118,15 @@ class Pipeline:
         raw = json.dumps(asdict(self), sort_keys=True)
         return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
+    def changes(self) -> list[str]:
+        """What differs from the start (TF-IDF + phash), as `name` or `name=value`."""
+        start = asdict(Pipeline())
+        return [
+            k if v is True else f"{k}={v}"
+            for k, v in asdict(self).items()
+            if v != start[k]
+        ]
+
     def signals(self) -> tuple[bool, str | None, bool]:
         """What its features depend on (pools are shared by pipelines with the same)."""
         return self.char_ngrams, self.text, self.image

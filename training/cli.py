@@ -374,7 +374,7 @@ def _train_all(args: argparse.Namespace) -> int:
         print(f"  {t.name:<48} {f1} {t.cpu_s:7.1f} {cost}  {folds}")
         print(f"  {'':<48} {'':>7} {'':>7} {'':>6}  {t.note or 'start'}")
     print("  (CPU s: what trying it cost; match: CPU-s per 1,000 rows to match with it)")
-    parts = [k if v is True else f"{k}={v}" for k, v in vars(best.pipeline).items() if v]
+    parts = best.pipeline.changes()
     print(
         f"\nkept: {', '.join(parts) or 'the start (TF-IDF + phash)'}; out-of-fold F1 "
         f"{best.f1:.4f}; written to {args.out} ({path.name}"
