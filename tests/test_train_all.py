@@ -322,3 +322,38 @@ def test_a_wider_top_k_of_a_pure_noise_signal_is_not_kept(
     assert auto.verdict(wide.fold_f1, narrow.fold_f1) is not None
     assert wide.ranker is not None and wide.ranker.config.top_k == 50
     assert "text" in wide.ranker.signals  # the noise is one of its sources
+
+
+def test_the_fine_tuned_static_candidate_is_scored_on_out_of_fold_embeddings(
+    synth: Path, model_dir: Path, tmp_path: Path
+) -> None:
+    """Each fold's rows are embedded by the static encoder fine-tuned on the other folds
+    (not by the one fine-tuned on every row, which is what is written and matched with)."""
+    from index.data.listings import read_catalogue
+    from index.features.encoders import load_encoder
+
+    cat = read_catalogue(synth / "listings.csv")
+    base = auto.load_base(model_dir, tmp_path / "work")
+    out = tmp_path / "m"
+    search = auto.Search(cat, base, out, auto.AutoConfig(folds=3), None, False)
+    p = auto.Pipeline(text="tuned")
+    t = search.trial("tuned", "signal", p)
+    assert len(t.fold_f1) == 3
+    oof, final = search.tuned_text()
+    pool = search.pool(p)
+    assert pool.features.text is not None and np.array_equal(pool.features.text, oof)
+    whole = load_encoder(final, device="cpu").encode(list(cat.title))
+    assert oof.shape == whole.shape
+    for f in range(3):
+        rows = np.flatnonzero(search.fold_of == f)
+        assert not np.allclose(oof[rows], whole[rows], atol=1e-4)  # another model's
+    search.write(t, [t], 0.0)
+    cfg = json.loads((out / "text" / "config.json").read_text())
+    assert cfg["encoder"] == "static-text" and cfg["source"].startswith("fine-tuned")
+    assert main(["match", str(synth / "listings.csv"), "--model", str(out), "-o",
+                 str(tmp_path / "s.csv"), "-q"]) == 0
+    # label groups only: an entity-matching folder's records have no groups to train on
+    names = [c.name for c in auto.candidates(base, False, groups=False)]
+    assert "text: static, fine-tuned on the label groups" not in names
+    assert "text: static, fine-tuned on the label groups" in [
+        c.name for c in auto.candidates(base, False)]

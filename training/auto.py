@@ -34,7 +34,7 @@ from index.data.listings import Catalogue
 from index.data.oof import posting_ids_sha256
 from index.data.pairs import PairData, Pairs, pair_components
 from index.errors import CatalogueError, PricematchError
-from index.features.embed import Encoders
+from index.features.embed import Encoders, embed
 from index.features.encoders import Encoder, load_encoder, read_encoder_config
 from index.features.tfidf import TfidfConfig
 from index.matching.fusion import FusionConfig
@@ -46,6 +46,7 @@ from index.tuning.grids import group_folds
 from index.tuning.ranker import (
     RankPool,
     catalogue_pool,
+    match_pool,
     ranker_signals,
     sub_pool_maker,
     train_on_pairs,
@@ -86,6 +87,7 @@ COSTS: dict[str, tuple[float, float]] = {
     "char": (1.0, 0.6),  # char n-gram TF-IDF on top
     "tune": (1.0, 3.0),  # out-of-fold threshold descent
     "static": (30.0, 0.3),  # distilling the static encoder, then encoding
+    "tuned": (10.0, 4.0),  # fine-tuning it once per fold and once on all rows
     "text": (2.0, 9.0),  # the transformer encoder, zero-shot
     "image": (2.0, 60.0),  # the image encoder, zero-shot, on a CPU
     "ranker": (2.0, 12.0),  # candidate pairs, LightGBM folds, the pool-size rule
@@ -100,7 +102,8 @@ class Pipeline:
     """One candidate model: the choice made for each part."""
 
     char_ngrams: bool = False  # TF-IDF char 3-5 n-grams as a second part
-    text: str | None = None  # None, "static" (distilled from the base) or "base"
+    text: str | None = None  # None, "static" (distilled from the base), "tuned" (that
+    # static encoder fine-tuned on the label groups) or "base"
     image: bool = False  # the base image encoder (zero-shot)
     unit_rule: bool = False
     reciprocal: int = 0  # min-2 reciprocal rank check (0 off)
@@ -187,8 +190,9 @@ PART_ORDER = {"ranker": 0, "candidates": 1, "tfidf": 2, "signal": 3, "stage": 4}
 WIDE_TOP_K = 50
 
 
-def candidates(base: Encoders, images: bool) -> list[Candidate]:
-    """What the search tries (it orders them by estimated cost)."""
+def candidates(base: Encoders, images: bool, groups: bool = True) -> list[Candidate]:
+    """What the search tries (it orders them by estimated cost); `groups`: the data are
+    label groups (not labelled pairs)."""
     kind = read_encoder_config(base.text.folder)["encoder"] if base.text is not None else None
     static_ok = kind == "onnx-text"
     out = [
@@ -219,6 +223,15 @@ def candidates(base: Encoders, images: bool) -> list[Candidate]:
                 lambda p: p.text is None,
             )
         )
+        if groups:
+            out.append(
+                Candidate(
+                    "text: static, fine-tuned on the label groups",
+                    "signal",
+                    lambda p: replace(p, text="tuned"),
+                    lambda p: p.text in (None, "static"),
+                )
+            )
     if base.text is not None:
         out.append(
             Candidate(
@@ -337,7 +350,7 @@ class Search:
 
     # -- encoders and pools --------------------------------------------------------------
 
-    def _static(self) -> Encoder:
+    def static_text(self) -> Encoder:
         """The static encoder distilled from the base text encoder (kept in WORK)."""
         from training.compress import distill_static
 
@@ -354,10 +367,53 @@ class Search:
             (folder / "done").write_text("", encoding="utf-8")
         return load_encoder(folder, device=self.config.device)  # type: ignore[arg-type]
 
+    def tuned_text(self) -> tuple[np.ndarray, Path]:
+        """The static encoder fine-tuned on the label groups (ArcFace, as `train text
+        --mode static`): (n, d) out-of-fold embeddings, each fold's rows embedded by the
+        model fine-tuned on the other folds (the search's folds), and the folder of the
+        model fine-tuned on every row (what is written). Kept in WORK."""
+        folder = self.work / "static-tuned"
+        if not (folder / "done").is_file():
+            self._fine_tune(folder)
+        return np.load(folder / "oof.npy"), folder / "text"
+
+    def _fine_tune(self, folder: Path) -> None:
+        import torch
+
+        from training.config import STATIC_TRAIN, CVConfig, TextModelConfig, TrainConfig
+        from training.recipe import cross_validate, final_fit
+        from training.tasks import StaticTextTask
+
+        static = self.static_text()
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        gpu = self.config.device != "cpu" and torch.cuda.is_available()
+        device = torch.device("cuda" if gpu else "cpu")
+        task = StaticTextTask(
+            self.cat.title, TextModelConfig(base=str(static.folder), mode="static"), device
+        )
+        train = TrainConfig(**STATIC_TRAIN, seed=self.config.seed)
+        labels = self.cat.labels
+        res = cross_validate(
+            task, labels, train, CVConfig(folds=self.config.folds), folder,
+            show_progress=self.show,
+        )
+        for f, (_, va) in enumerate(res.folds):  # the search's own folds, row for row
+            if not np.array_equal(np.sort(va), np.flatnonzero(self.fold_of == f)):
+                raise PricematchError("fine-tuning split the rows unlike the search's folds")
+        model, _ = final_fit(task, labels, np.arange(self.n), train, folder, self.show)
+        task.export(model, folder / "text")
+        np.save(folder / "oof.npy", res.oof)
+        for ckpt in folder.glob("*.pt"):
+            ckpt.unlink()
+        (folder / "done").write_text("", encoding="utf-8")
+
     def _text(self, which: str | None) -> Encoder | None:
         if which is None:
             return None
-        return self._static() if which == "static" else self.base.text
+        if which == "tuned":
+            return load_encoder(self.tuned_text()[1], device=self.config.device)  # type: ignore[arg-type]
+        return self.static_text() if which == "static" else self.base.text
 
     def encoders(self, p: Pipeline) -> Encoders:
         """The encoders pipeline `p` runs."""
@@ -371,14 +427,31 @@ class Search:
 
     def pool(self, p: Pipeline) -> RankPool:
         key = p.signals()
-        if key not in self.pools:
+        if key in self.pools:
+            return self.pools[key]
+        labels = self.cat.labels if self.data is None else None
+        if p.text != "tuned":
             enc = self.encoders(p)
-            labels = self.cat.labels if self.data is None else None
             c0 = time.process_time()
             self.pools[key] = catalogue_pool(
                 self.cat, enc, self.fusion_base(p), self.config.device, labels, self.show
             )
             self.pool_cpu[key] = time.process_time() - c0
+            return self.pools[key]
+        # the fine-tuned text: out-of-fold embeddings in place of the encoder's; what
+        # matching costs is encoding with the final model (timed), not the fine-tuning
+        oof, final = self.tuned_text()
+        enc = Encoders(text=load_encoder(final, device=self.config.device),  # type: ignore[arg-type]
+                       image=self.base.image if p.image else None)
+        c0 = time.process_time()
+        feats = embed(self.cat, enc, tfidf_config=self.fusion_base(p).tfidf,
+                      show_progress=self.show)
+        assert feats.text_valid is not None
+        feats.set_dense("text", oof, feats.text_valid)
+        self.pools[key] = match_pool(
+            feats, list(self.cat.title), labels, self.fusion_base(p), self.config.device
+        )
+        self.pool_cpu[key] = time.process_time() - c0
         return self.pools[key]
 
     def match_cost(self, p: Pipeline, config: FusionConfig, ranker: Ranker | None) -> float:
@@ -404,6 +477,8 @@ class Search:
             s += _cost("pool", n) + (_cost("char", n) if p.char_ngrams else 0.0)
             if p.text == "static":
                 s += _cost("static", n)
+            elif p.text == "tuned":
+                s += _cost("static", n) + _cost("tuned", n)
             elif p.text == "base":
                 s += _cost("text", n)
             if p.image:
@@ -518,7 +593,7 @@ class Search:
         rows = [best]
         start = {Pipeline().signals()}  # the order must not depend on what is resumed
         cands = sorted(
-            candidates(self.base, self.images),
+            candidates(self.base, self.images, groups=self.data is None),
             key=lambda c: (PART_ORDER[c.part], self.estimate(c.change(Pipeline()), start)),
         )
         for c in progress(cands, desc="train: candidates", unit="cand", disable=not self.show):

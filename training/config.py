@@ -143,3 +143,8 @@ class AutoConfig:
     match_cpu_per_1k: float = DEFAULT_MATCH_CPU_PER_1K
     seed: int = 0
     device: str = "cpu"
+
+
+#: How a static-text encoder is fine-tuned (`train text --mode static`'s defaults, and the
+#: fine-tuned candidate of `pricematch train`).
+STATIC_TRAIN: dict[str, Any] = {"epochs": 10, "batch_size": 256, "lr": 1e-2, "head_lr": 3e-2}

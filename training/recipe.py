@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from index.data.listings import Catalogue
 from index.data.oof import write_oof
@@ -99,6 +100,7 @@ def cross_validate(
         log.info(
             "fold %d/%d: %d train rows, %d validation rows", f + 1, len(folds), len(tr), len(va)
         )
+        torch.manual_seed(train.seed + f)  # its first weights (projection), run to run
         model = task.build()
         y = relabel(labels[tr])
         trainer = Trainer(model, int(y.max()) + 1, task.dim, train, workdir / f"fold{f}.pt")
@@ -212,6 +214,7 @@ def final_fit(
 ) -> tuple[Any, list[dict[str, Any]]]:
     """The final fit on `rows` (classes `labels[rows]`), resumable from `work/final.pt`;
     returns the model and its epoch logs."""
+    torch.manual_seed(train.seed)
     model = task.build()
     y = relabel(labels[rows])
     trainer = Trainer(model, int(y.max()) + 1, task.dim, train, work / "final.pt")
