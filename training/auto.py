@@ -87,7 +87,7 @@ COSTS: dict[str, tuple[float, float]] = {
     "char": (1.0, 0.6),  # char n-gram TF-IDF on top
     "tune": (1.0, 3.0),  # out-of-fold threshold descent
     "static": (30.0, 0.3),  # distilling the static encoder, then encoding
-    "tuned": (10.0, 4.0),  # fine-tuning it once per fold and once on all rows
+    "tuned": (10.0, 50.0),  # fine-tuning it once per fold and once on all rows, 10 epochs
     "text": (2.0, 9.0),  # the transformer encoder, zero-shot
     "image": (2.0, 60.0),  # the image encoder, zero-shot, on a CPU
     "ranker": (2.0, 12.0),  # candidate pairs, LightGBM folds, the pool-size rule
