@@ -214,33 +214,18 @@ def candidates(base: Encoders, images: bool, groups: bool = True) -> list[Candid
             lambda p: replace(p, top_k=WIDE_TOP_K), lambda p: p.ranker and p.top_k < WIDE_TOP_K,
         ),
     ]
+
+    def text(name: str, value: str, applies: Callable[[Pipeline], bool]) -> Candidate:
+        return Candidate(f"text: {name}", "signal", lambda p: replace(p, text=value), applies)
+
     if static_ok:
-        out.append(
-            Candidate(
-                "text: static, distilled from the base encoder",
-                "signal",
-                lambda p: replace(p, text="static"),
-                lambda p: p.text is None,
-            )
-        )
+        out.append(text("static, distilled from the base encoder", "static",
+                        lambda p: p.text is None))
         if groups:
-            out.append(
-                Candidate(
-                    "text: static, fine-tuned on the label groups",
-                    "signal",
-                    lambda p: replace(p, text="tuned"),
-                    lambda p: p.text in (None, "static"),
-                )
-            )
+            out.append(text("static, fine-tuned on the label groups", "tuned",
+                            lambda p: p.text in (None, "static")))
     if base.text is not None:
-        out.append(
-            Candidate(
-                f"text: base encoder ({kind}, as given)",
-                "signal",
-                lambda p: replace(p, text="base"),
-                lambda p: p.text != "base",
-            )
-        )
+        out.append(text(f"base encoder ({kind}, as given)", "base", lambda p: p.text != "base"))
     if images and base.image is not None:
         out.append(
             Candidate("image: base encoder (as given)", "signal", lambda p: replace(p, image=True))
