@@ -128,6 +128,25 @@ def test_train_writes_a_model_match_uses_with_no_flags(
         assert sum(1 for _ in csv.DictReader(f)) == len(
             (synth / "listings.csv").read_text().splitlines()) - 1
     assert (trained / "ranker").is_dir() == rep["chosen"]["ranker"]
+    # MiniLM's top layers fine-tuned out of fold is one of the candidates, and was scored
+    top = [t for t in rep["trials"] if t["pipeline"]["text"] == "top"]
+    assert len(top) == 1 and len(top[0]["fold_f1"]) == 5
+
+
+def test_a_fine_tuned_minilm_over_the_match_cap_is_not_trained(
+    synth: Path, model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from index.data.listings import read_catalogue
+
+    cat = read_catalogue(synth / "listings.csv")
+    base = auto.load_base(model_dir, tmp_path / "work")
+    out = tmp_path / "m"
+    # 1,000 CPU-s per 1k titles: over the cap (2.8 per 1k, a small catalogue counted as 5k rows)
+    monkeypatch.setattr(auto.Search, "encode_cost", lambda self, enc, rows=500: 1000.0)
+    search = auto.Search(cat, base, out, auto.AutoConfig(), None, False)
+    t = search.trial("top", "signal", auto.Pipeline(text="top"))
+    assert not t.fold_f1 and t.note.startswith("not kept: encoding alone takes 1000.00")
+    assert not (out / auto.WORK / "text-top").exists()  # nothing was fine-tuned
 
 
 def test_the_written_folder_holds_what_the_winner_needs(

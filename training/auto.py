@@ -88,6 +88,7 @@ COSTS: dict[str, tuple[float, float]] = {
     "tune": (1.0, 3.0),  # out-of-fold threshold descent
     "static": (30.0, 0.3),  # distilling the static encoder, then encoding
     "tuned": (10.0, 50.0),  # fine-tuning it once per fold and once on all rows, 10 epochs
+    "top": (60.0, 160.0),  # MiniLM's top layers, the same 6 fits (5 epochs), then encoding
     "text": (2.0, 9.0),  # the transformer encoder, zero-shot
     "image": (2.0, 60.0),  # the image encoder, zero-shot, on a CPU
     "ranker": (2.0, 12.0),  # candidate pairs, LightGBM folds, the pool-size rule
@@ -103,7 +104,8 @@ class Pipeline:
 
     char_ngrams: bool = False  # TF-IDF char 3-5 n-grams as a second part
     text: str | None = None  # None, "static" (distilled from the base), "tuned" (that
-    # static encoder fine-tuned on the label groups) or "base"
+    # static encoder fine-tuned on the label groups), "top" (MiniLM's top layers
+    # fine-tuned on them) or "base"
     image: bool = False  # the base image encoder (zero-shot)
     unit_rule: bool = False
     reciprocal: int = 0  # min-2 reciprocal rank check (0 off)
@@ -224,6 +226,9 @@ def candidates(base: Encoders, images: bool, groups: bool = True) -> list[Candid
         if groups:
             out.append(text("static, fine-tuned on the label groups", "tuned",
                             lambda p: p.text in (None, "static")))
+    if groups and base.text is not None:
+        out.append(text("MiniLM top layers, fine-tuned on the label groups", "top",
+                        lambda p: p.text != "top"))
     if base.text is not None:
         out.append(text(f"base encoder ({kind}, as given)", "base", lambda p: p.text != "base"))
     if images and base.image is not None:
@@ -352,52 +357,73 @@ class Search:
             (folder / "done").write_text("", encoding="utf-8")
         return load_encoder(folder, device=self.config.device)  # type: ignore[arg-type]
 
-    def tuned_text(self) -> tuple[np.ndarray, Path]:
-        """The static encoder fine-tuned on the label groups (ArcFace, as `train text
-        --mode static`): (n, d) out-of-fold embeddings, each fold's rows embedded by the
-        model fine-tuned on the other folds (the search's folds), and the folder of the
-        model fine-tuned on every row (what is written). Kept in WORK."""
-        folder = self.work / "static-tuned"
+    def tuned_text(self, which: str = "tuned") -> tuple[np.ndarray, Path]:
+        """A text encoder fine-tuned on the label groups (ArcFace, as `train text`): the
+        static one ("tuned", `--mode static`) or MiniLM's top layers ("top", `--mode top`).
+        Returns (n, d) out-of-fold embeddings, each fold's rows embedded by the model
+        fine-tuned on the other folds (the search's folds), and the folder of the model
+        fine-tuned on every row (what is written). Kept in WORK."""
+        folder = self.work / f"text-{which}"
         if not (folder / "done").is_file():
-            self._fine_tune(folder)
+            self._fine_tune(which, folder)
         return np.load(folder / "oof.npy"), folder / "text"
 
-    def _fine_tune(self, folder: Path) -> None:
+    def _fine_tune(self, which: str, folder: Path) -> None:
         import torch
 
-        from training.config import STATIC_TRAIN, CVConfig, TextModelConfig, TrainConfig
+        from training.config import (
+            STATIC_TRAIN,
+            TOP_TRAIN,
+            CVConfig,
+            TextModelConfig,
+            TrainConfig,
+        )
         from training.recipe import cross_validate, final_fit
-        from training.tasks import StaticTextTask
+        from training.tasks import StaticTextTask, Task, TextTask
 
-        static = self.static_text()
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
         gpu = self.config.device != "cpu" and torch.cuda.is_available()
         device = torch.device("cuda" if gpu else "cpu")
-        task = StaticTextTask(
-            self.cat.title, TextModelConfig(base=str(static.folder), mode="static"), device
-        )
-        train = TrainConfig(**STATIC_TRAIN, seed=self.config.seed)
+        task: Task
+        if which == "tuned":
+            static = self.static_text()
+            cfg = TextModelConfig(base=str(static.folder), mode="static")
+            task, train = StaticTextTask(self.cat.title, cfg, device), STATIC_TRAIN
+        else:
+            task = TextTask(self.cat.title, TextModelConfig(mode="top"), device,
+                            show_progress=self.show, cache_dir=folder / "cache")
+            train = TOP_TRAIN
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        config = TrainConfig(**train, seed=self.config.seed)
         labels = self.cat.labels
         res = cross_validate(
-            task, labels, train, CVConfig(folds=self.config.folds), folder,
+            task, labels, config, CVConfig(folds=self.config.folds), folder,
             show_progress=self.show,
         )
         for f, (_, va) in enumerate(res.folds):  # the search's own folds, row for row
             if not np.array_equal(np.sort(va), np.flatnonzero(self.fold_of == f)):
                 raise PricematchError("fine-tuning split the rows unlike the search's folds")
-        model, _ = final_fit(task, labels, np.arange(self.n), train, folder, self.show)
+        model, _ = final_fit(task, labels, np.arange(self.n), config, folder, self.show)
         task.export(model, folder / "text")
         np.save(folder / "oof.npy", res.oof)
         for ckpt in folder.glob("*.pt"):
             ckpt.unlink()
+        shutil.rmtree(folder / "cache", ignore_errors=True)
         (folder / "done").write_text("", encoding="utf-8")
+
+    def encode_cost(self, encoder: Encoder, rows: int = 500) -> float:
+        """CPU seconds per 1,000 titles `encoder` takes, timed on the first `rows`."""
+        titles = list(self.cat.title[:rows])
+        c0 = time.process_time()
+        encoder.encode(titles)
+        return (time.process_time() - c0) * 1000.0 / max(1, len(titles))
 
     def _text(self, which: str | None) -> Encoder | None:
         if which is None:
             return None
-        if which == "tuned":
-            return load_encoder(self.tuned_text()[1], device=self.config.device)  # type: ignore[arg-type]
+        if which in ("tuned", "top"):
+            folder = self.tuned_text(which)[1]
+            return load_encoder(folder, device=self.config.device)  # type: ignore[arg-type]
         return self.static_text() if which == "static" else self.base.text
 
     def encoders(self, p: Pipeline) -> Encoders:
@@ -415,7 +441,7 @@ class Search:
         if key in self.pools:
             return self.pools[key]
         labels = self.cat.labels if self.data is None else None
-        if p.text != "tuned":
+        if p.text not in ("tuned", "top"):
             enc = self.encoders(p)
             c0 = time.process_time()
             self.pools[key] = catalogue_pool(
@@ -425,7 +451,7 @@ class Search:
             return self.pools[key]
         # the fine-tuned text: out-of-fold embeddings in place of the encoder's; what
         # matching costs is encoding with the final model (timed), not the fine-tuning
-        oof, final = self.tuned_text()
+        oof, final = self.tuned_text(p.text)
         enc = Encoders(text=load_encoder(final, device=self.config.device),  # type: ignore[arg-type]
                        image=self.base.image if p.image else None)
         c0 = time.process_time()
@@ -464,6 +490,8 @@ class Search:
                 s += _cost("static", n)
             elif p.text == "tuned":
                 s += _cost("static", n) + _cost("tuned", n)
+            elif p.text == "top":
+                s += _cost("top", n)
             elif p.text == "base":
                 s += _cost("text", n)
             if p.image:
@@ -531,6 +559,19 @@ class Search:
             self.made.add(p.signals())
             return t
         c0 = time.process_time()
+        if p.text == "top" and self.base.text is not None and not start:
+            # fine-tuned, it encodes as slowly as the base transformer: timed on a few
+            # titles first, so a model that could not be kept is not trained
+            slow = self.encode_cost(self.base.text)
+            if not self.fast_enough(slow):
+                note = (
+                    f"not kept: encoding alone takes {slow:.2f} CPU-s per 1k rows (as the "
+                    f"base encoder), over the cap of {self.config.match_cpu_per_1k:g}"
+                )
+                t = Trial(name, part, p, [], time.process_time() - c0, slow, note=note)
+                self._save(path, {"fold_f1": [], "cpu_s": t.cpu_s, "match_cpu_1k": slow,
+                                  "config": None, "note": note})
+                return t
         self.pool(p)
         features_1k = self.pool_cpu[p.signals()] * 1000.0 / self.n
         if not start and not self.fast_enough(features_1k):  # it could not be kept

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from index.errors import ImageError, PricematchError
-from training.config import STATIC_TRAIN
+from training.config import STATIC_TRAIN, TOP_TRAIN
 
 #: Most images taken from --images for the parity check.
 MAX_PARITY_IMAGES = 8
@@ -388,7 +388,7 @@ def _train_all(args: argparse.Namespace) -> int:
 #: Per-modality defaults where text (projection on frozen features) and image differ.
 _MODE_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
     ("text", "projection"): {"epochs": 10, "batch_size": 256, "lr": 3e-3, "head_lr": 3e-2},
-    ("text", "top"): {"epochs": 5, "batch_size": 256, "lr": 2e-3, "head_lr": 3e-2},
+    ("text", "top"): TOP_TRAIN,
     ("text", "full"): {"epochs": 5, "batch_size": 64, "lr": 3e-5, "head_lr": 3e-3},
     ("text", "static"): STATIC_TRAIN,
     ("image", ""): {"epochs": 10, "batch_size": 32, "lr": 3e-4, "head_lr": 3e-3},

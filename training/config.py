@@ -148,3 +148,6 @@ class AutoConfig:
 #: How a static-text encoder is fine-tuned (`train text --mode static`'s defaults, and the
 #: fine-tuned candidate of `pricematch train`).
 STATIC_TRAIN: dict[str, Any] = {"epochs": 10, "batch_size": 256, "lr": 1e-2, "head_lr": 3e-2}
+#: How MiniLM's top layers are fine-tuned (`train text --mode top`'s defaults, and that
+#: candidate of `pricematch train`).
+TOP_TRAIN: dict[str, Any] = {"epochs": 5, "batch_size": 256, "lr": 2e-3, "head_lr": 3e-2}
