@@ -339,3 +339,29 @@ def test_ranker_speed_times_each_hot_loop(synth: Path, tmp_path: Path) -> None:
     assert res["rows"] > 0 and res["pairs"] > 0
     for k in ("pair_features_cpu_s", "rank_matches_cpu_s", "tune_thresholds_cpu_s"):
         assert res[k] >= 0.0
+
+
+def test_candidate_recall_true_pairs_and_reasons() -> None:
+    from benchmarks import candidate_recall as cr
+    from index.matching.ranker import RankerConfig
+
+    labels = np.array(["a", "b", "a", "c", "a", "b"])
+    assert cr.true_pairs(labels).tolist() == [[0, 2], [0, 4], [2, 4], [1, 5]]
+    # one signal, 6 rows, lists of 3 (itself first): sims decide the floor
+    I = np.array([[0, 2, 3], [1, 3, 0], [2, 0, 1], [3, 1, 0], [4, 3, 1], [5, 3, 0]])
+    D = np.array([[1, .9, .1], [1, .5, .4], [1, .9, .2], [1, .5, .1], [1, .3, .1],
+                  [1, .3, .2]], np.float32)
+    nb = {"tfidf": (D, I)}
+    truth = cr.true_pairs(labels)
+    # top 1, floor 0.2: (0,2) a candidate; (0,4) in no list; (2,4) in no list; (1,5) no list
+    why = cr.reasons(nb, 6, truth, RankerConfig(top_k=1, floors={"tfidf": 0.2}))
+    assert [cr.REASONS[w] for w in why] == ["candidate", "in no list", "in no list",
+                                           "in no list"]
+    I2 = I.copy()
+    I2[4] = [4, 3, 0]  # row 4 lists row 0 second (0.1): beyond top 1, and below the floor
+    I2[5] = [5, 1, 0]  # row 5 lists row 1 first at 0.3, under a floor of 0.35
+    nb2 = {"tfidf": (D, I2)}
+    why2 = cr.reasons(nb2, 6, truth, RankerConfig(top_k=1, floors={"tfidf": 0.35}))
+    assert [cr.REASONS[w] for w in why2] == ["candidate", "beyond the top k", "in no list",
+                                            "below the floor"]
+    assert cr.by_size(labels, truth, why2 == 0) == {"2": 0.0, "3-4": 0.3333}

@@ -946,3 +946,25 @@ def test_is_candidate_equals_a_set_lookup() -> None:
     assert got[:50].all() and not got[50:].all()
     assert is_candidate(asked, cands[:0]).tolist() == [False] * len(asked)
     assert len(is_candidate(asked[:0], cands)) == 0
+
+
+def test_two_hop_pairs_equal_a_loop_over_shared_neighbours() -> None:
+    """Issue 27: a pair only reachable in two hops (a - x - c) is proposed; pairs that are
+    edges or already candidates are not."""
+    from index.matching.ranker import two_hop_pairs
+
+    edges = np.array([[0, 1], [1, 2], [2, 3], [5, 4], [4, 6], [1, 0]])
+    got = two_hop_pairs(edges, 8)
+    assert got.tolist() == [[0, 2], [1, 3], [5, 6]]
+    assert two_hop_pairs(edges, 8, exclude=np.array([[1, 3]])).tolist() == [[0, 2], [5, 6]]
+    assert two_hop_pairs(edges[:0], 8).shape == (0, 2)
+    rng = np.random.default_rng(4)
+    e = rng.integers(0, 30, (60, 2))
+    e = e[e[:, 0] != e[:, 1]]
+    nbrs: dict[int, set[int]] = {}
+    for x, y in e.tolist():
+        nbrs.setdefault(x, set()).add(y)
+        nbrs.setdefault(y, set()).add(x)
+    want = sorted({(min(i, j), max(i, j)) for x in nbrs for i in nbrs[x] for j in nbrs[x]
+                   if i != j and j not in nbrs[i]})
+    assert [tuple(r) for r in two_hop_pairs(e, 30).tolist()] == want

@@ -120,6 +120,27 @@ def candidate_pairs(nb: dict[str, Neighbours], n: int, config: RankerConfig) -> 
     return np.unique(pairs, axis=0) if len(pairs) else pairs
 
 
+def two_hop_pairs(edges: np.ndarray, n: int, exclude: np.ndarray | None = None) -> np.ndarray:
+    """(m, 2) int64 sorted unordered pairs (i < j) joined by two of the (e, 2) `edges`
+    (i - x - j, e.g. confident matches) and not one edge themselves nor in the sorted
+    unordered `exclude` (e.g. the candidates already): one sparse product, no loop."""
+    if len(edges) == 0:
+        return np.zeros((0, 2), np.int64)
+    a, b = edges[:, 0].astype(np.int64), edges[:, 1].astype(np.int64)
+    ones = np.ones(2 * len(a), np.float32)
+    A = sp.csr_matrix((ones, (np.r_[a, b], np.r_[b, a])), shape=(n, n))
+    A.data[:] = 1.0  # an edge given twice counts once
+    two = sp.triu(A @ A, k=1).tocoo()  # (n, n): i < j sharing a neighbour
+    one = sp.triu(A, k=1).tocsr()
+    pairs = np.stack([two.row, two.col], axis=1).astype(np.int64)
+    pairs = pairs[np.asarray(one[pairs[:, 0], pairs[:, 1]]).ravel() == 0] if len(pairs) else pairs
+    if exclude is not None and len(exclude) and len(pairs):
+        key = pairs[:, 0] * n + pairs[:, 1]
+        pairs = pairs[~np.isin(key, exclude[:, 0].astype(np.int64) * n + exclude[:, 1])]
+    order = np.lexsort((pairs[:, 1], pairs[:, 0]))
+    return pairs[order]
+
+
 def _lookup(nb: Neighbours, n: int, what: str) -> sp.csr_matrix:
     """n x n sparse: at (i, I[i, r]) the similarity + 3 ("sim") or rank r + 1 ("rank")."""
     D, I = nb
