@@ -79,12 +79,15 @@ def test_documented_defaults() -> None:
 def test_the_start_pipeline_and_what_a_change_prints() -> None:
     start = auto.Pipeline()
     assert start == auto.Pipeline(char_ngrams=False, text=None, image=False, unit_rule=False,
-                                  reciprocal=0, ranker=False, top_k=20, floors=True)
+                                  reciprocal=0, ranker=False, top_k=20, floors=True,
+                                  two_hop=False)
     assert start.changes() == []
     p = auto.Pipeline(text="static", ranker=True, floors=False, top_k=50)
     assert p.changes() == ["text=static", "ranker", "top_k=50", "floors=False"]
     assert p.ranker_config().top_k == 50 and p.ranker_config().floors == {}
     assert auto.Pipeline(ranker=True).ranker_config().floors["tfidf"] == 0.2
+    assert auto.Pipeline(two_hop=True).ranker_config().two_hop
+    assert not auto.Pipeline().ranker_config().two_hop
 
 
 def test_a_part_wins_on_every_fold_or_on_most_beyond_the_noise() -> None:
@@ -128,6 +131,10 @@ def test_train_writes_a_model_match_uses_with_no_flags(
         assert sum(1 for _ in csv.DictReader(f)) == len(
             (synth / "listings.csv").read_text().splitlines()) - 1
     assert (trained / "ranker").is_dir() == rep["chosen"]["ranker"]
+    # the ranker's candidates are tried exactly when the ranker was kept
+    ranker_kept = any(t["kept"] for t in rep["trials"] if t["part"] == "ranker")
+    cands = [t for t in rep["trials"] if t["part"] == "candidates"]
+    assert len(cands) == (3 if ranker_kept else 0)
     # MiniLM's top layers fine-tuned out of fold is one of the candidates, and was scored
     top = [t for t in rep["trials"] if t["pipeline"]["text"] == "top"]
     assert len(top) == 1 and len(top[0]["fold_f1"]) == 5
@@ -376,3 +383,20 @@ def test_the_fine_tuned_static_candidate_is_scored_on_out_of_fold_embeddings(
     assert "text: static, fine-tuned on the label groups" not in names
     assert "text: static, fine-tuned on the label groups" in [
         c.name for c in auto.candidates(base, False)]
+
+
+def test_a_two_hop_ranker_is_scored_out_of_fold_and_saved_with_it(
+    synth: Path, model_dir: Path, tmp_path: Path
+) -> None:
+    from index.data.listings import read_catalogue
+    from index.matching.ranker import Ranker
+
+    cat = read_catalogue(synth / "listings.csv")
+    base = auto.load_base(model_dir, tmp_path / "work")
+    search = auto.Search(cat, base, tmp_path / "m", auto.AutoConfig(folds=3), None, False)
+    t = search.trial("hops", "candidates", auto.Pipeline(ranker=True, two_hop=True))
+    assert len(t.fold_f1) == 3 and t.ranker is not None and t.ranker.config.two_hop
+    assert Ranker.load(t.ranker.save(tmp_path / "r")).config.two_hop
+    # on an entity-matching folder (pairwise folds) it is not offered
+    names = [c.name for c in auto.candidates(base, False, groups=False)]
+    assert "candidates: two hops through confident matches" not in names

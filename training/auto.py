@@ -112,10 +112,11 @@ class Pipeline:
     ranker: bool = False
     top_k: int = 20  # the ranker's candidates: each signal's top k neighbours
     floors: bool = True  # ... at or above each signal's floor (False: any similarity)
+    two_hop: bool = False  # ... and the pairs joined by two confident matches
 
     def ranker_config(self) -> RankerConfig:
         """The ranker's candidate settings of this pipeline."""
-        cfg = RankerConfig(top_k=self.top_k)
+        cfg = RankerConfig(top_k=self.top_k, two_hop=self.two_hop)
         return cfg if self.floors else replace(cfg, floors={})
 
     def key(self) -> str:
@@ -216,6 +217,11 @@ def candidates(base: Encoders, images: bool, groups: bool = True) -> list[Candid
             lambda p: replace(p, top_k=WIDE_TOP_K), lambda p: p.ranker and p.top_k < WIDE_TOP_K,
         ),
     ]
+    if groups:  # out of fold on label groups only (pairwise folds score labelled pairs)
+        out.append(Candidate(
+            "candidates: two hops through confident matches", "candidates",
+            lambda p: replace(p, two_hop=True), lambda p: p.ranker and not p.two_hop,
+        ))
 
     def text(name: str, value: str, applies: Callable[[Pipeline], bool]) -> Candidate:
         return Candidate(f"text: {name}", "signal", lambda p: replace(p, text=value), applies)

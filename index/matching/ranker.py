@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -76,6 +76,11 @@ class RankerConfig:
     threshold: float = 0.5
     single_threshold: float = 0.2
     max_matches: int = 50
+    #: Transitivity at decision time: the pairs joined by two confident matches (p at or
+    #: above `threshold`) that are no candidates are scored too (`add_two_hops`), and
+    #: decided with the rest. A whole pool only (`match`, `evaluate`, `/batch-match`): one
+    #: listing at `/match` is decided against its own candidates.
+    two_hop: bool = False
     #: The pool-size rule: the thresholds were tuned on pools of `pool_rows` rows and move
     #: by `pool_slope` per doubling of the pool (fitted on sub-pools out of fold).
     pool_rows: int = 0
@@ -139,6 +144,21 @@ def two_hop_pairs(edges: np.ndarray, n: int, exclude: np.ndarray | None = None) 
         pairs = pairs[~np.isin(key, exclude[:, 0].astype(np.int64) * n + exclude[:, 1])]
     order = np.lexsort((pairs[:, 1], pairs[:, 0]))
     return pairs[order]
+
+
+def add_two_hops(
+    pairs: np.ndarray,
+    p: np.ndarray,
+    threshold: float,
+    n: int,
+    score: Callable[[np.ndarray], np.ndarray],
+) -> tuple[np.ndarray, np.ndarray]:
+    """The (m, 2) scored candidate `pairs` and their (m,) `p`, with the pairs joined by two
+    of those at or above `threshold` (`two_hop_pairs`) appended, scored by `score`."""
+    hop = two_hop_pairs(pairs[p >= threshold], n, exclude=pairs)
+    if len(hop) == 0:
+        return pairs, p
+    return np.concatenate([pairs, hop]), np.concatenate([p, score(hop)]).astype(np.float32)
 
 
 def _lookup(nb: Neighbours, n: int, what: str) -> sp.csr_matrix:
@@ -358,7 +378,13 @@ class Ranker:
         use = {s: nb[s] for s in self.signals}
         pairs = candidate_pairs(use, n, self.config)
         p = self.predict(self.pair_features(pairs, feats, use, titles))
-        return rank_matches(pairs, p, n, self.config.for_pool(n))
+        cfg = self.config.for_pool(n)
+        if cfg.two_hop:
+            pairs, p = add_two_hops(
+                pairs, p, cfg.threshold, n,
+                lambda hop: self.predict(self.pair_features(hop, feats, use, titles)),
+            )
+        return rank_matches(pairs, p, n, cfg)
 
     def pair_features(
         self,

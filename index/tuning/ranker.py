@@ -34,6 +34,7 @@ from index.matching.ranker import (
     Ranker,
     RankerConfig,
     ScoredPairs,
+    add_two_hops,
     candidate_pairs,
     pair_features,
     rank_matches,
@@ -294,9 +295,18 @@ def train_on_whole(
         scored.append((pairs[~away], _predict(booster, X[~away]), labels, rows_of[f]))
     folds = []
     I_all = np.full((n, config.max_matches), -1, np.int64)
+    use = {s: pool.nb[s] for s in signals}
     for f in range(k):
         cfg = tune_group_thresholds([scored[g] for g in range(k) if g != f], config)
-        I, _ = rank_matches(scored[f][0], scored[f][1], n, cfg, rows_of[f])
+        f_pairs, f_p = scored[f][0], scored[f][1]
+        if config.two_hop:  # as `Ranker.match` decides, with this fold's model
+
+            def score(hop: np.ndarray, b: Any = boosters[f]) -> np.ndarray:
+                X_h = pair_features(hop, pool.features, use, pool.titles, signals, weights)
+                return _predict(b, X_h)
+
+            f_pairs, f_p = add_two_hops(f_pairs, f_p, cfg.threshold, n, score)
+        I, _ = rank_matches(f_pairs, f_p, n, cfg, rows_of[f])
         I_all[rows_of[f]] = I[rows_of[f]]
         rep = f1_report(I, labels, buckets, rows=rows_of[f])
         rep.update(threshold=cfg.threshold, single_threshold=cfg.single_threshold)
