@@ -570,25 +570,12 @@ class Search:
             # titles first, so a model that could not be kept is not trained
             slow = self.encode_cost(self.base.text)
             if not self.fast_enough(slow):
-                note = (
-                    f"not kept: encoding alone takes {slow:.2f} CPU-s per 1k rows (as the "
-                    f"base encoder), over the cap of {self.config.match_cpu_per_1k:g}"
-                )
-                t = Trial(name, part, p, [], time.process_time() - c0, slow, note=note)
-                self._save(path, {"fold_f1": [], "cpu_s": t.cpu_s, "match_cpu_1k": slow,
-                                  "config": None, "note": note})
-                return t
+                return self._too_slow(name, part, p, c0, slow, "encoding alone takes",
+                                      " (as the base encoder)")
         self.pool(p)
         features_1k = self.pool_cpu[p.signals()] * 1000.0 / self.n
         if not start and not self.fast_enough(features_1k):  # it could not be kept
-            note = (
-                f"not kept: its features alone take {features_1k:.2f} CPU-s per 1k rows, "
-                f"over the cap of {self.config.match_cpu_per_1k:g}"
-            )
-            t = Trial(name, part, p, [], time.process_time() - c0, features_1k, note=note)
-            self._save(path, {"fold_f1": [], "cpu_s": t.cpu_s, "match_cpu_1k": features_1k,
-                              "config": None, "note": note})
-            return t
+            return self._too_slow(name, part, p, c0, features_1k, "its features alone take")
         fold_f1, cfg, ranker = self.score(p)
         cost = self.match_cost(p, cfg, ranker)
         t = Trial(name, part, p, fold_f1, time.process_time() - c0, cost, config=cfg,
@@ -603,6 +590,17 @@ class Search:
             "config": cfg.model_dump(mode="json"),
         }
         self._save(path, body)
+        return t
+
+    def _too_slow(self, name: str, part: str, p: Pipeline, c0: float, cost: float,
+                  what: str, why: str = "") -> Trial:
+        """The row (saved, so --resume reads it) of a candidate not scored: matching with
+        it would cost `cost` CPU-s per 1k rows, over the cap."""
+        note = (f"not kept: {what} {cost:.2f} CPU-s per 1k rows{why}, over the cap of "
+                f"{self.config.match_cpu_per_1k:g}")
+        t = Trial(name, part, p, [], time.process_time() - c0, cost, note=note)
+        self._save(self._saved(p), {"fold_f1": [], "cpu_s": t.cpu_s, "match_cpu_1k": cost,
+                                    "config": None, "note": note})
         return t
 
     @staticmethod
