@@ -829,6 +829,15 @@ def test_vectorised_title_features_equal_the_pair_by_pair_sets() -> None:
     np.testing.assert_allclose(np.stack(list(got.values()), axis=1), want, rtol=1e-6)
     assert want[:, 7].sum() > 10 and want[:, 4].sum() > 10 and want[:, 6].sum() > 5
     assert all(len(v) == 0 for v in _title_features(titles, a[:0], b[:0]).values())
+    # with word weights: the same word rows give what `WordWeights.differences` gives
+    from index.features.text import WordWeights
+
+    w = WordWeights.fit(titles[:40])
+    got_w = _title_features(titles, a, b, w)
+    big, share = w.differences(titles, a, b)
+    assert np.array_equal(got_w["diff_idf_max"], big)
+    assert np.array_equal(got_w["diff_idf_share"], share)
+    assert len(_title_features(titles, a[:0], b[:0], w)) == len(want[0]) + 2
 
 
 def _loop_rank_matches(pairs: np.ndarray, p: np.ndarray, n: int, cfg: RankerConfig) -> np.ndarray:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -195,11 +196,18 @@ class WordWeights:
         for i, t in enumerate(titles):
             cols += [vocab.setdefault(w, len(vocab)) for w in set(normalize_title(t).split())]
             indptr[i + 1] = len(cols)
-        weight = np.array([self.idf.get(w, self.unseen) for w in vocab], np.float64)
         W = sp.csr_matrix(
             (np.ones(len(cols), np.float64), np.asarray(cols, np.int64), indptr),
             shape=(len(titles), len(vocab)),
         )
+        return self.differences_of(W, list(vocab), a, b)
+
+    def differences_of(
+        self, W: Any, words: Sequence[str], a: np.ndarray, b: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`differences` from the titles' words as a 0/1 (n, vocab) sparse matrix `W`
+        whose columns are `words` (built once by a caller that has it already)."""
+        weight = np.array([self.idf.get(w, self.unseen) for w in words], np.float64)
         a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
         if len(a) == 0:
             return np.zeros(0, np.float32), np.zeros(0, np.float32)

@@ -212,7 +212,9 @@ def _shared(M: sp.csr_matrix, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.asarray(M[a].multiply(M[b]).sum(axis=1)).ravel()
 
 
-def _title_features(titles: Sequence[str], a: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:
+def _title_features(
+    titles: Sequence[str], a: np.ndarray, b: np.ndarray, weights: WordWeights | None = None
+) -> dict[str, np.ndarray]:
     """The title columns (`TITLE_FEATURES`) of the pairs (a[p], b[p]): the titles' words,
     numbers, codes and quantities as 0/1 rows of sparse matrices, each pair's overlap one
     row-wise product (no loop over pairs)."""
@@ -223,9 +225,10 @@ def _title_features(titles: Sequence[str], a: np.ndarray, b: np.ndarray) -> dict
         codes.append(set(model_codes(t)))
     m = len(a)
     if m == 0:
-        return {k: np.zeros(0, np.float32) for k in TITLE_FEATURES}
+        names = (*TITLE_FEATURES, *(WEIGHT_FEATURES if weights is not None else ()))
+        return {k: np.zeros(0, np.float32) for k in names}
     f: dict[str, np.ndarray] = {}
-    W, _ = _binary_rows(words)
+    W, vocab = _binary_rows(words)
     size = np.diff(W.indptr)
     li, lj = size[a], size[b]
     inter = _shared(W, a, b)
@@ -239,7 +242,11 @@ def _title_features(titles: Sequence[str], a: np.ndarray, b: np.ndarray) -> dict
         f[f"{name}_shared"] = shared
         f[f"{name}_conflict"] = (has[a] & has[b] & (shared == 0)).astype(np.float32)
     f["unit_conflict"] = Quantities(titles).conflicts(a, b).astype(np.float32)
-    return {k: np.asarray(f[k], np.float32) for k in TITLE_FEATURES}
+    names = TITLE_FEATURES
+    if weights is not None:  # the same word rows, weighted
+        f["diff_idf_max"], f["diff_idf_share"] = weights.differences_of(W, vocab, a, b)
+        names = (*TITLE_FEATURES, *WEIGHT_FEATURES)
+    return {k: np.asarray(f[k], np.float32) for k in names}
 
 
 def pair_features(
@@ -269,10 +276,8 @@ def pair_features(
         for r in DENSITY_RANKS:
             d = _density(nb[name], r)
             cols += [np.fmin(d[a], d[b]), np.fmax(d[a], d[b])]
-    t = _title_features(titles, a, b)
+    t = _title_features(titles, a, b, weights)
     cols += list(t.values())
-    if weights is not None:
-        cols += list(weights.differences(titles, a, b))
     return np.stack(cols, axis=1).astype(np.float32) if cols else np.zeros((len(a), 0), np.float32)
 
 
