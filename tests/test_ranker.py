@@ -270,6 +270,50 @@ def test_whole_pool_training_keeps_each_fold_unseen_by_its_model(
     assert (len(cat), rep["pool_rule"]["points"][0][1]) == tuple(rep["pool_rule"]["points"][0])
 
 
+def test_the_carry_check_trains_on_one_fold_and_decides_the_others(
+    synth: Path, strict_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 24's carry case out of fold: fold f's rows alone are the training sample, the
+    other folds' rows (matched as one pool) the catalogue it decides and is scored on."""
+    import index.tuning.ranker as tr
+    from index.matching.fusion import FusionConfig
+
+    cat = read_catalogue(synth / "listings.csv")
+    m = load_model(strict_model, device="cpu")
+    (pool,), fold_of = tr.group_pools(cat, m.encoders, m.fusion, 3, "cpu", pooling="whole")
+    assert fold_of is not None and pool.labels is not None
+    signals = ["tfidf", "phash", "text"]
+    sub = tr.sub_pool_maker(FusionConfig(), "cpu")
+    real = tr.carry_f1(pool, fold_of, signals, RankerConfig(), sub, folds=2)
+    trained_on: list[list[str]] = []
+    decided: list[list[str]] = []
+
+    class SelfOnly:  # each row matched to itself only
+        def match(self, feats, nb, titles):  # type: ignore[no-untyped-def]
+            decided.append(list(titles))
+            n = len(titles)
+            return np.arange(n)[:, None], np.ones((n, 1), np.float32)
+
+    def fake_train(sample, inner, sigs, config, sub_pool=None, **kw):  # type: ignore[no-untyped-def]
+        trained_on.append(list(sample.titles))
+        assert sorted(set(inner.tolist())) == [0, 1, 2] and sub_pool is sub
+        return SelfOnly(), {}
+
+    monkeypatch.setattr(tr, "train_on_whole", fake_train)
+    got = tr.carry_f1(pool, fold_of, signals, RankerConfig(), sub, folds=2)
+    assert len(got) == len(real) == 2
+    titles = np.array(pool.titles)
+    for f in (0, 1):
+        assert sorted(trained_on[f]) == sorted(titles[fold_of == f].tolist())
+        assert sorted(decided[f]) == sorted(titles[fold_of != f].tolist())
+        rest = pool.labels[fold_of != f]
+        size = {g: int((rest == g).sum()) for g in rest.tolist()}
+        # a row matched to itself alone: F1 2 / (1 + its group's size)
+        assert got[f] == pytest.approx(float(np.mean([2 / (1 + size[g]) for g in rest.tolist()])))
+        assert real[f] > got[f] + 0.1  # a real ranker finds the other rows of its group
+    assert tr.CARRY_FOLDS == 2
+
+
 @pytest.fixture(scope="module")
 def ranked_model(synth: Path, strict_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The strict fake model with a ranker trained by `pricematch train ranker`."""

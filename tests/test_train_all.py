@@ -16,6 +16,7 @@ import pytest
 
 from index.cli.parser import build_parser, main, with_default_part
 from index.features.encoders import Encoder, register_encoder
+from index.matching.ranker import RankerConfig
 from index.search.knn import l2_normalize
 from training import auto
 
@@ -106,6 +107,44 @@ def test_a_part_wins_on_every_fold_or_on_most_beyond_the_noise() -> None:
         "mean gain +0.0667 not above its standard error 0.1333")
 
 
+def test_carry_verdict_strictly_above_on_every_check() -> None:
+    v = auto.carry_verdict
+    assert v([], [0.8, 0.8]) is None and v([0.7, 0.7], []) is None  # a fusion has no check
+    assert v([0.81, 0.8001], [0.8, 0.8]) is None
+    assert v([0.8, 0.9], [0.8, 0.7]) == "loses carried to a bigger pool (0.8000 vs 0.8000)"
+    assert v([0.9, 0.69], [0.8, 0.7]) == "loses carried to a bigger pool (0.6900 vs 0.7000)"
+
+
+def test_a_change_that_wins_out_of_fold_but_loses_carried_is_not_kept(
+    synth: Path, model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every change wins out of fold here (the verdict is forced); the carry check decides:
+    no floors loses it, two hops ties it, so neither is kept and the ranker stays as it is."""
+    checked: list[RankerConfig] = []
+
+    def carry(pool, fold_of, signals, config, sub_pool, show_progress=False):  # type: ignore[no-untyped-def]
+        checked.append(config)
+        assert len(pool.titles) == len(fold_of)
+        return [0.7, 0.9] if config.floors == {} else [0.8, 0.8]
+
+    monkeypatch.setattr(auto, "carry_f1", carry)
+    monkeypatch.setattr(auto, "verdict", lambda new, old: None)
+    out = tmp_path / "m"
+    assert main(["train", str(synth / "listings.csv"), "--base", str(model_dir), "-q",
+                 "--budget", "1", "--out", str(out)]) == 0
+    rep = _report(out)
+    by = {t["name"]: t for t in rep["trials"]}
+    assert by["pair re-ranker"]["kept"] and by["pair re-ranker"]["carry_f1"] == [0.8, 0.8]
+    assert by["TF-IDF + phash fusion (start)"]["carry_f1"] == []
+    floors = by["candidates: no similarity floors"]
+    assert not floors["kept"]
+    assert floors["note"] == "not kept: loses carried to a bigger pool (0.7000 vs 0.8000)"
+    hops = by["candidates: two hops through confident matches"]
+    assert not hops["kept"] and hops["note"].endswith("(0.8000 vs 0.8000)")
+    assert rep["chosen"]["ranker"] and rep["chosen"]["floors"] and not rep["chosen"]["two_hop"]
+    assert [c.floors == {} for c in checked[:2]] == [False, True]
+
+
 def test_train_writes_a_model_match_uses_with_no_flags(
     trained: Path, synth: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -118,7 +157,11 @@ def test_train_writes_a_model_match_uses_with_no_flags(
     parts = [t["part"] for t in rep["trials"][1:]]  # ranker, options, signals, stages
     assert parts == sorted(parts, key=lambda x: auto.PART_ORDER[x]) and parts[0] == "ranker"
     assert auto.PART_ORDER == {"ranker": 0, "candidates": 1, "tfidf": 2, "signal": 3, "stage": 4}
-    assert auto.WIDE_TOP_K == 50
+    from index.features.embed import Encoders
+
+    names = [c.name for c in auto.candidates(Encoders(), False)]
+    assert [n for n in names if n.startswith("candidates")] == [
+        "candidates: no similarity floors", "candidates: two hops through confident matches"]
     # with the ranker kept the fusion's stages are not tried (the ranker decides instead)
     assert ("stage" in parts) != rep["chosen"]["ranker"]
     # the model is the fusion (and ranker) of the winner: match needs no flag, and the
@@ -343,7 +386,7 @@ def test_a_wider_top_k_of_a_pure_noise_signal_is_not_kept(
     search = auto.Search(cat, base, tmp_path / "m", auto.AutoConfig(), None, False)
     narrow = search.trial("top 20", "test", auto.Pipeline(text="base", ranker=True))
     wide = search.trial("top 50", "candidates",
-                        auto.Pipeline(text="base", ranker=True, top_k=auto.WIDE_TOP_K))
+                        auto.Pipeline(text="base", ranker=True, top_k=50))
     assert len(wide.fold_f1) == len(narrow.fold_f1) == 5
     assert auto.verdict(wide.fold_f1, narrow.fold_f1) is not None
     assert wide.ranker is not None and wide.ranker.config.top_k == 50

@@ -45,6 +45,7 @@ from index.store.model import FUSION, RANKER, write_model, write_ranker
 from index.tuning.grids import group_folds
 from index.tuning.ranker import (
     RankPool,
+    carry_f1,
     catalogue_pool,
     match_pool,
     ranker_signals,
@@ -62,13 +63,13 @@ __all__ = [
     "DEFAULT_MATCH_CPU_PER_1K",
     "PART_ORDER",
     "REPORT",
-    "WIDE_TOP_K",
     "AutoConfig",
     "Candidate",
     "Pipeline",
     "Search",
     "Trial",
     "candidates",
+    "carry_verdict",
     "load_base",
     "verdict",
 ]
@@ -92,6 +93,7 @@ COSTS: dict[str, tuple[float, float]] = {
     "text": (2.0, 9.0),  # the transformer encoder, zero-shot
     "image": (2.0, 60.0),  # the image encoder, zero-shot, on a CPU
     "ranker": (2.0, 12.0),  # candidate pairs, LightGBM folds, the pool-size rule
+    "carry": (2.0, 4.0),  # the carry check: a ranker on one fold, the rest matched
 }
 #: The cap counts a catalogue of fewer rows as this many (its fixed costs, imports and
 #: index set-up, would otherwise dominate the per-row figure of a small catalogue).
@@ -156,6 +158,7 @@ class Trial:
     part: str
     pipeline: Pipeline
     fold_f1: list[float] = field(default_factory=list)
+    carry_f1: list[float] = field(default_factory=list)  # the ranker's carry check
     cpu_s: float = 0.0
     match_cpu_1k: float = float("nan")  # CPU-s per 1k rows to match with this pipeline
     kept: bool = False
@@ -174,6 +177,7 @@ class Trial:
             "pipeline": asdict(self.pipeline),
             "fold_f1": self.fold_f1,
             "f1": self.f1 if self.fold_f1 else None,
+            "carry_f1": self.carry_f1,
             "cpu_s": round(self.cpu_s, 1),
             "match_cpu_per_1k": None if np.isnan(self.match_cpu_1k) else self.match_cpu_1k,
             "kept": self.kept,
@@ -189,8 +193,10 @@ class Trial:
 #: TF-IDF options and the signals, weighed with the ranker when it was kept; the fusion's
 #: stages last, and only without a ranker (it decides instead of them).
 PART_ORDER = {"ranker": 0, "candidates": 1, "tfidf": 2, "signal": 3, "stage": 4}
-#: The wider candidate set tried for the ranker (each signal's top k; the default is 20).
-WIDE_TOP_K = 50
+#: Each signal's top 50 instead of 20 is not a candidate: measured, it wins out of fold at
+#: the pool trained on (+0.0006 on the 27k dev rows, +0.005 on a 5k sample) and loses when
+#: the 5k sample's model matches the other 22k rows (0.711 vs 0.742, at any threshold), a
+#: loss the carry check cannot see from a 5k sample (docs/BENCHMARKS.md, "The carry check").
 
 
 def candidates(base: Encoders, images: bool, groups: bool = True) -> list[Candidate]:
@@ -211,10 +217,6 @@ def candidates(base: Encoders, images: bool, groups: bool = True) -> list[Candid
         Candidate(
             "candidates: no similarity floors", "candidates",
             lambda p: replace(p, floors=False), lambda p: p.ranker and p.floors,
-        ),
-        Candidate(
-            f"candidates: top {WIDE_TOP_K} per signal", "candidates",
-            lambda p: replace(p, top_k=WIDE_TOP_K), lambda p: p.ranker and p.top_k < WIDE_TOP_K,
         ),
     ]
     if groups:  # out of fold on label groups only (pairwise folds score labelled pairs)
@@ -264,6 +266,19 @@ def verdict(new: list[float], old: list[float]) -> str | None:
     if gain.mean() > se:
         return None
     return f"mean gain {gain.mean():+.4f} not above its standard error {se:.4f}"
+
+
+def carry_verdict(new: list[float], old: list[float]) -> str | None:
+    """Whether the carry check (`index.tuning.ranker.carry_f1`) of `new` beats `old`'s:
+    None when it does on every check or when either has none (a fusion, labelled pairs),
+    else why not. Strictly above: a tie does not buy a part its cost."""
+    if not new or not old:
+        return None
+    lost = [(a, b) for a, b in zip(new, old, strict=True) if not a > b]
+    if not lost:
+        return None
+    a, b = lost[0]
+    return f"loses carried to a bigger pool ({a:.4f} vs {b:.4f})"
 
 
 def _cost(kind: str, rows: int) -> float:
@@ -504,13 +519,17 @@ class Search:
                 s += _cost("image", n)
         s += _cost("tune", n)
         if p.ranker:  # its cost grows with the candidate pairs
-            s += _cost("ranker", n) * p.top_k / 20 * (1.0 if p.floors else 1.1)
+            wide = p.top_k / 20 * (1.0 if p.floors else 1.1)
+            s += (_cost("ranker", n) + (_cost("carry", n) if self.data is None else 0.0)) * wide
         return s
 
     # -- scoring -------------------------------------------------------------------------
 
-    def score(self, p: Pipeline) -> tuple[list[float], FusionConfig, Ranker | None]:
-        """`p` out of fold: each fold's F1, the fusion config kept, the ranker kept."""
+    def score(
+        self, p: Pipeline
+    ) -> tuple[list[float], FusionConfig, Ranker | None, list[float]]:
+        """`p` out of fold: each fold's F1, the fusion config kept, the ranker kept, and
+        the ranker's carry check (label groups; none for a fusion or labelled pairs)."""
         pool = self.pool(p)
         present = pool.features.present()
         start = start_config(pool.nb, self.fusion_base(p), present)
@@ -521,17 +540,16 @@ class Search:
                 pool.nb, pool.titles, pool.labels, self.fold_of, start, show_progress=self.show
             )
             if not p.ranker:
-                return tuned.fold_f1, tuned.config, None
+                return tuned.fold_f1, tuned.config, None, []
             signals = ranker_signals([pool], tuned.config)
+            sub = sub_pool_maker(tuned.config, dev)
             ranker, rep = train_on_whole(
-                pool,
-                self.fold_of,
-                signals,
-                p.ranker_config(),
-                show_progress=self.show,
-                sub_pool=sub_pool_maker(tuned.config, dev),
+                pool, self.fold_of, signals, p.ranker_config(), show_progress=self.show,
+                sub_pool=sub,
             )
-            return list(rep["oof_f1"]), tuned.config, ranker
+            carry = carry_f1(pool, self.fold_of, signals, p.ranker_config(), sub,
+                             show_progress=self.show)
+            return list(rep["oof_f1"]), tuned.config, ranker, carry
         train = self.train_pairs
         assert train is not None
         src = self.cat.source_codes
@@ -540,13 +558,13 @@ class Search:
             start, source=src, show_progress=self.show,
         )
         if not p.ranker:
-            return tuned_p.fold_f1, tuned_p.config, None
+            return tuned_p.fold_f1, tuned_p.config, None, []
         signals = ranker_signals([pool], tuned_p.config)
         ranker, rep = train_on_pairs(
             pool, train, self.groups, signals, self.config.folds, p.ranker_config(),
             fusion=tuned_p.config, source=src,
         )
-        return list(rep["oof_f1"]), tuned_p.config, ranker
+        return list(rep["oof_f1"]), tuned_p.config, ranker, []
 
     def _saved(self, p: Pipeline) -> Path:
         return self.work / f"{p.key()}.json"
@@ -558,7 +576,8 @@ class Search:
         if path.is_file():
             got = json.loads(path.read_text(encoding="utf-8"))
             ranker = Ranker.load(self.work / p.key()) if p.ranker else None
-            t = Trial(name, part, p, got["fold_f1"], got["cpu_s"], got["match_cpu_1k"],
+            t = Trial(name, part, p, got["fold_f1"], got.get("carry_f1", []), got["cpu_s"],
+                      got["match_cpu_1k"],
                       note="resumed" + (f"; {got['note']}" if got.get("note") else ""))
             if got["config"] is not None:
                 t.config, t.ranker = FusionConfig.model_validate(got["config"]), ranker
@@ -576,15 +595,16 @@ class Search:
         features_1k = self.pool_cpu[p.signals()] * 1000.0 / self.n
         if not start and not self.fast_enough(features_1k):  # it could not be kept
             return self._too_slow(name, part, p, c0, features_1k, "its features alone take")
-        fold_f1, cfg, ranker = self.score(p)
+        fold_f1, cfg, ranker, carry = self.score(p)
         cost = self.match_cost(p, cfg, ranker)
-        t = Trial(name, part, p, fold_f1, time.process_time() - c0, cost, config=cfg,
+        t = Trial(name, part, p, fold_f1, carry, time.process_time() - c0, cost, config=cfg,
                   ranker=ranker)
         if ranker is not None:
             ranker.save(self.work / p.key())
         self.made.add(p.signals())
         body = {
             "fold_f1": fold_f1,
+            "carry_f1": carry,
             "cpu_s": t.cpu_s,
             "match_cpu_1k": cost,
             "config": cfg.model_dump(mode="json"),
@@ -598,7 +618,7 @@ class Search:
         it would cost `cost` CPU-s per 1k rows, over the cap."""
         note = (f"not kept: {what} {cost:.2f} CPU-s per 1k rows{why}, over the cap of "
                 f"{self.config.match_cpu_per_1k:g}")
-        t = Trial(name, part, p, [], time.process_time() - c0, cost, note=note)
+        t = Trial(name, part, p, [], [], time.process_time() - c0, cost, note=note)
         self._save(self._saved(p), {"fold_f1": [], "cpu_s": t.cpu_s, "match_cpu_1k": cost,
                                     "config": None, "note": note})
         return t
@@ -643,7 +663,7 @@ class Search:
                 rows.append(t)
                 self.pools.pop(p.signals(), None)
                 continue
-            why = verdict(t.fold_f1, best.fold_f1)
+            why = verdict(t.fold_f1, best.fold_f1) or carry_verdict(t.carry_f1, best.carry_f1)
             cap = self.config.match_cpu_per_1k
             t.kept = why is None and self.fast_enough(t.match_cpu_1k)
             if why is None and not t.kept:

@@ -372,9 +372,12 @@ def _train_all(args: argparse.Namespace) -> int:
         f1 = f"{t.f1:7.4f}" if t.fold_f1 else f"{'-':>7}"
         cost = f"{t.match_cpu_1k:6.2f}" if t.fold_f1 else f"{'-':>6}"
         folds = " ".join(f"{f:.4f}" for f in t.fold_f1)
+        if t.carry_f1:
+            folds += "; carried " + " ".join(f"{f:.4f}" for f in t.carry_f1)
         print(f"  {t.name:<48} {f1} {t.cpu_s:7.1f} {cost}  {folds}")
         print(f"  {'':<48} {'':>7} {'':>7} {'':>6}  {t.note or 'start'}")
-    print("  (CPU s: what trying it cost; match: CPU-s per 1,000 rows to match with it)")
+    print("  (CPU s: what trying it cost; match: CPU-s per 1,000 rows to match with it;")
+    print("   carried: a ranker trained on one fold alone deciding the other folds as one pool)")
     parts = best.pipeline.changes()
     print(
         f"\nkept: {', '.join(parts) or 'the start (TF-IDF + phash)'}; out-of-fold F1 "

@@ -347,6 +347,53 @@ def train_on_whole(
     return Ranker(booster, list(signals), final_cfg, report, weights), report
 
 
+#: Folds the carry check trains on (each the small sample, the other folds the catalogue).
+CARRY_FOLDS = 2
+
+
+def carry_f1(
+    pool: RankPool,
+    fold_of: np.ndarray,
+    signals: Sequence[str],
+    config: RankerConfig,
+    sub_pool: SubPool,
+    folds: int = CARRY_FOLDS,
+    show_progress: bool = False,
+) -> list[float]:
+    """The carry check: a user trains on a labelled sample and matches a bigger catalogue.
+    For each of the first `folds` folds, a ranker is trained on that fold's rows matched as
+    a pool of their own (`train_on_whole` in as many inner folds, the pool-size rule
+    included), then decides the other folds' rows matched as one pool ((k-1)× its size);
+    returns the mean row F1 of each such decision. What wins out of fold at one pool size
+    but loses carried (e.g. wider candidates, whose extra neighbours hold more look-alikes
+    in a bigger pool) shows here.
+
+    Args:
+        pool: one group-labelled pool; fold_of: (n,) fold of each row, 0..k-1.
+        sub_pool: makes the pool of some of its rows (`sub_pool_maker`).
+    """
+    labels = pool.labels
+    assert labels is not None
+    k = int(fold_of.max()) + 1
+    out = []
+    for f in progress(range(min(folds, k)), desc="carry check", unit="fold",
+                      disable=not show_progress):
+        sample = sub_pool(pool, np.flatnonzero(fold_of == f))
+        assert sample.labels is not None
+        inner_k = min(k, len(np.unique(sample.labels)))
+        if inner_k < 2:  # a sample of one product cannot be trained on out of fold
+            continue
+        inner = np.full(len(sample.labels), -1, np.int64)
+        for g, (_, rows) in enumerate(group_folds(sample.labels, inner_k, seed=f)):
+            inner[rows] = g
+        small, _ = train_on_whole(sample, inner, signals, config, sub_pool=sub_pool)
+        rest = sub_pool(pool, np.flatnonzero(fold_of != f))
+        assert rest.labels is not None
+        I, _ = small.match(rest.features, rest.nb, rest.titles)
+        out.append(mean_f1(I, rest.labels))
+    return out
+
+
 def train_grouped(
     pools: list[RankPool],
     signals: Sequence[str],
