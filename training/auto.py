@@ -34,7 +34,7 @@ from index.data.listings import Catalogue
 from index.data.oof import posting_ids_sha256
 from index.data.pairs import PairData, Pairs, pair_components
 from index.errors import CatalogueError, PricematchError
-from index.features.embed import Encoders, embed
+from index.features.embed import Encoders
 from index.features.encoders import Encoder, load_encoder, read_encoder_config
 from index.features.tfidf import TfidfConfig
 from index.matching.fusion import FusionConfig
@@ -47,7 +47,6 @@ from index.tuning.ranker import (
     RankPool,
     carry_f1,
     catalogue_pool,
-    match_pool,
     ranker_signals,
     sub_pool_maker,
     train_on_pairs,
@@ -88,8 +87,6 @@ COSTS: dict[str, tuple[float, float]] = {
     "char": (1.0, 0.6),  # char n-gram TF-IDF on top
     "tune": (1.0, 3.0),  # out-of-fold threshold descent
     "static": (30.0, 0.3),  # distilling the static encoder, then encoding
-    "tuned": (10.0, 50.0),  # fine-tuning it once per fold and once on all rows, 10 epochs
-    "top": (60.0, 160.0),  # MiniLM's top layers, the same 6 fits (5 epochs), then encoding
     "text": (2.0, 9.0),  # the transformer encoder, zero-shot
     "image": (2.0, 60.0),  # the image encoder, zero-shot, on a CPU
     "ranker": (2.0, 12.0),  # candidate pairs, LightGBM folds, the pool-size rule
@@ -105,9 +102,7 @@ class Pipeline:
     """One candidate model: the choice made for each part."""
 
     char_ngrams: bool = False  # TF-IDF char 3-5 n-grams as a second part
-    text: str | None = None  # None, "static" (distilled from the base), "tuned" (that
-    # static encoder fine-tuned on the label groups), "top" (MiniLM's top layers
-    # fine-tuned on them) or "base"
+    text: str | None = None  # None, "static" (distilled from the base) or "base"
     image: bool = False  # the base image encoder (zero-shot)
     unit_rule: bool = False
     reciprocal: int = 0  # min-2 reciprocal rank check (0 off)
@@ -201,7 +196,16 @@ PART_ORDER = {"ranker": 0, "candidates": 1, "tfidf": 2, "signal": 3, "stage": 4}
 
 def candidates(base: Encoders, images: bool, groups: bool = True) -> list[Candidate]:
     """What the search tries (it orders them by estimated cost); `groups`: the data are
-    label groups (not labelled pairs)."""
+    label groups (not labelled pairs).
+
+    No encoder fine-tuned on the data is among them: scored out of fold in one pool, each
+    fold's rows would be embedded by another model (the one fine-tuned on the other folds),
+    so rows of different folds, in different spaces, hardly ever look alike and every fold
+    is matched as if alone in a pool a fifth of the size. Measured (docs/BENCHMARKS.md,
+    "A fine-tuned encoder cannot be scored in one pool"): 0.92 out of fold on 5k rows,
+    kept, then 0.62 on the other 22k rows against 0.73 without it. A fine-tuned encoder
+    (`train text`) is weighed as the base encoder (`--base`) on other labelled rows.
+    """
     kind = read_encoder_config(base.text.folder)["encoder"] if base.text is not None else None
     static_ok = kind == "onnx-text"
     out = [
@@ -231,12 +235,6 @@ def candidates(base: Encoders, images: bool, groups: bool = True) -> list[Candid
     if static_ok:
         out.append(text("static, distilled from the base encoder", "static",
                         lambda p: p.text is None))
-        if groups:
-            out.append(text("static, fine-tuned on the label groups", "tuned",
-                            lambda p: p.text in (None, "static")))
-    if groups and base.text is not None:
-        out.append(text("MiniLM top layers, fine-tuned on the label groups", "top",
-                        lambda p: p.text != "top"))
     if base.text is not None:
         out.append(text(f"base encoder ({kind}, as given)", "base", lambda p: p.text != "base"))
     if images and base.image is not None:
@@ -378,73 +376,9 @@ class Search:
             (folder / "done").write_text("", encoding="utf-8")
         return load_encoder(folder, device=self.config.device)  # type: ignore[arg-type]
 
-    def tuned_text(self, which: str = "tuned") -> tuple[np.ndarray, Path]:
-        """A text encoder fine-tuned on the label groups (ArcFace, as `train text`): the
-        static one ("tuned", `--mode static`) or MiniLM's top layers ("top", `--mode top`).
-        Returns (n, d) out-of-fold embeddings, each fold's rows embedded by the model
-        fine-tuned on the other folds (the search's folds), and the folder of the model
-        fine-tuned on every row (what is written). Kept in WORK."""
-        folder = self.work / f"text-{which}"
-        if not (folder / "done").is_file():
-            self._fine_tune(which, folder)
-        return np.load(folder / "oof.npy"), folder / "text"
-
-    def _fine_tune(self, which: str, folder: Path) -> None:
-        import torch
-
-        from training.config import (
-            STATIC_TRAIN,
-            TOP_TRAIN,
-            CVConfig,
-            TextModelConfig,
-            TrainConfig,
-        )
-        from training.recipe import cross_validate, final_fit
-        from training.tasks import StaticTextTask, Task, TextTask
-
-        gpu = self.config.device != "cpu" and torch.cuda.is_available()
-        device = torch.device("cuda" if gpu else "cpu")
-        task: Task
-        if which == "tuned":
-            static = self.static_text()
-            cfg = TextModelConfig(base=str(static.folder), mode="static")
-            task, train = StaticTextTask(self.cat.title, cfg, device), STATIC_TRAIN
-        else:
-            task = TextTask(self.cat.title, TextModelConfig(mode="top"), device,
-                            show_progress=self.show, cache_dir=folder / "cache")
-            train = TOP_TRAIN
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
-        config = TrainConfig(**train, seed=self.config.seed)
-        labels = self.cat.labels
-        res = cross_validate(
-            task, labels, config, CVConfig(folds=self.config.folds), folder,
-            show_progress=self.show,
-        )
-        for f, (_, va) in enumerate(res.folds):  # the search's own folds, row for row
-            if not np.array_equal(np.sort(va), np.flatnonzero(self.fold_of == f)):
-                raise PricematchError("fine-tuning split the rows unlike the search's folds")
-        model, _ = final_fit(task, labels, np.arange(self.n), config, folder, self.show)
-        task.export(model, folder / "text")
-        np.save(folder / "oof.npy", res.oof)
-        for ckpt in folder.glob("*.pt"):
-            ckpt.unlink()
-        shutil.rmtree(folder / "cache", ignore_errors=True)
-        (folder / "done").write_text("", encoding="utf-8")
-
-    def encode_cost(self, encoder: Encoder, rows: int = 500) -> float:
-        """CPU seconds per 1,000 titles `encoder` takes, timed on the first `rows`."""
-        titles = list(self.cat.title[:rows])
-        c0 = time.process_time()
-        encoder.encode(titles)
-        return (time.process_time() - c0) * 1000.0 / max(1, len(titles))
-
     def _text(self, which: str | None) -> Encoder | None:
         if which is None:
             return None
-        if which in ("tuned", "top"):
-            folder = self.tuned_text(which)[1]
-            return load_encoder(folder, device=self.config.device)  # type: ignore[arg-type]
         return self.static_text() if which == "static" else self.base.text
 
     def encoders(self, p: Pipeline) -> Encoders:
@@ -462,26 +396,10 @@ class Search:
         if key in self.pools:
             return self.pools[key]
         labels = self.cat.labels if self.data is None else None
-        if p.text not in ("tuned", "top"):
-            enc = self.encoders(p)
-            c0 = time.process_time()
-            self.pools[key] = catalogue_pool(
-                self.cat, enc, self.fusion_base(p), self.config.device, labels, self.show
-            )
-            self.pool_cpu[key] = time.process_time() - c0
-            return self.pools[key]
-        # the fine-tuned text: out-of-fold embeddings in place of the encoder's; what
-        # matching costs is encoding with the final model (timed), not the fine-tuning
-        oof, final = self.tuned_text(p.text)
-        enc = Encoders(text=load_encoder(final, device=self.config.device),  # type: ignore[arg-type]
-                       image=self.base.image if p.image else None)
+        enc = self.encoders(p)
         c0 = time.process_time()
-        feats = embed(self.cat, enc, tfidf_config=self.fusion_base(p).tfidf,
-                      show_progress=self.show)
-        assert feats.text_valid is not None
-        feats.set_dense("text", oof, feats.text_valid)
-        self.pools[key] = match_pool(
-            feats, list(self.cat.title), labels, self.fusion_base(p), self.config.device
+        self.pools[key] = catalogue_pool(
+            self.cat, enc, self.fusion_base(p), self.config.device, labels, self.show
         )
         self.pool_cpu[key] = time.process_time() - c0
         return self.pools[key]
@@ -509,10 +427,6 @@ class Search:
             s += _cost("pool", n) + (_cost("char", n) if p.char_ngrams else 0.0)
             if p.text == "static":
                 s += _cost("static", n)
-            elif p.text == "tuned":
-                s += _cost("static", n) + _cost("tuned", n)
-            elif p.text == "top":
-                s += _cost("top", n)
             elif p.text == "base":
                 s += _cost("text", n)
             if p.image:
@@ -575,22 +489,16 @@ class Search:
         path = self._saved(p)
         if path.is_file():
             got = json.loads(path.read_text(encoding="utf-8"))
-            ranker = Ranker.load(self.work / p.key()) if p.ranker else None
+            scored = got["config"] is not None  # not one named over the match cap
+            ranker = Ranker.load(self.work / p.key()) if p.ranker and scored else None
             t = Trial(name, part, p, got["fold_f1"], got.get("carry_f1", []), got["cpu_s"],
                       got["match_cpu_1k"],
                       note="resumed" + (f"; {got['note']}" if got.get("note") else ""))
-            if got["config"] is not None:
+            if scored:
                 t.config, t.ranker = FusionConfig.model_validate(got["config"]), ranker
             self.made.add(p.signals())
             return t
         c0 = time.process_time()
-        if p.text == "top" and self.base.text is not None and not start:
-            # fine-tuned, it encodes as slowly as the base transformer: timed on a few
-            # titles first, so a model that could not be kept is not trained
-            slow = self.encode_cost(self.base.text)
-            if not self.fast_enough(slow):
-                return self._too_slow(name, part, p, c0, slow, "encoding alone takes",
-                                      " (as the base encoder)")
         self.pool(p)
         features_1k = self.pool_cpu[p.signals()] * 1000.0 / self.n
         if not start and not self.fast_enough(features_1k):  # it could not be kept
@@ -613,10 +521,10 @@ class Search:
         return t
 
     def _too_slow(self, name: str, part: str, p: Pipeline, c0: float, cost: float,
-                  what: str, why: str = "") -> Trial:
+                  what: str) -> Trial:
         """The row (saved, so --resume reads it) of a candidate not scored: matching with
         it would cost `cost` CPU-s per 1k rows, over the cap."""
-        note = (f"not kept: {what} {cost:.2f} CPU-s per 1k rows{why}, over the cap of "
+        note = (f"not kept: {what} {cost:.2f} CPU-s per 1k rows, over the cap of "
                 f"{self.config.match_cpu_per_1k:g}")
         t = Trial(name, part, p, [], [], time.process_time() - c0, cost, note=note)
         self._save(self._saved(p), {"fold_f1": [], "cpu_s": t.cpu_s, "match_cpu_1k": cost,
