@@ -202,8 +202,8 @@ def candidates(base: Encoders, images: bool, groups: bool = True) -> list[Candid
     fold's rows would be embedded by another model (the one fine-tuned on the other folds),
     so rows of different folds, in different spaces, hardly ever look alike and every fold
     is matched as if alone in a pool a fifth of the size. Measured (docs/BENCHMARKS.md,
-    "A fine-tuned encoder cannot be scored in one pool"): 0.92 out of fold on 5k rows,
-    kept, then 0.62 on the other 22k rows against 0.73 without it. A fine-tuned encoder
+    "The carry check, and a fine-tuned encoder …"): 0.92 out of fold on 5k rows, kept,
+    then 0.62 on the other 22k rows against 0.76 without it. A fine-tuned encoder
     (`train text`) is weighed as the base encoder (`--base`) on other labelled rows.
     """
     kind = read_encoder_config(base.text.folder)["encoder"] if base.text is not None else None
