@@ -1051,3 +1051,28 @@ def test_two_hops_at_decision_time_reach_a_pair_no_signal_proposes(tmp_path: Pat
     picky = Ranker(BySimilarity(), ["tfidf"], replace(cfg, two_hop=True))
     I, _ = picky.match(feats, nb, cat.title)
     assert set(I[0][I[0] >= 0]) == {0, 1} and set(I[1][I[1] >= 0]) == {0, 1, 2}
+
+
+def test_the_pool_rule_tunes_one_threshold_per_size_class() -> None:
+    """Each class's threshold is tuned on all its pools together: two small pools whose
+    own best thresholds differ (0.45 and 0.65 alone) share the one that is best for both
+    rows together; the slope is against log2 of each class's rows."""
+    from index.matching.ranker import RankerConfig
+    from index.tuning.ranker import pool_rule_slope
+
+    def pool(true_p: float, false_p: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        # rows 0, 1: one product (their pair scored true_p); rows 2, 3: two others
+        pairs = np.array([[0, 1], [2, 3]], np.int64)
+        return pairs, np.array([true_p, false_p]), np.array([7, 7, 8, 9])
+
+    base = RankerConfig()
+    slope, points = pool_rule_slope(
+        [(100, [pool(0.7, 0.4)]), (400, [pool(0.9, 0.6)])], base)
+    # the lowest threshold of the 0.05 grid above the look-alike and at most the match
+    assert points == [(100.0, 0.45), (400.0, 0.65)]
+    assert slope == pytest.approx(0.1)  # 0.2 over two doublings
+    # one class of both pools: 0.45 (A's best alone) lets B's look-alike (0.6) in; 0.65
+    # keeps both matches and neither look-alike
+    _, joint = pool_rule_slope([(100, [pool(0.7, 0.4), pool(0.9, 0.6)])], base)
+    assert joint == [(100.0, 0.65)]
+    assert pool_rule_slope([(100, [pool(0.7, 0.4)])], base)[0] == 0.0  # one size: no slope

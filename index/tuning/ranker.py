@@ -167,6 +167,23 @@ SubPool = Callable[[RankPool, np.ndarray], RankPool]
 SUB_PARTS = (2, 4)
 
 
+def pool_rule_slope(classes: Sequence[tuple[float, Sequence[Scored]]], base: RankerConfig
+                    ) -> tuple[float, list[tuple[float, float]]]:
+    """The pool-size rule's slope. Each class is (pool rows, the scored pools of about that
+    size: the whole pool's folds, the folds alone, their halves, their quarters): one
+    threshold tuned on all its pools together (`tune_group_thresholds`; far less noisy than
+    one per small pool), then the least-squares slope of threshold against log2(rows).
+
+    Returns:
+        (threshold change per doubling, the classes' (rows, threshold) points).
+    """
+    points = [(float(rows), tune_group_thresholds(scored, base).threshold)
+              for rows, scored in classes]
+    x = np.log2([r for r, _ in points])
+    if len(points) < 2 or np.ptp(x) == 0:
+        return 0.0, points
+    return float(np.polyfit(x, [t for _, t in points], 1)[0]), points
+
 def train_on_pools(
     pools: list[RankPool],
     signals: Sequence[str],
@@ -216,23 +233,23 @@ def train_on_pools(
     final_cfg = tune_group_thresholds(
         [(data[g][0], oof[g], pools[g].labels) for g in range(k)], config
     )
-    sizes: list[tuple[int, float]] = []
+    sizes: list[tuple[float, float]] = []
     if sub_pool is not None:
+        classes: list[list[Scored]] = [[] for _ in (1, *SUB_PARTS)]
         for f in range(k):
             labels = pools[f].labels
             assert labels is not None
-            own = tune_group_thresholds([(data[f][0], oof[f], labels)], final_cfg)
-            sizes.append((len(labels), own.threshold))
-            for parts in SUB_PARTS:
+            classes[0].append((data[f][0], oof[f], labels))
+            for c, parts in enumerate(SUB_PARTS, start=1):
                 for rows in sub_pools(np.arange(len(labels)), labels, parts, seed=f):
                     sp = sub_pool(pools[f], rows)
                     pairs, Xs, _ = _pool_pairs(sp, signals, config, weights)
                     assert sp.labels is not None
-                    t = tune_group_thresholds([(pairs, _predict(boosters[f], Xs), sp.labels)],
-                                              final_cfg).threshold
-                    sizes.append((len(rows), t))
+                    classes[c].append((pairs, _predict(boosters[f], Xs), sp.labels))
         rows_mean = int(np.ceil(np.mean([len(p.titles) for p in pools])))
-        slope = float(np.polyfit(np.log2([s for s, _ in sizes]), [t for _, t in sizes], 1)[0])
+        slope, sizes = pool_rule_slope(
+            [(rows_mean / d, c) for d, c in zip((1, *SUB_PARTS), classes, strict=True)],
+            final_cfg)
         final_cfg = replace(final_cfg, pool_rows=rows_mean, pool_slope=slope)
     X = np.concatenate([d[1] for d in data])
     y = np.concatenate([d[2] for d in data])
@@ -315,18 +332,23 @@ def train_on_whole(
         rep["candidate_recall"] = _candidate_recall(pairs[within], y[within], labels[rows_of[f]])
         folds.append(rep)
     final_cfg = tune_group_thresholds(scored, config)
-    sizes: list[tuple[int, float]] = []
+    sizes: list[tuple[float, float]] = []
     if sub_pool is not None:
+        # the whole pool (each fold's rows in it), then the folds alone, halves, quarters
+        classes: list[list[Scored]] = [[] for _ in range(2 + len(SUB_PARTS))]
         for f in range(k):
-            sizes.append((n, tune_group_thresholds([scored[f]], final_cfg).threshold))
-            for parts in (1, *SUB_PARTS):
+            classes[0].append(scored[f])
+            for c, parts in enumerate((1, *SUB_PARTS), start=1):
                 for rows in sub_pools(rows_of[f], labels, parts, seed=f):
                     sp = sub_pool(pool, rows)
                     sp_pairs, Xs, _ = _pool_pairs(sp, signals, config, weights)
                     assert sp.labels is not None
-                    got = (sp_pairs, _predict(boosters[f], Xs), sp.labels)
-                    sizes.append((len(rows), tune_group_thresholds([got], final_cfg).threshold))
-        slope = float(np.polyfit(np.log2([s for s, _ in sizes]), [t for _, t in sizes], 1)[0])
+                    classes[c].append((sp_pairs, _predict(boosters[f], Xs), sp.labels))
+        fold_rows = n / k
+        slope, sizes = pool_rule_slope(
+            [(n, classes[0])] + [(fold_rows / d, c) for d, c in
+                                 zip((1, *SUB_PARTS), classes[1:], strict=True)],
+            final_cfg)
         final_cfg = replace(final_cfg, pool_rows=n, pool_slope=slope)
     booster = fit(X, y, rounds=int(np.mean(iters).round()))
     report = {
