@@ -105,7 +105,8 @@ def onnx_providers(device: Device = "auto") -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-def _session(path: Path, device: Device) -> Any:
+def onnx_session(path: Path, device: Device) -> Any:
+    """An ONNX Runtime session of `path` on `device` (`onnx_providers`)."""
     import onnxruntime as ort
 
     if not path.is_file():
@@ -247,7 +248,7 @@ class OnnxTextEncoder(Encoder):
         self.config = TextEncoderConfig.model_validate(read_encoder_config(folder))
         self.dim = self.config.dim
         self.tokenizer = load_tokenizer(folder / self.config.tokenizer, self.config.max_length)
-        self._session = _session(folder / self.config.onnx, device)
+        self._session = onnx_session(folder / self.config.onnx, device)
         self._inputs = {i.name for i in self._session.get_inputs()}
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
@@ -349,7 +350,7 @@ class OnnxImageEncoder(Encoder):
         self.folder = folder
         self.config = ImageEncoderConfig.model_validate(read_encoder_config(folder))
         self.dim = self.config.dim
-        self._session = _session(folder / self.config.onnx, device)
+        self._session = onnx_session(folder / self.config.onnx, device)
         self._input = self._session.get_inputs()[0].name
 
     def preprocess(self, img: Image.Image) -> np.ndarray:

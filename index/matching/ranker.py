@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -27,9 +28,13 @@ import scipy.sparse as sp
 
 from index.errors import EncoderError
 from index.features.embed import Features
+from index.features.encoders import Device
 from index.features.text import Quantities, WordWeights, model_codes, normalize_title
+from index.matching.cross import Cascade, PairScorer
 from index.matching.fusion import Neighbours
 
+#: The cross-encoder's artifact folder inside a ranker folder (a kept cascade only).
+CROSS = "cross"
 #: Signals whose similarity is computed exactly for any pair (the others are looked up in
 #: their neighbour lists).
 EXACT = ("tfidf", "text", "image")
@@ -362,6 +367,9 @@ class Ranker:
     report: dict[str, Any] = field(default_factory=dict)
     #: The word weights of its title features (None: a ranker trained without them).
     weights: WordWeights | None = None
+    #: The cross-encoder cascade: which pairs the scorer reads and how (None: trees only).
+    cascade: Cascade | None = None
+    scorer: PairScorer | None = None
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """(m,) match probability of each pair's features."""
@@ -382,14 +390,27 @@ class Ranker:
         n = len(titles)
         use = {s: nb[s] for s in self.signals}
         pairs = candidate_pairs(use, n, self.config)
-        p = self.predict(self.pair_features(pairs, feats, use, titles))
+        p = self.score(pairs, feats, use, titles)
         cfg = self.config.for_pool(n)
         if cfg.two_hop:
             pairs, p = add_two_hops(
-                pairs, p, cfg.threshold, n,
-                lambda hop: self.predict(self.pair_features(hop, feats, use, titles)),
+                pairs, p, cfg.threshold, n, lambda hop: self.score(hop, feats, use, titles)
             )
         return rank_matches(pairs, p, n, cfg)
+
+    def score(
+        self,
+        pairs: np.ndarray,
+        feats: Features,
+        nb: dict[str, Neighbours],
+        titles: Sequence[str],
+    ) -> np.ndarray:
+        """(m,) match probability of the (m, 2) pairs: the trees', and where a cascade is
+        kept, the uncertain band's re-decided with the cross-encoder (`Cascade.refine`)."""
+        p = self.predict(self.pair_features(pairs, feats, nb, titles))
+        if self.cascade is not None and self.scorer is not None:
+            p, _ = self.cascade.refine(p, pairs, titles, self.scorer)
+        return p
 
     def pair_features(
         self,
@@ -415,12 +436,21 @@ class Ranker:
         }
         if self.weights is not None:
             meta["word_weights"] = self.weights.to_json()
+        if self.cascade is not None and self.scorer is not None:
+            meta["cascade"] = asdict(self.cascade)
+            cross = d / CROSS
+            if self.scorer.folder.resolve() != cross.resolve():
+                cross.mkdir(exist_ok=True)
+                for f in self.scorer.folder.iterdir():
+                    if f.is_file():
+                        shutil.copyfile(f, cross / f.name)
         (d / "ranker.json").write_text(json.dumps(meta, indent=2, default=float), "utf-8")
         return d
 
     @classmethod
-    def load(cls, folder: str | Path) -> Ranker:
-        """Read a folder written by `save`. Raises EncoderError when it is not one."""
+    def load(cls, folder: str | Path, device: Device = "auto") -> Ranker:
+        """Read a folder written by `save` (a cascade's scorer runs on `device`). Raises
+        EncoderError when it is not one."""
         import lightgbm
 
         d = Path(folder)
@@ -439,4 +469,12 @@ class Ranker:
                 raise EncoderError(f"{d}: unreadable word_weights in ranker.json: {e}") from e
         if booster.num_feature() != len(feature_names(meta["signals"], weights is not None)):
             raise EncoderError(f"{d}: the model's features do not match its signals")
-        return cls(booster, list(meta["signals"]), config, meta["report"], weights)
+        cascade, scorer = None, None
+        if "cascade" in meta:
+            try:
+                cascade = Cascade(**meta["cascade"])
+            except TypeError as e:
+                raise EncoderError(f"{d}: unreadable cascade in ranker.json: {e}") from e
+            scorer = PairScorer(d / CROSS, device)
+        return cls(booster, list(meta["signals"]), config, meta["report"], weights, cascade,
+                   scorer)

@@ -560,7 +560,7 @@ class LiveCatalogue:
                 pool.set_dense(name, x, np.concatenate([qd[name][1][j : j + 1], cd[name][1]]))
         titles = [q.title[j], *cq.title]
         pairs = np.stack([np.zeros(m, np.int64), np.arange(1, m + 1)], axis=1)
-        p = ranker.predict(ranker.pair_features(pairs, pool, nb, titles))
+        p = ranker.score(pairs, pool, nb, titles)
         keep = p >= cfg.threshold
         if not keep.any() and p.max() >= cfg.single_threshold:
             keep[int(np.argmax(p))] = True

@@ -142,7 +142,7 @@ def load_model(
     else:
         encoders = load_encoders(root, device=device)
     fusion = read_fusion(root / FUSION) if (root / FUSION).is_file() else FusionConfig()
-    ranker = Ranker.load(root / RANKER) if (root / RANKER).is_dir() else None
+    ranker = Ranker.load(root / RANKER, device) if (root / RANKER).is_dir() else None
     return Model(root, encoders, fusion, ranker)
 
 

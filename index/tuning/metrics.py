@@ -96,3 +96,12 @@ def predicted_pairs(I: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.nd
 def pair_report(I: np.ndarray, left: np.ndarray, right: np.ndarray, label: np.ndarray) -> dict:
     """Pairwise precision/recall/F1 of the matches I on labelled pairs (only those count)."""
     return pair_prf(predicted_pairs(I, left, right), label.astype(bool))
+
+
+#: The probability thresholds a decision is tuned over.
+THRESHOLDS = np.round(np.arange(0.05, 0.96, 0.05), 2)
+
+
+def tune_pair_threshold(p: np.ndarray, y: np.ndarray) -> float:
+    """The threshold maximising pairwise F1 of `p >= t` on labelled pairs."""
+    return float(max(THRESHOLDS, key=lambda t: (pair_prf(p >= t, y)["f1"], -t)))

@@ -19,7 +19,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,8 +43,17 @@ from index.matching.ranker import (
 from index.matching.selfmatch import decide, self_neighbours
 from index.matching.stages import apply_stages
 from index.progress import progress
+from index.tuning.cascade import PairModelFit, cascade_fold_f1, tune_cascade
 from index.tuning.grids import MARGINAL_MIN, group_folds, sub_pools
-from index.tuning.metrics import SIZE_BUCKETS, f1_report, mean_f1, pair_prf, pair_report
+from index.tuning.metrics import (
+    SIZE_BUCKETS,
+    THRESHOLDS,
+    f1_report,
+    mean_f1,
+    pair_prf,
+    pair_report,
+    tune_pair_threshold,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +75,6 @@ PARAMS: dict[str, Any] = {
 }
 MAX_ROUNDS = 300
 EARLY_STOP = 30
-THRESHOLDS = np.round(np.arange(0.05, 0.96, 0.05), 2)
 
 
 @dataclass
@@ -144,10 +153,6 @@ def tune_group_thresholds(scored: Sequence[Scored], base: RankerConfig) -> Ranke
     single = max(singles, key=lambda s: (f(replace(cfg, single_threshold=s)), s))
     return replace(cfg, single_threshold=float(single))
 
-
-def tune_pair_threshold(p: np.ndarray, y: np.ndarray) -> float:
-    """The threshold maximising pairwise F1 of `p >= t` on labelled pairs."""
-    return float(max(THRESHOLDS, key=lambda t: (pair_prf(p >= t, y)["f1"], -t)))
 
 
 def _pool_pairs(
@@ -461,6 +466,8 @@ def train_on_pairs(
     held_out: dict[str, Pairs] | None = None,
     fusion: FusionConfig | None = None,
     source: np.ndarray | None = None,
+    cross: PairModelFit | None = None,
+    cross_folder: Path | None = None,
 ) -> tuple[Ranker, dict[str, Any]]:
     """Out-of-fold training on labelled pairs of one pool (see the module doc).
 
@@ -469,6 +476,11 @@ def train_on_pairs(
         held_out: splits only scored with the final model (e.g. valid), by the decision
             `match` and `evaluate` make (`selfmatch.decide` with `fusion`'s source mode
             and the rows' `source` codes).
+        cross: fits a cross-encoder on the labelled pairs (by index): with it, the
+            cascade is tuned out of fold on the same folds (`index.tuning.cascade`), each
+            fold scored by a cascade whose scorer, band and stack never saw it; the final
+            scorer (fitted on every pair) is written to `cross_folder` when the cascade
+            tuned on all the folds reads any band.
     """
     t0 = time.perf_counter()
     config = config or RankerConfig()
@@ -495,18 +507,33 @@ def train_on_pairs(
         for tr, va in splits
     ]
     booster = fit(X, y, rounds=int(np.mean(iters).round()))
+    report: dict[str, Any] = {"mode": "pairs"}
+    cascade, scorer, final_p = None, None, oof
+    if cross is not None:
+        z = np.zeros(len(y), np.float32)
+        for tr, va in progress(splits, desc="cross-encoder folds", disable=cross_folder is None):
+            z[va] = cross.fold_logits(tr, va)
+        report["trees_oof_f1"] = fold_f1
+        fold_f1 = cascade_fold_f1(oof, z, y, splits)
+        cascade, t, _ = tune_cascade(oof, z, y)
+        if cascade is not None:
+            if cross_folder is None:
+                raise ValueError("a cross-encoder fit needs a folder for its final scorer")
+            scorer = cross.final(np.arange(len(y)), cross_folder)
+            final_p = np.where(cascade.band(oof), cascade.combine(oof, z), oof)
+            share = float(cascade.band(oof[reach]).mean()) if reach.any() else 0.0
+            report["cascade"] = {**asdict(cascade), "band_share": share}
     cfg = replace(config, threshold=t, single_threshold=1.01)
-    report: dict[str, Any] = {
-        "mode": "pairs",
+    report |= {
         "threshold": t,
-        "train_oof": pair_prf(oof >= t, y),
+        "train_oof": pair_prf(final_p >= t, y),
         "oof_f1": fold_f1,
         "pairs": len(y),
         "positives": int(y.sum()),
         "candidate_recall": float(reach[y].mean()) if y.any() else 1.0,
         "rounds": booster.current_iteration(),
     }
-    ranker = Ranker(booster, list(signals), cfg, report, weights)
+    ranker = Ranker(booster, list(signals), cfg, report, weights, cascade, scorer)
     if held_out:
         # scored as `evaluate` and `match` decide: the ranker's matches over the whole pool
         # (candidates, threshold, cap), not every labelled pair's probability on its own
