@@ -23,7 +23,7 @@ class TrainConfig:
         weight_decay: AdamW weight decay.
         warmup: fraction of all steps with a linear warm-up, then cosine decay to 0.
         grad_clip: max gradient norm (0: off).
-        head: "arcface" or "curricularface".
+        head: "arcface" or "curricularface" (or "pair": a pair scorer's binary logit).
         scale, margin: the head's logit scale and angular margin.
         margin_warmup_epochs: grow the margin linearly from 0 over this many epochs.
         amp: mixed precision (bfloat16) on CUDA; ignored on CPU.
@@ -38,7 +38,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup: float = 0.1
     grad_clip: float = 5.0
-    head: Literal["arcface", "curricularface"] = "arcface"
+    head: Literal["arcface", "curricularface", "pair"] = "arcface"
     scale: float = 30.0
     margin: float = 0.5
     margin_warmup_epochs: int = 0
@@ -76,6 +76,32 @@ class TextModelConfig:
     dim: int = 512
     max_length: int = 64
     normalize_titles: bool = True
+
+
+@dataclass(frozen=True)
+class CrossConfig:
+    """The cross-encoder pair scorer (`training.cross`): a transformer reading both titles.
+
+    Attributes:
+        base: a transformers model folder; "" means the packaged all-MiniLM-L6-v2.
+        max_length: tokens per pair (both titles; the longer one is cut first).
+        top_layers: transformer layers fine-tuned (on cached states of the frozen ones
+            below, so a CPU epoch costs only these).
+        epochs, batch_size, lr: optimisation (lr of the classifier layer).
+        layer_lr_mult: learning rate of the pretrained layers relative to lr.
+        max_pairs: the most pairs one fit trains on (a random sample beyond).
+        seed: initialisation, shuffling and the sample.
+    """
+
+    base: str = ""
+    max_length: int = 64
+    top_layers: int = 2
+    epochs: int = 4
+    batch_size: int = 32
+    lr: float = 2e-3
+    layer_lr_mult: float = 0.05
+    max_pairs: int = 20000
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -143,6 +169,7 @@ class AutoConfig:
     match_cpu_per_1k: float = DEFAULT_MATCH_CPU_PER_1K
     seed: int = 0
     device: str = "cpu"
+    cross: CrossConfig = CrossConfig()
 
 
 #: How a static-text encoder is fine-tuned (`train text --mode static`'s defaults, and the

@@ -39,6 +39,7 @@ from index.features.encoders import (
     load_encoder,
 )
 from index.features.images import ImageInput, open_image
+from index.matching.cross import PairScorer, PairScorerConfig, pair_tokenizer, tokenize_pairs
 from index.matching.fusion import FusionConfig
 from index.store.model import FUSION, write_fusion
 
@@ -182,6 +183,7 @@ def _onnx_export(
     path: Path,
     input_names: list[str],
     dynamic_axes: dict[str, dict[int, str]],
+    output: str = "embedding",
 ) -> None:
     """Trace `module` to ONNX with the TorchScript exporter and check the graph.
 
@@ -198,8 +200,8 @@ def _onnx_export(
             args,
             str(path),
             input_names=input_names,
-            output_names=["embedding"],
-            dynamic_axes={**dynamic_axes, "embedding": {0: "batch"}},
+            output_names=[output],
+            dynamic_axes={**dynamic_axes, output: {0: "batch"}},
             opset_version=OPSET,
             do_constant_folding=True,
             dynamo=False,
@@ -212,7 +214,9 @@ def _onnx_export(
         raise EncoderError(f"{path}: exported graph fails onnx.checker: {e}") from e
 
 
-def _write_config(out_dir: Path, config: TextEncoderConfig | ImageEncoderConfig) -> None:
+def _write_config(
+    out_dir: Path, config: TextEncoderConfig | ImageEncoderConfig | PairScorerConfig
+) -> None:
     text = json.dumps(config.model_dump(mode="json"), indent=2) + "\n"
     (out_dir / "config.json").write_text(text, encoding="utf-8")
 
@@ -325,6 +329,53 @@ def export_text_encoder(
             _max_abs_diff(encoder.encode(texts, batch_size=3), ref_np),
         )
     return check_parity(out_dir, diff, len(texts), dim)
+
+
+def export_pair_scorer(
+    graph: torch.nn.Module,
+    tokenizer_json: Path,
+    out_dir: Path,
+    max_length: int,
+    a: Sequence[str],
+    b: Sequence[str],
+    source: str = "",
+) -> ExportResult:
+    """Export a pair scorer (token ids, mask, types (n, seq) -> (n,) logit, e.g.
+    `training.cross.PairGraph`) to an ``onnx-pair`` folder and check parity on the pairs
+    (a[i], b[i]), tokenized by the run-time scorer itself.
+
+    Raises:
+        EncoderError: missing tokenizer, invalid graph or parity above `PARITY_TOL`.
+    """
+    tokenizer_json = Path(tokenizer_json)
+    if not tokenizer_json.is_file():
+        raise EncoderError(f"tokenizer not found: {tokenizer_json}")
+    if not a:
+        raise EncoderError("the parity check needs at least one pair")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    graph.eval()
+    device = _device(graph)
+    config = PairScorerConfig(max_length=max_length, source=source)
+    shutil.copyfile(tokenizer_json, out_dir / config.tokenizer)
+    _write_config(out_dir, config)
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    with torch.no_grad():
+        tok = pair_tokenizer(out_dir / config.tokenizer, max_length)
+        example = tokenize_pairs(tok, [a[0], a[0]], [b[0], ""])  # the second one padded
+        args = tuple(torch.from_numpy(example[k]).to(device) for k in names)
+        axes = {k: {0: "batch", 1: "sequence"} for k in names}
+        _onnx_export(graph, args, out_dir / config.onnx, names, axes, output="logit")
+        scorer = PairScorer(out_dir, device="cpu")
+        feeds = scorer.tokenize(a, b)
+        with _strict_fp32(device):
+            ref = graph(*(torch.from_numpy(feeds[k]).to(device) for k in names))  # (n,)
+        ref_np = ref.float().cpu().numpy()
+        diff = max(
+            _max_abs_diff(scorer.logits(a, b, batch_size=len(a)), ref_np),
+            _max_abs_diff(scorer.logits(a, b, batch_size=3), ref_np),
+        )
+    return check_parity(out_dir, diff, len(a), 1)
 
 
 def export_image_encoder(

@@ -82,11 +82,32 @@ class CurricularFace(ArcFace):
         return logits * self.scale
 
 
-HEADS: dict[str, type[ArcFace]] = {"arcface": ArcFace, "curricularface": CurricularFace}
+class PairHead(ArcFace):
+    """The binary head of a pair scorer: the model's (n, 1) match logit z as the (n, 2)
+    logits [0, z], so that the cross-entropy over labels 0/1 is the logistic loss of z.
+    No parameters: the model's own last layer is the classifier (exported with it)."""
+
+    def __init__(self, dim: int, classes: int, scale: float = 1.0, margin: float = 0.0) -> None:
+        nn.Module.__init__(self)
+        if dim != 1 or classes != 2:
+            raise ValueError(f"the pair head takes one logit and two classes, not {dim}, {classes}")
+        self.scale = 1.0
+        self.margin = 0.0
+
+    def forward(self, emb: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        z = emb.float().reshape(-1, 1)  # (n, 1)
+        return torch.cat([torch.zeros_like(z), z], dim=1)  # (n, 2)
+
+
+HEADS: dict[str, type[ArcFace]] = {
+    "arcface": ArcFace,
+    "curricularface": CurricularFace,
+    "pair": PairHead,
+}
 
 
 def create_head(kind: str, dim: int, classes: int, scale: float, margin: float) -> ArcFace:
-    """Build a margin head by name ("arcface" or "curricularface")."""
+    """Build a head by name ("arcface", "curricularface" or "pair")."""
     if kind not in HEADS:
         raise ValueError(f"unknown head {kind!r}; valid: {', '.join(sorted(HEADS))}")
     return HEADS[kind](dim, classes, scale=scale, margin=margin)
