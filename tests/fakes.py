@@ -8,6 +8,7 @@ run by ONNX Runtime through the production `OnnxTextEncoder`/`OnnxImageEncoder`.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -162,3 +163,32 @@ def write_tables(titles: list[str], root: Path, half: int) -> None:
             w = csv.writer(f)
             w.writerow(["id", "title"])
             w.writerows([[i, titles[i]] for i in rows])
+
+
+def make_pair_base(folder: Path, words: Sequence[str] = ()) -> Path:
+    """A transformers folder for the cross-encoder: a 2-layer BERT of hidden size 32 and
+    a pair tokenizer whose vocabulary is `words`, then single characters (any word else
+    splits into them)."""
+    import torch
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import BertConfig, BertModel
+
+    folder.mkdir(parents=True, exist_ok=True)
+    chars = "abcdefghijklmnopqrstuvwxyz0123456789"
+    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *words])}
+    for c in [*chars, *(f"##{c}" for c in chars)]:
+        vocab.setdefault(c, len(vocab))
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
+    )
+    tok.save(str(folder / "tokenizer.json"))
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
+                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
+    BertModel(cfg, add_pooling_layer=False).save_pretrained(folder)
+    return folder

@@ -739,6 +739,63 @@ def test_a_bundle_carries_the_ranker_to_match_and_the_service(
         verify_bundle(bundle)
 
 
+def test_a_kept_cascade_decides_in_match_the_bundle_and_the_service(
+    ranked_model: Path, synth: Path, tmp_path: Path
+) -> None:
+    """Issue 25: a ranker whose cascade re-decides every pair with a cross-encoder that
+    vetoes them all (band [0, 1.01), stack bias -20) leaves every row matched to itself
+    alone, in `match --model`, `match --bundle` and the service's /match; without the
+    cascade the same ranker matches. The bundle checksums the scorer's files."""
+    pytest.importorskip("transformers")
+    from fastapi.testclient import TestClient
+
+    from index.errors import BundleError
+    from index.matching.cross import Cascade
+    from index.store.bundle import verify_bundle
+    from service.config import Settings
+    from service.main import create_app
+    from tests.fakes import make_pair_base
+    from training.config import CrossConfig
+    from training.cross import PairStates
+
+    model = tmp_path / "model"
+    shutil.copytree(ranked_model, model)
+    ranker = load_model(model).ranker
+    assert ranker is not None
+    base = make_pair_base(tmp_path / "base")
+    states = PairStates(["a 1", "b 2"], ["a 1", "c 3"], CrossConfig(base=str(base), epochs=1))
+    scorer = states.export(states.fit(np.arange(2), np.array([1, 0])), tmp_path / "cross")
+    veto = Cascade(lo=0.0, hi=1.01, w_tree=0.0, w_cross=0.0, bias=-20.0)
+    replace(ranker, cascade=veto, scorer=scorer).save(model / "ranker")
+    csv_path = str(synth / "listings.csv")
+    run = [csv_path, "-q", "--device", "cpu"]
+
+    def matches(out: Path) -> list[list[str]]:
+        rows = list(csv.DictReader(out.open(newline="")))
+        return [r["matches"].split() for r in rows]
+
+    assert main(["match", *run, "--model", str(ranked_model), "-o", str(tmp_path / "r.csv")]) == 0
+    assert any(len(m) > 1 for m in matches(tmp_path / "r.csv"))  # the trees alone match
+    assert main(["match", *run, "--model", str(model), "-o", str(tmp_path / "m.csv")]) == 0
+    assert all(len(m) == 1 for m in matches(tmp_path / "m.csv"))
+    bundle = tmp_path / "bundle"
+    assert main(["build-index", *run, "--model", str(model), "--out", str(bundle)]) == 0
+    assert "ranker/cross/model.onnx" in verify_bundle(bundle)["files"]
+    assert main(["match", *run, "--bundle", str(bundle), "-o", str(tmp_path / "b.csv")]) == 0
+    assert all(len(m) == 1 for m in matches(tmp_path / "b.csv"))
+    cat = read_catalogue(synth / "listings.csv")
+    s = Settings(bundle=bundle, data_dir=tmp_path / "data", device="cpu")
+    with TestClient(create_app(s)) as c:
+        while c.get("/readyz").status_code != 200:
+            time.sleep(0.02)
+        q = {"posting_id": cat.posting_id[0], "title": cat.title[0]}
+        got = c.post("/match", json=q).json()["matches"]
+        assert [x["signals"] for x in got] == [["self"]]
+    (bundle / "ranker" / "cross" / "model.onnx").write_bytes(b"changed")
+    with pytest.raises(BundleError, match="ranker/cross/model.onnx"):
+        verify_bundle(bundle)
+
+
 def _valid_f1(out: str, name: str) -> str:
     """The F1 column (3 decimals, as printed) of the line starting with `name`."""
     line = next(ln for ln in out.splitlines() if ln.startswith(name))

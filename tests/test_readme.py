@@ -25,7 +25,7 @@ from index.cli.parser import main
 from index.data.listings import read_catalogue
 from index.data.synthetic import SyntheticSpec, make_catalogue
 from index.store.model import write_fusion
-from tests.fakes import write_tables
+from tests.fakes import make_pair_base, write_tables
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -127,6 +127,7 @@ def test_every_readme_command_runs(
 ) -> None:
     export = pytest.importorskip("training.export", reason="the [train] extra")
     commands = readme_commands(README.read_text(encoding="utf-8"))
+    cross_base = make_pair_base(workdir / "cross-base")
     ids = ids_of(workdir / "test.csv")
     ran, skipped = [], []
     for cmd in commands:
@@ -137,6 +138,8 @@ def test_every_readme_command_runs(
         assert cmd.startswith("pricematch "), f"README line neither run nor skipped: {cmd}"
         argv = shlex.split(cmd)[1:]
         argv = [a.replace("../shared/data/shopee_dev.csv", "train.csv") for a in argv]
+        if argv[0] == "train" and argv[1].startswith("er_folder") and "--cross-base" not in argv:
+            argv += ["--cross-base", str(cross_base)]  # a tiny BERT stands in for MiniLM
         if argv[0] == "export-default":  # the fake encoders stand in for the real weights
             out = Path(argv[argv.index("--out") + 1])
             shutil.copytree(model_dir, out, dirs_exist_ok=True)

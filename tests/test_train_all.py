@@ -131,7 +131,7 @@ def test_a_change_that_wins_out_of_fold_but_loses_carried_is_not_kept(
     monkeypatch.setattr(auto, "verdict", lambda new, old: None)
     out = tmp_path / "m"
     assert main(["train", str(synth / "listings.csv"), "--base", str(model_dir), "-q",
-                 "--budget", "1", "--out", str(out)]) == 0
+                 "--budget", "2", "--out", str(out)]) == 0
     rep = _report(out)
     by = {t["name"]: t for t in rep["trials"]}
     assert by["pair re-ranker"]["kept"] and by["pair re-ranker"]["carry_f1"] == [0.8, 0.8]
@@ -156,7 +156,9 @@ def test_train_writes_a_model_match_uses_with_no_flags(
         assert t["note"].startswith(("kept", "not kept", "skipped")), t
     parts = [t["part"] for t in rep["trials"][1:]]  # ranker, options, signals, stages
     assert parts == sorted(parts, key=lambda x: auto.PART_ORDER[x]) and parts[0] == "ranker"
-    assert auto.PART_ORDER == {"ranker": 0, "candidates": 1, "tfidf": 2, "signal": 3, "stage": 4}
+    assert auto.PART_ORDER == {
+        "ranker": 0, "candidates": 1, "tfidf": 2, "signal": 3, "stage": 4, "cascade": 5
+    }
     from index.features.embed import Encoders
 
     names = [c.name for c in auto.candidates(Encoders(), False)]
@@ -314,16 +316,26 @@ def _pair_folder(synth: Path, root: Path) -> Path:
 def test_an_entity_matching_folder_goes_through_the_same_command(
     synth: Path, model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from tests.fakes import make_pair_base
+
     folder = _pair_folder(synth, tmp_path / "er")
     out = tmp_path / "m"
-    assert main(["train", str(folder), "--out", str(out), "--base", str(model_dir), "-q"]) == 0
+    cross = make_pair_base(tmp_path / "cross-base")  # the packaged MiniLM costs minutes
+    args = ["--out", str(out), "--base", str(model_dir), "--cross-base", str(cross), "-q"]
+    assert main(["train", str(folder), *args]) == 0
     rep = _report(out)
     assert rep["mode"] == "pairs" and len(rep["fold_f1"]) == 5
     assert "pairwise F1 of the train pairs" in capsys.readouterr().out
     ran = [t for t in rep["trials"] if t["fold_f1"]]
     assert any(t["pipeline"]["ranker"] for t in ran)
+    # the cascade candidate ran out of fold on the same folds, with the base asked for
+    (casc,) = [t for t in rep["trials"] if t["part"] == "cascade"]
+    assert casc["pipeline"]["cross"] and len(casc["fold_f1"]) == 5, casc
+    assert rep["config"]["cross"]["base"] == str(cross)
     assert main(["evaluate", str(folder), "--model", str(out), "--split", "valid"]) == 0
     assert main(["train", str(folder), "--out", str(out), "--images", str(synth)]) == 2
+    assert main(["train", str(folder), "--out", str(out), "--cross-base", str(tmp_path)]) == 2
+    assert "no tokenizer.json" in capsys.readouterr().err
 
 
 def test_train_needs_label_groups(tmp_path: Path, model_dir: Path,

@@ -91,6 +91,7 @@ COSTS: dict[str, tuple[float, float]] = {
     "image": (2.0, 60.0),  # the image encoder, zero-shot, on a CPU
     "ranker": (2.0, 12.0),  # candidate pairs, LightGBM folds, the pool-size rule
     "carry": (2.0, 4.0),  # the carry check: a ranker on one fold, the rest matched
+    "cross": (60.0, 250.0),  # the cross-encoder: its lower layers once, a fit per fold
 }
 #: The cap counts a catalogue of fewer rows as this many (its fixed costs, imports and
 #: index set-up, would otherwise dominate the per-row figure of a small catalogue).
@@ -110,6 +111,7 @@ class Pipeline:
     top_k: int = 20  # the ranker's candidates: each signal's top k neighbours
     floors: bool = True  # ... at or above each signal's floor (False: any similarity)
     two_hop: bool = False  # ... and the pairs joined by two confident matches
+    cross: bool = False  # the cross-encoder cascade behind the ranker (labelled pairs)
 
     def ranker_config(self) -> RankerConfig:
         """The ranker's candidate settings of this pipeline."""
@@ -186,8 +188,10 @@ class Trial:
 #: the other way round: docs/BENCHMARKS.md, "One training command"); then its candidates
 #: (no floors, a wider top k: a true pair that is no candidate is never matched); then the
 #: TF-IDF options and the signals, weighed with the ranker when it was kept; the fusion's
-#: stages last, and only without a ranker (it decides instead of them).
-PART_ORDER = {"ranker": 0, "candidates": 1, "tfidf": 2, "signal": 3, "stage": 4}
+#: stages, and only without a ranker (it decides instead of them); the cross-encoder
+#: cascade last (labelled pairs, with a ranker): it costs more than all the rest together
+#: (WDC computers: 1,409 of 1,530 CPU-s) and is weighed on the pipeline that won them.
+PART_ORDER = {"ranker": 0, "candidates": 1, "tfidf": 2, "signal": 3, "stage": 4, "cascade": 5}
 #: Each signal's top 50 instead of 20 is not a candidate: measured, it wins out of fold at
 #: the pool trained on (+0.0006 on the 27k dev rows, +0.005 on a 5k sample) and loses when
 #: the 5k sample's model matches the other 22k rows (0.711 vs 0.742, at any threshold), a
@@ -223,6 +227,15 @@ def candidates(base: Encoders, images: bool, groups: bool = True) -> list[Candid
             lambda p: replace(p, floors=False), lambda p: p.ranker and p.floors,
         ),
     ]
+    if not groups:  # labelled pairs: the cross-encoder is fitted on them, out of fold
+        out.append(
+            Candidate(
+                "cascade: cross-encoder on the uncertain band",
+                "cascade",
+                lambda p: replace(p, cross=True),
+                lambda p: p.ranker and not p.cross,
+            )
+        )
     if groups:  # out of fold on label groups only (pairwise folds score labelled pairs)
         out.append(Candidate(
             "candidates: two hops through confident matches", "candidates",
@@ -338,6 +351,7 @@ class Search:
             "folds": self.config.folds,
             "seed": self.config.seed,
             "images": self.images,
+            "cross": asdict(self.config.cross),
         }
 
     def _open_work(self, resume: bool) -> None:
@@ -435,6 +449,8 @@ class Search:
         if p.ranker:  # its cost grows with the candidate pairs
             wide = p.top_k / 20 * (1.0 if p.floors else 1.1)
             s += (_cost("ranker", n) + (_cost("carry", n) if self.data is None else 0.0)) * wide
+        if p.cross:
+            s += _cost("cross", n)
         return s
 
     # -- scoring -------------------------------------------------------------------------
@@ -474,9 +490,23 @@ class Search:
         if not p.ranker:
             return tuned_p.fold_f1, tuned_p.config, None, []
         signals = ranker_signals([pool], tuned_p.config)
+        cross, folder = None, None
+        if p.cross:
+            from training.cross import CrossFit
+
+            titles = pool.titles
+            cross = CrossFit(
+                [titles[i] for i in train.left],
+                [titles[j] for j in train.right],
+                train.label,
+                config=self.config.cross,
+                device=dev,
+                show_progress=self.show,
+            )
+            folder = self.work / f"{p.key()}_cross"
         ranker, rep = train_on_pairs(
             pool, train, self.groups, signals, self.config.folds, p.ranker_config(),
-            fusion=tuned_p.config, source=src,
+            fusion=tuned_p.config, source=src, cross=cross, cross_folder=folder,
         )
         return list(rep["oof_f1"]), tuned_p.config, ranker, []
 

