@@ -7,7 +7,8 @@ with or without the similarity floors) every true pair is put in the first of: a
 below the floor (in some signal's top k, under its floor); beyond the top k (in some
 signal's neighbour list, past rank k); in no list (no signal lists it among its 50). Then
 two hops: the pairs joined by two of the fusion's matches (`two_hop_pairs`), what they add
-to the recall and how many pairs they cost.
+to the recall and how many pairs they cost. With `--char-source`, one more source: the
+titles' character 3-5 n-gram TF-IDF (within words, no word part), its own 50 neighbours.
 
     python benchmarks/candidate_recall.py ../shared/data/shopee_dev.csv --model /tmp/dev/m6 \
         --out recall.json
@@ -24,9 +25,11 @@ from typing import Any
 import numpy as np
 
 from index.data.listings import read_catalogue
+from index.features.tfidf import TfidfConfig, TitleTfidf
 from index.matching.fusion import Neighbours
 from index.matching.ranker import RankerConfig, candidate_pairs, two_hop_pairs
 from index.matching.stages import fuse_stages
+from index.search.knn import order_ties, sparse_knn
 from index.store.model import load_model
 from index.tuning.metrics import SIZE_BUCKETS
 from index.tuning.ranker import catalogue_pool, is_candidate
@@ -81,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("input", type=Path, help="labelled CSV (label_group column)")
     ap.add_argument("--model", type=Path, required=True, help="a model folder (its encoders)")
     ap.add_argument("--top-k", default="20,50", help="comma-separated top k per signal")
+    ap.add_argument("--char-source", action="store_true",
+                    help="add the char 3-5 n-gram TF-IDF neighbours as one more source")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
 
@@ -91,6 +96,13 @@ def main(argv: list[str] | None = None) -> int:
     n = len(cat)
     signals = [s for s in pool.nb if s in ("tfidf", "phash", "text", "image")]
     nb = {s: pool.nb[s] for s in signals}
+    if args.char_source:
+        c0 = time.process_time()
+        char = TitleTfidf(TfidfConfig(char_ngrams=(3, 5), char_weight=1.0))
+        C = char.fit_transform(list(cat.title))
+        nb["char"] = order_ties(*sparse_knn(C, C, 51))
+        signals = [*signals, "char"]
+        print(f"char 3-5 n-gram neighbours: {time.process_time() - c0:.1f} CPU-s")
     truth = true_pairs(labels)
     res: dict[str, Any] = {"rows": n, "true_pairs": len(truth), "signals": signals,
                            "settings": []}

@@ -3,6 +3,7 @@ procmem.py): recall, catalogue generation, submission comparison, /proc parsing.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -365,3 +366,33 @@ def test_candidate_recall_true_pairs_and_reasons() -> None:
     assert [cr.REASONS[w] for w in why2] == ["candidate", "beyond the top k", "in no list",
                                             "below the floor"]
     assert cr.by_size(labels, truth, why2 == 0) == {"2": 0.0, "3-4": 0.3333}
+
+
+def test_candidate_recall_char_source_reaches_a_pair_without_a_shared_word(
+    tmp_path: Path,
+) -> None:
+    """Rows 0 and 1 are one product written with and without spaces: no word in common,
+    so no word TF-IDF list holds the pair; the char n-gram source lists it first."""
+    from benchmarks import candidate_recall as cr
+    from index.matching.fusion import FusionConfig
+    from index.store.model import write_fusion
+
+    titles = ["xiaomiredminote", "xiaomi redmi note", "kemeja flanel pria",
+              "sepatu lari wanita", "tas ransel laptop", "kemeja batik pria"]
+    labels = ["p", "p", "k", "s", "t", "b"]
+    csv_path = tmp_path / "rows.csv"
+    csv_path.write_text("posting_id,title,label_group\n" + "".join(
+        f"r{i},{t},{g}\n" for i, (t, g) in enumerate(zip(titles, labels, strict=True))))
+    model = tmp_path / "model"
+    model.mkdir()
+    write_fusion(model / "fusion.json", FusionConfig())
+    got = {}
+    for extra in ([], ["--char-source"]):
+        out = tmp_path / f"r{len(extra)}.json"
+        assert cr.main([str(csv_path), "--model", str(model), "--top-k", "1",
+                        "--out", str(out), *extra]) == 0
+        res = json.loads(out.read_text())
+        assert res["true_pairs"] == 1
+        got[bool(extra)] = res["settings"][1]  # top 1, no floors
+    assert got[False]["recall"] == 0.0 and got[False]["missing"]["in no list"] == 1
+    assert got[True]["recall"] == 1.0
