@@ -58,7 +58,10 @@ API: dict[str, str] = {
         "index.store.model",
     ),
     **dict.fromkeys(["Bundle", "save_bundle", "load_bundle"], "index.store.bundle"),
-    **dict.fromkeys(["LiveCatalogue", "CatalogueMatch"], "index.store.live"),
+    "LiveCatalogue": "index.store.live",
+    **dict.fromkeys(
+        ["CatalogueMatch", "match_queries", "rank_queries"], "index.store.live_match"
+    ),
     **dict.fromkeys(["save_snapshot", "load_snapshot"], "index.store.snapshots"),
     "write_atomic": "index.store.atomic",
     **dict.fromkeys(["f1_report", "mean_f1"], "index.tuning.metrics"),

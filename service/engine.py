@@ -34,6 +34,7 @@ from index.matching.selfmatch import match_catalogue
 from index.store.atomic import sha256
 from index.store.bundle import load_bundle
 from index.store.live import LiveCatalogue
+from index.store.live_match import match_queries, rank_queries
 from index.store.milvus import MilvusVectors
 from index.store.model import fingerprint, load_model, load_some_encoders, needed_modalities
 from index.store.snapshots import load_snapshot, save_snapshot, snapshot_wal_next
@@ -359,9 +360,9 @@ class Engine:
                 self.catalogue.last_timings = {}
                 ranker = self.ranker if self.match_ranker and not threshold else None
                 if ranker is not None:
-                    found = self.catalogue.rank(feats, ranker, [listing.posting_id])[0]
+                    found = rank_queries(self.catalogue, feats, ranker, [listing.posting_id])[0]
                 else:
-                    found = self.catalogue.match(feats, config, [listing.posting_id])[0]
+                    found = match_queries(self.catalogue, feats, config, [listing.posting_id])[0]
                 total = time.perf_counter() - t
                 searched = dict(self.catalogue.last_timings)
             for name, secs in searched.items():

@@ -236,10 +236,11 @@ def test_live_ranker_without_its_signals_is_a_configuration_error(ranked: Path) 
     from index.features.embed import QueryFeatures
     from index.matching.ranker import Ranker
     from index.store.live import LiveCatalogue
+    from index.store.live_match import rank_queries
 
     ranker = Ranker.load(ranked / "ranker")
     live = LiveCatalogue.__new__(LiveCatalogue)
     live.stores = {}  # searches no dense signal
     assert set(ranker.signals) - {"tfidf", "phash"}, ranker.signals
     with pytest.raises(ConfigurationError, match="does not search"):
-        live.rank(QueryFeatures.__new__(QueryFeatures), ranker, [None])
+        rank_queries(live, QueryFeatures.__new__(QueryFeatures), ranker, [None])

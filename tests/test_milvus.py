@@ -18,6 +18,7 @@ from index.matching.fusion import FusionConfig
 from index.search.knn import K, l2_normalize
 from index.search.stores import FaissFlatStore, VectorStore
 from index.store.live import LiveCatalogue
+from index.store.live_match import search_queries
 from index.store.milvus import MilvusStore
 from index.store.model import load_encoders
 
@@ -142,7 +143,7 @@ def test_catalogue_matches_the_same_on_milvus_stores(
         live = LiveCatalogue(dims=dims, tfidf=f.tfidf, device="cpu", stores=dict(stores))
         live.upsert(ids, [""] * len(ids), q)
         live.remove(ids[5])
-        out.append(live.search(q, config, ids)[0])
+        out.append(search_queries(live, q, config, ids)[0])
         assert live.get(ids[0])["signals"][-2:] == ["text", "image"]
     for a, b in zip(*out, strict=True):  # equal scores may come in another order
         assert a[0] == b[0] and set(a.tolist()) == set(b.tolist())

@@ -16,7 +16,8 @@ from index.matching.fusion import FusionConfig, fuse
 from index.matching.selfmatch import self_neighbours
 from index.search.knn import hamming_knn, knn_numpy
 from index.search.stores import FaissFlatStore
-from index.store.live import LiveCatalogue, fuse_against, store_knn
+from index.store.live import LiveCatalogue, store_knn
+from index.store.live_match import fuse_against, search_queries
 from index.store.model import load_encoders
 from index.store.snapshots import current_snapshot, load_snapshot, save_snapshot
 
@@ -100,7 +101,7 @@ def test_members_match_as_in_the_self_match(pool: tuple[list[str], Features, dic
     want, _ = fuse(nb, CONFIG, len(ids))
     live = _live(feats, ids)
     rows = np.arange(len(ids))
-    I, S, _ = live.search(_query(feats, ids, rows), CONFIG, ids)
+    I, S, _ = search_queries(live, _query(feats, ids, rows), CONFIG, ids)
     for r in rows:
         got = [int(x) for x in I[r] if x >= 0]
         assert got[0] == r and np.isposinf(S[r, 0])
@@ -118,7 +119,7 @@ def test_outsider_matches_as_if_it_were_in_the_pool(
     for r in range(0, len(ids), 7):
         rest = np.array([i for i in range(len(ids)) if i != r])
         live = _live(feats, ids, rest)
-        I, _, _ = live.search(_query(feats, ids, np.array([r])), CONFIG, [None])
+        I, _, _ = search_queries(live, _query(feats, ids, np.array([r])), CONFIG, [None])
         got = {ids[rest[x]] for x in I[0] if x >= 0}
         assert got == {ids[x] for x in want[r] if x >= 0 and x != r}, r
         checked += len(got) > 0
@@ -147,14 +148,14 @@ def test_upsert_replace_remove_and_refit(pool: tuple[list[str], Features, dict])
     q2 = QueryFeatures.build(["wardah lipstick matte 3gr", "kaos polos"], ["", ""])
     assert live.upsert(["a", "c"], ["", ""], q2) == (1, 1)
     assert live.posting_id == ["b", "a", "c"] and live.get("a")["title"].endswith("3gr")
-    I, _, _ = live.search(QueryFeatures.build(["lipstick wardah matte 3gr"], [""]), CONFIG, [None])
+    q3 = QueryFeatures.build(["lipstick wardah matte 3gr"], [""])
+    I, _, _ = search_queries(live, q3, CONFIG, [None])
     assert [live.posting_id[x] for x in I[0] if x >= 0] == ["a"]
     live.remove("a")
     with pytest.raises(NotFoundError):
         live.remove("a")
-    I, _, _ = live.search(
-        QueryFeatures.build(["indomie goreng"], ["ffff000000000001"]), CONFIG, [None]
-    )
+    q4 = QueryFeatures.build(["indomie goreng"], ["ffff000000000001"])
+    I, _, _ = search_queries(live, q4, CONFIG, [None])
     assert [live.posting_id[x] for x in I[0] if x >= 0] == ["b"]
 
 
@@ -170,7 +171,7 @@ def test_snapshot_round_trip_and_crash_leaves_old_state(
     assert back.image_phash == live.image_phash and back.next_id == live.next_id
     q = _query(feats, ids, np.arange(10))
     np.testing.assert_array_equal(
-        back.search(q, CONFIG, ids[:10])[0], live.search(q, CONFIG, ids[:10])[0]
+        search_queries(back, q, CONFIG, ids[:10])[0], search_queries(live, q, CONFIG, ids[:10])[0]
     )
     with pytest.raises(BundleError, match="other encoders"):
         load_snapshot(tmp_path, {"encoders": "y"})
