@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -170,7 +171,6 @@ def make_pair_base(folder: Path, words: Sequence[str] = ()) -> Path:
     a pair tokenizer whose vocabulary is `words`, then single characters (any word else
     splits into them)."""
     import torch
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import BertConfig, BertModel
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -178,6 +178,19 @@ def make_pair_base(folder: Path, words: Sequence[str] = ()) -> Path:
     vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *words])}
     for c in [*chars, *(f"##{c}" for c in chars)]:
         vocab.setdefault(c, len(vocab))
+    bert_tokenizer(vocab).save(str(folder / "tokenizer.json"))
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
+                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
+    BertModel(cfg, add_pooling_layer=False).save_pretrained(folder)
+    return folder
+
+
+def bert_tokenizer(vocab: dict[str, int]) -> Any:
+    """An uncased WordPiece `tokenizers.Tokenizer` over `vocab` (which holds [CLS] and
+    [SEP]), as BERT's: `[CLS] A [SEP]`, and for a pair `[CLS] A [SEP] B [SEP]`."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
     tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
@@ -186,9 +199,4 @@ def make_pair_base(folder: Path, words: Sequence[str] = ()) -> Path:
         pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
     )
-    tok.save(str(folder / "tokenizer.json"))
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
-                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
-    BertModel(cfg, add_pooling_layer=False).save_pretrained(folder)
-    return folder
+    return tok

@@ -76,20 +76,12 @@ def _sample_image_paths() -> list[Path]:
 
 def _write_tokenizer(path: Path) -> int:
     """A small uncased WordPiece tokenizer.json with [CLS] ... [SEP]; returns vocab size."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from tests.fakes import bert_tokenizer
 
     vocab = {
         t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *dict.fromkeys(WORDS)])
     }
-    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
-    )
-    tok.save(str(path))
+    bert_tokenizer(vocab).save(str(path))
     return len(vocab)
 
 

@@ -694,18 +694,34 @@ def test_tune_pair_pools_counts_only_labelled_pairs() -> None:
     assert cfg.tuned_rows == round((3 + 2) / 2)
 
 
+def _service_match_first(bundle: Path, synth: Path, tmp_path: Path) -> list[dict]:
+    """The service on `bundle` answers /match for the catalogue's first listing: its
+    matches."""
+    from fastapi.testclient import TestClient
+
+    from service.config import Settings
+    from service.main import create_app
+
+    cat = read_catalogue(synth / "listings.csv")
+    s = Settings(bundle=bundle, data_dir=tmp_path / "data", device="cpu")
+    with TestClient(create_app(s)) as c:
+        while c.get("/readyz").status_code != 200:
+            time.sleep(0.02)
+        q = {"posting_id": cat.posting_id[0], "title": cat.title[0]}
+        if cat.image_phash:
+            q["image_phash"] = cat.image_phash[0]
+        return list(c.post("/match", json=q).json()["matches"])
+
+
 def test_a_bundle_carries_the_ranker_to_match_and_the_service(
     ranked_model: Path, synth: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     """build-index from a model with a ranker: the bundle holds it (checksummed), `match
     --bundle` decides with it as `match --model` does, and a service on the bundle answers
     /match with it."""
-    from fastapi.testclient import TestClient
 
     from index.errors import BundleError
     from index.store.bundle import load_bundle, verify_bundle
-    from service.config import Settings
-    from service.main import create_app
 
     csv_path = str(synth / "listings.csv")
     bundle = tmp_path / "bundle"
@@ -723,17 +739,9 @@ def test_a_bundle_carries_the_ranker_to_match_and_the_service(
     assert by_bundle.read_text() == by_model.read_text()
     assert main(["match", *base, "--bundle", str(bundle), "--no-ranker", "-o", str(by_bundle)]) == 0
     assert "(pair re-ranker)" not in capsys.readouterr().out
-    cat = read_catalogue(synth / "listings.csv")
-    s = Settings(bundle=bundle, data_dir=tmp_path / "data", device="cpu")
-    with TestClient(create_app(s)) as c:
-        while c.get("/readyz").status_code != 200:
-            time.sleep(0.02)
-        q = {"posting_id": cat.posting_id[0], "title": cat.title[0]}
-        if cat.image_phash:
-            q["image_phash"] = cat.image_phash[0]
-        got = c.post("/match", json=q).json()["matches"]
-        assert len(got) > 1 and got[0]["signals"] == ["self"]
-        assert all(x["signals"] == ["ranker"] for x in got[1:])
+    got = _service_match_first(bundle, synth, tmp_path)
+    assert len(got) > 1 and got[0]["signals"] == ["self"]
+    assert all(x["signals"] == ["ranker"] for x in got[1:])
     (bundle / "ranker" / "ranker.json").write_text("{}")
     with pytest.raises(BundleError, match="ranker/ranker.json"):
         verify_bundle(bundle)
@@ -747,13 +755,10 @@ def test_a_kept_cascade_decides_in_match_the_bundle_and_the_service(
     alone, in `match --model`, `match --bundle` and the service's /match; without the
     cascade the same ranker matches. The bundle checksums the scorer's files."""
     pytest.importorskip("transformers")
-    from fastapi.testclient import TestClient
 
     from index.errors import BundleError
     from index.matching.cross import Cascade
     from index.store.bundle import verify_bundle
-    from service.config import Settings
-    from service.main import create_app
     from tests.fakes import make_pair_base
     from training.config import CrossConfig
     from training.cross import PairStates
@@ -783,14 +788,8 @@ def test_a_kept_cascade_decides_in_match_the_bundle_and_the_service(
     assert "ranker/cross/model.onnx" in verify_bundle(bundle)["files"]
     assert main(["match", *run, "--bundle", str(bundle), "-o", str(tmp_path / "b.csv")]) == 0
     assert all(len(m) == 1 for m in matches(tmp_path / "b.csv"))
-    cat = read_catalogue(synth / "listings.csv")
-    s = Settings(bundle=bundle, data_dir=tmp_path / "data", device="cpu")
-    with TestClient(create_app(s)) as c:
-        while c.get("/readyz").status_code != 200:
-            time.sleep(0.02)
-        q = {"posting_id": cat.posting_id[0], "title": cat.title[0]}
-        got = c.post("/match", json=q).json()["matches"]
-        assert [x["signals"] for x in got] == [["self"]]
+    got = _service_match_first(bundle, synth, tmp_path)
+    assert [x["signals"] for x in got] == [["self"]]
     (bundle / "ranker" / "cross" / "model.onnx").write_bytes(b"changed")
     with pytest.raises(BundleError, match="ranker/cross/model.onnx"):
         verify_bundle(bundle)
