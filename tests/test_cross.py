@@ -66,7 +66,7 @@ def test_the_defaults_are_pinned() -> None:
 
     assert BAND_LO == (0.02, 0.05, 0.1, 0.2, 0.3) and BAND_HI == (0.6, 0.8, 0.9, 0.95, 0.98)
     c = CrossConfig()
-    assert (c.base, c.max_length, c.top_layers, c.epochs, c.batch_size) == ("", 64, 2, 4, 32)
+    assert (c.base, c.max_length, c.top_layers, c.epochs, c.batch_size) == ("", 64, 6, 4, 32)
     assert (c.lr, c.layer_lr_mult, c.max_pairs) == (2e-3, 0.05, 20000)
 
 
@@ -194,7 +194,7 @@ def test_the_scorer_learns_a_rule_similarities_cannot_express_and_the_cascade_fi
     jac = {len(set(x.split()) & set(w.split())) / len(set(x.split()) | set(w.split()))
            for x, w in zip(a, b, strict=True)}
     assert jac == {6 / 8}  # one similarity for matches and non-matches alike
-    fit = CrossFit(a, b, y, CrossConfig(epochs=6, max_length=24, layer_lr_mult=0.25))
+    fit = CrossFit(a, b, y, CrossConfig(top_layers=2, epochs=6, max_length=24, layer_lr_mult=0.25))
     train, test = np.arange(400), np.arange(400, 600)
     z = fit.fold_logits(train, test)
     acc = float(((z >= 0) == y[test]).mean())

@@ -91,7 +91,7 @@ COSTS: dict[str, tuple[float, float]] = {
     "image": (2.0, 60.0),  # the image encoder, zero-shot, on a CPU
     "ranker": (2.0, 12.0),  # candidate pairs, LightGBM folds, the pool-size rule
     "carry": (2.0, 4.0),  # the carry check: a ranker on one fold, the rest matched
-    "cross": (60.0, 250.0),  # the cross-encoder: its lower layers once, a fit per fold
+    "cross": (60.0, 1200.0),  # the cross-encoder: a fit of its 6 layers per fold
 }
 #: The cap counts a catalogue of fewer rows as this many (its fixed costs, imports and
 #: index set-up, would otherwise dominate the per-row figure of a small catalogue).

@@ -98,9 +98,9 @@ class PairStates:
         model, self.tokenizer_json = load_pair_base(config.base)
         self.model = model.to(self.device).eval()
         layers = bert_layers(self.model)
-        if not 1 <= config.top_layers <= len(layers):
-            raise ValueError(f"top_layers must be in 1..{len(layers)}, got {config.top_layers}")
-        self.split = len(layers) - config.top_layers
+        if config.top_layers < 1:
+            raise ValueError(f"top_layers must be at least 1, got {config.top_layers}")
+        self.split = len(layers) - min(config.top_layers, len(layers))
         self.hidden = int(getattr(self.model, "config").hidden_size)  # noqa: B009
         self.tokenizer = pair_tokenizer(self.tokenizer_json, config.max_length)
         n, L = len(self.a), config.max_length
