@@ -26,7 +26,7 @@ from torch import nn
 from index.matching.cross import PairScorer, pair_tokenizer, tokenize_pairs
 from index.progress import progress
 from training.config import CrossConfig, TrainConfig
-from training.models import TopLayers, bert_layers
+from training.models import TopLayers, bert_layers, run_layers
 from training.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -46,11 +46,6 @@ def load_pair_base(base: str) -> tuple[nn.Module, Path]:
     return embedder.model, tok
 
 
-def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(n, seq) 0/1 mask -> (n, 1, 1, seq) additive attention mask."""
-    return (1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
-
-
 class PairGraph(nn.Module):
     """The whole scorer: token ids, mask and token types (n, seq) -> (n,) match logit
     (every layer, the masked mean of the last states, the classifier)."""
@@ -65,10 +60,7 @@ class PairGraph(nn.Module):
     ) -> torch.Tensor:
         m: Any = self.model
         h = m.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)  # (n, seq, hid)
-        additive = _additive(attention_mask, h.dtype)
-        for layer in bert_layers(m):
-            out = layer(h, attention_mask=additive)
-            h = out[0] if isinstance(out, tuple) else out
+        h = run_layers(h, attention_mask, bert_layers(m))
         w = attention_mask.unsqueeze(-1).to(h.dtype)  # (n, seq, 1)
         x = (h * w).sum(dim=1) / w.sum(dim=1).clamp(min=1e-9)  # (n, hid)
         return self.classifier(x).reshape(-1)  # (n,)
@@ -118,10 +110,7 @@ class PairStates:
                 ids, mask, types = (torch.from_numpy(f[k]).to(self.device) for k in
                                     ("input_ids", "attention_mask", "token_type_ids"))
                 h = m.embeddings(input_ids=ids, token_type_ids=types)  # (b, seq, hid)
-                additive = _additive(mask, h.dtype)
-                for layer in bert_layers(m)[: self.split]:
-                    out = layer(h, attention_mask=additive)
-                    h = out[0] if isinstance(out, tuple) else out
+                h = run_layers(h, mask, bert_layers(m)[: self.split])
                 rows = torch.from_numpy(idx)
                 self.states[rows, : h.shape[1]] = h.cpu().to(torch.float16)
                 self.mask[rows, : h.shape[1]] = mask.cpu()

@@ -7,6 +7,7 @@ normalise it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -32,6 +33,15 @@ def bert_layers(model: nn.Module) -> nn.ModuleList:
             "use --mode full or --mode projection"
         )
     return layers
+
+
+def run_layers(h: torch.Tensor, mask: torch.Tensor, layers: Iterable[nn.Module]) -> torch.Tensor:
+    """BERT layers on (n, seq, hidden) states with the (n, seq) 0/1 attention mask."""
+    additive = (1.0 - mask[:, None, None, :].to(h.dtype)) * torch.finfo(h.dtype).min
+    for layer in layers:  # additive: (n, 1, 1, seq)
+        out = layer(h, attention_mask=additive)
+        h = out[0] if isinstance(out, tuple) else out
+    return h
 
 
 class TopLayers(nn.Module):
@@ -64,10 +74,7 @@ class TopLayers(nn.Module):
         seq = max(1, int(mask.sum(dim=1).max()))  # drop the padding every row has
         h = hidden[:, :seq].float()  # (n, seq, hidden)
         m = mask[:, :seq].to(h.dtype)  # (n, seq)
-        additive = (1.0 - m[:, None, None, :]) * torch.finfo(h.dtype).min  # (n, 1, 1, seq)
-        for layer in self.layers:
-            out = layer(h, attention_mask=additive)
-            h = out[0] if isinstance(out, tuple) else out
+        h = run_layers(h, m, self.layers)
         w = m.unsqueeze(-1)  # (n, seq, 1)
         x = (h * w).sum(dim=1) / w.sum(dim=1).clamp(min=1e-9)  # (n, hidden)
         return self.projection(x) if self.projection is not None else x

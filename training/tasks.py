@@ -38,7 +38,14 @@ from training.export import (
     export_image_encoder,
     export_text_encoder,
 )
-from training.models import ImageNetwork, TopLayers, bert_layers, create_backbone, projection
+from training.models import (
+    ImageNetwork,
+    TopLayers,
+    bert_layers,
+    create_backbone,
+    projection,
+    run_layers,
+)
 from training.trainer import embed
 
 log = logging.getLogger(__name__)
@@ -183,12 +190,7 @@ class TextTask(Task):
         """Hidden states below the trained layers: (n, seq) ids, mask -> (n, seq, hidden)."""
         model: Any = self.base.model
         h = model.embeddings(input_ids=input_ids, token_type_ids=torch.zeros_like(input_ids))
-        m = attention_mask.to(h.dtype)
-        additive = (1.0 - m[:, None, None, :]) * torch.finfo(h.dtype).min  # (n, 1, 1, seq)
-        for layer in bert_layers(model)[: self._split()]:
-            out = layer(h, attention_mask=additive)
-            h = out[0] if isinstance(out, tuple) else out
-        return h
+        return run_layers(h, attention_mask, bert_layers(model)[: self._split()])
 
     def lower_states(self) -> tuple[torch.Tensor, torch.Tensor]:
         """ "top" mode inputs of every title: frozen hidden states below the trained layers
