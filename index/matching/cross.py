@@ -117,7 +117,8 @@ class PairScorer:
         return out
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
+def logit(p: np.ndarray) -> np.ndarray:
+    """log(p / (1 - p)) in float64, p clipped to [1e-6, 1 - 1e-6]."""
     q = np.clip(np.asarray(p, np.float64), 1e-6, 1 - 1e-6)
     return np.log(q / (1 - q))
 
@@ -144,7 +145,7 @@ class Cascade:
 
     def combine(self, p: np.ndarray, z: np.ndarray) -> np.ndarray:
         """The stacked probability of pairs with trees' `p` and cross logits `z`."""
-        s = self.w_tree * _logit(p) + self.w_cross * np.asarray(z, np.float64) + self.bias
+        s = self.w_tree * logit(p) + self.w_cross * np.asarray(z, np.float64) + self.bias
         return (1.0 / (1.0 + np.exp(-s))).astype(np.float32)
 
     def refine(

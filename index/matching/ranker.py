@@ -440,10 +440,7 @@ class Ranker:
             meta["cascade"] = asdict(self.cascade)
             cross = d / CROSS
             if self.scorer.folder.resolve() != cross.resolve():
-                cross.mkdir(exist_ok=True)
-                for f in self.scorer.folder.iterdir():
-                    if f.is_file():
-                        shutil.copyfile(f, cross / f.name)
+                shutil.copytree(self.scorer.folder, cross, dirs_exist_ok=True)
         (d / "ranker.json").write_text(json.dumps(meta, indent=2, default=float), "utf-8")
         return d
 

@@ -136,6 +136,7 @@ def search_queries(
     I, S = fuse_against(nb, config.for_pool(len(cat)), self_rows)
     return I, S, nb
 
+
 def match_queries(
     cat: LiveCatalogue,
     q: QueryFeatures,
@@ -159,17 +160,7 @@ def match_queries(
                 break
             own = own_id is not None and cat.posting_id[r] == own_id
             used = matched_signals(sim, config) or [f"nearest:{config.min2_signal}"]
-            row.append(
-                CatalogueMatch(
-                    row=r,
-                    posting_id=cat.posting_id[r],
-                    title=cat.title[r],
-                    score=float(s),
-                    is_self=own,
-                    signals=["self"] if own else used,
-                    similarities=sim,
-                )
-            )
+            row.append(_match_of(cat, r, float(s), own, sim, ["self"] if own else used))
         out.append(row)
     return out
 
@@ -200,6 +191,7 @@ def rank_queries(
     return [
         _rank_one(cat, q, j, nb_q, cat.row_or_none(self_ids[j]), ranker, k) for j in range(len(q))
     ]
+
 
 def _rank_one(
     cat: LiveCatalogue,

@@ -16,7 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
-from index.matching.cross import Cascade, PairScorer
+from index.matching.cross import Cascade, PairScorer, logit
 from index.tuning.metrics import pair_prf, tune_pair_threshold
 
 #: The bands tried: lower and upper ends of the trees' probability.
@@ -38,17 +38,12 @@ class PairModelFit(Protocol):
         ...
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
-    q = np.clip(p.astype(np.float64), 1e-6, 1 - 1e-6)
-    return np.log(q / (1 - q))
-
-
 def fit_stack(
     p: np.ndarray, z: np.ndarray, y: np.ndarray, ridge: float = 1e-2, steps: int = 50
 ) -> tuple[float, float, float]:
     """(w_tree, w_cross, bias) of the L2-regularised logistic regression of y on
     (logit(p), z), by Newton's method."""
-    X = np.stack([_logit(p), z.astype(np.float64), np.ones(len(p))], axis=1)  # (m, 3)
+    X = np.stack([logit(p), z.astype(np.float64), np.ones(len(p))], axis=1)  # (m, 3)
     t = y.astype(np.float64)
     w = np.zeros(3)
     reg = np.array([ridge, ridge, 0.0]) * len(p)

@@ -43,7 +43,7 @@ from index.matching.ranker import (
 from index.matching.selfmatch import decide, self_neighbours
 from index.matching.stages import apply_stages
 from index.progress import progress
-from index.tuning.cascade import PairModelFit, cascade_fold_f1, tune_cascade
+from index.tuning.cascade import PairModelFit, apply_cascade, cascade_fold_f1, tune_cascade
 from index.tuning.grids import MARGINAL_MIN, group_folds, sub_pools
 from index.tuning.metrics import (
     SIZE_BUCKETS,
@@ -152,7 +152,6 @@ def tune_group_thresholds(scored: Sequence[Scored], base: RankerConfig) -> Ranke
     singles = [s for s in THRESHOLDS if s <= best]
     single = max(singles, key=lambda s: (f(replace(cfg, single_threshold=s)), s))
     return replace(cfg, single_threshold=float(single))
-
 
 
 def _pool_pairs(
@@ -520,7 +519,7 @@ def train_on_pairs(
             if cross_folder is None:
                 raise ValueError("a cross-encoder fit needs a folder for its final scorer")
             scorer = cross.final(np.arange(len(y)), cross_folder)
-            final_p = np.where(cascade.band(oof), cascade.combine(oof, z), oof)
+            final_p = apply_cascade(cascade, oof, z)
             share = float(cascade.band(oof[reach]).mean()) if reach.any() else 0.0
             report["cascade"] = {**asdict(cascade), "band_share": share}
     cfg = replace(config, threshold=t, single_threshold=1.01)
