@@ -213,7 +213,7 @@ class Engine:
         engine = cls(settings, metrics, encoders, fusion, live, meta, source, batcher)
         engine.ranker = ranker
         if ranker is not None:
-            searched = {"tfidf", "phash", *live.stores}
+            searched = set(live.searched())
             engine.match_ranker = set(ranker.signals) <= searched
             if not engine.match_ranker:
                 log.warning(
@@ -272,7 +272,7 @@ class Engine:
 
     @property
     def signals(self) -> list[str]:
-        out = ["tfidf", "phash"]
+        out = ["tfidf", *(["char"] if "char" in self.catalogue.searched() else []), "phash"]
         return out + [m for m in ("text", "image") if getattr(self.encoders, m) is not None]
 
     def _features(

@@ -1,5 +1,6 @@
 """Run by tests/test_ray_engine.py in a subprocess, inside a loopback-only network namespace:
-`pricematch match --engine ray` with 1 and with 4 shards on one local Ray instance, saving
+`pricematch match --engine ray --char-source 3-5` with 1 and with 4 shards on one local Ray
+instance, saving
 each run's submission and the neighbours it fused (to compare scores and tied ids).
 
 Usage: python -m tests.ray_run OUT_DIR LISTINGS_CSV IMAGES_DIR MODEL_DIR
@@ -27,7 +28,8 @@ def run(out: Path, csv_path: str, images: str, model: str) -> int:
         return feats, nb
 
     ray_engine.ray_neighbours = recording  # type: ignore[assignment]
-    base = ["match", csv_path, "--images", images, "--model", model, "-q", "--engine", "ray"]
+    base = ["match", csv_path, "--images", images, "--model", model, "-q", "--engine", "ray",
+            "--char-source", "3-5"]
     for shards in (1, 4):
         rc = main([*base, "--shards", str(shards), "-o", str(out / f"ray{shards}.csv")])
         if rc:

@@ -105,7 +105,7 @@ def _local(synth: Path, model_dir: Path, tmp_path: Path) -> tuple[list[str], dic
     cat = read_catalogue(args.input, images_dir=args.images)
     model = resolve_model(args)
     encoders, config = model.encoders, model.fusion
-    feats = embed(cat, encoders, tfidf_config=TfidfConfig())
+    feats = embed(cat, encoders, tfidf_config=TfidfConfig(char_source=(3, 5)))
     nb = self_neighbours(feats, device=args.device)
     return cat.title, apply_stages(feats.parts(), nb, config), config
 
@@ -129,7 +129,7 @@ def test_ray_match_equals_single_process(
     assert main(_args(synth, model_dir, tmp_path / "local.csv")) == 0
     titles, nb_local, config = _local(synth, model_dir, tmp_path)
     nb_ray = _load_nb(ray_out / "nb1.npz")
-    assert set(nb_ray) == set(nb_local) == {"tfidf", "phash", "text", "image"}
+    assert set(nb_ray) == set(nb_local) == {"tfidf", "char", "phash", "text", "image"}
     for s in nb_local:
         assert_same_up_to_ties(nb_local[s][1], nb_local[s][0], nb_ray[s][1], nb_ray[s][0], s)
     local, ray1 = read_sub(tmp_path / "local.csv"), read_sub(ray_out / "ray1.csv")

@@ -98,6 +98,16 @@ COSTS: dict[str, tuple[float, float]] = {
 CAP_MIN_ROWS = 5000
 
 
+#: What a pool's features depend on: TF-IDF char n-grams, the text encoder, the image
+#: encoder, the char source (`Pipeline.signals`).
+PoolKey = tuple[bool, str | None, bool, bool]
+#: The char source's n-grams (`TfidfConfig.char_source`): 3-5 within words, as measured.
+CHAR_SOURCE = (3, 5)
+#: How many times the ranker's CPU the char source makes (27k dev rows, top 20: 1.5x: 693k
+#: pairs instead of 532k, docs/BENCHMARKS.md "The char source as a ranker signal").
+CHAR_WIDE = 1.5
+
+
 @dataclass(frozen=True)
 class Pipeline:
     """One candidate model: the choice made for each part."""
@@ -111,6 +121,7 @@ class Pipeline:
     top_k: int = 20  # the ranker's candidates: each signal's top k neighbours
     floors: bool = True  # ... at or above each signal's floor (False: any similarity)
     two_hop: bool = False  # ... and the pairs joined by two confident matches
+    char_source: bool = False  # ... and the char 3-5 n-gram TF-IDF's own neighbours
     cross: bool = False  # the cross-encoder cascade behind the ranker (labelled pairs)
 
     def ranker_config(self) -> RankerConfig:
@@ -132,9 +143,9 @@ class Pipeline:
             if v != start[k]
         ]
 
-    def signals(self) -> tuple[bool, str | None, bool]:
+    def signals(self) -> PoolKey:
         """What its features depend on (pools are shared by pipelines with the same)."""
-        return self.char_ngrams, self.text, self.image
+        return self.char_ngrams, self.text, self.image, self.char_source
 
 
 @dataclass(frozen=True)
@@ -236,6 +247,10 @@ def candidates(base: Encoders, images: bool, groups: bool = True) -> list[Candid
                 lambda p: p.ranker and not p.cross,
             )
         )
+    out.append(Candidate(
+        "candidates: char n-gram source", "candidates",
+        lambda p: replace(p, char_source=True), lambda p: p.ranker and not p.char_source,
+    ))
     if groups:  # out of fold on label groups only (pairwise folds score labelled pairs)
         out.append(Candidate(
             "candidates: two hops through confident matches", "candidates",
@@ -315,11 +330,11 @@ class Search:
         self.data, self.images, self.show = pairs, images, show_progress
         self.work = out / WORK
         self.n = len(cat)
-        self.pools: dict[tuple[bool, str | None, bool], RankPool] = {}
-        self.pool_cpu: dict[tuple[bool, str | None, bool], float] = {}
+        self.pools: dict[PoolKey, RankPool] = {}
+        self.pool_cpu: dict[PoolKey, float] = {}
         # the pools of the trials finished so far, run or resumed: what the estimates take
         # as made (so a resumed run decides as the uninterrupted one did)
-        self.made: set[tuple[bool, str | None, bool]] = set()
+        self.made: set[PoolKey] = set()
         self._folds()
         self._open_work(resume)
 
@@ -401,7 +416,11 @@ class Search:
 
     def fusion_base(self, p: Pipeline) -> FusionConfig:
         """The fusion settings a pipeline starts its tuning from."""
-        tf = TfidfConfig(code_tokens=True, char_ngrams=(3, 5) if p.char_ngrams else None)
+        tf = TfidfConfig(
+            code_tokens=True,
+            char_ngrams=(3, 5) if p.char_ngrams else None,
+            char_source=CHAR_SOURCE if p.char_source else None,
+        )
         cfg = FusionConfig(tfidf=tf, min2_reciprocal=p.reciprocal)
         return cfg.with_stages(unit_rule=p.unit_rule)
 
@@ -431,14 +450,14 @@ class Search:
         return (self.pool_cpu[p.signals()] + decide) * 1000.0 / self.n
 
     def estimate(
-        self, p: Pipeline, made: set[tuple[bool, str | None, bool]] | None = None
+        self, p: Pipeline, made: set[PoolKey] | None = None
     ) -> float:
         """Estimated CPU seconds to score `p` when the pools of `made` exist (default:
         those made so far; a pool already made costs nothing)."""
         n = self.n
         s = 0.0
         if p.signals() not in (self.made if made is None else made):
-            s += _cost("pool", n) + (_cost("char", n) if p.char_ngrams else 0.0)
+            s += _cost("pool", n) + _cost("char", n) * (p.char_ngrams + p.char_source)
             if p.text == "static":
                 s += _cost("static", n)
             elif p.text == "base":
@@ -447,7 +466,7 @@ class Search:
                 s += _cost("image", n)
         s += _cost("tune", n)
         if p.ranker:  # its cost grows with the candidate pairs
-            wide = p.top_k / 20 * (1.0 if p.floors else 1.1)
+            wide = p.top_k / 20 * (1.0 if p.floors else 1.1) * (CHAR_WIDE if p.char_source else 1)
             s += (_cost("ranker", n) + (_cost("carry", n) if self.data is None else 0.0)) * wide
         if p.cross:
             s += _cost("cross", n)

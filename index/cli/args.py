@@ -143,7 +143,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_text_options(p: argparse.ArgumentParser) -> None:
-    """--fields, --sources, --tfidf-codes, --tfidf-char (see `with_options`, `fields_of`)."""
+    """--fields, --sources, --tfidf-codes, --tfidf-char, --char-source (see `with_options`,
+    `fields_of`)."""
     p.add_argument(
         "--fields",
         help="comma-separated columns (CSV) or attributes (entity-matching tables) joined, "
@@ -168,6 +169,13 @@ def add_text_options(p: argparse.ArgumentParser) -> None:
         "--tfidf-char",
         metavar="MIN-MAX|off",
         help="TF-IDF: add character n-grams MIN..MAX within words, e.g. 3-5 "
+        "(default: fusion.json's)",
+    )
+    p.add_argument(
+        "--char-source",
+        metavar="MIN-MAX|off",
+        help="the 'char' signal: a TF-IDF of character n-grams MIN..MAX within words with "
+        "its own neighbours, for the pair re-ranker's candidates and features, e.g. 3-5 "
         "(default: fusion.json's)",
     )
 

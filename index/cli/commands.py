@@ -90,21 +90,23 @@ def field_weights_of(args: argparse.Namespace) -> dict[str, float] | None:
     return {n: 1.0 if w is None else w for n, w in spec}
 
 
-def _char_ngrams(spec: str) -> tuple[int, int] | None:
-    """`--tfidf-char`: "off" -> None, "3-5" -> (3, 5); CatalogueError otherwise."""
+def _char_ngrams(spec: str, flag: str = "--tfidf-char") -> tuple[int, int] | None:
+    """`--tfidf-char` or `--char-source`: "off" -> None, "3-5" -> (3, 5); CatalogueError
+    otherwise."""
     if spec.strip().lower() == "off":
         return None
     lo, sep, hi = spec.partition("-")
     if not sep or not lo.strip().isdigit() or not hi.strip().isdigit():
-        raise CatalogueError(f"--tfidf-char takes MIN-MAX (e.g. 3-5) or off, got {spec!r}")
+        raise CatalogueError(f"{flag} takes MIN-MAX (e.g. 3-5) or off, got {spec!r}")
     a, b = int(lo), int(hi)
     if not 1 <= a <= b <= 10:
-        raise CatalogueError(f"--tfidf-char needs 1 <= MIN <= MAX <= 10, got {spec!r}")
+        raise CatalogueError(f"{flag} needs 1 <= MIN <= MAX <= 10, got {spec!r}")
     return a, b
 
 
 def with_options(config: FusionConfig, args: argparse.Namespace) -> FusionConfig:
-    """`config` with --sources, --tfidf-codes and --tfidf-char applied (where given)."""
+    """`config` with --sources, --tfidf-codes, --tfidf-char and --char-source applied
+    (where given)."""
     if getattr(args, "sources", None):
         config = config.with_(sources=args.sources)
     tfidf = config.tfidf.model_dump()
@@ -112,6 +114,8 @@ def with_options(config: FusionConfig, args: argparse.Namespace) -> FusionConfig
         tfidf["code_tokens"] = args.tfidf_codes == "on"
     if getattr(args, "tfidf_char", None):
         tfidf["char_ngrams"] = _char_ngrams(args.tfidf_char)
+    if getattr(args, "char_source", None):
+        tfidf["char_source"] = _char_ngrams(args.char_source, "--char-source")
     weights = field_weights_of(args)
     if weights is not None:
         tfidf["field_weights"] = weights

@@ -53,7 +53,8 @@ def cmd_train_ranker(args: argparse.Namespace) -> int:
     if report["written"] and config != model.fusion:
         # the ranker's features come from these TF-IDF / source settings: keep them together
         write_fusion(Path(args.model) / FUSION, config)
-        print(f"wrote {Path(args.model) / FUSION} (--sources / --tfidf-* as trained)")
+        print(f"wrote {Path(args.model) / FUSION} (the --sources, --tfidf-* and --char-source "
+              "it was trained with)")
     if args.report:
         Path(args.report).parent.mkdir(parents=True, exist_ok=True)
         Path(args.report).write_text(json.dumps(report, indent=2, default=float), "utf-8")

@@ -65,6 +65,9 @@ class Features(DenseSignals):
     text_valid: np.ndarray | None = None
     image: np.ndarray | None = None  # (n, d_image) float32, L2-normalised
     image_valid: np.ndarray | None = None
+    #: (n, char vocab) L2-normalised rows of the "char" signal (`TfidfConfig.char_source`,
+    #: from `tfidf`), None when the TF-IDF has none
+    C: sp.csr_matrix | None = None
     issues: dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -77,6 +80,7 @@ class Features(DenseSignals):
             X=sp.csr_matrix(self.X[rows]),
             phash=self.phash[rows],
             phash_valid=self.phash_valid[rows],
+            C=None if self.C is None else sp.csr_matrix(self.C[rows]),
         )
         for m, (x, valid) in self.dense().items():
             out.set_dense(m, x[rows], valid[rows])
@@ -90,9 +94,11 @@ class Features(DenseSignals):
         setattr(self, f"{modality}_valid", valid)
 
     def present(self) -> set[str]:
-        """The base signals some row has: "tfidf" (a non-empty title), "phash", "text",
-        "image" (what a report may name; an absent signal matches nothing)."""
+        """The base signals some row has: "tfidf" (a non-empty title), "char", "phash",
+        "text", "image" (what a report may name; an absent signal matches nothing)."""
         out = {"tfidf"} if self.X.nnz else set()
+        if self.C is not None and self.C.nnz:
+            out.add("char")
         if self.phash_valid.any():
             out.add("phash")
         out |= {m for m, (_, valid) in self.dense().items() if valid.any()}
@@ -100,11 +106,13 @@ class Features(DenseSignals):
 
     def pair_similarity(self, name: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """(m,) float32 exact similarity of the row pairs (a[i], b[i]) in signal `name`
-        ("tfidf", "text", "image"; "phash": 1 - hamming/64), NaN where a side lacks it."""
+        ("tfidf", "char", "text", "image"; "phash": 1 - hamming/64), NaN where a side
+        lacks it."""
         if name == "phash":
             return (1.0 - self.phash_distance(a, b) / 64.0).astype(np.float32)
-        if name == "tfidf":
-            X = self.X
+        if name in ("tfidf", "char"):
+            X = self.X if name == "tfidf" else self.C
+            assert X is not None, "features without the char signal"
             s = np.asarray(X[a].multiply(X[b]).sum(axis=1)).ravel().astype(np.float32)
             empty = np.diff(X.indptr) == 0
             return np.where(empty[a] | empty[b], np.nan, s).astype(np.float32)
@@ -123,6 +131,8 @@ class Features(DenseSignals):
         """The searchable matrix of each signal present (zero rows where invalid), as the
         stages take them."""
         out: dict[str, Part] = {"tfidf": self.X}
+        if self.C is not None:
+            out["char"] = self.C
         for name, (x, valid) in self.dense().items():
             out[name] = x if valid.all() else np.where(valid[:, None], x, 0).astype(np.float32)
         return out
@@ -187,7 +197,8 @@ def build_features(
     if phash_failed:
         issues[PHASH_UNREADABLE] = phash_failed
     codes, pvalid = phash
-    feats = Features(tfidf=tfidf, X=X, phash=codes, phash_valid=pvalid, issues=issues)
+    C = tfidf.transform_source(list(cat.title)) if tfidf.has_source else None
+    feats = Features(tfidf=tfidf, X=X, phash=codes, phash_valid=pvalid, C=C, issues=issues)
     if "text" in dense:
         feats.set_dense("text", *dense["text"])
     if "image" in dense and cat.image is not None:

@@ -45,6 +45,10 @@ class TfidfConfig(BaseModel):
         char_ngrams: (min, max) character n-grams as a second part, or None (off);
             weighted `char_weight` against the words (`char_analyzer`: "char_wb" keeps
             n-grams inside words).
+        char_source: (min, max) character n-grams (within words) of a TF-IDF of their own,
+            the "char" signal with its own neighbour list (`TitleTfidf.transform_source`),
+            not mixed into the word rows; None (off). It lists look-alike spellings that
+            share no word ("charger"/"chargr", "iphone11"/"iphone 11").
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -58,6 +62,7 @@ class TfidfConfig(BaseModel):
     char_ngrams: tuple[int, int] | None = None
     char_analyzer: Literal["char", "char_wb"] = "char_wb"
     char_weight: float = 0.5
+    char_source: tuple[int, int] | None = None
     binary: bool = True
     sublinear_tf: bool = False
     min_df: int = 1
@@ -71,8 +76,11 @@ class TitleTfidf:
         self.config = config or TfidfConfig()
         self.word: TfidfVectorizer | None = None
         self.char: TfidfVectorizer | None = None
+        self.source: TfidfVectorizer | None = None
 
-    def _vectorizers(self) -> tuple[TfidfVectorizer, TfidfVectorizer | None]:
+    def _vectorizers(
+        self,
+    ) -> tuple[TfidfVectorizer, TfidfVectorizer | None, TfidfVectorizer | None]:
         # imported here: the k-NN side of this module (sparse_topk) runs without sklearn
         from sklearn.feature_extraction.text import TfidfVectorizer
 
@@ -87,11 +95,13 @@ class TitleTfidf:
             dtype=np.float32,
             lowercase=False,
         )
-        char = None
-        if c.char_ngrams is not None:
-            char = TfidfVectorizer(
-                analyzer=c.char_analyzer,
-                ngram_range=c.char_ngrams,
+
+        def chars(ngrams: tuple[int, int] | None, analyzer: str) -> TfidfVectorizer | None:
+            if ngrams is None:
+                return None
+            return TfidfVectorizer(
+                analyzer=analyzer,
+                ngram_range=ngrams,
                 binary=c.binary,
                 sublinear_tf=c.sublinear_tf,
                 min_df=c.min_df,
@@ -99,7 +109,8 @@ class TitleTfidf:
                 dtype=np.float32,
                 lowercase=False,
             )
-        return word, char
+
+        return word, chars(c.char_ngrams, c.char_analyzer), chars(c.char_source, "char_wb")
 
     def _texts(self, titles: list[str]) -> list[str]:
         """The normalised titles, each followed by its joined model codes if asked."""
@@ -112,18 +123,31 @@ class TitleTfidf:
         return self._fit(self._texts(titles))
 
     def _fit(self, norm: list[str]) -> TitleTfidf:
-        self.word, self.char = self._vectorizers()
+        self.word, self.char, self.source = self._vectorizers()
         # a catalogue without one word token (empty, punctuation-only or emoji-only titles)
         # still gets a (useless) vocabulary: every row is then a zero row, matched by the
         # other signals and at-least-one-match alone
         words = norm if any(_TOKEN.search(t) for t in norm) else [_NO_WORD]
         self.word.fit(words)
-        if self.char is not None:
+        for vec in (self.char, self.source):
+            if vec is None:
+                continue
             try:
-                self.char.fit(norm)
+                vec.fit(norm)
             except ValueError:  # no character n-gram in any title (all shorter than min)
-                self.char.fit([_NO_WORD])
+                vec.fit([_NO_WORD])
         return self
+
+    @property
+    def has_source(self) -> bool:
+        """Whether it gives the "char" signal's rows (`TfidfConfig.char_source`)."""
+        return self.source is not None
+
+    def transform_source(self, titles: list[str]) -> sp.csr_matrix:
+        """(n, char vocab) float32 CSR of the "char" signal (`TfidfConfig.char_source`),
+        rows L2-normalised (titles without an n-gram of the vocabulary are zero rows)."""
+        assert self.source is not None, "a TF-IDF without char_source"
+        return _l2_rows(self.source.transform(self._texts(titles)))
 
     def transform(self, titles: list[str]) -> sp.csr_matrix:
         """(n, vocab) float32 CSR, rows L2-normalised (empty titles are zero rows)."""
@@ -201,9 +225,10 @@ class TitleTfidf:
         assert self.word is not None
         vocab = {"word": {k: int(v) for k, v in self.word.vocabulary_.items()}}
         idf = {"word": self.word.idf_.astype(np.float32)}
-        if self.char is not None:
-            vocab["char"] = {k: int(v) for k, v in self.char.vocabulary_.items()}
-            idf["char"] = self.char.idf_.astype(np.float32)
+        for name, vec in (("char", self.char), ("source", self.source)):
+            if vec is not None:
+                vocab[name] = {k: int(v) for k, v in vec.vocabulary_.items()}
+                idf[name] = vec.idf_.astype(np.float32)
         p1, p2 = folder / "tfidf.json", folder / "tfidf_idf.npz"
         p1.write_text(
             json.dumps(
@@ -220,11 +245,11 @@ class TitleTfidf:
         idf = np.load(folder / "tfidf_idf.npz")
         # a file written before code tokens existed was fitted without them
         self = cls(TfidfConfig.model_validate({"code_tokens": False, **meta["config"]}))
-        word, char = self._vectorizers()
-        for name, vec in (("word", word), ("char", char)):
+        word, char, source = self._vectorizers()
+        for name, vec in (("word", word), ("char", char), ("source", source)):
             if vec is None:
                 continue
             vec.vocabulary_ = meta["vocabulary"][name]
             vec.idf_ = idf[name]
-        self.word, self.char = word, char
+        self.word, self.char, self.source = word, char, source
         return self

@@ -37,7 +37,7 @@ from index.matching.fusion import Neighbours
 CROSS = "cross"
 #: Signals whose similarity is computed exactly for any pair (the others are looked up in
 #: their neighbour lists).
-EXACT = ("tfidf", "text", "image")
+EXACT = ("tfidf", "char", "text", "image")
 #: The pool sizes, as ratios to the tuned pool, the pool-size rule was measured on: a ranker
 #: trained by `pricematch train` on 5k Shopee dev rows beat the fusion trained the same way
 #: on held-out pools of 0.25x to 4x (benchmarks/ranker_carry.py, docs/BENCHMARKS.md). The

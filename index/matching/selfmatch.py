@@ -16,13 +16,12 @@ from index.features.embed import Encoders, Features, embed
 from index.features.encoders import Device
 from index.features.tfidf import TfidfConfig
 from index.matching.fusion import FusionConfig, Neighbours, to_lists
+from index.matching.names import BASE_SIGNALS
 from index.matching.ranker import POOL_RANGE, Ranker
 from index.matching.stages import apply_stages, fuse_stages, ranker_source_links
 from index.search.knn import K, hamming_self_knn, order_ties, self_knn, sparse_knn
 
 log = logging.getLogger(__name__)
-#: The signals computed from the features themselves (the stages add others, e.g. combined).
-BASE_SIGNALS = ("tfidf", "phash", "text", "image")
 
 
 def self_neighbours(
@@ -34,6 +33,8 @@ def self_neighbours(
         "tfidf": sparse_knn(feats.X, feats.X, k, show_progress=show_progress),
         "phash": hamming_self_knn(feats.phash, feats.phash_valid, k),
     }
+    if feats.C is not None:
+        out["char"] = sparse_knn(feats.C, feats.C, k, show_progress=show_progress)
     if feats.text is not None:
         out["text"] = self_knn(feats.text, feats.text_valid, k, device=device)
     if feats.image is not None:

@@ -39,6 +39,7 @@ from index.search.knn import (
     knn,
     no_neighbours,
     order_ties,
+    sparse_knn,
     sparse_topk,
 )
 
@@ -359,4 +360,6 @@ def ray_neighbours(
         ray.kill(h)
     names = ["tfidf", "phash", *(s for s in DENSE if getattr(feats, s) is not None)]
     nb = {s: (res[f"D_{s}"].astype(np.float32), res[f"I_{s}"].astype(np.int64)) for s in names}
+    if feats.C is not None:  # the char source: one sparse self-join on the driver
+        nb["char"] = order_ties(*sparse_knn(feats.C, feats.C, k))
     return feats, nb

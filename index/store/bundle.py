@@ -6,6 +6,7 @@ Layout::
     fusion.json        FusionConfig (thresholds)
     listings.csv       posting_id,title,image,image_phash[,label_group]
     tfidf.json, tfidf_idf.npz, tfidf.npz   fitted vocabularies and the catalogue's rows
+    char.npz           the "char" signal's rows, when the TF-IDF has a char source
     phash.npy          (n, 8) uint8 codes; rows without a hash are all-zero and masked
     masks.npz          per-signal validity masks
     text.faiss, image.faiss   FAISS stores of the embeddings (ids = row numbers)
@@ -53,6 +54,8 @@ from index.store.model import (
 FORMAT = 1
 #: The bundle's folder of encoder artifacts (text/, image/), absent where none is used.
 ENCODERS = "encoders"
+#: The "char" signal's rows (`Features.C`), present when the TF-IDF has a char source.
+CHAR = "char.npz"
 
 
 def _versions() -> dict[str, str]:
@@ -107,6 +110,9 @@ def save_bundle(
         np.save(tmp / "phash.npy", feats.phash)
         masks = {"phash": feats.phash_valid}
         dims: dict[str, int] = {"tfidf": int(feats.X.shape[1])}
+        if feats.C is not None:
+            sp.save_npz(tmp / CHAR, feats.C)
+            dims["char"] = int(feats.C.shape[1])
         for m, (x, valid) in feats.dense().items():
             enc = getattr(encoders, m)
             store = FaissFlatStore(x.shape[1], device="cpu")
@@ -126,7 +132,8 @@ def save_bundle(
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "rows": n,
             "dims": dims,
-            "signals": sorted(["tfidf", "phash", *[m for m in ("text", "image") if m in masks]]),
+            "signals": sorted(["tfidf", "phash", *[m for m in ("text", "image") if m in masks],
+                               *(["char"] if feats.C is not None else [])]),
             "versions": _versions(),
             "files": {str(p.relative_to(tmp)): sha256(p) for p in files},
         }
@@ -150,6 +157,7 @@ class Bundle:
     stores: dict[str, FaissFlatStore]
     encoders: Encoders
     ranker: Ranker | None = None
+    C: sp.csr_matrix | None = None  # the "char" signal's rows (a TF-IDF with a char source)
 
 
 def verify_bundle(folder: str | Path) -> dict[str, Any]:
@@ -192,6 +200,10 @@ def load_bundle(folder: str | Path, device: Device = "auto", with_encoders: bool
         for m in ("text", "image")
         if (root / f"{m}.faiss").is_file()
     }
+    tfidf = TitleTfidf.load(root)
+    C = sp.csr_matrix(sp.load_npz(root / CHAR)) if (root / CHAR).is_file() else None
+    if tfidf.has_source != (C is not None):
+        raise BundleError(f"{root}: {CHAR} and the TF-IDF's char source disagree")
     enc_dir = root / ENCODERS
     encoders = (
         load_encoders(enc_dir, device=device) if with_encoders and enc_dir.is_dir() else Encoders()
@@ -201,13 +213,14 @@ def load_bundle(folder: str | Path, device: Device = "auto", with_encoders: bool
         manifest=manifest,
         catalogue=cat,
         fusion=fusion,
-        tfidf=TitleTfidf.load(root),
+        tfidf=tfidf,
         X=sp.csr_matrix(sp.load_npz(root / "tfidf.npz")),
         phash=np.load(root / "phash.npy"),
         masks=masks,
         stores=stores,
         encoders=encoders,
         ranker=bundle_ranker(root),
+        C=C,
     )
 
 

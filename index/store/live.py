@@ -12,7 +12,7 @@ from those neighbours, by the fusion or by the pair re-ranker, is
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -108,6 +108,9 @@ class LiveCatalogue:
         self.last_timings: dict[str, float] = {}
         self._X: sp.csr_matrix | None = None
         self._XT: sp.csr_matrix | None = None
+        #: the "char" signal's rows (a TF-IDF with a char source), kept as `_X` is
+        self._C: sp.csr_matrix | None = None
+        self._CT: sp.csr_matrix | None = None
         self._hamming: tuple[Any, np.ndarray] | None = None
         self._codes: tuple[np.ndarray, np.ndarray] | None = None
 
@@ -157,6 +160,8 @@ class LiveCatalogue:
         i = self.row(posting_id)
         pid = int(self.ids[i])
         signals = ["tfidf"] if self.title[i] else []
+        if self.title[i] and self.tfidf is not None and self.tfidf.has_source:
+            signals.append("char")
         if self.image_phash[i]:
             signals.append("phash")
         signals += [m for m, s in self.stores.items() if _has(s, pid)]
@@ -188,6 +193,7 @@ class LiveCatalogue:
             stores=dict(bundle.stores),
         )
         live._X = sp.csr_matrix(bundle.X)
+        live._C = None if bundle.C is None else sp.csr_matrix(bundle.C)
         return live
 
     # -- changes -------------------------------------------------------------------------
@@ -240,20 +246,24 @@ class LiveCatalogue:
             for i in gone[::-1].tolist():  # in place: a memmove per row, no rebuild
                 del col[i]
         self.ids = self.ids[keep]
-        self._XT = None
+        self._XT = self._CT = None
         if self._X is not None and self.fixed_vocabulary:
             self._X = sp.csr_matrix(self._X[keep])
+            self._C = None if self._C is None else sp.csr_matrix(self._C[keep])
         else:
-            self._X = None
+            self._X = self._C = None
         self._codes = self._hamming = None
 
     def _changed(self, new_rows: list[str] | None) -> None:
         self._codes = self._hamming = None
-        self._XT = None
+        self._XT = self._CT = None
         if new_rows is not None and self._X is not None and self.tfidf is not None:
             self._X = sp.csr_matrix(sp.vstack([self._X, self.tfidf.transform(new_rows)]))
+            if self._C is not None:
+                C = self.tfidf.transform_source(new_rows)
+                self._C = sp.csr_matrix(sp.vstack([self._C, C]))
         else:
-            self._X = None
+            self._X = self._C = None
 
     # -- features of the catalogue -------------------------------------------------------
 
@@ -263,16 +273,35 @@ class LiveCatalogue:
             if not self.fixed_vocabulary:
                 self.tfidf = TitleTfidf(self.tfidf_config).fit(self.title)
             assert self.tfidf is not None
-            if len(self):
-                self._X = self.tfidf.transform(self.title)
-            else:  # sklearn refuses to transform nothing
-                vocab = self.tfidf.transform([""]).shape[1]
-                self._X = sp.csr_matrix((0, vocab), dtype=np.float32)
+            self._X = self._rows(self.tfidf.transform)
+            if self.tfidf.has_source:
+                self._C = self._rows(self.tfidf.transform_source)
         if self._codes is None:
             self._codes = phash_codes(self.image_phash)
         assert self.tfidf is not None
         codes, valid = self._codes
         return self.tfidf, self._X, codes, valid
+
+    def _rows(self, transform: Callable[[list[str]], sp.csr_matrix]) -> sp.csr_matrix:
+        """The titles' rows by `transform` (none: a (0, vocab) matrix; sklearn refuses to
+        transform nothing)."""
+        if len(self):
+            return transform(self.title)
+        return sp.csr_matrix((0, transform([""]).shape[1]), dtype=np.float32)
+
+    def searched(self) -> list[str]:
+        """The signals `query_neighbours` lists: "tfidf", "char" (a TF-IDF with a char
+        source), "phash" and each store's."""
+        if self.fixed_vocabulary and self.tfidf is not None:
+            char = self.tfidf.has_source
+        else:
+            char = self.tfidf_config.char_source is not None
+        return ["tfidf", *(["char"] if char else []), "phash", *self.stores]
+
+    def char_rows(self) -> sp.csr_matrix | None:
+        """The "char" signal's rows of the catalogue (None: its TF-IDF has no char source)."""
+        self.features()
+        return self._C
 
     def query_neighbours(self, q: QueryFeatures, k: int = K) -> dict[str, Neighbours]:
         """Each query's k nearest catalogue rows per signal (catalogue rows as ids)."""
@@ -292,6 +321,11 @@ class LiveCatalogue:
 
         out["tfidf"] = sparse_topk(tfidf.transform(q.title), self._XT, k)
         lap("tfidf")
+        if self._C is not None:
+            if self._CT is None or self._CT.shape[1] != self._C.shape[0]:
+                self._CT = sp.csr_matrix(self._C.T)
+            out["char"] = sparse_topk(tfidf.transform_source(q.title), self._CT, k)
+            lap("char")
         out["phash"] = hamming_search(*self._hamming, q.phash, q.phash_valid, k)
         lap("phash")
         dense = q.dense()

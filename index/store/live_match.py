@@ -181,7 +181,7 @@ def rank_queries(
     `rank_matches` (threshold, at-least-one-match, cap). A query that is a catalogue
     listing is that listing (its own row first, not a candidate).
     """
-    missing = [s for s in ranker.signals if s not in ("tfidf", "phash", *cat.stores)]
+    missing = [s for s in ranker.signals if s not in cat.searched()]
     if missing:
         raise ConfigurationError(
             f"the model's ranker needs signal(s) {', '.join(missing)}, which the live "
@@ -238,11 +238,14 @@ def _rank_one(
             D, I = _as_pool_row(D, I, Dq[j], Iq[j], cands)
         nb[name] = (D, I)
     tfidf, X, _, _ = cat.features()
+    C = cat.char_rows()
     pool = Features(
         tfidf=tfidf,
         X=sp.csr_matrix(sp.vstack([tfidf.transform([q.title[j]]), X[cands]])),
         phash=np.vstack([q.phash[j : j + 1], cq.phash]),
         phash_valid=np.concatenate([q.phash_valid[j : j + 1], cq.phash_valid]),
+        C=None if C is None else sp.csr_matrix(
+            sp.vstack([tfidf.transform_source([q.title[j]]), C[cands]])),
     )
     qd, cd = q.dense(), cq.dense()
     for name in qd:

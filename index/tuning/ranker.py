@@ -31,6 +31,7 @@ from index.errors import CatalogueError
 from index.features.embed import Encoders, Features, embed
 from index.features.text import WordWeights
 from index.matching.fusion import FusionConfig, Neighbours
+from index.matching.names import BASE_SIGNALS
 from index.matching.ranker import (
     Ranker,
     RankerConfig,
@@ -572,11 +573,11 @@ def ranker_signals(pools: list[RankPool], config: FusionConfig) -> list[str]:
     """The signals a ranker uses: every computed one (stage signals included) but a base
     signal no row of any pool has (an empty `image_phash` column gives no phash features)."""
     present = set().union(*(p.features.present() for p in pools))
-    base = ("tfidf", "phash", "text", "image")
     return [
         s
         for s in pools[0].nb
-        if (s in base and s in present) or (s not in base and s in config.thresholds)
+        if (s in BASE_SIGNALS and s in present)
+        or (s not in BASE_SIGNALS and s in config.thresholds)
     ]
 
 
@@ -656,7 +657,7 @@ def ranker_marginals(
     first: dict[str, float] = {}
     score = oof(kept)
     while True:
-        base = [s for s in kept if s in ("tfidf", "phash", "text", "image")]
+        base = [s for s in kept if s in BASE_SIGNALS]
         if len(base) < 2:
             break
         runs = {s: oof(without(kept, s)) for s in base}

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from index.matching.fusion import FusionConfig, Neighbours
+from index.matching.names import BASE_SIGNALS
 from index.matching.stages import fuse_stages
 from index.progress import progress
 from index.tuning.grids import descend
@@ -59,7 +60,7 @@ def start_config(nb: dict[str, Neighbours], base: FusionConfig, present: set[str
     th = {
         s: base.thresholds.get(s, defaults.get(s, 0.5))  # type: ignore[call-overload]
         for s in nb
-        if s in present or s not in ("tfidf", "phash", "text", "image")
+        if s in present or s not in BASE_SIGNALS
     }
     th = {s: t for s, t in th.items() if s in defaults or s in base.thresholds}
     min2 = base.min2_signal if base.min2_signal in th else next(iter(th), "tfidf")

@@ -1,0 +1,214 @@
+"""The "char" signal (`TfidfConfig.char_source`): a TF-IDF of character n-grams with its own
+neighbour list, one more candidate source and feature of the pair re-ranker, carried by
+`match`, bundles, the live catalogue (`/match`) and `pricematch train`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from index.cli.parser import main
+from index.data.listings import read_catalogue
+from index.errors import BundleError
+from index.features.embed import QueryFeatures, embed
+from index.features.tfidf import TfidfConfig, TitleTfidf
+from index.matching.names import BASE_SIGNALS, SIGNALS
+from index.matching.ranker import RankerConfig, candidate_pairs, feature_names
+from index.matching.selfmatch import self_neighbours
+from index.store.live import LiveCatalogue
+from index.store.model import load_model
+from training import auto
+
+CHAR = TfidfConfig(char_source=(3, 5))
+
+
+def _exact_top(C: sp.csr_matrix, Q: sp.csr_matrix, k: int) -> np.ndarray:
+    """(nq, k) the k largest similarities of each query row by a dense product."""
+    S = (Q @ C.T).toarray()
+    return -np.sort(-S, axis=1)[:, :k]
+
+
+def test_documented_defaults() -> None:
+    assert TfidfConfig().char_source is None
+    assert auto.CHAR_SOURCE == (3, 5) and auto.CHAR_WIDE == 1.5
+    assert auto.Pipeline().char_source is False
+    assert "char" in SIGNALS and "char" in BASE_SIGNALS
+
+
+def test_char_rows_join_spellings_that_share_no_word(tmp_path: Path) -> None:
+    titles = ["powerbank xiaomi", "power bank xiaomi", "kabel data", "charger kabel", ""]
+    t = TitleTfidf(CHAR).fit(titles)
+    assert t.has_source and not TitleTfidf(TfidfConfig()).fit(titles).has_source
+    X, C = t.transform(titles), t.transform_source(titles)
+    assert C.dtype == np.float32 and C.shape[0] == 5
+    norms = np.sqrt(np.asarray(C.multiply(C).sum(axis=1)).ravel())
+    assert np.allclose(norms[:4], 1.0, atol=1e-6) and norms[4] == 0.0  # the empty title
+    # "powerbank" and "power bank": no word in common beyond the brand, n-grams shared
+    a, b = t.transform_source(["powerbank"]), t.transform_source(["power bank"])
+    assert float(t.transform(["powerbank"]).multiply(t.transform(["power bank"])).sum()) == 0
+    assert float(a.multiply(b).sum()) > 0.3
+    # the word rows are not changed by the char source
+    assert (X != TitleTfidf(TfidfConfig()).fit(titles).transform(titles)).nnz == 0
+    t.save(tmp_path)
+    back = TitleTfidf.load(tmp_path)
+    assert back.config.char_source == (3, 5)
+    assert (back.transform_source(titles) != C).nnz == 0
+
+
+def test_features_list_the_char_signal_as_exact_search(synth: Path) -> None:
+    cat = read_catalogue(synth / "listings.csv")
+    feats = embed(cat, tfidf_config=CHAR)
+    assert feats.C is not None and "char" in feats.present() and "char" in feats.parts()
+    assert embed(cat, tfidf_config=TfidfConfig()).C is None
+    nb = self_neighbours(feats, k=8, device="cpu")
+    assert "char" in nb
+    D, I = nb["char"]
+    assert np.allclose(D, _exact_top(feats.C, feats.C, 8), atol=1e-5)
+    got = np.einsum("ij,ij->i", feats.C[np.arange(len(cat))].toarray(),
+                    feats.C[np.maximum(I[:, 3], 0)].toarray())
+    assert np.allclose(got, D[:, 3], atol=1e-5)
+    a, b = np.array([0, 1, 5]), np.array([1, 7, 9])
+    want = [float(feats.C[i].multiply(feats.C[j]).sum()) for i, j in zip(a, b, strict=True)]
+    assert np.allclose(feats.pair_similarity("char", a, b), want, atol=1e-6)
+    sub = feats.subset(np.array([5, 9]))
+    assert sub.C is not None and (sub.C != feats.C[[5, 9]]).nnz == 0
+
+
+def test_a_pair_only_the_char_source_lists_becomes_a_candidate() -> None:
+    from index.data.listings import Catalogue
+
+    titles = ["powerbank xiaomi 10000mah", "power bank xiaomi 10.000 mah", "kabel data",
+              "charger samsung", "casing iphone", "tas ransel", "sepatu lari", "kaos polos"]
+    cat = Catalogue(posting_id=[f"p{i}" for i in range(8)], title=titles)
+    feats = embed(cat, tfidf_config=CHAR)
+    nb = self_neighbours(feats, device="cpu")
+    cfg = RankerConfig(top_k=1, floors={"tfidf": 0.9, "char": 0.3})
+    words = candidate_pairs({"tfidf": nb["tfidf"]}, 8, cfg)
+    both = candidate_pairs({"tfidf": nb["tfidf"], "char": nb["char"]}, 8, cfg)
+    assert [0, 1] not in words.tolist() and [0, 1] in both.tolist()
+
+
+def test_the_live_catalogue_searches_the_char_signal_as_it_changes(synth: Path) -> None:
+    cat = read_catalogue(synth / "listings.csv")
+    live = LiveCatalogue(dims={}, tfidf_config=CHAR)
+    assert live.searched() == ["tfidf", "char", "phash"]
+    hexes = list(cat.image_phash or [""] * len(cat))
+    live.upsert(cat.posting_id, [""] * len(cat), QueryFeatures.build(cat.title, hexes))
+    q = QueryFeatures.build(cat.title[:5], hexes[:5])
+    D, _ = live.query_neighbours(q, k=6)["char"]
+    C = live.char_rows()
+    assert C is not None and C.shape[0] == len(cat)
+    assert np.allclose(D, _exact_top(C, live.tfidf.transform_source(cat.title[:5]), 6),  # type: ignore[union-attr]
+                       atol=1e-5)
+    live.remove(cat.posting_id[0])
+    C2 = live.char_rows()
+    assert C2 is not None and C2.shape[0] == len(cat) - 1
+    D2, I2 = live.query_neighbours(q, k=6)["char"]
+    assert 0 <= I2.max() < len(cat) - 1
+    assert np.allclose(D2, _exact_top(C2, live.tfidf.transform_source(cat.title[:5]), 6),  # type: ignore[union-attr]
+                       atol=1e-5)
+    assert "char" not in LiveCatalogue(dims={}).searched()
+
+
+def test_char_source_flag_errors_name_it(
+    synth: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    for bad, what in (("3", "takes MIN-MAX"), ("0-4", "needs 1 <= MIN <= MAX <= 10")):
+        rc = main(["match", str(synth / "listings.csv"), "--char-source", bad, "-q",
+                   "-o", str(tmp_path / "x.csv")])
+        assert rc != 0 and f"--char-source {what}" in capsys.readouterr().err
+    assert not (tmp_path / "x.csv").exists()
+
+
+@pytest.fixture(scope="module")
+def char_model(synth: Path, strict_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The strict fake model with a ranker trained with `--char-source 3-5`."""
+    out = tmp_path_factory.mktemp("char") / "model"
+    shutil.copytree(strict_model, out)
+    args = ["train", "ranker", str(synth / "listings.csv"), "--model", str(out), "--folds", "2",
+            "--char-source", "3-5", "-q", "--device", "cpu", "--keep-anyway"]
+    assert main(args) == 0
+    return out
+
+
+def test_a_char_ranker_decides_in_match_the_bundle_and_the_service(
+    char_model: Path, synth: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """`train ranker --char-source` writes the setting beside the ranker; `match --model`,
+    `match --bundle` (its char rows checksummed) and `/match` on the bundle use it."""
+    from fastapi.testclient import TestClient
+
+    from index.store.bundle import CHAR as CHAR_FILE
+    from index.store.bundle import load_bundle, verify_bundle
+    from service.config import Settings
+    from service.main import create_app
+
+    fusion = json.loads((char_model / "fusion.json").read_text())
+    assert fusion["tfidf"]["char_source"] == [3, 5]
+    meta = json.loads((char_model / "ranker" / "ranker.json").read_text())
+    assert "char" in meta["signals"]
+    assert meta["features"] == feature_names(meta["signals"], weighted=True)
+    csv_path = str(synth / "listings.csv")
+    bundle = tmp_path / "bundle"
+    assert main(["build-index", csv_path, "--model", str(char_model), "--out", str(bundle),
+                 "-q", "--device", "cpu"]) == 0
+    manifest = verify_bundle(bundle)
+    assert CHAR_FILE in manifest["files"] and "char" in manifest["signals"]
+    b = load_bundle(bundle, device="cpu")
+    assert b.C is not None and b.C.shape[0] == len(b.catalogue)
+    by_model, by_bundle = tmp_path / "m.csv", tmp_path / "b.csv"
+    base = [csv_path, "-q", "--device", "cpu"]
+    assert main(["match", *base, "--model", str(char_model), "-o", str(by_model)]) == 0
+    assert main(["match", *base, "--bundle", str(bundle), "-o", str(by_bundle)]) == 0
+    assert "(pair re-ranker)" in capsys.readouterr().out
+    assert by_bundle.read_text() == by_model.read_text()
+    cat = read_catalogue(synth / "listings.csv")
+    s = Settings(bundle=bundle, data_dir=tmp_path / "data", device="cpu")
+    with TestClient(create_app(s)) as c:
+        while c.get("/readyz").status_code != 200:
+            time.sleep(0.02)
+        q = {"posting_id": cat.posting_id[0], "title": cat.title[0]}
+        if cat.image_phash:
+            q["image_phash"] = cat.image_phash[0]
+        assert c.get("/readyz").json()["detail"]["signals"][:3] == ["tfidf", "char", "phash"]
+        got = c.post("/match", json=q).json()["matches"]
+        assert got[0]["signals"] == ["self"] and len(got) > 1
+        assert all(x["signals"] == ["ranker"] for x in got[1:])
+        new = {"posting_id": "new-1", "title": cat.title[3] + " baru"}
+        assert c.post("/listings", json={"listings": [new]}).status_code == 200
+        got = c.post("/match", json=new).json()["matches"]
+        assert got[0]["posting_id"] == "new-1"
+    (bundle / CHAR_FILE).write_bytes(b"not the rows")
+    with pytest.raises(BundleError, match=CHAR_FILE):
+        verify_bundle(bundle)
+
+
+def test_a_model_without_the_char_source_refuses_a_char_ranker(char_model: Path) -> None:
+    """A ranker trained with the char signal on features without it: a clear error."""
+    from index.data.listings import Catalogue
+    from index.errors import EncoderError
+
+    m = load_model(char_model, device="cpu")
+    assert m.ranker is not None
+    titles = ["kabel data", "kabel data usb"]
+    feats = embed(Catalogue(posting_id=["a", "b"], title=titles), tfidf_config=TfidfConfig())
+    with pytest.raises(EncoderError, match="char"):
+        m.ranker.match(feats, self_neighbours(feats, device="cpu"), titles)
+
+
+def test_train_tries_the_char_source_as_a_candidate(model_dir: Path) -> None:
+    from index.features.embed import Encoders
+
+    names = {c.name: c for c in auto.candidates(Encoders(), images=False)}
+    c = names["candidates: char n-gram source"]
+    assert c.part == "candidates"
+    p = c.change(auto.Pipeline(ranker=True))
+    assert p.char_source and c.applies(auto.Pipeline(ranker=True))
+    assert not c.applies(auto.Pipeline()) and not c.applies(p)
+    assert p.signals() != auto.Pipeline(ranker=True).signals()  # a pool of its own
