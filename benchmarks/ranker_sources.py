@@ -5,9 +5,10 @@ The CSV is matched once with a model's encoders and fusion settings (`group_pool
 "whole", the same folds as `train`); each setting then trains `train_on_whole` out of fold
 (no pool-size rule) and reports the mean and per-fold row F1, each fold's candidate recall
 (its true pairs among the candidates), the candidate pairs and the CPU it took. A setting
-is `SOURCES:TOPK:FLOORS[:hops]`, e.g. `base:20:floors`, `char:50:nofloors:hops`: "base"
-the model's signals, "char" those and the character 3-5 n-gram source
-(`TfidfConfig.char_source`, its own neighbour list).
+is `SOURCES:TOPK:FLOORS[:hops][:graph]`, e.g. `base:20:floors`, `char:50:nofloors:hops`:
+"base" the model's signals, "char" those and the character 3-5 n-gram source
+(`TfidfConfig.char_source`, its own neighbour list); "hops" two hops at decision time,
+"graph" the ranker's graph pass (`RankerConfig.graph_pass`).
 
     python benchmarks/ranker_sources.py ../shared/data/shopee_dev.csv --model /tmp/dev/tp \
         --settings base:20:floors,char:50:nofloors --out sources.json
@@ -34,12 +35,15 @@ CHAR = (3, 5)
 
 
 def parse_setting(s: str) -> tuple[str, RankerConfig]:
-    """`SOURCES:TOPK:FLOORS[:hops]` -> (sources, the ranker config)."""
+    """`SOURCES:TOPK:FLOORS[:hops][:graph]` -> (sources, the ranker config)."""
     parts = s.split(":")
-    if len(parts) not in (3, 4) or parts[0] not in ("base", "char") or parts[2] not in (
-        "floors", "nofloors") or (len(parts) == 4 and parts[3] != "hops"):
-        raise SystemExit(f"bad setting {s!r}: SOURCES(base|char):TOPK:(floors|nofloors)[:hops]")
-    cfg = RankerConfig(top_k=int(parts[1]), two_hop=len(parts) == 4)
+    extra = set(parts[3:])
+    if len(parts) < 3 or parts[0] not in ("base", "char") or parts[2] not in (
+        "floors", "nofloors") or not extra <= {"hops", "graph"}:
+        raise SystemExit(f"bad setting {s!r}: "
+                         "SOURCES(base|char):TOPK:(floors|nofloors)[:hops][:graph]")
+    cfg = RankerConfig(top_k=int(parts[1]), two_hop="hops" in extra,
+                       graph_pass="graph" in extra)
     if parts[2] == "nofloors":
         cfg = replace(cfg, floors={})
     return parts[0], cfg

@@ -19,7 +19,14 @@ from index.errors import BundleError
 from index.features.embed import QueryFeatures, embed
 from index.features.tfidf import TfidfConfig, TitleTfidf
 from index.matching.names import BASE_SIGNALS, SIGNALS
-from index.matching.ranker import RankerConfig, candidate_pairs, feature_names
+from index.matching.ranker import (
+    CONFIDENT,
+    GRAPH_FEATURES,
+    RankerConfig,
+    candidate_pairs,
+    feature_names,
+    graph_features,
+)
 from index.matching.selfmatch import self_neighbours
 from index.store.live import LiveCatalogue
 from index.store.model import load_model
@@ -54,7 +61,7 @@ def test_char_rows_join_spellings_that_share_no_word(tmp_path: Path) -> None:
     assert float(t.transform(["powerbank"]).multiply(t.transform(["power bank"])).sum()) == 0
     assert float(a.multiply(b).sum()) > 0.3
     # the word rows are not changed by the char source
-    assert (X != TitleTfidf(TfidfConfig()).fit(titles).transform(titles)).nnz == 0
+    assert (TitleTfidf(TfidfConfig()).fit(titles).transform(titles) != X).nnz == 0
     t.save(tmp_path)
     back = TitleTfidf.load(tmp_path)
     assert back.config.char_source == (3, 5)
@@ -77,7 +84,7 @@ def test_features_list_the_char_signal_as_exact_search(synth: Path) -> None:
     want = [float(feats.C[i].multiply(feats.C[j]).sum()) for i, j in zip(a, b, strict=True)]
     assert np.allclose(feats.pair_similarity("char", a, b), want, atol=1e-6)
     sub = feats.subset(np.array([5, 9]))
-    assert sub.C is not None and (sub.C != feats.C[[5, 9]]).nnz == 0
+    assert sub.C is not None and (feats.C[[5, 9]] != sub.C).nnz == 0
 
 
 def test_a_pair_only_the_char_source_lists_becomes_a_candidate() -> None:
@@ -212,3 +219,73 @@ def test_train_tries_the_char_source_as_a_candidate(model_dir: Path) -> None:
     assert p.char_source and c.applies(auto.Pipeline(ranker=True))
     assert not c.applies(auto.Pipeline()) and not c.applies(p)
     assert p.signals() != auto.Pipeline(ranker=True).signals()  # a pool of its own
+
+
+def _loop_graph(pairs: np.ndarray, p: np.ndarray, n: int) -> np.ndarray:
+    """The graph features pair by pair from dictionaries (the oracle)."""
+    w: dict[int, dict[int, float]] = {i: {} for i in range(n)}
+    for (a, b), v in zip(pairs.tolist(), p.tolist(), strict=True):
+        w[a][b] = w[b][a] = v
+    out = []
+    for (a, b), v in zip(pairs.tolist(), p.tolist(), strict=True):
+        shared = set(w[a]) & set(w[b])
+        soft = sum(w[a][x] * w[b][x] for x in shared)
+        conf = sum(1 for x in shared if w[a][x] >= CONFIDENT and w[b][x] >= CONFIDENT)
+        da = sum(1 for x in w[a].values() if x >= CONFIDENT)
+        db = sum(1 for x in w[b].values() if x >= CONFIDENT)
+        sa, sb = sum(w[a].values()), sum(w[b].values())
+        best = min(max(w[a].values()), max(w[b].values()))
+        out.append([v, soft, conf, min(da, db), max(da, db), conf / max(1, min(da, db)),
+                    min(sa, sb), max(sa, sb), v / max(1e-6, best)])
+    return np.array(out, np.float32)
+
+
+def test_graph_features_equal_a_loop_over_the_pairs() -> None:
+    rng = np.random.default_rng(3)
+    n = 30
+    a = rng.integers(0, n, 200)
+    b = rng.integers(0, n, 200)
+    pairs = np.unique(np.stack([np.minimum(a, b), np.maximum(a, b)], 1)[a != b], axis=0)
+    p = rng.random(len(pairs)).astype(np.float32)
+    p[:5] = CONFIDENT  # at the confident threshold counts as confident
+    got = graph_features(pairs, p, n)
+    assert got.shape == (len(pairs), len(GRAPH_FEATURES)) and got.dtype == np.float32
+    assert np.allclose(got, _loop_graph(pairs, p, n), atol=1e-5)
+    assert graph_features(np.zeros((0, 2), np.int64), np.zeros(0), 4).shape == (0, 9)
+    assert CONFIDENT == 0.5 and RankerConfig().graph_pass is False
+
+
+def test_a_graph_pass_is_trained_out_of_fold_saved_and_decides(
+    synth: Path, tmp_path: Path
+) -> None:
+    """`train_on_whole` with `graph_pass`: a second booster per fold, the final one saved
+    beside the first; a loaded ranker decides as the trained one; /match's small pool
+    scores through it."""
+    from index.features.embed import Encoders
+    from index.matching.fusion import FusionConfig
+    from index.matching.ranker import GRAPH, Ranker
+    from index.tuning.ranker import group_pools, ranker_signals, train_on_whole
+
+    cat = read_catalogue(synth / "listings.csv")
+    fusion = FusionConfig(tfidf=CHAR)
+    (pool,), fold_of = group_pools(cat, Encoders(), fusion, 3, "cpu", pooling="whole")
+    assert fold_of is not None
+    signals = ranker_signals([pool], fusion)
+    one, rep1 = train_on_whole(pool, fold_of, signals, RankerConfig())
+    two, rep2 = train_on_whole(pool, fold_of, signals, RankerConfig(graph_pass=True))
+    assert one.graph is None and two.graph is not None and rep2["graph_pass"]
+    assert len(rep2["oof_f1"]) == 3 and rep2["oof_f1"] != rep1["oof_f1"]
+    two.save(tmp_path / "r")
+    assert (tmp_path / "r" / GRAPH).is_file()
+    back = Ranker.load(tmp_path / "r")
+    assert back.graph is not None
+    I1, _ = two.match(pool.features, pool.nb, pool.titles)
+    I2, _ = back.match(pool.features, pool.nb, pool.titles)
+    assert np.array_equal(I1, I2)
+    (tmp_path / "r" / GRAPH).unlink()
+    with pytest.raises(Exception, match="graph.txt is missing"):
+        Ranker.load(tmp_path / "r")
+    with pytest.raises(ValueError, match="graph pass"):
+        from index.tuning.ranker import train_on_pools
+
+        train_on_pools([pool], signals, RankerConfig(graph_pass=True))

@@ -81,7 +81,7 @@ def test_the_start_pipeline_and_what_a_change_prints() -> None:
     start = auto.Pipeline()
     assert start == auto.Pipeline(char_ngrams=False, text=None, image=False, unit_rule=False,
                                   reciprocal=0, ranker=False, top_k=20, floors=True,
-                                  two_hop=False, char_source=False, cross=False)
+                                  two_hop=False, char_source=False, graph=False, cross=False)
     assert start.changes() == []
     p = auto.Pipeline(text="static", ranker=True, floors=False, top_k=50)
     assert p.changes() == ["text=static", "ranker", "top_k=50", "floors=False"]
@@ -165,6 +165,7 @@ def test_train_writes_a_model_match_uses_with_no_flags(
     assert [n for n in names if n.startswith("candidates")] == [
         "candidates: no similarity floors", "candidates: char n-gram source",
         "candidates: two hops through confident matches"]
+    assert "decision: a graph pass over the first pass's scores" in names
     # with the ranker kept the fusion's stages are not tried (the ranker decides instead)
     assert ("stage" in parts) != rep["chosen"]["ranker"]
     # the model is the fusion (and ranker) of the winner: match needs no flag, and the

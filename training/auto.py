@@ -103,6 +103,9 @@ CAP_MIN_ROWS = 5000
 PoolKey = tuple[bool, str | None, bool, bool]
 #: The char source's n-grams (`TfidfConfig.char_source`): 3-5 within words, as measured.
 CHAR_SOURCE = (3, 5)
+#: How many times the ranker's CPU its graph pass makes (a second booster and the graph
+#: features per fold: 190 vs 131 CPU-s on the 27k dev rows, docs/BENCHMARKS.md).
+GRAPH_WIDE = 1.5
 #: How many times the ranker's CPU the char source makes (27k dev rows, top 20: 1.5x: 693k
 #: pairs instead of 532k, docs/BENCHMARKS.md "The char source as a ranker signal").
 CHAR_WIDE = 1.5
@@ -122,11 +125,12 @@ class Pipeline:
     floors: bool = True  # ... at or above each signal's floor (False: any similarity)
     two_hop: bool = False  # ... and the pairs joined by two confident matches
     char_source: bool = False  # ... and the char 3-5 n-gram TF-IDF's own neighbours
+    graph: bool = False  # the ranker's graph pass (label groups)
     cross: bool = False  # the cross-encoder cascade behind the ranker (labelled pairs)
 
     def ranker_config(self) -> RankerConfig:
         """The ranker's candidate settings of this pipeline."""
-        cfg = RankerConfig(top_k=self.top_k, two_hop=self.two_hop)
+        cfg = RankerConfig(top_k=self.top_k, two_hop=self.two_hop, graph_pass=self.graph)
         return cfg if self.floors else replace(cfg, floors={})
 
     def key(self) -> str:
@@ -252,6 +256,10 @@ def candidates(base: Encoders, images: bool, groups: bool = True) -> list[Candid
         lambda p: replace(p, char_source=True), lambda p: p.ranker and not p.char_source,
     ))
     if groups:  # out of fold on label groups only (pairwise folds score labelled pairs)
+        out.append(Candidate(
+            "decision: a graph pass over the first pass's scores", "candidates",
+            lambda p: replace(p, graph=True), lambda p: p.ranker and not p.graph,
+        ))
         out.append(Candidate(
             "candidates: two hops through confident matches", "candidates",
             lambda p: replace(p, two_hop=True), lambda p: p.ranker and not p.two_hop,
@@ -467,6 +475,7 @@ class Search:
         s += _cost("tune", n)
         if p.ranker:  # its cost grows with the candidate pairs
             wide = p.top_k / 20 * (1.0 if p.floors else 1.1) * (CHAR_WIDE if p.char_source else 1)
+            wide *= GRAPH_WIDE if p.graph else 1
             s += (_cost("ranker", n) + (_cost("carry", n) if self.data is None else 0.0)) * wide
         if p.cross:
             s += _cost("cross", n)

@@ -35,6 +35,8 @@ from index.matching.fusion import Neighbours
 
 #: The cross-encoder's artifact folder inside a ranker folder (a kept cascade only).
 CROSS = "cross"
+#: The graph pass's booster inside a ranker folder (a kept graph pass only).
+GRAPH = "graph.txt"
 #: Signals whose similarity is computed exactly for any pair (the others are looked up in
 #: their neighbour lists).
 EXACT = ("tfidf", "char", "text", "image")
@@ -60,6 +62,21 @@ TITLE_FEATURES = (
 #: The columns a ranker with word weights (`WordWeights`, saved with it) adds after them:
 #: over the words in one title only, the largest weight and their share of the pair's.
 WEIGHT_FEATURES = ("diff_idf_max", "diff_idf_share")
+#: The columns the graph pass (`graph_features`) adds to a pair's: over the first pass's
+#: probabilities of the pool's candidate pairs (confident: at or above `CONFIDENT`).
+GRAPH_FEATURES = (
+    "p_first",
+    "common_soft",
+    "common_confident",
+    "degree_min",
+    "degree_max",
+    "common_share",
+    "soft_degree_min",
+    "soft_degree_max",
+    "p_over_best",
+)
+#: A first-pass probability the graph features count as a confident link.
+CONFIDENT = 0.5
 #: Numbers that stand alone or lead a unit ("3gr"), not the digits inside a code ("a12b").
 _NUM = re.compile(r"(?<![a-z\d.,])\d+(?:[.,]\d+)?")
 
@@ -86,6 +103,10 @@ class RankerConfig:
     #: decided with the rest. A whole pool only (`match`, `evaluate`, `/batch-match`): one
     #: listing at `/match` is decided against its own candidates.
     two_hop: bool = False
+    #: Train a graph pass (`Ranker.graph`): a second booster over each pair's features and
+    #: its `graph_features` among the first pass's scored candidates (label groups,
+    #: `train_on_whole`).
+    graph_pass: bool = False
     #: The pool-size rule: the thresholds were tuned on pools of `pool_rows` rows and move
     #: by `pool_slope` per doubling of the pool (fitted on sub-pools out of fold).
     pool_rows: int = 0
@@ -297,6 +318,57 @@ def feature_names(signals: Sequence[str], weighted: bool = False) -> list[str]:
     return [*out, *TITLE_FEATURES, *(WEIGHT_FEATURES if weighted else ())]
 
 
+#: Pairs per block of `_row_dot` (bounds the rows it materialises).
+_DOT_BLOCK = 65536
+
+
+def _row_dot(M: sp.csr_matrix, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(m,) float64 dot product of rows a[p] and b[p] of `M`, in blocks of pairs."""
+    out = np.zeros(len(a))
+    for s in range(0, len(a), _DOT_BLOCK):
+        e = s + _DOT_BLOCK
+        out[s:e] = np.asarray(M[a[s:e]].multiply(M[b[s:e]]).sum(axis=1)).ravel()
+    return out
+
+
+def graph_features(pairs: np.ndarray, p: np.ndarray, n: int) -> np.ndarray:
+    """(m, len(GRAPH_FEATURES)) float32 features of the (m, 2) unordered pairs of a pool of
+    `n` rows from their first-pass probabilities `p` (m,), each pair seen in the graph of
+    all of them: its p; the rows both sides link to, weighted (sum of p(a, x) p(x, b)) and
+    confident (both at or above `CONFIDENT`); each side's confident and weighted degree
+    (min, max); the confident common rows over the smaller confident degree; p over the
+    smaller of the two sides' best p. Big groups show as many common rows; a look-alike
+    of a row with a better partner as p well under that row's best. Sparse products, no
+    loop over pairs."""
+    if len(pairs) == 0:
+        return np.zeros((0, len(GRAPH_FEATURES)), np.float32)
+    a, b = pairs[:, 0].astype(np.int64), pairs[:, 1].astype(np.int64)
+    pp = np.asarray(p, np.float64)
+    W = sp.csr_matrix((np.r_[pp, pp], (np.r_[a, b], np.r_[b, a])), shape=(n, n))
+    A = W.copy()
+    A.data = (A.data >= CONFIDENT).astype(np.float64)
+    A.eliminate_zeros()
+    soft, common = _row_dot(W, a, b), _row_dot(A, a, b)
+    deg = np.asarray(A.sum(axis=1)).ravel()
+    sdeg = np.asarray(W.sum(axis=1)).ravel()
+    best = np.zeros(n)
+    np.maximum.at(best, a, pp)
+    np.maximum.at(best, b, pp)
+    dmin = np.minimum(deg[a], deg[b])
+    cols = [
+        pp,
+        soft,
+        common,
+        dmin,
+        np.maximum(deg[a], deg[b]),
+        common / np.maximum(1.0, dmin),
+        np.minimum(sdeg[a], sdeg[b]),
+        np.maximum(sdeg[a], sdeg[b]),
+        pp / np.maximum(1e-6, np.minimum(best[a], best[b])),
+    ]
+    return np.stack(cols, axis=1).astype(np.float32)
+
+
 @dataclass(frozen=True)
 class ScoredPairs:
     """Scored candidate pairs of a pool of `n` rows, both directions sorted once (by row,
@@ -370,6 +442,9 @@ class Ranker:
     #: The cross-encoder cascade: which pairs the scorer reads and how (None: trees only).
     cascade: Cascade | None = None
     scorer: PairScorer | None = None
+    #: The graph pass (None: one pass): a second booster over each pair's features and its
+    #: `graph_features` among the pool's candidates scored by the first.
+    graph: Any = None
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """(m,) match probability of each pair's features."""
@@ -393,9 +468,15 @@ class Ranker:
         p = self.score(pairs, feats, use, titles)
         cfg = self.config.for_pool(n)
         if cfg.two_hop:
-            pairs, p = add_two_hops(
-                pairs, p, cfg.threshold, n, lambda hop: self.score(hop, feats, use, titles)
-            )
+            base = pairs
+
+            def score_hops(hop: np.ndarray) -> np.ndarray:
+                if self.graph is None:
+                    return self.score(hop, feats, use, titles)
+                # the graph pass reads the hop pairs among every candidate
+                return self.score(np.concatenate([base, hop]), feats, use, titles)[len(base):]
+
+            pairs, p = add_two_hops(pairs, p, cfg.threshold, n, score_hops)
         return rank_matches(pairs, p, n, cfg)
 
     def score(
@@ -405,9 +486,15 @@ class Ranker:
         nb: dict[str, Neighbours],
         titles: Sequence[str],
     ) -> np.ndarray:
-        """(m,) match probability of the (m, 2) pairs: the trees', and where a cascade is
-        kept, the uncertain band's re-decided with the cross-encoder (`Cascade.refine`)."""
-        p = self.predict(self.pair_features(pairs, feats, nb, titles))
+        """(m,) match probability of the (m, 2) pairs: the trees'; with a graph pass, the
+        second booster's over the features and `graph_features` of these pairs (so `pairs`
+        must be all the pool's candidates); where a cascade is kept, the uncertain band's
+        re-decided with the cross-encoder (`Cascade.refine`)."""
+        X = self.pair_features(pairs, feats, nb, titles)
+        p = self.predict(X)
+        if self.graph is not None and len(p):
+            G = graph_features(pairs, p, len(titles))
+            p = np.asarray(self.graph.predict(np.hstack([X, G]), num_threads=1), np.float32)
         if self.cascade is not None and self.scorer is not None:
             p, _ = self.cascade.refine(p, pairs, titles, self.scorer)
         return p
@@ -436,6 +523,9 @@ class Ranker:
         }
         if self.weights is not None:
             meta["word_weights"] = self.weights.to_json()
+        if self.graph is not None:
+            self.graph.save_model(str(d / GRAPH))
+            meta["graph"] = list(GRAPH_FEATURES)
         if self.cascade is not None and self.scorer is not None:
             meta["cascade"] = asdict(self.cascade)
             cross = d / CROSS
@@ -466,6 +556,14 @@ class Ranker:
                 raise EncoderError(f"{d}: unreadable word_weights in ranker.json: {e}") from e
         if booster.num_feature() != len(feature_names(meta["signals"], weights is not None)):
             raise EncoderError(f"{d}: the model's features do not match its signals")
+        graph = None
+        if "graph" in meta:
+            if not (d / GRAPH).is_file():
+                raise EncoderError(f"{d}: ranker.json names a graph pass, {GRAPH} is missing")
+            graph = lightgbm.Booster(model_file=str(d / GRAPH))
+            width = len(feature_names(meta["signals"], weights is not None)) + len(GRAPH_FEATURES)
+            if meta["graph"] != list(GRAPH_FEATURES) or graph.num_feature() != width:
+                raise EncoderError(f"{d}: the graph pass's features do not match this version")
         cascade, scorer = None, None
         if "cascade" in meta:
             try:
@@ -474,4 +572,4 @@ class Ranker:
                 raise EncoderError(f"{d}: unreadable cascade in ranker.json: {e}") from e
             scorer = PairScorer(d / CROSS, device)
         return cls(booster, list(meta["signals"]), config, meta["report"], weights, cascade,
-                   scorer)
+                   scorer, graph)

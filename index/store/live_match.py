@@ -22,7 +22,7 @@ import scipy.sparse as sp
 from index.errors import ConfigurationError
 from index.features.embed import Features, QueryFeatures
 from index.matching.fusion import FusionConfig, Neighbours, fuse, threshold
-from index.matching.ranker import Ranker
+from index.matching.ranker import Ranker, candidate_pairs
 from index.search.knn import K, order_ties
 from index.store.live import LiveCatalogue
 
@@ -254,7 +254,7 @@ def _rank_one(
             pool.set_dense(name, x, np.concatenate([qd[name][1][j : j + 1], cd[name][1]]))
     titles = [q.title[j], *cq.title]
     pairs = np.stack([np.zeros(m, np.int64), np.arange(1, m + 1)], axis=1)
-    p = ranker.score(pairs, pool, nb, titles)
+    p = _score_small_pool(ranker, pairs, pool, nb, titles)
     keep = p >= cfg.threshold
     if not keep.any() and p.max() >= cfg.single_threshold:
         keep[int(np.argmax(p))] = True
@@ -269,6 +269,25 @@ def _rank_one(
         }
         found.append(_match_of(cat, r, float(p[i]), False, sims, ["ranker"]))
     return head + found
+
+def _score_small_pool(
+    ranker: Ranker,
+    pairs: np.ndarray,
+    pool: Features,
+    nb: dict[str, Neighbours],
+    titles: list[str],
+) -> np.ndarray:
+    """(m,) the ranker's probability of the query's pairs (0, i) of a small pool. A graph
+    pass reads each pair among the pool's candidate pairs, so those among the candidates
+    themselves (as a self-match would have them) are scored with them."""
+    if ranker.graph is None:
+        return ranker.score(pairs, pool, nb, titles)
+    n = len(titles)
+    among = candidate_pairs(nb, n, ranker.config)
+    among = among[(among[:, 1] < n) & (among[:, 0] > 0)]  # rows of the pool, not the query's
+    both = np.concatenate([pairs, among])
+    return ranker.score(both, pool, nb, titles)[: len(pairs)]
+
 
 def _ordered(nb: dict[str, Neighbours]) -> dict[str, Neighbours]:
     """Equal scores in row order, as a self-match's neighbours (`order_ties`)."""

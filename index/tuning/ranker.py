@@ -38,6 +38,7 @@ from index.matching.ranker import (
     ScoredPairs,
     add_two_hops,
     candidate_pairs,
+    graph_features,
     pair_features,
     rank_matches,
 )
@@ -207,6 +208,8 @@ def train_on_pools(
         The final ranker, and a report: per fold the OOF F1 report, the thresholds used,
         the best iteration; the final thresholds; seconds.
     """
+    if config is not None and config.graph_pass:
+        raise ValueError("the graph pass is trained on one whole pool (train_on_whole)")
     t0 = time.perf_counter()
     config = config or RankerConfig()
     weights = WordWeights.fit([t for p in pools for t in p.titles])
@@ -276,6 +279,47 @@ def train_on_pools(
     return Ranker(booster, list(signals), final_cfg, report, weights), report
 
 
+def _graph_folds(
+    pairs: np.ndarray,
+    X: np.ndarray,
+    y: np.ndarray,
+    fold_of: np.ndarray,
+    scored: list[Scored],
+    n: int,
+) -> tuple[list[Any], np.ndarray, list[int]]:
+    """The graph pass out of fold, on one whole pool's candidate pairs. Each pair's first
+    probability is the mean of the fold models that never saw it (one or two: the folds it
+    touches, `scored`); the graph features over those train the second booster of fold f
+    on the pairs away from f; fold f's pairs (those touching it) are scored by that booster
+    with their graph features re-computed from fold f's own first model's probabilities
+    (the edges away from fold f, which only the far side of a pair crossing folds reads,
+    keep the mean). Replaces `scored[f]`'s probabilities by the second pass's.
+
+    Returns:
+        each fold's second booster, the (m, f + graph) features the final one trains on,
+        and the folds' round counts.
+    """
+    k = len(scored)
+    fa, fb = fold_of[pairs[:, 0]], fold_of[pairs[:, 1]]
+    touch = [(fa == f) | (fb == f) for f in range(k)]
+    total, count = np.zeros(len(y)), np.zeros(len(y))
+    for f in range(k):
+        total[touch[f]] += scored[f][1]
+        count[touch[f]] += 1
+    p1 = total / np.maximum(count, 1)
+    X2 = np.hstack([X, graph_features(pairs, p1, n)])
+    graphs, iters = [], []
+    for f in range(k):
+        b2 = fit(X2[~touch[f]], y[~touch[f]])
+        pf = p1.copy()
+        pf[touch[f]] = scored[f][1]
+        Xf = np.hstack([X[touch[f]], graph_features(pairs, pf, n)[touch[f]]])
+        scored[f] = (scored[f][0], _predict(b2, Xf), *scored[f][2:])
+        graphs.append(b2)
+        iters.append(b2.current_iteration())
+    return graphs, X2, iters
+
+
 def train_on_whole(
     pool: RankPool,
     fold_of: np.ndarray,
@@ -315,6 +359,12 @@ def train_on_whole(
         boosters.append(booster)
         iters.append(booster.current_iteration())
         scored.append((pairs[~away], _predict(booster, X[~away]), labels, rows_of[f]))
+    graphs: list[Any] = [None] * k
+    X2, g_iters = None, list[int]()
+    if config.graph_pass:
+        graphs, X2, g_iters = _graph_folds(pairs, X, y, fold_of, scored, n)
+    fold_rankers = [Ranker(boosters[f], list(signals), config, weights=weights, graph=graphs[f])
+                    for f in range(k)]
     folds = []
     I_all = np.full((n, config.max_matches), -1, np.int64)
     use = {s: pool.nb[s] for s in signals}
@@ -323,9 +373,12 @@ def train_on_whole(
         f_pairs, f_p = scored[f][0], scored[f][1]
         if config.two_hop:  # as `Ranker.match` decides, with this fold's model
 
-            def score(hop: np.ndarray, b: Any = boosters[f]) -> np.ndarray:
-                X_h = pair_features(hop, pool.features, use, pool.titles, signals, weights)
-                return _predict(b, X_h)
+            def score(hop: np.ndarray, r: Ranker = fold_rankers[f], base: Any = f_pairs
+                      ) -> np.ndarray:
+                if r.graph is None:
+                    return r.score(hop, pool.features, use, pool.titles)
+                both = np.concatenate([base, hop])
+                return r.score(both, pool.features, use, pool.titles)[len(base):]
 
             f_pairs, f_p = add_two_hops(f_pairs, f_p, cfg.threshold, n, score)
         I, _ = rank_matches(f_pairs, f_p, n, cfg, rows_of[f])
@@ -346,9 +399,11 @@ def train_on_whole(
             for c, parts in enumerate((1, *SUB_PARTS), start=1):
                 for rows in sub_pools(rows_of[f], labels, parts, seed=f):
                     sp = sub_pool(pool, rows)
-                    sp_pairs, Xs, _ = _pool_pairs(sp, signals, config, weights)
+                    sp_pairs = candidate_pairs({s: sp.nb[s] for s in signals}, len(rows),
+                                               config)
+                    p_sp = fold_rankers[f].score(sp_pairs, sp.features, sp.nb, sp.titles)
                     assert sp.labels is not None
-                    classes[c].append((sp_pairs, _predict(boosters[f], Xs), sp.labels))
+                    classes[c].append((sp_pairs, p_sp, sp.labels))
         fold_rows = n / k
         slope, sizes = pool_rule_slope(
             [(n, classes[0])] + [(fold_rows / d, c) for d, c in
@@ -356,10 +411,14 @@ def train_on_whole(
             final_cfg)
         final_cfg = replace(final_cfg, pool_rows=n, pool_slope=slope)
     booster = fit(X, y, rounds=int(np.mean(iters).round()))
+    graph = None
+    if X2 is not None:
+        graph = fit(X2, y, rounds=int(np.mean(g_iters).round()))
     report = {
         "pool_rule": {"points": sizes, "pool_rows": final_cfg.pool_rows,
                       "slope_per_doubling": final_cfg.pool_slope},
         "mode": "whole",
+        "graph_pass": graph is not None,
         "folds": folds,
         "oof_f1": [r["f1"] for r in folds],
         "whole_f1": f1_report(I_all, labels, buckets)["f1"],
@@ -371,7 +430,7 @@ def train_on_whole(
         "pool_rows": [n],
         "seconds": time.perf_counter() - t0,
     }
-    return Ranker(booster, list(signals), final_cfg, report, weights), report
+    return Ranker(booster, list(signals), final_cfg, report, weights, graph=graph), report
 
 
 #: Folds the carry check trains on (each the small sample, the other folds the catalogue).
@@ -482,6 +541,8 @@ def train_on_pairs(
             scorer (fitted on every pair) is written to `cross_folder` when the cascade
             tuned on all the folds reads any band.
     """
+    if config is not None and config.graph_pass:
+        raise ValueError("the graph pass is trained on label groups (train_on_whole)")
     t0 = time.perf_counter()
     config = config or RankerConfig()
     use = {s: pool.nb[s] for s in signals}
