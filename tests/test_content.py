@@ -239,8 +239,7 @@ def test_live_ranker_without_its_signals_is_a_configuration_error(ranked: Path) 
     from index.store.live_match import rank_queries
 
     ranker = Ranker.load(ranked / "ranker")
-    live = LiveCatalogue.__new__(LiveCatalogue)
-    live.stores = {}  # searches no dense signal
+    live = LiveCatalogue(dims={})  # searches no dense signal
     assert set(ranker.signals) - {"tfidf", "phash"}, ranker.signals
     with pytest.raises(ConfigurationError, match="does not search"):
         rank_queries(live, QueryFeatures.__new__(QueryFeatures), ranker, [None])
