@@ -289,3 +289,49 @@ def test_a_graph_pass_is_trained_out_of_fold_saved_and_decides(
         from index.tuning.ranker import train_on_pools
 
         train_on_pools([pool], signals, RankerConfig(graph_pass=True))
+
+
+def test_match_against_the_live_catalogue_decides_through_the_graph_pass(
+    synth: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/match's small pool (`rank_queries`) with a graph ranker: the second booster decides
+    (one that says 0 everywhere leaves each query its own row alone), and its graph features
+    read the pairs among the query's candidates too, not the query's pairs alone."""
+    from index.features.embed import Encoders
+    from index.matching import ranker as ranker_mod
+    from index.matching.fusion import FusionConfig
+    from index.store.live_match import rank_queries
+    from index.tuning.ranker import group_pools, ranker_signals, train_on_whole
+
+    cat = read_catalogue(synth / "listings.csv")
+    fusion = FusionConfig(tfidf=CHAR)
+    (pool,), fold_of = group_pools(cat, Encoders(), fusion, 3, "cpu", pooling="whole")
+    assert fold_of is not None
+    two, _ = train_on_whole(pool, fold_of, ranker_signals([pool], fusion),
+                            RankerConfig(graph_pass=True))
+    live = LiveCatalogue(dims={}, tfidf_config=CHAR)
+    hexes = list(cat.image_phash or [""] * len(cat))
+    live.upsert(cat.posting_id, [""] * len(cat), QueryFeatures.build(cat.title, hexes))
+    q = QueryFeatures.build(cat.title[:6], hexes[:6])
+    ids: list[str | None] = list(cat.posting_id[:6])
+
+    seen: list[np.ndarray] = []
+    real = ranker_mod.graph_features
+
+    def recording(pairs: np.ndarray, p: np.ndarray, n: int) -> np.ndarray:
+        seen.append(pairs.copy())
+        return real(pairs, p, n)
+
+    monkeypatch.setattr(ranker_mod, "graph_features", recording)
+    got = rank_queries(live, q, two, ids)
+    assert len(seen) == 6 and any(len(m) > 1 for m in got)
+    assert all(m[0].is_self and m[0].posting_id == ids[j] for j, m in enumerate(got))
+    assert all(s.signals == ["ranker"] for m in got for s in m[1:])
+    assert any((s[:, 0] > 0).any() for s in seen)  # candidate-candidate pairs were read
+
+    class Never:
+        def predict(self, X: np.ndarray, num_threads: int = 1) -> np.ndarray:
+            return np.zeros(len(X))
+
+    two.graph = Never()  # type: ignore[assignment]
+    assert all(len(m) == 1 for m in rank_queries(live, q, two, ids))
