@@ -235,24 +235,39 @@ def _loop_graph(pairs: np.ndarray, p: np.ndarray, n: int) -> np.ndarray:
         db = sum(1 for x in w[b].values() if x >= CONFIDENT)
         sa, sb = sum(w[a].values()), sum(w[b].values())
         best = min(max(w[a].values()), max(w[b].values()))
-        out.append([v, soft, conf, min(da, db), max(da, db), conf / max(1, min(da, db)),
-                    min(sa, sb), max(sa, sb), v / max(1e-6, best)])
+        out.append([v, soft / max(1e-6, min(sa, sb)), conf / max(1, min(da, db)),
+                    v / max(1e-6, best)])
     return np.array(out, np.float32)
 
 
-def test_graph_features_equal_a_loop_over_the_pairs() -> None:
-    rng = np.random.default_rng(3)
-    n = 30
-    a = rng.integers(0, n, 200)
-    b = rng.integers(0, n, 200)
+def _random_pairs(n: int, m: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    a, b = rng.integers(0, n, m), rng.integers(0, n, m)
     pairs = np.unique(np.stack([np.minimum(a, b), np.maximum(a, b)], 1)[a != b], axis=0)
-    p = rng.random(len(pairs)).astype(np.float32)
+    return pairs, rng.random(len(pairs)).astype(np.float32)
+
+
+def test_graph_features_equal_a_loop_over_the_pairs() -> None:
+    pairs, p = _random_pairs(30, 200, 3)
     p[:5] = CONFIDENT  # at the confident threshold counts as confident
-    got = graph_features(pairs, p, n)
+    got = graph_features(pairs, p, 30)
     assert got.shape == (len(pairs), len(GRAPH_FEATURES)) and got.dtype == np.float32
-    assert np.allclose(got, _loop_graph(pairs, p, n), atol=1e-5)
-    assert graph_features(np.zeros((0, 2), np.int64), np.zeros(0), 4).shape == (0, 9)
+    assert np.allclose(got, _loop_graph(pairs, p, 30), atol=1e-5)
+    assert graph_features(np.zeros((0, 2), np.int64), np.zeros(0), 4).shape == (0, 4)
     assert CONFIDENT == 0.5 and RankerConfig().graph_pass is False
+
+
+def test_graph_features_are_shares_whatever_the_pool_size() -> None:
+    """The graph pass carries to a bigger pool: no feature grows with the pool's rows or a
+    row's partners; each stays in [0, 1] from 20 rows to 4,000 rows with 60 partners each."""
+    for n, m in [(20, 60), (4000, 120_000)]:
+        pairs, p = _random_pairs(n, m, n)
+        G = graph_features(pairs, p, n)
+        assert G.min() >= 0.0 and G.max() <= 1.0 + 1e-6, (n, G.min(0), G.max(0))
+    # a sure triangle: each pair's sides share one of their two partners (the other is
+    # the pair itself), and each p is its rows' best
+    pairs = np.array([[0, 1], [0, 2], [1, 2]])
+    assert np.allclose(graph_features(pairs, np.ones(3, np.float32), 3), [1.0, 0.5, 0.5, 1.0])
 
 
 def test_a_graph_pass_is_trained_out_of_fold_saved_and_decides(

@@ -63,16 +63,13 @@ TITLE_FEATURES = (
 #: over the words in one title only, the largest weight and their share of the pair's.
 WEIGHT_FEATURES = ("diff_idf_max", "diff_idf_share")
 #: The columns the graph pass (`graph_features`) adds to a pair's: over the first pass's
-#: probabilities of the pool's candidate pairs (confident: at or above `CONFIDENT`).
+#: probabilities of the pool's candidate pairs (confident: at or above `CONFIDENT`), each
+#: a share in [0, 1], so that they mean the same in a pool of any size (degrees and sums
+#: grow with the pool's look-alikes and did not carry to a bigger pool).
 GRAPH_FEATURES = (
     "p_first",
-    "common_soft",
-    "common_confident",
-    "degree_min",
-    "degree_max",
+    "common_soft_share",
     "common_share",
-    "soft_degree_min",
-    "soft_degree_max",
     "p_over_best",
 )
 #: A first-pass probability the graph features count as a confident link.
@@ -334,12 +331,12 @@ def _row_dot(M: sp.csr_matrix, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def graph_features(pairs: np.ndarray, p: np.ndarray, n: int) -> np.ndarray:
     """(m, len(GRAPH_FEATURES)) float32 features of the (m, 2) unordered pairs of a pool of
     `n` rows from their first-pass probabilities `p` (m,), each pair seen in the graph of
-    all of them: its p; the rows both sides link to, weighted (sum of p(a, x) p(x, b)) and
-    confident (both at or above `CONFIDENT`); each side's confident and weighted degree
-    (min, max); the confident common rows over the smaller confident degree; p over the
-    smaller of the two sides' best p. Big groups show as many common rows; a look-alike
-    of a row with a better partner as p well under that row's best. Sparse products, no
-    loop over pairs."""
+    all of them, each a share in [0, 1] whatever the pool's size: its p; the rows both
+    sides link to, weighted (sum of p(a, x) p(x, b)) over the smaller side's weighted
+    degree (sum of its p); the rows both link to confidently (both at or above
+    `CONFIDENT`) over the smaller confident degree; p over the smaller of the two sides'
+    best p. Big groups show as many common rows; a look-alike of a row with a better
+    partner as p well under that row's best. Sparse products, no loop over pairs."""
     if len(pairs) == 0:
         return np.zeros((0, len(GRAPH_FEATURES)), np.float32)
     a, b = pairs[:, 0].astype(np.int64), pairs[:, 1].astype(np.int64)
@@ -354,16 +351,10 @@ def graph_features(pairs: np.ndarray, p: np.ndarray, n: int) -> np.ndarray:
     best = np.zeros(n)
     np.maximum.at(best, a, pp)
     np.maximum.at(best, b, pp)
-    dmin = np.minimum(deg[a], deg[b])
     cols = [
         pp,
-        soft,
-        common,
-        dmin,
-        np.maximum(deg[a], deg[b]),
-        common / np.maximum(1.0, dmin),
-        np.minimum(sdeg[a], sdeg[b]),
-        np.maximum(sdeg[a], sdeg[b]),
+        soft / np.maximum(1e-6, np.minimum(sdeg[a], sdeg[b])),
+        common / np.maximum(1.0, np.minimum(deg[a], deg[b])),
         pp / np.maximum(1e-6, np.minimum(best[a], best[b])),
     ]
     return np.stack(cols, axis=1).astype(np.float32)
