@@ -297,6 +297,13 @@ def test_a_graph_pass_is_trained_out_of_fold_saved_and_decides(
     I1, _ = two.match(pool.features, pool.nb, pool.titles)
     I2, _ = back.match(pool.features, pool.nb, pool.titles)
     assert np.array_equal(I1, I2)
+    meta_path = tmp_path / "r" / "ranker.json"
+    meta = json.loads(meta_path.read_text())
+    assert meta["graph"] == ["p_first", "common_soft_share", "common_share", "p_over_best"]
+    meta_path.write_text(json.dumps({**meta, "graph": [*meta["graph"], "degree_min"]}))
+    with pytest.raises(Exception, match="graph pass's features do not match this version"):
+        Ranker.load(tmp_path / "r")
+    meta_path.write_text(json.dumps(meta))
     (tmp_path / "r" / GRAPH).unlink()
     with pytest.raises(Exception, match="graph.txt is missing"):
         Ranker.load(tmp_path / "r")
