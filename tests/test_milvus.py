@@ -12,6 +12,8 @@ import pytest
 pytest.importorskip("pymilvus", reason="MilvusStore needs pymilvus (pip install -e '.[scale]')")
 pytest.importorskip("milvus_lite", reason="local Milvus tests need milvus-lite ('.[scale]')")
 
+from milvus_lite.server_manager import server_manager_instance
+
 from index.data.listings import read_catalogue
 from index.features.embed import Features, QueryFeatures, embed
 from index.matching.fusion import FusionConfig
@@ -19,7 +21,7 @@ from index.search.knn import K, l2_normalize
 from index.search.stores import FaissFlatStore, VectorStore
 from index.store.live import LiveCatalogue
 from index.store.live_match import search_queries
-from index.store.milvus import MilvusStore
+from index.store.milvus import MilvusStore, drop_index_cache
 from index.store.model import load_encoders
 
 TIE = 1e-5
@@ -125,6 +127,26 @@ def test_milvus_persists_and_reopens(tmp_path: Path) -> None:
         MilvusStore(16, tmp_path / "new" / "m.db", collection="text")
     with pytest.raises(ValueError, match=r"\.db"):
         MilvusStore(8, tmp_path / "m.sqlite")
+
+
+def test_milvus_lite_reopens_after_a_kill_cut_its_index_file(tmp_path: Path) -> None:
+    """milvus-lite writes a segment's index file in place; a kill -9 mid-write leaves it
+    truncated. The store drops the index files (a cache of the segments) and loads."""
+    x = l2_normalize(np.random.default_rng(3).normal(size=(46, 16)))
+    db = tmp_path / "m.db"
+    s = MilvusStore(16, db, collection="text")
+    s.add(np.arange(46), x)
+    s.flush()
+    before = s.search(x, 5)
+    s.close()
+    server_manager_instance.release_server(str(db))  # what the end of the process does
+    (idx,) = db.glob("collections/text/partitions/*/indexes/*.idx")
+    idx.write_bytes(idx.read_bytes()[:128])  # the header and none of the vectors
+    back = MilvusStore(16, db, collection="text")
+    assert len(back) == 46
+    assert_same_neighbours(before, back.search(x, 5))
+    back.close()
+    assert drop_index_cache(db, "text") and not drop_index_cache(db, "absent")
 
 
 def test_catalogue_matches_the_same_on_milvus_stores(

@@ -71,6 +71,8 @@ from index.store.wal import WriteAheadLog
 #: message limit at 1280 float32 dimensions).
 BATCH = 1024
 
+log = logging.getLogger("pricematch.milvus")
+
 
 class MilvusStore:
     """Exact inner-product store in a Milvus collection (FLAT index, metric IP).
@@ -127,7 +129,19 @@ class MilvusStore:
             c.create_collection(
                 collection, schema=schema, index_params=index, consistency_level="Strong"
             )
-        c.load_collection(collection)
+        try:
+            c.load_collection(collection)
+        except Exception as e:  # pymilvus raises MilvusException
+            if not _is_local(self.uri) or not drop_index_cache(self.uri, collection):
+                raise
+            log.warning(
+                "Milvus collection %r at %s did not load (%s): its index files were "
+                "rebuilt from its segments",
+                collection,
+                self.uri,
+                _message(e),
+            )
+            c.load_collection(collection)
 
     # -- the VectorStore protocol --------------------------------------------------------
 
@@ -242,7 +256,20 @@ def _is_local(uri: str | Path) -> bool:
     return "://" not in s and s.endswith(".db")
 
 
-log = logging.getLogger("pricematch.milvus")
+def drop_index_cache(uri: str | Path, collection: str) -> bool:
+    """Delete a milvus-lite collection's index files; True if there were any.
+
+    milvus-lite writes a segment's index (`partitions/*/indexes/*.idx`, a cache it builds
+    from the segment when absent) in place, not by an atomic rename, so a `kill -9` in the
+    middle of that write leaves a truncated file that fails every later load. The
+    segments and the manifest are written crash-safely; the indexes can always go.
+    """
+    root = Path(uri) / "collections" / collection / "partitions"
+    files = sorted(root.glob("*/indexes/*.idx")) if root.is_dir() else []
+    for f in files:
+        f.unlink()
+    return bool(files)
+
 
 SUFFIX = ".milvus.json"  #: the store reference in a snapshot: `{m}.milvus.json`
 JOURNAL = ".pending.npz"  #: the changes not yet applied: `{m}.pending.npz`
