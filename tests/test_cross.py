@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -208,3 +209,113 @@ def test_the_scorer_learns_a_rule_similarities_cannot_express_and_the_cascade_fi
     assert np.array_equal(q[sure], p[sure])
     fixed = (q >= t) == yt
     assert fixed[sure].all() and fixed[~sure].mean() >= 0.9
+
+
+def _variant_catalogue(path: Path, products: int = 24, rows: int = 3) -> dict[str, int]:
+    """Label groups the titles cannot tell apart: each product comes in two variants
+    (groups) whose titles are drawn alike (its three words, two shop words, a row tag),
+    so every similarity of a same-product pair is the same whether it is a match or not.
+    Returns title -> group (what only an oracle scorer knows)."""
+    import csv
+
+    rng = np.random.default_rng(5)
+    vocab = [f"w{i}" for i in range(200)]
+    group_of: dict[str, int] = {}
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["posting_id", "image", "image_phash", "title", "label_group"])
+        for p in range(products):
+            words = list(rng.choice(vocab, 3, replace=False))
+            for v in range(2):
+                for r in range(rows):
+                    shop = list(rng.choice(NOISE, 2, replace=False))
+                    title = " ".join([*rng.permutation(words), *shop, f"tag{p}x{v}x{r}"])
+                    group_of[title] = 2 * p + v
+                    w.writerow([f"p{p}-{v}-{r}", "", "", title, 2 * p + v])
+    return group_of
+
+
+class _OracleFit:
+    """A `PairModelFit` whose logits are the true answer (from the generator's groups):
+    +4 for a pair of one group, -4 otherwise; or noise. Records what each fit saw."""
+
+    def __init__(self, a: list[str], b: list[str], group_of: dict[str, int], noise: bool):
+        self.a, self.b, self.group_of, self.noise = a, b, group_of, noise
+        self.calls: list[tuple[set[str], set[str]]] = []
+
+    def _z(self, a: list[str], b: list[str]) -> np.ndarray:
+        if self.noise:
+            return np.random.default_rng(len(a)).normal(size=len(a)).astype(np.float32)
+        same = [self.group_of[x] == self.group_of[y] for x, y in zip(a, b, strict=True)]
+        return np.where(same, 4.0, -4.0).astype(np.float32)
+
+    def fold_logits(self, train: np.ndarray, score: np.ndarray) -> np.ndarray:
+        seen = {t for i in train for t in (self.a[i], self.b[i])}
+        self.calls.append((seen, {t for i in score for t in (self.a[i], self.b[i])}))
+        return self._z([self.a[i] for i in score], [self.b[i] for i in score])
+
+    def final(self, train: np.ndarray, folder: Path) -> Any:
+        fit = self
+
+        class Scorer:
+            def logits(self, a: list[str], b: list[str]) -> np.ndarray:
+                return fit._z(list(a), list(b))
+
+        return Scorer()
+
+
+def test_the_cascade_on_label_groups_is_out_of_fold_and_fixes_what_the_trees_cannot_see(
+    tmp_path: Path,
+) -> None:
+    """`train_on_whole` with a cross-encoder: each fold's pairs scored by a fit that never
+    read a title of that fold, the cascade tuned on the other folds; with an oracle scorer
+    every fold decides better than the trees alone (which cannot see the variant), the
+    final ranker keeps the cascade and decides through it; a noise scorer decides worse on
+    every fold."""
+    from index.data.listings import read_catalogue
+    from index.features.embed import Encoders
+    from index.matching.fusion import FusionConfig
+    from index.tuning.metrics import mean_f1
+    from index.tuning.ranker import group_pools, ranker_signals, train_on_whole
+
+    group_of = _variant_catalogue(tmp_path / "listings.csv")
+    cat = read_catalogue(tmp_path / "listings.csv")
+    fusion = FusionConfig()
+    (pool,), fold_of = group_pools(cat, Encoders(), fusion, 3, "cpu", pooling="whole")
+    assert fold_of is not None and pool.labels is not None
+    signals = ranker_signals([pool], fusion)
+    fold_titles = [{pool.titles[i] for i in np.flatnonzero(fold_of == f)} for f in range(3)]
+    trees, rep0 = train_on_whole(pool, fold_of, signals)
+    fits: list[_OracleFit] = []
+
+    def make(noise: bool) -> Any:
+        def maker(a: list[str], b: list[str], y: np.ndarray) -> _OracleFit:
+            assert all((group_of[x] == group_of[w]) == t for x, w, t in zip(a, b, y, strict=True))
+            fits.append(_OracleFit(a, b, group_of, noise))
+            return fits[-1]
+
+        return maker
+
+    ranker, rep = train_on_whole(pool, fold_of, signals, cross=make(False),
+                                 cross_folder=tmp_path / "cross")
+    (fit,) = fits
+    assert len(fit.calls) == 3
+    for f, (seen, scored) in enumerate(fit.calls):
+        assert not seen & fold_titles[f]  # the fit never read fold f's titles
+        assert scored and scored & fold_titles[f]  # it scored pairs touching fold f
+    assert all(c > t for c, t in zip(rep["oof_f1"], rep0["oof_f1"], strict=True)), (
+        rep["oof_f1"], rep0["oof_f1"])
+    assert ranker.cascade is not None and rep["cascade"]["folds_with_a_band"] == 3
+    assert 0 < rep["cascade"]["band_share"] < 1
+    I, _ = ranker.match(pool.features, pool.nb, pool.titles)
+    I0, _ = trees.match(pool.features, pool.nb, pool.titles)
+    assert mean_f1(I, pool.labels) > mean_f1(I0, pool.labels)
+
+    fits.clear()
+    _, rep_n = train_on_whole(pool, fold_of, signals, cross=make(True),
+                              cross_folder=tmp_path / "cross_n")
+    assert rep_n["cascade"]["readable_pairs"] == rep["cascade"]["readable_pairs"] > 0
+    # what the oracle bought is its information: noise decides worse on every fold
+    assert all(c > n for c, n in zip(rep["oof_f1"], rep_n["oof_f1"], strict=True))
+    with pytest.raises(ValueError, match="folder"):
+        train_on_whole(pool, fold_of, signals, cross=make(False))

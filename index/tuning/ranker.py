@@ -30,6 +30,7 @@ from index.data.pairs import Pairs
 from index.errors import CatalogueError
 from index.features.embed import Encoders, Features, embed
 from index.features.text import WordWeights
+from index.matching.cross import Cascade, PairScorer
 from index.matching.fusion import FusionConfig, Neighbours
 from index.matching.names import BASE_SIGNALS
 from index.matching.ranker import (
@@ -45,7 +46,14 @@ from index.matching.ranker import (
 from index.matching.selfmatch import decide, self_neighbours
 from index.matching.stages import apply_stages
 from index.progress import progress
-from index.tuning.cascade import PairModelFit, apply_cascade, cascade_fold_f1, tune_cascade
+from index.tuning.cascade import (
+    BAND_HI,
+    BAND_LO,
+    PairModelFit,
+    apply_cascade,
+    cascade_fold_f1,
+    tune_cascade,
+)
 from index.tuning.grids import MARGINAL_MIN, group_folds, sub_pools
 from index.tuning.metrics import (
     SIZE_BUCKETS,
@@ -328,6 +336,8 @@ def train_on_whole(
     show_progress: bool = False,
     buckets: tuple[tuple[int, int], ...] = SIZE_BUCKETS,
     sub_pool: SubPool | None = None,
+    cross: CrossMaker | None = None,
+    cross_folder: Path | None = None,
 ) -> tuple[Ranker, dict[str, Any]]:
     """Out-of-fold training on one group-labelled pool matched as a whole (the size it will
     decide): its rows split into group-disjoint folds by `fold_of` (0..k-1). Fold f's rows
@@ -336,6 +346,11 @@ def train_on_whole(
     rows decided the same way. With `sub_pool`, the pool-size rule: per fold, the best
     threshold for its rows in the whole pool and for the fold, its halves and quarters
     matched as pools of their own, all scored by that fold's model.
+
+    With `cross`, the cross-encoder cascade after the trees (and the graph pass):
+    `_cascade_folds`; the final scorer is written to `cross_folder` when the cascade tuned
+    on every fold reads any band. The pool-size rule's sub-pools and two hops are scored
+    by each fold's trees alone (a fold's cross-encoder is not exported).
 
     Returns:
         The final ranker (trained on every pair; `pool_rows` the pool's size), and the
@@ -363,6 +378,13 @@ def train_on_whole(
     X2, g_iters = None, list[int]()
     if config.graph_pass:
         graphs, X2, g_iters = _graph_folds(pairs, X, y, fold_of, scored, n)
+    cascade, scorer, cascade_rep = None, None, None
+    if cross is not None:
+        if cross_folder is None:
+            raise ValueError("a cross-encoder fit needs a folder for its final scorer")
+        cascade, scorer, cascade_rep = _cascade_folds(
+            pairs, y, fold_of, scored, pool.titles, cross, cross_folder, show_progress
+        )
     fold_rankers = [Ranker(boosters[f], list(signals), config, weights=weights, graph=graphs[f])
                     for f in range(k)]
     folds = []
@@ -419,6 +441,7 @@ def train_on_whole(
                       "slope_per_doubling": final_cfg.pool_slope},
         "mode": "whole",
         "graph_pass": graph is not None,
+        **({"cascade": cascade_rep} if cascade_rep is not None else {}),
         "folds": folds,
         "oof_f1": [r["f1"] for r in folds],
         "whole_f1": f1_report(I_all, labels, buckets)["f1"],
@@ -430,7 +453,77 @@ def train_on_whole(
         "pool_rows": [n],
         "seconds": time.perf_counter() - t0,
     }
-    return Ranker(booster, list(signals), final_cfg, report, weights, graph=graph), report
+    ranker = Ranker(booster, list(signals), final_cfg, report, weights, cascade, scorer, graph)
+    return ranker, report
+
+
+#: Makes the cross-encoder fits of `train_on_whole`'s cascade from its pairs' titles
+#: (a, b) and labels (`training.cross.CrossFit`: `index` knows no torch).
+CrossMaker = Callable[[list[str], list[str], np.ndarray], PairModelFit]
+
+
+def _cascade_folds(
+    pairs: np.ndarray,
+    y: np.ndarray,
+    fold_of: np.ndarray,
+    scored: list[Scored],
+    titles: Sequence[str],
+    make: CrossMaker,
+    folder: Path,
+    show_progress: bool = False,
+) -> tuple[Cascade | None, PairScorer | None, dict[str, Any]]:
+    """The cross-encoder cascade out of fold on one whole pool's candidate pairs.
+
+    The pairs the scorer may read are those some fold scores within the widest band
+    (`BAND_LO[0]` to `BAND_HI[-1]`). Fold f's are scored by a cross-encoder fitted on
+    those not touching fold f, and re-decided by the cascade (band, stack) tuned on the
+    other folds' pairs (`tune_cascade`, pairwise F1): so fold f's decision never saw its
+    labels. Replaces `scored[f]`'s probabilities by the cascade's.
+
+    Returns:
+        the cascade tuned on every fold and its scorer (fitted on every pair it may read,
+        written to `folder`), both None when the trees alone are best; and a report.
+    """
+    k = len(scored)
+    fa, fb = fold_of[pairs[:, 0]], fold_of[pairs[:, 1]]
+    touch = [(fa == f) | (fb == f) for f in range(k)]
+    idx = [np.flatnonzero(t) for t in touch]  # scored[f]'s pairs, in pair order
+    lo, hi = BAND_LO[0], BAND_HI[-1]
+    wide = [(scored[f][1] >= lo) & (scored[f][1] < hi) for f in range(k)]
+    readable = np.zeros(len(y), bool)
+    for f in range(k):
+        readable[idx[f][wide[f]]] = True
+    u = np.flatnonzero(readable)
+    at = np.full(len(y), -1, np.int64)
+    at[u] = np.arange(len(u))
+    fitter = make([titles[i] for i in pairs[u, 0]], [titles[j] for j in pairs[u, 1]], y[u])
+    z = [np.zeros(len(idx[f]), np.float32) for f in range(k)]
+    for f in progress(range(k), desc="cross-encoder folds", unit="fold",
+                      disable=not show_progress):
+        if wide[f].any():
+            z[f][wide[f]] = fitter.fold_logits(at[u[~touch[f][u]]], at[idx[f][wide[f]]])
+    p = [np.asarray(scored[f][1]) for f in range(k)]
+    labels = [y[idx[f]] for f in range(k)]
+    banded, read = [], 0
+    for f in range(k):
+        rest = [g for g in range(k) if g != f]
+        c, _, _ = tune_cascade(np.concatenate([p[g] for g in rest]),
+                               np.concatenate([z[g] for g in rest]),
+                               np.concatenate([labels[g] for g in rest]))
+        if c is not None:
+            read += int(c.band(p[f]).sum())
+        scored[f] = (scored[f][0], apply_cascade(c, p[f], z[f]), *scored[f][2:])
+        banded.append(c is not None)
+    cascade, _, _ = tune_cascade(np.concatenate(p), np.concatenate(z), np.concatenate(labels))
+    scorer = fitter.final(np.arange(len(u)), folder) if cascade is not None else None
+    entries = sum(len(i) for i in idx)
+    rep = {
+        **(asdict(cascade) if cascade is not None else {}),
+        "readable_pairs": len(u),
+        "band_share": read / max(1, entries),  # of the folds' scored pairs, out of fold
+        "folds_with_a_band": int(sum(banded)),
+    }
+    return cascade, scorer, rep
 
 
 #: Folds the carry check trains on (each the small sample, the other folds the catalogue).
