@@ -5,10 +5,13 @@ The CSV is matched once with a model's encoders and fusion settings (`group_pool
 "whole", the same folds as `train`); each setting then trains `train_on_whole` out of fold
 (no pool-size rule) and reports the mean and per-fold row F1, each fold's candidate recall
 (its true pairs among the candidates), the candidate pairs and the CPU it took. A setting
-is `SOURCES:TOPK:FLOORS[:hops][:graph]`, e.g. `base:20:floors`, `char:50:nofloors:hops`:
-"base" the model's signals, "char" those and the character 3-5 n-gram source
-(`TfidfConfig.char_source`, its own neighbour list); "hops" two hops at decision time,
-"graph" the ranker's graph pass (`RankerConfig.graph_pass`).
+is `SOURCES:TOPK:FLOORS[:hops][:graph][:cross]`, e.g. `base:20:floors`,
+`char:50:nofloors:hops`: "base" the model's signals, "char" those and the character 3-5
+n-gram source (`TfidfConfig.char_source`, its own neighbour list); "hops" two hops at
+decision time, "graph" the ranker's graph pass (`RankerConfig.graph_pass`), "cross" the
+cross-encoder cascade after it (`train_on_whole(cross=...)`, `training.cross.CrossFit`,
+at most `--cross-pairs` pairs per fit). "match CPU-s / 1k" is the final ranker deciding
+the whole pool (its pair features, passes and cascade; not the pool's neighbours).
 
     python benchmarks/ranker_sources.py ../shared/data/shopee_dev.csv --model /tmp/dev/tp \
         --settings base:20:floors,char:50:nofloors --out sources.json
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -35,13 +39,13 @@ CHAR = (3, 5)
 
 
 def parse_setting(s: str) -> tuple[str, RankerConfig]:
-    """`SOURCES:TOPK:FLOORS[:hops][:graph]` -> (sources, the ranker config)."""
+    """`SOURCES:TOPK:FLOORS[:hops][:graph][:cross]` -> (sources, the ranker config)."""
     parts = s.split(":")
     extra = set(parts[3:])
     if len(parts) < 3 or parts[0] not in ("base", "char") or parts[2] not in (
-        "floors", "nofloors") or not extra <= {"hops", "graph"}:
+        "floors", "nofloors") or not extra <= {"hops", "graph", "cross"}:
         raise SystemExit(f"bad setting {s!r}: "
-                         "SOURCES(base|char):TOPK:(floors|nofloors)[:hops][:graph]")
+                         "SOURCES(base|char):TOPK:(floors|nofloors)[:hops][:graph][:cross]")
     cfg = RankerConfig(top_k=int(parts[1]), two_hop="hops" in extra,
                        graph_pass="graph" in extra)
     if parts[2] == "nofloors":
@@ -55,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", type=Path, required=True, help="a model folder (its encoders)")
     ap.add_argument("--settings", default="base:20:floors,char:50:nofloors")
     ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--cross-pairs", type=int, default=2000,
+                    help="the most pairs one cross-encoder fit trains on")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     settings = [parse_setting(s) for s in args.settings.split(",")]
@@ -73,7 +79,23 @@ def main(argv: list[str] | None = None) -> int:
     for text, (sources, cfg) in zip(args.settings.split(","), settings, strict=True):
         signals = every if sources == "char" else [s for s in every if s != "char"]
         c0 = time.process_time()
-        _, rep = train_on_whole(pool, fold_of, signals, cfg)
+        cross: Any = None
+        if text.endswith(":cross") or ":cross:" in text:
+            from training.config import CrossConfig
+            from training.cross import CrossFit
+
+            cc = CrossConfig(max_pairs=args.cross_pairs)
+
+            def cross(a: list[str], b: list[str], y: np.ndarray, cc: Any = cc) -> Any:
+                return CrossFit(a, b, y, cc, "cpu")
+
+        with tempfile.TemporaryDirectory() as tmp:
+            ranker, rep = train_on_whole(pool, fold_of, signals, cfg, cross=cross,
+                                         cross_folder=Path(tmp) / "cross")
+            cpu = time.process_time() - c0
+            c1 = time.process_time()
+            ranker.match(pool.features, pool.nb, pool.titles)
+            match_cpu = time.process_time() - c1
         row = {
             "setting": text,
             "signals": signals,
@@ -81,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
             "per_fold": [round(f, 4) for f in rep["oof_f1"]],
             "candidate_recall": [round(f["candidate_recall"], 4) for f in rep["folds"]],
             "candidate_pairs": rep["pairs"],
-            "cpu_s": round(time.process_time() - c0, 1),
+            "cpu_s": round(cpu, 1),
+            "match_cpu_s_per_1k": round(1000 * match_cpu / len(cat), 3),
+            **({"cascade": rep["cascade"]} if "cascade" in rep else {}),
         }
         res["settings"].append(row)
         print(json.dumps(row), flush=True)
