@@ -234,9 +234,10 @@ def _loop_graph(pairs: np.ndarray, p: np.ndarray, n: int) -> np.ndarray:
         da = sum(1 for x in w[a].values() if x >= CONFIDENT)
         db = sum(1 for x in w[b].values() if x >= CONFIDENT)
         sa, sb = sum(w[a].values()), sum(w[b].values())
-        best = min(max(w[a].values()), max(w[b].values()))
+        ba, bb = max(w[a].values()), max(w[b].values())
         out.append([v, soft / max(1e-6, min(sa, sb)), conf / max(1, min(da, db)),
-                    v / max(1e-6, best)])
+                    v / max(1e-6, min(ba, bb)), soft / max(1e-6, max(sa, sb)),
+                    conf / max(1, max(da, db)), v / max(1e-6, max(ba, bb))])
     return np.array(out, np.float32)
 
 
@@ -253,7 +254,7 @@ def test_graph_features_equal_a_loop_over_the_pairs() -> None:
     got = graph_features(pairs, p, 30)
     assert got.shape == (len(pairs), len(GRAPH_FEATURES)) and got.dtype == np.float32
     assert np.allclose(got, _loop_graph(pairs, p, 30), atol=1e-5)
-    assert graph_features(np.zeros((0, 2), np.int64), np.zeros(0), 4).shape == (0, 4)
+    assert graph_features(np.zeros((0, 2), np.int64), np.zeros(0), 4).shape == (0, 7)
     assert CONFIDENT == 0.5 and RankerConfig().graph_pass is False
 
 
@@ -267,7 +268,13 @@ def test_graph_features_are_shares_whatever_the_pool_size() -> None:
     # a sure triangle: each pair's sides share one of their two partners (the other is
     # the pair itself), and each p is its rows' best
     pairs = np.array([[0, 1], [0, 2], [1, 2]])
-    assert np.allclose(graph_features(pairs, np.ones(3, np.float32), 3), [1.0, 0.5, 0.5, 1.0])
+    assert np.allclose(graph_features(pairs, np.ones(3, np.float32), 3),
+                       [1.0, 0.5, 0.5, 1.0, 0.5, 0.5, 1.0])
+    # a path 0-1-2 and a tail 2-3: pair (1, 2) has the sides 1 (degree 2) and 2 (degree 3),
+    # so the smaller-side shares and the larger-side ones differ
+    pairs = np.array([[0, 1], [1, 2], [0, 2], [2, 3]])
+    got = graph_features(pairs, np.array([1.0, 1.0, 1.0, 0.6], np.float32), 4)
+    assert np.allclose(got[1], [1.0, 0.5, 0.5, 1.0, 1 / 2.6, 1 / 3, 1.0], atol=1e-6)
 
 
 def test_a_graph_pass_is_trained_out_of_fold_saved_and_decides(
@@ -299,7 +306,10 @@ def test_a_graph_pass_is_trained_out_of_fold_saved_and_decides(
     assert np.array_equal(I1, I2)
     meta_path = tmp_path / "r" / "ranker.json"
     meta = json.loads(meta_path.read_text())
-    assert meta["graph"] == ["p_first", "common_soft_share", "common_share", "p_over_best"]
+    assert meta["graph"] == [
+        "p_first", "common_soft_share", "common_share", "p_over_best",
+        "common_soft_share_max", "common_share_max", "p_over_best_max",
+    ]
     meta_path.write_text(json.dumps({**meta, "graph": [*meta["graph"], "degree_min"]}))
     with pytest.raises(Exception, match="graph pass's features do not match this version"):
         Ranker.load(tmp_path / "r")

@@ -65,12 +65,17 @@ WEIGHT_FEATURES = ("diff_idf_max", "diff_idf_share")
 #: The columns the graph pass (`graph_features`) adds to a pair's: over the first pass's
 #: probabilities of the pool's candidate pairs (confident: at or above `CONFIDENT`), each
 #: a share in [0, 1], so that they mean the same in a pool of any size (degrees and sums
-#: grow with the pool's look-alikes and did not carry to a bigger pool).
+#: grow with the pool's look-alikes and did not carry to a bigger pool); each share is
+#: taken over the smaller side and over the larger ("_max"): a row of a big group and a
+#: singleton's look-alike differ in the larger side.
 GRAPH_FEATURES = (
     "p_first",
     "common_soft_share",
     "common_share",
     "p_over_best",
+    "common_soft_share_max",
+    "common_share_max",
+    "p_over_best_max",
 )
 #: A first-pass probability the graph features count as a confident link.
 CONFIDENT = 0.5
@@ -335,8 +340,9 @@ def graph_features(pairs: np.ndarray, p: np.ndarray, n: int) -> np.ndarray:
     sides link to, weighted (sum of p(a, x) p(x, b)) over the smaller side's weighted
     degree (sum of its p); the rows both link to confidently (both at or above
     `CONFIDENT`) over the smaller confident degree; p over the smaller of the two sides'
-    best p. Big groups show as many common rows; a look-alike of a row with a better
-    partner as p well under that row's best. Sparse products, no loop over pairs."""
+    best p; then the same three shares over the larger side. Big groups show as many
+    common rows; a look-alike of a row with a better partner as p well under that row's
+    best. Sparse products, no loop over pairs."""
     if len(pairs) == 0:
         return np.zeros((0, len(GRAPH_FEATURES)), np.float32)
     a, b = pairs[:, 0].astype(np.int64), pairs[:, 1].astype(np.int64)
@@ -351,12 +357,14 @@ def graph_features(pairs: np.ndarray, p: np.ndarray, n: int) -> np.ndarray:
     best = np.zeros(n)
     np.maximum.at(best, a, pp)
     np.maximum.at(best, b, pp)
-    cols = [
-        pp,
-        soft / np.maximum(1e-6, np.minimum(sdeg[a], sdeg[b])),
-        common / np.maximum(1.0, np.minimum(deg[a], deg[b])),
-        pp / np.maximum(1e-6, np.minimum(best[a], best[b])),
-    ]
+    cols = [pp]
+    for side in (np.minimum, np.maximum):
+        cols += [
+            soft / np.maximum(1e-6, side(sdeg[a], sdeg[b])),
+            common / np.maximum(1.0, side(deg[a], deg[b])),
+            pp / np.maximum(1e-6, side(best[a], best[b])),
+        ]
+    # (m, 7): p, then the three shares over the smaller side, then over the larger
     return np.stack(cols, axis=1).astype(np.float32)
 
 
