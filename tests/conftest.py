@@ -32,6 +32,15 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def cross_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny BERT for the cross-encoder cascade (`train --cross-base`): the packaged
+    MiniLM costs minutes per fit."""
+    from tests.fakes import make_pair_base
+
+    return make_pair_base(tmp_path_factory.mktemp("cross-base"))
+
+
+@pytest.fixture(scope="session")
 def strict_model(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The fake encoders with stricter thresholds (the tiny text model knows few words)."""
     import shutil

@@ -49,9 +49,11 @@ def noise_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def trained(synth: Path, model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def trained(synth: Path, model_dir: Path, cross_base: Path,
+            tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("train") / "m"
-    args = ["train", str(synth / "listings.csv"), "--out", str(out), "--base", str(model_dir)]
+    args = ["train", str(synth / "listings.csv"), "--out", str(out), "--base", str(model_dir),
+            "--cross-base", str(cross_base)]
     assert main([*args, "-q"]) == 0
     return out
 
@@ -146,7 +148,8 @@ def test_a_change_that_wins_out_of_fold_but_loses_carried_is_not_kept(
 
 
 def test_train_writes_a_model_match_uses_with_no_flags(
-    trained: Path, synth: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    trained: Path, synth: Path, cross_base: Path, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str]
 ) -> None:
     rep = _report(trained)
     kept = [t for t in rep["trials"] if t["kept"]]
@@ -166,6 +169,9 @@ def test_train_writes_a_model_match_uses_with_no_flags(
         "candidates: no similarity floors", "candidates: char n-gram source",
         "candidates: two hops through confident matches"]
     assert "decision: a graph pass over the first pass's scores" in names
+    # the cascade is a candidate on label groups too (behind a kept ranker)
+    assert "cascade: cross-encoder on the uncertain band" in names
+    assert rep["config"]["cross"]["base"] == str(cross_base)
     # with the ranker kept the fusion's stages are not tried (the ranker decides instead)
     assert ("stage" in parts) != rep["chosen"]["ranker"]
     # the model is the fusion (and ranker) of the winner: match needs no flag, and the
@@ -209,10 +215,11 @@ def test_the_written_folder_holds_what_the_winner_needs(
     assert rows and {r["decided_by"] for r in rows} == {"ranker"}
 
 
-def test_a_pure_noise_signal_is_not_kept(synth: Path, noise_base: Path, tmp_path: Path) -> None:
+def test_a_pure_noise_signal_is_not_kept(synth: Path, noise_base: Path, cross_base: Path,
+                                        tmp_path: Path) -> None:
     out = tmp_path / "m"
     assert main(["train", str(synth / "listings.csv"), "--out", str(out), "--base",
-                 str(noise_base), "-q"]) == 0
+                 str(noise_base), "--cross-base", str(cross_base), "-q"]) == 0
     rep = _report(out)
     noise = [t for t in rep["trials"] if t["pipeline"]["text"] == "base"]
     assert len(noise) == 1 and noise[0]["fold_f1"] and not noise[0]["kept"]
@@ -247,9 +254,11 @@ def test_the_budget_skips_the_expensive_candidate(
 
 
 def test_a_resumed_run_gives_the_same_model(
-    synth: Path, model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    synth: Path, model_dir: Path, cross_base: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    args = [str(synth / "listings.csv"), "--base", str(model_dir), "-q", "--folds", "3"]
+    args = [str(synth / "listings.csv"), "--base", str(model_dir), "-q", "--folds", "3",
+            "--cross-base", str(cross_base)]
     whole = tmp_path / "whole"
     assert main(["train", *args, "--out", str(whole)]) == 0
     real = auto.Search.score
@@ -424,3 +433,30 @@ def test_a_two_hop_ranker_is_scored_out_of_fold_and_saved_with_it(
     # on an entity-matching folder (pairwise folds) it is not offered
     names = [c.name for c in auto.candidates(base, False, groups=False)]
     assert "candidates: two hops through confident matches" not in names
+
+
+def test_the_cascade_on_label_groups_is_scored_out_of_fold_and_saved_with_it(
+    synth: Path, model_dir: Path, cross_base: Path, tmp_path: Path
+) -> None:
+    """Issue 25: on a group-labelled pool the cascade candidate fits its cross-encoder out
+    of fold on the pool's candidate pairs; it has no carry check of its own (its trees are
+    the ranker's), and --resume reads it back as it was."""
+    from index.data.listings import read_catalogue
+    from training.config import CrossConfig
+
+    cat = read_catalogue(synth / "listings.csv")
+    base = auto.load_base(model_dir, tmp_path / "work")
+    cfg = auto.AutoConfig(folds=3, cross=CrossConfig(base=str(cross_base), epochs=1))
+    search = auto.Search(cat, base, tmp_path / "m", cfg, None, False)
+    trees = search.trial("ranker", "ranker", auto.Pipeline(ranker=True))
+    t = search.trial("cascade", "cascade", auto.Pipeline(ranker=True, cross=True))
+    assert len(t.fold_f1) == 3 and t.carry_f1 == [] and len(trees.carry_f1) == 2
+    assert t.ranker is not None
+    rep = t.ranker.report["cascade"]
+    assert rep["readable_pairs"] > 0 and 0 <= rep["folds_with_a_band"] <= 3
+    assert (t.ranker.cascade is None) == (t.ranker.scorer is None)
+    assert search.estimate(auto.Pipeline(ranker=True, cross=True)) >= auto.COSTS[
+        "cross_groups"][0] + auto.COSTS["cross_groups"][1] * len(cat) / 1000
+    again = auto.Search(cat, base, tmp_path / "m", cfg, None, False, resume=True).trial(
+        "cascade", "cascade", auto.Pipeline(ranker=True, cross=True))
+    assert again.fold_f1 == t.fold_f1 and again.note.startswith("resumed")

@@ -25,6 +25,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ from index.progress import progress
 from index.store.model import FUSION, RANKER, write_model, write_ranker
 from index.tuning.grids import group_folds
 from index.tuning.ranker import (
+    CrossMaker,
     RankPool,
     carry_f1,
     catalogue_pool,
@@ -92,6 +94,10 @@ COSTS: dict[str, tuple[float, float]] = {
     "ranker": (2.0, 12.0),  # candidate pairs, LightGBM folds, the pool-size rule
     "carry": (2.0, 4.0),  # the carry check: a ranker on one fold, the rest matched
     "cross": (60.0, 1200.0),  # the cross-encoder: a fit of its 6 layers per fold
+    # ... on label groups: ~3.2 pairs in its band per row, ~0.19 CPU-s per pair and fit
+    # (7,969 Shopee dev rows: 2,302 CPU-s at 2,000 pairs a fit); the default fit reads
+    # up to 20,000
+    "cross_groups": (60.0, 3800.0),
 }
 #: The cap counts a catalogue of fewer rows as this many (its fixed costs, imports and
 #: index set-up, would otherwise dominate the per-row figure of a small catalogue).
@@ -126,7 +132,7 @@ class Pipeline:
     two_hop: bool = False  # ... and the pairs joined by two confident matches
     char_source: bool = False  # ... and the char 3-5 n-gram TF-IDF's own neighbours
     graph: bool = False  # the ranker's graph pass (label groups)
-    cross: bool = False  # the cross-encoder cascade behind the ranker (labelled pairs)
+    cross: bool = False  # the cross-encoder cascade behind the ranker
 
     def ranker_config(self) -> RankerConfig:
         """The ranker's candidate settings of this pipeline."""
@@ -204,8 +210,9 @@ class Trial:
 #: (no floors, a wider top k: a true pair that is no candidate is never matched); then the
 #: TF-IDF options and the signals, weighed with the ranker when it was kept; the fusion's
 #: stages, and only without a ranker (it decides instead of them); the cross-encoder
-#: cascade last (labelled pairs, with a ranker): it costs more than all the rest together
-#: (WDC computers: 1,409 of 1,530 CPU-s) and is weighed on the pipeline that won them.
+#: cascade last (with a ranker): it costs more than all the rest together (WDC computers:
+#: 1,409 of 1,530 CPU-s; 7,969 Shopee dev rows: 2,302 of 2,351) and is weighed on the
+#: pipeline that won them.
 PART_ORDER = {"ranker": 0, "candidates": 1, "tfidf": 2, "signal": 3, "stage": 4, "cascade": 5}
 #: Each signal's top 50 instead of 20 is not a candidate: measured, it wins out of fold at
 #: the pool trained on (+0.0006 on the 27k dev rows, +0.005 on a 5k sample) and loses when
@@ -242,15 +249,10 @@ def candidates(base: Encoders, images: bool, groups: bool = True) -> list[Candid
             lambda p: replace(p, floors=False), lambda p: p.ranker and p.floors,
         ),
     ]
-    if not groups:  # labelled pairs: the cross-encoder is fitted on them, out of fold
-        out.append(
-            Candidate(
-                "cascade: cross-encoder on the uncertain band",
-                "cascade",
-                lambda p: replace(p, cross=True),
-                lambda p: p.ranker and not p.cross,
-            )
-        )
+    out.append(Candidate(  # fitted on the labelled pairs or the pool's pairs, out of fold
+        "cascade: cross-encoder on the uncertain band", "cascade",
+        lambda p: replace(p, cross=True), lambda p: p.ranker and not p.cross,
+    ))
     out.append(Candidate(
         "candidates: char n-gram source", "candidates",
         lambda p: replace(p, char_source=True), lambda p: p.ranker and not p.char_source,
@@ -478,7 +480,7 @@ class Search:
             wide *= GRAPH_WIDE if p.graph else 1
             s += (_cost("ranker", n) + (_cost("carry", n) if self.data is None else 0.0)) * wide
         if p.cross:
-            s += _cost("cross", n)
+            s += _cost("cross" if self.data is not None else "cross_groups", n)
         return s
 
     # -- scoring -------------------------------------------------------------------------
@@ -501,12 +503,16 @@ class Search:
                 return tuned.fold_f1, tuned.config, None, []
             signals = ranker_signals([pool], tuned.config)
             sub = sub_pool_maker(tuned.config, dev)
+            maker, folder = (self._cross_maker(), self.work / f"{p.key()}_cross") if p.cross \
+                else (None, None)
             ranker, rep = train_on_whole(
                 pool, self.fold_of, signals, p.ranker_config(), show_progress=self.show,
-                sub_pool=sub,
+                sub_pool=sub, cross=maker, cross_folder=folder,
             )
-            carry = carry_f1(pool, self.fold_of, signals, p.ranker_config(), sub,
-                             show_progress=self.show)
+            # the cascade's trees are the kept ranker's, carried as it was (a tie would
+            # read as a loss): its carry check is not run
+            carry = [] if p.cross else carry_f1(pool, self.fold_of, signals,
+                                                p.ranker_config(), sub, show_progress=self.show)
             return list(rep["oof_f1"]), tuned.config, ranker, carry
         train = self.train_pairs
         assert train is not None
@@ -520,16 +526,9 @@ class Search:
         signals = ranker_signals([pool], tuned_p.config)
         cross, folder = None, None
         if p.cross:
-            from training.cross import CrossFit
-
             titles = pool.titles
-            cross = CrossFit(
-                [titles[i] for i in train.left],
-                [titles[j] for j in train.right],
-                train.label,
-                config=self.config.cross,
-                device=dev,
-                show_progress=self.show,
+            cross = self._cross_maker()(
+                [titles[i] for i in train.left], [titles[j] for j in train.right], train.label
             )
             folder = self.work / f"{p.key()}_cross"
         ranker, rep = train_on_pairs(
@@ -537,6 +536,14 @@ class Search:
             fusion=tuned_p.config, source=src, cross=cross, cross_folder=folder,
         )
         return list(rep["oof_f1"]), tuned_p.config, ranker, []
+
+    def _cross_maker(self) -> CrossMaker:
+        """The cross-encoder fits of the cascade (`training.cross.CrossFit`, this search's
+        `CrossConfig` and device), from pairs' titles (a, b) and labels."""
+        from training.cross import CrossFit
+
+        return partial(CrossFit, config=self.config.cross, device=self.config.device,
+                       show_progress=self.show)
 
     def _saved(self, p: Pipeline) -> Path:
         return self.work / f"{p.key()}.json"
