@@ -68,7 +68,7 @@ def test_the_defaults_are_pinned() -> None:
     assert BAND_LO == (0.02, 0.05, 0.1, 0.2, 0.3) and BAND_HI == (0.6, 0.8, 0.9, 0.95, 0.98)
     c = CrossConfig()
     assert (c.base, c.max_length, c.top_layers, c.epochs, c.batch_size) == ("", 64, 6, 4, 32)
-    assert (c.lr, c.layer_lr_mult, c.max_pairs) == (2e-3, 0.05, 20000)
+    assert (c.lr, c.layer_lr_mult, c.max_pairs, c.mark_codes) == (2e-3, 0.05, 20000, False)
 
 
 def test_the_stack_recovers_a_known_logistic_rule() -> None:
@@ -126,6 +126,51 @@ def test_the_exported_scorer_matches_torch(tmp_path: Path) -> None:
         ref = graph(*(torch.from_numpy(feeds[k]) for k in names)).numpy()
     assert got[:3] == pytest.approx(ref, abs=1e-4)
     assert (tmp_path / "cross" / "parity.json").is_file()
+
+
+def test_a_scorer_trained_on_marked_codes_reads_them_marked_at_run_time(tmp_path: Path) -> None:
+    import json
+
+    from index.features.text import mark_codes
+    from index.matching.cross import pair_tokenizer, tokenize_pairs
+    from training.config import CrossConfig
+    from training.cross import PairStates
+
+    base = make_pair_base(tmp_path / "base", WORDS)
+    a = ["laptop asus x55-1a ready", "kabel usb"]
+    b = ["laptop asus x55-1b", "kabel usb ori"]
+    states = PairStates(a, b, CrossConfig(base=str(base), top_layers=1, epochs=1,
+                                          mark_codes=True))
+    model = states.fit(np.arange(2), np.array([0, 1]))
+    scorer = states.export(model, tmp_path / "cross")
+    saved = json.loads((tmp_path / "cross" / "config.json").read_text())
+    assert saved["mark_codes"] is True
+    tok = pair_tokenizer(base / "tokenizer.json", 64)
+    marked = tokenize_pairs(tok, [mark_codes(t) for t in a], [mark_codes(t) for t in b])
+    plain = tokenize_pairs(tok, a, b)
+    got = scorer.tokenize(a, b)
+    assert np.array_equal(got["input_ids"], marked["input_ids"])
+    assert got["input_ids"].shape[1] > plain["input_ids"].shape[1]  # the brackets
+    # what the fit read is what the scorer reads: the same logits
+    assert scorer.logits(a, b) == pytest.approx(states.logits(model, np.arange(2)), abs=1e-4)
+
+
+def test_augmented_pairs_are_swapped_or_not_and_lose_at_most_two_words_of_one_side() -> None:
+    from training.cross import augment_pairs
+
+    a = [f"w{i} a b c d" for i in range(200)]
+    b = [f"v{i} e f" for i in range(200)]
+    xa, xb = augment_pairs(a, b, seed=3)
+    assert (xa, xb) == augment_pairs(a, b, seed=3)  # seeded
+    swapped = 0
+    for i, (x, y) in enumerate(zip(xa, xb, strict=True)):
+        # the b side's words (v, e, f) never start what is left of an a side (w a b c d)
+        left, right = (b[i], a[i]) if x.startswith(("v", "e", "f")) else (a[i], b[i])
+        swapped += left == b[i]
+        lost = [len(left.split()) - len(x.split()), len(right.split()) - len(y.split())]
+        assert sorted(lost) in ([0, 0], [0, 1], [0, 2])
+        assert set(x.split()) <= set(left.split()) and set(y.split()) <= set(right.split())
+    assert 60 < swapped < 140
 
 
 def test_a_ranker_with_a_cascade_rescored_only_in_its_band_survives_save_and_load(

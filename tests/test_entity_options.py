@@ -14,7 +14,7 @@ from index.cli.parser import main
 from index.data.listings import read_catalogue
 from index.data.pairs import read_pair_folder
 from index.errors import CatalogueError
-from index.features.text import model_codes
+from index.features.text import mark_codes, model_codes
 from index.features.tfidf import TfidfConfig, TitleTfidf
 from index.matching.fusion import FusionConfig, link_sources
 from index.matching.selfmatch import match_catalogue, self_match
@@ -33,6 +33,13 @@ def test_model_codes_lose_their_separators() -> None:
     assert model_codes("sony camera 2020 a7") == []
     assert model_codes("a-1b") == ["a1b"][:0]  # 3 characters
     assert model_codes("ab-1c") == ["ab1c"]  # exactly 4
+
+
+def test_mark_codes_brackets_exactly_the_runs_model_codes_reads() -> None:
+    assert mark_codes("hp 388504-B21 drive") == "hp [ 388504-B21 ] drive"
+    assert mark_codes("XTA-3510-73-GB-10K sun 2020") == "[ XTA-3510-73-GB-10K ] sun 2020"
+    assert mark_codes("a-1b ab-1c") == "a-1b [ ab-1c ]"  # 3 characters joined, then 4
+    assert mark_codes("sony camera 2020 a7") == "sony camera 2020 a7"
 
 
 def test_a_bundle_tfidf_saved_before_code_tokens_loads_without_them(tmp_path: Path) -> None:

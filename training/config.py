@@ -93,6 +93,8 @@ class CrossConfig:
         layer_lr_mult: learning rate of the pretrained layers relative to lr.
         max_pairs: the most pairs one fit trains on (a random sample beyond).
         seed: initialisation, shuffling and the sample.
+        mark_codes: bracket model codes before tokenizing (Ditto's marking;
+            `index.features.text.mark_codes`), saved in the scorer's config.json.
     """
 
     base: str = ""
@@ -104,6 +106,7 @@ class CrossConfig:
     layer_lr_mult: float = 0.05
     max_pairs: int = 20000
     seed: int = 0
+    mark_codes: bool = False
 
 
 @dataclass(frozen=True)

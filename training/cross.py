@@ -46,6 +46,28 @@ def load_pair_base(base: str) -> tuple[nn.Module, Path]:
     return embedder.model, tok
 
 
+def augment_pairs(
+    a: Sequence[str], b: Sequence[str], seed: int = 0
+) -> tuple[list[str], list[str]]:
+    """One augmented copy of each pair, Ditto's operators (the label is kept): the two
+    sides swapped with probability 1/2, then a random span of 1 or 2 words deleted from
+    one random side that has more than 2 words."""
+    rng = np.random.default_rng(seed)
+    out_a, out_b = [], []
+    for x, y in zip(a, b, strict=True):
+        x, y = (y, x) if rng.random() < 0.5 else (x, y)
+        side = rng.integers(2)
+        words = (x if side == 0 else y).split()
+        if len(words) > 2:
+            span = int(rng.integers(1, 3))
+            start = int(rng.integers(0, len(words) - span + 1))
+            cut = " ".join(words[:start] + words[start + span :])
+            x, y = (cut, y) if side == 0 else (x, cut)
+        out_a.append(x)
+        out_b.append(y)
+    return out_a, out_b
+
+
 class PairGraph(nn.Module):
     """The whole scorer: token ids, mask and token types (n, seq) -> (n,) match logit
     (every layer, the masked mean of the last states, the classifier)."""
@@ -106,7 +128,7 @@ class PairStates:
             for s in bar:
                 idx = order[s : s + batch_size]
                 f = tokenize_pairs(self.tokenizer, [self.a[i] for i in idx],
-                                   [self.b[i] for i in idx])
+                                   [self.b[i] for i in idx], mark=config.mark_codes)
                 ids, mask, types = (torch.from_numpy(f[k]).to(self.device) for k in
                                     ("input_ids", "attention_mask", "token_type_ids"))
                 h = m.embeddings(input_ids=ids, token_type_ids=types)  # (b, seq, hid)
@@ -164,7 +186,8 @@ class PairStates:
 
         n = min(16, len(self.a))
         export_pair_scorer(self.graph(model), self.tokenizer_json, folder,
-                           self.config.max_length, self.a[:n], self.b[:n], source=source)
+                           self.config.max_length, self.a[:n], self.b[:n], source=source,
+                           mark_codes=self.config.mark_codes)
         return PairScorer(folder, device="cpu" if self.device.type == "cpu" else "auto")
 
 

@@ -31,9 +31,27 @@ def model_codes(title: str) -> list[str]:
     out: dict[str, None] = {}
     for run in _CODE_RUN.findall(title.lower()):
         code = _SEPARATORS.sub("", run)
-        if len(code) >= 4 and any(c.isdigit() for c in code) and any(c.isalpha() for c in code):
+        if _is_code(code):
             out[code] = None
     return list(out)
+
+
+def _is_code(joined: str) -> bool:
+    return (
+        len(joined) >= 4 and any(c.isdigit() for c in joined) and any(c.isalpha() for c in joined)
+    )
+
+
+def mark_codes(title: str) -> str:
+    """`title` with each model code (the runs `model_codes` reads) wrapped in brackets,
+    Ditto's marking of the tokens that decide a match: `hp 388504-B21 drive` ->
+    `hp [ 388504-B21 ] drive`. Other text is unchanged."""
+
+    def wrap(m: re.Match[str]) -> str:
+        run = m.group(0)
+        return f"[ {run} ]" if _is_code(_SEPARATORS.sub("", run)) else run
+
+    return _CODE_RUN.sub(wrap, title)
 
 
 def normalize_title(title: str) -> str:
