@@ -6,6 +6,7 @@ on what it scores), ROC AUC, and the CPU seconds of the lower-layer states and t
     python benchmarks/cross_encoder.py ../shared/data/er_wdc_computers --out cross.json
     python benchmarks/cross_encoder.py ../shared/data/er_wdc_computers --max-length 128
     python benchmarks/cross_encoder.py ../shared/data/er_wdc_computers --mark-codes --augment
+    python benchmarks/cross_encoder.py ../shared/data/er_wdc_computers --int8
 """
 
 from __future__ import annotations
@@ -15,12 +16,45 @@ import json
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from index.data.pairs import read_pair_folder
 from index.tuning.metrics import pair_prf
 from training.config import CrossConfig
+
+
+def onnx_variants(states: Any, model: Any, a: list[str], b: list[str],
+                  y: np.ndarray) -> dict[str, Any]:
+    """The fitted scorer as ONNX, fp32 and int8 (`training.compress.quantize_int8`), on
+    the valid pairs: F1 at logit 0, AUC, CPU-s per 1k pairs (in turn, one process) and
+    the int8 logits' largest difference from fp32."""
+    import tempfile
+
+    from sklearn.metrics import roc_auc_score
+
+    from index.matching.cross import PairScorer
+    from training.compress import quantize_int8
+
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = states.export(model, Path(tmp) / "fp32")
+        quantize_int8(Path(tmp) / "fp32", Path(tmp) / "int8")
+        int8 = PairScorer(Path(tmp) / "int8", device="cpu")
+        logits = {}
+        for name, scorer in (("fp32", fp32), ("int8", int8)):
+            scorer.logits(a[:64], b[:64])  # warm-up
+            c0 = time.process_time()
+            z = scorer.logits(a, b)
+            cpu = time.process_time() - c0
+            logits[name] = z
+            out[name] = {"valid_at_0": pair_prf(z >= 0, y),
+                         "valid_auc": float(roc_auc_score(y, z)),
+                         "cpu_s_per_1k_pairs": round(1000 * cpu / len(a), 2)}
+        out["int8_max_abs_logit_diff"] = float(np.max(np.abs(logits["int8"] - logits["fp32"])))
+        out["int8_same_side_of_0"] = float(np.mean((logits["int8"] >= 0) == (logits["fp32"] >= 0)))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mark-codes", action="store_true", help="bracket model codes")
     ap.add_argument("--augment", action="store_true",
                     help="add one augmented copy of each train pair (swap, span deletion)")
+    ap.add_argument("--int8", action="store_true",
+                    help="also export the scorer to ONNX, quantise it (int8) and score both")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
@@ -82,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_s_states": round(c1 - c0, 1),
         "cpu_s_fit": round(c2 - c1, 1),
     }
+    if args.int8:
+        res["onnx"] = onnx_variants(states, model, [titles[i] for i in va.left],
+                                    [titles[j] for j in va.right], y)
     print(json.dumps(res))
     if args.out:
         args.out.write_text(json.dumps(res, indent=2), encoding="utf-8")

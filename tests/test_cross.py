@@ -155,6 +155,34 @@ def test_a_scorer_trained_on_marked_codes_reads_them_marked_at_run_time(tmp_path
     assert scorer.logits(a, b) == pytest.approx(states.logits(model, np.arange(2)), abs=1e-4)
 
 
+def test_an_int8_pair_scorer_keeps_its_config_and_scores_near_fp32(tmp_path: Path) -> None:
+    import json
+
+    from index.errors import EncoderError
+    from training.compress import quantize_int8
+    from training.config import CrossConfig
+    from training.cross import PairStates
+
+    base = make_pair_base(tmp_path / "base", WORDS)
+    a, b, y = _code_pairs(40, 0)
+    states = PairStates(a, b, CrossConfig(base=str(base), top_layers=1, epochs=1,
+                                          mark_codes=True))
+    fp32 = states.export(states.fit(np.arange(40), y), tmp_path / "cross")
+    quantize_int8(tmp_path / "cross", tmp_path / "int8")
+    int8 = PairScorer(tmp_path / "int8", device="cpu")
+    assert int8.config.mark_codes is True and int8.config.max_length == 64
+    assert json.loads((tmp_path / "int8" / "config.json").read_text())["source"].startswith(
+        "int8 (MatMul, per channel=True) of "
+    )
+    z32, z8 = fp32.logits(a, b), int8.logits(a, b)
+    assert not np.array_equal(z8, z32)  # a quantised graph, not a copy
+    assert np.abs(z8 - z32).max() < 0.1 * (np.abs(z32).max() + 1)
+    (tmp_path / "image").mkdir()
+    (tmp_path / "image" / "config.json").write_text('{"encoder": "onnx-image"}')
+    with pytest.raises(EncoderError, match="onnx-text encoder or onnx-pair scorer folder"):
+        quantize_int8(tmp_path / "image", tmp_path / "x")
+
+
 def test_augmented_pairs_are_swapped_or_not_and_lose_at_most_two_words_of_one_side() -> None:
     from training.cross import augment_pairs
 

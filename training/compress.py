@@ -36,6 +36,8 @@ from index.features.encoders import (
     prepare_titles,
     read_encoder_config,
 )
+from index.matching.cross import KIND as PAIR_KIND
+from index.matching.cross import PairScorerConfig
 from index.matching.fusion import FusionConfig
 from index.matching.selfmatch import self_neighbours
 from index.progress import progress
@@ -64,12 +66,20 @@ def _copy_tokenizer(enc: OnnxTextEncoder, out: Path) -> None:
 
 
 def _onnx_variant(src: Path, out: Path, what: str, write: Callable[[Path, Path], None]) -> Path:
-    """A copy of the onnx-text artifact `src` in `out` whose graph `write(src_graph,
-    out_graph)` makes (int8, fp16): the same tokenizer and config, `what` in its source."""
+    """A copy of the onnx-text encoder or onnx-pair scorer artifact `src` in `out` whose
+    graph `write(src_graph, out_graph)` makes (int8, fp16): the same tokenizer and config,
+    `what` in its source."""
     raw = read_encoder_config(src)
-    if raw["encoder"] != "onnx-text":
-        raise EncoderError(f"{src}: an onnx-text encoder folder is needed, not {raw['encoder']}")
-    cfg = TextEncoderConfig.model_validate(raw)
+    kinds: dict[str, type[TextEncoderConfig] | type[PairScorerConfig]] = {
+        "onnx-text": TextEncoderConfig,
+        PAIR_KIND: PairScorerConfig,
+    }
+    if raw.get("encoder") not in kinds:
+        raise EncoderError(
+            f"{src}: an onnx-text encoder or {PAIR_KIND} scorer folder is needed, "
+            f"not {raw.get('encoder')}"
+        )
+    cfg = kinds[raw["encoder"]].model_validate(raw)
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src / cfg.tokenizer, out / "tokenizer.json")
     write(src / cfg.onnx, out / "model.onnx")
