@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--layer-lr-mult", type=float, default=d.layer_lr_mult)
     ap.add_argument("--base", default=d.base, help="a transformers folder ('': MiniLM)")
     ap.add_argument("--mark-codes", action="store_true", help="bracket model codes")
+    ap.add_argument("--distinct-words", action="store_true",
+                    help="each word of a title once, punctuation dropped")
     ap.add_argument("--augment", action="store_true",
                     help="add one augmented copy of each train pair (swap, span deletion)")
     ap.add_argument("--int8", action="store_true",
@@ -82,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = CrossConfig(base=args.base, max_length=args.max_length, top_layers=args.top_layers,
                       epochs=args.epochs, lr=args.lr, layer_lr_mult=args.layer_lr_mult,
-                      mark_codes=args.mark_codes)
+                      mark_codes=args.mark_codes, distinct_words=args.distinct_words)
     data = read_pair_folder(args.input)
     titles = data.catalogue.title
     tr, va = data.pairs("train"), data.pairs("valid")

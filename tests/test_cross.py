@@ -68,7 +68,8 @@ def test_the_defaults_are_pinned() -> None:
     assert BAND_LO == (0.02, 0.05, 0.1, 0.2, 0.3) and BAND_HI == (0.6, 0.8, 0.9, 0.95, 0.98)
     c = CrossConfig()
     assert (c.base, c.max_length, c.top_layers, c.epochs, c.batch_size) == ("", 64, 6, 4, 32)
-    assert (c.lr, c.layer_lr_mult, c.max_pairs, c.mark_codes) == (2e-3, 0.05, 20000, False)
+    assert (c.lr, c.layer_lr_mult, c.max_pairs) == (2e-3, 0.05, 20000)
+    assert (c.mark_codes, c.distinct_words) == (False, False)
 
 
 def test_the_stack_recovers_a_known_logistic_rule() -> None:
@@ -128,29 +129,38 @@ def test_the_exported_scorer_matches_torch(tmp_path: Path) -> None:
     assert (tmp_path / "cross" / "parity.json").is_file()
 
 
-def test_a_scorer_trained_on_marked_codes_reads_them_marked_at_run_time(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("mark", "distinct"), [(True, False), (False, True), (True, True)])
+def test_a_scorer_reads_its_titles_prepared_as_in_training(
+    tmp_path: Path, mark: bool, distinct: bool
+) -> None:
     import json
 
-    from index.features.text import mark_codes
+    from index.features.text import distinct_words, mark_codes
     from index.matching.cross import pair_tokenizer, tokenize_pairs
     from training.config import CrossConfig
     from training.cross import PairStates
 
     base = make_pair_base(tmp_path / "base", WORDS)
-    a = ["laptop asus x55-1a ready", "kabel usb"]
+    a = ["laptop asus x55-1a ready, ready", "kabel usb"]
     b = ["laptop asus x55-1b", "kabel usb ori"]
-    states = PairStates(a, b, CrossConfig(base=str(base), top_layers=1, epochs=1,
-                                          mark_codes=True))
+    cfg = CrossConfig(base=str(base), top_layers=1, epochs=1, mark_codes=mark,
+                      distinct_words=distinct)
+    states = PairStates(a, b, cfg)
     model = states.fit(np.arange(2), np.array([0, 1]))
     scorer = states.export(model, tmp_path / "cross")
     saved = json.loads((tmp_path / "cross" / "config.json").read_text())
-    assert saved["mark_codes"] is True
+    assert (saved["mark_codes"], saved["distinct_words"]) == (mark, distinct)
+
+    def prep(t: str) -> str:
+        t = distinct_words(t) if distinct else t
+        return mark_codes(t) if mark else t
+
     tok = pair_tokenizer(base / "tokenizer.json", 64)
-    marked = tokenize_pairs(tok, [mark_codes(t) for t in a], [mark_codes(t) for t in b])
+    want = tokenize_pairs(tok, [prep(t) for t in a], [prep(t) for t in b])
     plain = tokenize_pairs(tok, a, b)
     got = scorer.tokenize(a, b)
-    assert np.array_equal(got["input_ids"], marked["input_ids"])
-    assert got["input_ids"].shape[1] > plain["input_ids"].shape[1]  # the brackets
+    assert np.array_equal(got["input_ids"], want["input_ids"])
+    assert not np.array_equal(got["input_ids"], plain["input_ids"])
     # what the fit read is what the scorer reads: the same logits
     assert scorer.logits(a, b) == pytest.approx(states.logits(model, np.arange(2)), abs=1e-4)
 

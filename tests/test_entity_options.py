@@ -14,7 +14,7 @@ from index.cli.parser import main
 from index.data.listings import read_catalogue
 from index.data.pairs import read_pair_folder
 from index.errors import CatalogueError
-from index.features.text import mark_codes, model_codes
+from index.features.text import distinct_words, mark_codes, model_codes
 from index.features.tfidf import TfidfConfig, TitleTfidf
 from index.matching.fusion import FusionConfig, link_sources
 from index.matching.selfmatch import match_catalogue, self_match
@@ -40,6 +40,12 @@ def test_mark_codes_brackets_exactly_the_runs_model_codes_reads() -> None:
     assert mark_codes("XTA-3510-73-GB-10K sun 2020") == "[ XTA-3510-73-GB-10K ] sun 2020"
     assert mark_codes("a-1b ab-1c") == "a-1b [ ab-1c ]"  # 3 characters joined, then 4
     assert mark_codes("sony camera 2020 a7") == "sony camera 2020 a7"
+
+
+def test_distinct_words_keeps_each_word_run_once_in_order() -> None:
+    assert distinct_words('"Null", 388504-B21 Price 388504-B21" null') == "null 388504-b21 price"
+    assert distinct_words("XTA-3510-73-GB-10K (540-5629)") == "xta-3510-73-gb-10k 540-5629"
+    assert distinct_words("") == ""
 
 
 def test_a_bundle_tfidf_saved_before_code_tokens_loads_without_them(tmp_path: Path) -> None:

@@ -95,6 +95,8 @@ class CrossConfig:
         seed: initialisation, shuffling and the sample.
         mark_codes: bracket model codes before tokenizing (Ditto's marking;
             `index.features.text.mark_codes`), saved in the scorer's config.json.
+        distinct_words: keep each word of a title once, punctuation dropped, before
+            tokenizing (`index.features.text.distinct_words`), saved likewise.
     """
 
     base: str = ""
@@ -107,6 +109,7 @@ class CrossConfig:
     max_pairs: int = 20000
     seed: int = 0
     mark_codes: bool = False
+    distinct_words: bool = False
 
 
 @dataclass(frozen=True)

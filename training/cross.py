@@ -128,7 +128,8 @@ class PairStates:
             for s in bar:
                 idx = order[s : s + batch_size]
                 f = tokenize_pairs(self.tokenizer, [self.a[i] for i in idx],
-                                   [self.b[i] for i in idx], mark=config.mark_codes)
+                                   [self.b[i] for i in idx], mark=config.mark_codes,
+                                   distinct=config.distinct_words)
                 ids, mask, types = (torch.from_numpy(f[k]).to(self.device) for k in
                                     ("input_ids", "attention_mask", "token_type_ids"))
                 h = m.embeddings(input_ids=ids, token_type_ids=types)  # (b, seq, hid)
@@ -187,7 +188,8 @@ class PairStates:
         n = min(16, len(self.a))
         export_pair_scorer(self.graph(model), self.tokenizer_json, folder,
                            self.config.max_length, self.a[:n], self.b[:n], source=source,
-                           mark_codes=self.config.mark_codes)
+                           mark_codes=self.config.mark_codes,
+                           distinct_words=self.config.distinct_words)
         return PairScorer(folder, device="cpu" if self.device.type == "cpu" else "auto")
 
 

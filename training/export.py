@@ -340,6 +340,7 @@ def export_pair_scorer(
     b: Sequence[str],
     source: str = "",
     mark_codes: bool = False,
+    distinct_words: bool = False,
 ) -> ExportResult:
     """Export a pair scorer (token ids, mask, types (n, seq) -> (n,) logit, e.g.
     `training.cross.PairGraph`) to an ``onnx-pair`` folder and check parity on the pairs
@@ -357,7 +358,8 @@ def export_pair_scorer(
     out_dir.mkdir(parents=True, exist_ok=True)
     graph.eval()
     device = _device(graph)
-    config = PairScorerConfig(max_length=max_length, mark_codes=mark_codes, source=source)
+    config = PairScorerConfig(max_length=max_length, mark_codes=mark_codes,
+                              distinct_words=distinct_words, source=source)
     shutil.copyfile(tokenizer_json, out_dir / config.tokenizer)
     _write_config(out_dir, config)
     names = ["input_ids", "attention_mask", "token_type_ids"]

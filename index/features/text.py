@@ -54,6 +54,14 @@ def mark_codes(title: str) -> str:
     return _CODE_RUN.sub(wrap, title)
 
 
+def distinct_words(title: str) -> str:
+    """The title's word runs (letters and digits, possibly joined by `- _ . / +`), each
+    once, in order, lower-case: punctuation and repeats dropped, so that more of what
+    differs fits a length-capped pair (Ditto's summarising, without weights):
+    `"Null", 388504-B21 Price 388504-B21"` -> `null 388504-b21 price`."""
+    return " ".join(dict.fromkeys(_CODE_RUN.findall(title.lower())))
+
+
 def normalize_title(title: str) -> str:
     """Lower-case, decode HTML entities, split numbers from units, squeeze spaces."""
     import html

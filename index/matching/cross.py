@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from index.errors import EncoderError
 from index.features.encoders import Device, load_tokenizer, onnx_session, read_encoder_config
-from index.features.text import mark_codes
+from index.features.text import distinct_words, mark_codes
 from index.progress import progress
 
 #: The artifact's kind in its config.json.
@@ -43,6 +43,7 @@ class PairScorerConfig(BaseModel):
     onnx: str = "model.onnx"
     lowercase: bool = True
     mark_codes: bool = False
+    distinct_words: bool = False
     source: str = ""
 
 
@@ -52,15 +53,18 @@ def tokenize_pairs(
     b: Sequence[str],
     lowercase: bool = True,
     mark: bool = False,
+    distinct: bool = False,
 ) -> dict[str, np.ndarray]:
     """Tokenize title pairs as one sequence each, padded to the batch's longest:
     `input_ids`, `attention_mask`, `token_type_ids` (n, seq) int64 (types 0 for A, 1 for
-    B). Truncation (the tokenizer's max length) takes from the longer title first; `mark`
-    brackets model codes first (`index.features.text.mark_codes`). The one pair
+    B). Truncation (the tokenizer's max length) takes from the longer title first. Before
+    it, `distinct` keeps each word once (`index.features.text.distinct_words`), then
+    `mark` brackets model codes (`index.features.text.mark_codes`). The one pair
     tokenization used at run time and in training."""
 
     def prep(ts: Sequence[str]) -> list[str]:
         out = ["" if t is None else str(t) for t in ts]
+        out = [distinct_words(t) for t in out] if distinct else out
         out = [mark_codes(t) for t in out] if mark else out
         return [t.lower() for t in out] if lowercase else out
 
@@ -102,7 +106,8 @@ class PairScorer:
         return list(self._session.get_providers())
 
     def tokenize(self, a: Sequence[str], b: Sequence[str]) -> dict[str, np.ndarray]:
-        return tokenize_pairs(self.tokenizer, a, b, self.config.lowercase, self.config.mark_codes)
+        c = self.config
+        return tokenize_pairs(self.tokenizer, a, b, c.lowercase, c.mark_codes, c.distinct_words)
 
     def logits(
         self,
