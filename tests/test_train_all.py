@@ -188,6 +188,33 @@ def test_train_writes_a_model_match_uses_with_no_flags(
     ranker_kept = any(t["kept"] for t in rep["trials"] if t["part"] == "ranker")
     cands = [t for t in rep["trials"] if t["part"] == "candidates"]
     assert len(cands) == (3 if ranker_kept else 0)
+    # each ranker row says how many true pairs reached its candidates, per fold
+    ranker = next(t for t in rep["trials"] if t["name"] == "pair re-ranker")
+    assert len(ranker["candidate_recall"]) == 5
+    assert all(0.0 < r <= 1.0 for r in ranker["candidate_recall"])
+    assert rep["trials"][0]["candidate_recall"] == []  # the fusion has no candidates
+
+
+def test_a_wider_candidate_pool_reports_at_least_the_recall_of_a_narrower_one(
+    synth: Path, model_dir: Path, tmp_path: Path
+) -> None:
+    """Top 50 without floors holds every candidate pair of top 2 with them (a superset on
+    every fold), so its candidate recall cannot be lower on any fold, and it is higher on
+    some (top 2 cannot hold every pair of the fixture's larger groups)."""
+    from index.data.listings import read_catalogue
+
+    cat = read_catalogue(synth / "listings.csv")
+    base = auto.load_base(model_dir, tmp_path / "work")
+    search = auto.Search(cat, base, tmp_path / "m", auto.AutoConfig(folds=3), None, False)
+    narrow = search.trial("narrow", "test", auto.Pipeline(ranker=True, top_k=2))
+    wide = search.trial("wide", "test", auto.Pipeline(ranker=True, top_k=50, floors=False))
+    assert len(narrow.candidate_recall) == len(wide.candidate_recall) == 3
+    assert all(w >= n for w, n in zip(wide.candidate_recall, narrow.candidate_recall,
+                                      strict=True))
+    assert wide.candidate_recall != narrow.candidate_recall
+    again = auto.Search(cat, base, tmp_path / "m", auto.AutoConfig(folds=3), None, False,
+                        resume=True).trial("narrow", "test", auto.Pipeline(ranker=True, top_k=2))
+    assert again.candidate_recall == narrow.candidate_recall  # saved for --resume
 
 
 def test_the_written_folder_holds_what_the_winner_needs(

@@ -168,6 +168,17 @@ class Candidate:
     applies: Callable[[Pipeline], bool] = lambda p: True
 
 
+@dataclass(frozen=True)
+class Scored:
+    """What scoring a pipeline out of fold gives (`Search.score`)."""
+
+    fold_f1: list[float]
+    config: FusionConfig
+    ranker: Ranker | None = None
+    carry_f1: list[float] = field(default_factory=list)
+    candidate_recall: list[float] = field(default_factory=list)
+
+
 @dataclass
 class Trial:
     """One row of the table: a pipeline scored out of fold (or skipped)."""
@@ -177,6 +188,8 @@ class Trial:
     pipeline: Pipeline
     fold_f1: list[float] = field(default_factory=list)
     carry_f1: list[float] = field(default_factory=list)  # the ranker's carry check
+    #: per fold, the share of its true pairs among the ranker's candidates (label groups)
+    candidate_recall: list[float] = field(default_factory=list)
     cpu_s: float = 0.0
     match_cpu_1k: float = float("nan")  # CPU-s per 1k rows to match with this pipeline
     kept: bool = False
@@ -196,6 +209,7 @@ class Trial:
             "fold_f1": self.fold_f1,
             "f1": self.f1 if self.fold_f1 else None,
             "carry_f1": self.carry_f1,
+            "candidate_recall": self.candidate_recall,
             "cpu_s": round(self.cpu_s, 1),
             "match_cpu_per_1k": None if np.isnan(self.match_cpu_1k) else self.match_cpu_1k,
             "kept": self.kept,
@@ -485,11 +499,10 @@ class Search:
 
     # -- scoring -------------------------------------------------------------------------
 
-    def score(
-        self, p: Pipeline
-    ) -> tuple[list[float], FusionConfig, Ranker | None, list[float]]:
+    def score(self, p: Pipeline) -> Scored:
         """`p` out of fold: each fold's F1, the fusion config kept, the ranker kept, and
-        the ranker's carry check (label groups; none for a fusion or labelled pairs)."""
+        (label groups; none for a fusion or labelled pairs) the ranker's carry check and
+        its candidate recall per fold."""
         pool = self.pool(p)
         present = pool.features.present()
         start = start_config(pool.nb, self.fusion_base(p), present)
@@ -500,7 +513,7 @@ class Search:
                 pool.nb, pool.titles, pool.labels, self.fold_of, start, show_progress=self.show
             )
             if not p.ranker:
-                return tuned.fold_f1, tuned.config, None, []
+                return Scored(tuned.fold_f1, tuned.config)
             signals = ranker_signals([pool], tuned.config)
             sub = sub_pool_maker(tuned.config, dev)
             maker, folder = (self._cross_maker(), self.work / f"{p.key()}_cross") if p.cross \
@@ -513,7 +526,8 @@ class Search:
             # read as a loss): its carry check is not run
             carry = [] if p.cross else carry_f1(pool, self.fold_of, signals,
                                                 p.ranker_config(), sub, show_progress=self.show)
-            return list(rep["oof_f1"]), tuned.config, ranker, carry
+            recall = [round(float(f["candidate_recall"]), 4) for f in rep["folds"]]
+            return Scored(list(rep["oof_f1"]), tuned.config, ranker, carry, recall)
         train = self.train_pairs
         assert train is not None
         src = self.cat.source_codes
@@ -522,7 +536,7 @@ class Search:
             start, source=src, show_progress=self.show,
         )
         if not p.ranker:
-            return tuned_p.fold_f1, tuned_p.config, None, []
+            return Scored(tuned_p.fold_f1, tuned_p.config)
         signals = ranker_signals([pool], tuned_p.config)
         cross, folder = None, None
         if p.cross:
@@ -535,7 +549,7 @@ class Search:
             pool, train, self.groups, signals, self.config.folds, p.ranker_config(),
             fusion=tuned_p.config, source=src, cross=cross, cross_folder=folder,
         )
-        return list(rep["oof_f1"]), tuned_p.config, ranker, []
+        return Scored(list(rep["oof_f1"]), tuned_p.config, ranker)
 
     def _cross_maker(self) -> CrossMaker:
         """The cross-encoder fits of the cascade (`training.cross.CrossFit`, this search's
@@ -556,8 +570,8 @@ class Search:
             got = json.loads(path.read_text(encoding="utf-8"))
             scored = got["config"] is not None  # not one named over the match cap
             ranker = Ranker.load(self.work / p.key()) if p.ranker and scored else None
-            t = Trial(name, part, p, got["fold_f1"], got.get("carry_f1", []), got["cpu_s"],
-                      got["match_cpu_1k"],
+            t = Trial(name, part, p, got["fold_f1"], got.get("carry_f1", []),
+                      got.get("candidate_recall", []), got["cpu_s"], got["match_cpu_1k"],
                       note="resumed" + (f"; {got['note']}" if got.get("note") else ""))
             if scored:
                 t.config, t.ranker = FusionConfig.model_validate(got["config"]), ranker
@@ -568,19 +582,20 @@ class Search:
         features_1k = self.pool_cpu[p.signals()] * 1000.0 / self.n
         if not start and not self.fast_enough(features_1k):  # it could not be kept
             return self._too_slow(name, part, p, c0, features_1k, "its features alone take")
-        fold_f1, cfg, ranker, carry = self.score(p)
-        cost = self.match_cost(p, cfg, ranker)
-        t = Trial(name, part, p, fold_f1, carry, time.process_time() - c0, cost, config=cfg,
-                  ranker=ranker)
-        if ranker is not None:
-            ranker.save(self.work / p.key())
+        got = self.score(p)
+        cost = self.match_cost(p, got.config, got.ranker)
+        t = Trial(name, part, p, got.fold_f1, got.carry_f1, got.candidate_recall,
+                  time.process_time() - c0, cost, config=got.config, ranker=got.ranker)
+        if got.ranker is not None:
+            got.ranker.save(self.work / p.key())
         self.made.add(p.signals())
         body = {
-            "fold_f1": fold_f1,
-            "carry_f1": carry,
+            "fold_f1": got.fold_f1,
+            "carry_f1": got.carry_f1,
+            "candidate_recall": got.candidate_recall,
             "cpu_s": t.cpu_s,
             "match_cpu_1k": cost,
-            "config": cfg.model_dump(mode="json"),
+            "config": got.config.model_dump(mode="json"),
         }
         self._save(path, body)
         return t
@@ -591,7 +606,7 @@ class Search:
         it would cost `cost` CPU-s per 1k rows, over the cap."""
         note = (f"not kept: {what} {cost:.2f} CPU-s per 1k rows, over the cap of "
                 f"{self.config.match_cpu_per_1k:g}")
-        t = Trial(name, part, p, [], [], time.process_time() - c0, cost, note=note)
+        t = Trial(name, part, p, [], [], [], time.process_time() - c0, cost, note=note)
         self._save(self._saved(p), {"fold_f1": [], "cpu_s": t.cpu_s, "match_cpu_1k": cost,
                                     "config": None, "note": note})
         return t

@@ -387,10 +387,14 @@ def _train_all(args: argparse.Namespace) -> int:
         folds = " ".join(f"{f:.4f}" for f in t.fold_f1)
         if t.carry_f1:
             folds += "; carried " + " ".join(f"{f:.4f}" for f in t.carry_f1)
+        if t.candidate_recall:
+            r = t.candidate_recall
+            folds += f"; cand. recall {min(r):.3f}-{max(r):.3f}"
         print(f"  {t.name:<48} {f1} {t.cpu_s:7.1f} {cost}  {folds}")
         print(f"  {'':<48} {'':>7} {'':>7} {'':>6}  {t.note or 'start'}")
     print("  (CPU s: what trying it cost; match: CPU-s per 1,000 rows to match with it;")
-    print("   carried: a ranker trained on one fold alone deciding the other folds as one pool)")
+    print("   carried: a ranker trained on one fold alone deciding the other folds as one pool;")
+    print("   cand. recall: the share of a fold's true pairs among the ranker's candidates)")
     parts = best.pipeline.changes()
     print(
         f"\nkept: {', '.join(parts) or 'the start (TF-IDF + phash)'}; out-of-fold F1 "
