@@ -462,6 +462,20 @@ def test_a_two_hop_ranker_is_scored_out_of_fold_and_saved_with_it(
     assert "candidates: two hops through confident matches" not in names
 
 
+def test_the_cascade_estimate_on_label_groups_grows_with_the_pairs_a_fit_reads() -> None:
+    from training.config import CrossConfig
+
+    assert auto.COSTS["cross_groups"] == (60.0, 64.0)
+    assert (auto.CROSS_PAIRS_PER_ROW, auto.CROSS_FIT_CPU_PER_PAIR) == (3.2, 0.15)
+    # the measured run: 7,969 rows, 2,000 pairs a fit, 5 folds (2,302 CPU-s measured)
+    assert auto.cross_cost(7969, CrossConfig(max_pairs=2000), 5) == pytest.approx(2370.016)
+    # the default fit reads up to 20,000: 10x the fits' cost
+    assert auto.cross_cost(7969, CrossConfig(), 5) == pytest.approx(18570.016)
+    # 400 rows: 1,024 band pairs a fit (under the cap), 6 fits; half the epochs, half
+    assert auto.cross_cost(400, CrossConfig(), 5) == pytest.approx(60 + 25.6 + 921.6)
+    assert auto.cross_cost(400, CrossConfig(epochs=2), 5) == pytest.approx(60 + 25.6 + 460.8)
+
+
 def test_the_cascade_on_label_groups_is_scored_out_of_fold_and_saved_with_it(
     synth: Path, model_dir: Path, cross_base: Path, tmp_path: Path
 ) -> None:
@@ -482,8 +496,8 @@ def test_the_cascade_on_label_groups_is_scored_out_of_fold_and_saved_with_it(
     rep = t.ranker.report["cascade"]
     assert rep["readable_pairs"] > 0 and 0 <= rep["folds_with_a_band"] <= 3
     assert (t.ranker.cascade is None) == (t.ranker.scorer is None)
-    assert search.estimate(auto.Pipeline(ranker=True, cross=True)) >= auto.COSTS[
-        "cross_groups"][0] + auto.COSTS["cross_groups"][1] * len(cat) / 1000
+    assert search.estimate(auto.Pipeline(ranker=True, cross=True)) >= auto.cross_cost(
+        len(cat), cfg.cross, 3)
     again = auto.Search(cat, base, tmp_path / "m", cfg, None, False, resume=True).trial(
         "cascade", "cascade", auto.Pipeline(ranker=True, cross=True))
     assert again.fold_f1 == t.fold_f1 and again.note.startswith("resumed")

@@ -55,7 +55,12 @@ from index.tuning.ranker import (
     train_on_whole,
 )
 from index.tuning.whole import start_config, tune_groups, tune_pair_folds
-from training.config import DEFAULT_BUDGET_MINUTES, DEFAULT_MATCH_CPU_PER_1K, AutoConfig
+from training.config import (
+    DEFAULT_BUDGET_MINUTES,
+    DEFAULT_MATCH_CPU_PER_1K,
+    AutoConfig,
+    CrossConfig,
+)
 
 __all__ = [
     "CAP_MIN_ROWS",
@@ -71,6 +76,7 @@ __all__ = [
     "Trial",
     "candidates",
     "carry_verdict",
+    "cross_cost",
     "load_base",
     "verdict",
 ]
@@ -94,11 +100,15 @@ COSTS: dict[str, tuple[float, float]] = {
     "ranker": (2.0, 12.0),  # candidate pairs, LightGBM folds, the pool-size rule
     "carry": (2.0, 4.0),  # the carry check: a ranker on one fold, the rest matched
     "cross": (60.0, 1200.0),  # the cross-encoder: a fit of its 6 layers per fold
-    # ... on label groups: ~3.2 pairs in its band per row, ~0.19 CPU-s per pair and fit
-    # (7,969 Shopee dev rows: 2,302 CPU-s at 2,000 pairs a fit); the default fit reads
-    # up to 20,000
-    "cross_groups": (60.0, 3800.0),
+    # ... on label groups: scoring the pairs of its widest band (the fits: `cross_cost`)
+    "cross_groups": (60.0, 64.0),
 }
+#: The cascade on label groups (7,969 Shopee dev rows, 2,000 pairs a fit: 2,302 CPU-s,
+#: docs/BENCHMARKS.md): pairs in its widest band per row, and CPU seconds per pair and
+#: fit of `CROSS_EPOCHS` epochs.
+CROSS_PAIRS_PER_ROW = 3.2
+CROSS_FIT_CPU_PER_PAIR = 0.15
+CROSS_EPOCHS = 4
 #: The cap counts a catalogue of fewer rows as this many (its fixed costs, imports and
 #: index set-up, would otherwise dominate the per-row figure of a small catalogue).
 CAP_MIN_ROWS = 5000
@@ -294,6 +304,15 @@ def candidates(base: Encoders, images: bool, groups: bool = True) -> list[Candid
             Candidate("image: base encoder (as given)", "signal", lambda p: replace(p, image=True))
         )
     return out
+
+
+def cross_cost(rows: int, cross: CrossConfig, folds: int) -> float:
+    """Estimated CPU seconds of the cascade on label groups: scoring its widest band's
+    pairs (`COSTS["cross_groups"]`) and a fit per fold and a final one, each on the band
+    pairs not touching its fold, at most `cross.max_pairs`."""
+    pairs = min(cross.max_pairs, CROSS_PAIRS_PER_ROW * rows * (folds - 1) / folds)
+    per_pair = CROSS_FIT_CPU_PER_PAIR * cross.epochs / CROSS_EPOCHS
+    return _cost("cross_groups", rows) + (folds + 1) * pairs * per_pair
 
 
 def verdict(new: list[float], old: list[float]) -> str | None:
@@ -494,7 +513,8 @@ class Search:
             wide *= GRAPH_WIDE if p.graph else 1
             s += (_cost("ranker", n) + (_cost("carry", n) if self.data is None else 0.0)) * wide
         if p.cross:
-            s += _cost("cross" if self.data is not None else "cross_groups", n)
+            s += _cost("cross", n) if self.data is not None else cross_cost(
+                n, self.config.cross, self.config.folds)
         return s
 
     # -- scoring -------------------------------------------------------------------------
