@@ -7,6 +7,7 @@ on what it scores), ROC AUC, and the CPU seconds of the lower-layer states and t
     python benchmarks/cross_encoder.py ../shared/data/er_wdc_computers --max-length 128
     python benchmarks/cross_encoder.py ../shared/data/er_wdc_computers --mark-codes --augment
     python benchmarks/cross_encoder.py ../shared/data/er_wdc_computers --int8
+    python benchmarks/cross_encoder.py ../shared/data/er_wdc_computers --closure
 """
 
 from __future__ import annotations
@@ -72,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="each word of a title once, punctuation dropped")
     ap.add_argument("--augment", action="store_true",
                     help="add one augmented copy of each train pair (swap, span deletion)")
+    ap.add_argument("--closure", action="store_true",
+                    help="add the hard negatives the train labels imply (x~p, x!~n: p!~n)")
     ap.add_argument("--int8", action="store_true",
                     help="also export the scorer to ONNX, quantise it (int8) and score both")
     ap.add_argument("--device", default="cpu")
@@ -80,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from sklearn.metrics import roc_auc_score
 
-    from training.cross import PairStates, augment_pairs
+    from training.cross import PairStates, augment_pairs, closure_negatives
 
     cfg = CrossConfig(base=args.base, max_length=args.max_length, top_layers=args.top_layers,
                       epochs=args.epochs, lr=args.lr, layer_lr_mult=args.layer_lr_mult,
@@ -97,11 +100,17 @@ def main(argv: list[str] | None = None) -> int:
         xa, xb = augment_pairs(a[: len(tr)], b[: len(tr)], seed=cfg.seed)
         a, b = a + xa, b + xb
         y_train = np.concatenate([y_train, y_train])
+    extra = np.zeros((0, 2), np.int64)
+    if args.closure:  # the derived pairs after the rest; the fit reads them too
+        extra = closure_negatives(tr.left, tr.right, tr.label)
+        a = a + [titles[i] for i in extra[:, 0]]
+        b = b + [titles[j] for j in extra[:, 1]]
+        y_train = np.concatenate([y_train, np.zeros(len(extra), np.int64)])
     c0 = time.process_time()
     states = PairStates(a, b, cfg, args.device)
     c1 = time.process_time()
     fit_rows = np.arange(n_fit)
-    if args.augment:
+    if args.augment or args.closure:
         fit_rows = np.concatenate([fit_rows, np.arange(len(tr) + len(va), len(a))])
     model = states.fit(fit_rows, y_train)
     c2 = time.process_time()
@@ -112,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     res = {
         "config": asdict(cfg),
         "augment": args.augment,
+        "closure_negatives": len(extra),
         "train_pairs": len(tr),
         "valid_pairs": len(va),
         "valid_at_0": pair_prf(z >= 0, y),

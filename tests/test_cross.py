@@ -193,6 +193,17 @@ def test_an_int8_pair_scorer_keeps_its_config_and_scores_near_fp32(tmp_path: Pat
         quantize_int8(tmp_path / "image", tmp_path / "x")
 
 
+def test_closure_negatives_are_the_non_matches_the_labels_imply() -> None:
+    from training.cross import closure_negatives
+
+    left = np.array([0, 0, 0, 4, 4, 5])
+    right = np.array([1, 2, 3, 1, 2, 3])
+    label = np.array([1, 0, 0, 1, 0, 1])
+    # 0~1, 0!~2, 0!~3 -> (1, 2), (1, 3); 3~5, 3!~0 -> (0, 5); 4~1, 4!~2 -> (1, 2) again
+    assert closure_negatives(left, right, label).tolist() == [[0, 5], [1, 2], [1, 3]]
+    assert closure_negatives(left, right, np.zeros(6)).shape == (0, 2)  # no match, none
+
+
 def test_augmented_pairs_are_swapped_or_not_and_lose_at_most_two_words_of_one_side() -> None:
     from training.cross import augment_pairs
 

@@ -68,6 +68,28 @@ def augment_pairs(
     return out_a, out_b
 
 
+def closure_negatives(left: np.ndarray, right: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """(m, 2) int64 hard negatives implied by labelled pairs: where x matches p and does
+    not match n, p and n are not the same product (a product is one entity), so (p, n)
+    is a non-match that differs from a match by what tells p from n. Unique pairs, each
+    (smaller, larger), none already labelled; an empty (0, 2) array when none."""
+    pos: dict[int, set[int]] = {}
+    neg: dict[int, set[int]] = {}
+    for a, b, y in zip(np.asarray(left).tolist(), np.asarray(right).tolist(),
+                       np.asarray(label).astype(bool).tolist(), strict=True):
+        for x, o in ((a, b), (b, a)):
+            (pos if y else neg).setdefault(x, set()).add(o)
+    seen = {(min(a, b), max(a, b)) for a, b in zip(np.asarray(left).tolist(),
+                                                      np.asarray(right).tolist(), strict=True)}
+    out: set[tuple[int, int]] = set()
+    for x, ps in pos.items():
+        for p in ps:
+            for n in neg.get(x, ()):
+                if p != n and (min(p, n), max(p, n)) not in seen:
+                    out.add((min(p, n), max(p, n)))
+    return np.array(sorted(out), np.int64).reshape(-1, 2)
+
+
 class PairGraph(nn.Module):
     """The whole scorer: token ids, mask and token types (n, seq) -> (n,) match logit
     (every layer, the masked mean of the last states, the classifier)."""
