@@ -165,11 +165,13 @@ def test_a_scorer_reads_its_titles_prepared_as_in_training(
     assert scorer.logits(a, b) == pytest.approx(states.logits(model, np.arange(2)), abs=1e-4)
 
 
-def test_an_int8_pair_scorer_keeps_its_config_and_scores_near_fp32(tmp_path: Path) -> None:
+def test_int8_and_fp16_pair_scorers_keep_their_config_and_score_near_fp32(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import json
 
     from index.errors import EncoderError
-    from training.compress import quantize_int8
+    from training.compress import convert_fp16, quantize_int8
     from training.config import CrossConfig
     from training.cross import PairStates
 
@@ -187,6 +189,15 @@ def test_an_int8_pair_scorer_keeps_its_config_and_scores_near_fp32(tmp_path: Pat
     z32, z8 = fp32.logits(a, b), int8.logits(a, b)
     assert not np.array_equal(z8, z32)  # a quantised graph, not a copy
     assert np.abs(z8 - z32).max() < 0.1 * (np.abs(z32).max() + 1)
+    convert_fp16(tmp_path / "cross", tmp_path / "fp16")
+    z16 = PairScorer(tmp_path / "fp16", device="cpu").logits(a, b)
+    assert np.abs(z16 - z32).max() < 0.01 * (np.abs(z32).max() + 1)
+    from index.cli.parser import main
+
+    assert main(["compress", "int8", str(tmp_path / "cross"), "--out", str(tmp_path / "c"),
+                 "--check", str(tmp_path / "x.csv")]) == 2
+    assert "a cross-encoder (onnx-pair) has no such report" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
     (tmp_path / "image").mkdir()
     (tmp_path / "image" / "config.json").write_text('{"encoder": "onnx-image"}')
     with pytest.raises(EncoderError, match="onnx-text encoder or onnx-pair scorer folder"):

@@ -63,7 +63,12 @@ def _register_compress(sub: Any) -> None:
         ),
     )
     p.add_argument("kind", choices=["int8", "fp16", "static"])
-    p.add_argument("source", type=Path, help="an onnx-text encoder folder (e.g. MODEL/text)")
+    p.add_argument(
+        "source",
+        type=Path,
+        help="an onnx-text encoder folder (e.g. MODEL/text); int8 and fp16 also take a "
+        "cross-encoder's onnx-pair folder (MODEL/ranker/cross)",
+    )
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="new encoder folder")
     p.add_argument("--check", type=Path, help="labelled CSV for the parity report")
     p.add_argument("--limit", type=int, help="--check: only the first N label groups")
@@ -94,6 +99,14 @@ def _compress(args: argparse.Namespace) -> int:
 
     if args.out.resolve() == args.source.resolve():
         raise PricematchError("--out must be another folder than the source encoder")
+    from index.features.encoders import read_encoder_config
+    from index.matching.cross import KIND as PAIR_KIND
+
+    if args.check is not None and read_encoder_config(args.source).get("encoder") == PAIR_KIND:
+        raise PricematchError(
+            "--check scores a text encoder's titles; a cross-encoder (onnx-pair) has no "
+            "such report: compare its cascade with `pricematch evaluate`"
+        )
     if args.kind in ("int8", "fp16"):
         if args.dims or args.corpus:
             raise PricematchError("--dims and --corpus are options of `compress static`")
