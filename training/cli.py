@@ -264,8 +264,10 @@ def _register_train_all(kinds: Any) -> None:
             "group-disjoint folds; an entity-matching folder: its train pairs in folds by "
             "connected component): TF-IDF + phash, then each candidate part (TF-IDF char "
             "n-grams, stages, a static and the base text encoder, the image encoder, the pair "
-            "re-ranker), cheapest first while the CPU budget lasts; a part is kept only if it "
-            "scores above the best pipeline so far on every fold. Prints what was tried, its "
+            "re-ranker, the cross-encoder cascade), cheapest first while the CPU budget lasts; a "
+            "part is kept only if it scores above the best pipeline so far on every fold, or "
+            "on most folds with a mean gain above its standard error, and matches within "
+            "--match-cap. Prints what was tried, its "
             "out-of-fold F1, its CPU seconds and what was kept; writes the winner to --out."
         ),
     )
