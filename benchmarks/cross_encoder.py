@@ -69,8 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--layer-lr-mult", type=float, default=d.layer_lr_mult)
     ap.add_argument("--base", default=d.base, help="a transformers folder ('': MiniLM)")
     ap.add_argument("--mark-codes", action="store_true", help="bracket model codes")
-    ap.add_argument("--distinct-words", action="store_true",
-                    help="each word of a title once, punctuation dropped")
+    ap.add_argument("--distinct-words", action=argparse.BooleanOptionalAction,
+                    default=d.distinct_words,
+                    help="each word of a title once, punctuation dropped (default: "
+                    f"{d.distinct_words}; --no-distinct-words reads the titles as they are)")
     ap.add_argument("--augment", action="store_true",
                     help="add one augmented copy of each train pair (swap, span deletion)")
     ap.add_argument("--closure", action="store_true",

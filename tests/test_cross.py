@@ -72,7 +72,7 @@ def test_the_defaults_are_pinned() -> None:
     c = CrossConfig()
     assert (c.base, c.max_length, c.top_layers, c.epochs, c.batch_size) == ("", 64, 6, 4, 32)
     assert (c.lr, c.layer_lr_mult, c.max_pairs) == (2e-3, 0.05, 20000)
-    assert (c.mark_codes, c.distinct_words) == (False, False)
+    assert (c.mark_codes, c.distinct_words) == (False, True)
 
 
 def test_the_stack_recovers_a_known_logistic_rule() -> None:

@@ -96,7 +96,10 @@ class CrossConfig:
         mark_codes: bracket model codes before tokenizing (Ditto's marking;
             `index.features.text.mark_codes`), saved in the scorer's config.json.
         distinct_words: keep each word of a title once, punctuation dropped, before
-            tokenizing (`index.features.text.distinct_words`), saved likewise.
+            tokenizing (`index.features.text.distinct_words`), saved likewise. On by
+            default: at 64 tokens it cuts the WDC computers train pairs that overflow from
+            71% to 25%, and the cascade with it wins out of fold where the plain titles'
+            does not (docs/BENCHMARKS.md, "The band derived from the stack").
     """
 
     base: str = ""
@@ -109,7 +112,7 @@ class CrossConfig:
     max_pairs: int = 20000
     seed: int = 0
     mark_codes: bool = False
-    distinct_words: bool = False
+    distinct_words: bool = True
 
 
 @dataclass(frozen=True)
