@@ -5,10 +5,12 @@ The CSV is matched once with a model's encoders and fusion settings (`group_pool
 "whole", the same folds as `train`); each setting then trains `train_on_whole` out of fold
 (no pool-size rule) and reports the mean and per-fold row F1, each fold's candidate recall
 (its true pairs among the candidates), the candidate pairs and the CPU it took. A setting
-is `SOURCES:TOPK:FLOORS[:hops][:graph][:cross]`, e.g. `base:20:floors`,
+is `SOURCES:TOPK:FLOORS[:hops][:graph][:ghops][:cross]`, e.g. `base:20:floors`,
 `char:50:nofloors:hops`: "base" the model's signals, "char" those and the character 3-5
 n-gram source (`TfidfConfig.char_source`, its own neighbour list); "hops" two hops at
-decision time, "graph" the ranker's graph pass (`RankerConfig.graph_pass`), "cross" the
+decision time, "graph" the ranker's graph pass (`RankerConfig.graph_pass`), "ghops" its
+hop pairs (`RankerConfig.graph_hops`, with "graph"; "decided recall" then counts them
+beside the candidates' recall), "cross" the
 cross-encoder cascade after it (`train_on_whole(cross=...)`, `training.cross.CrossFit`,
 at most `--cross-pairs` pairs per fit). "match CPU-s / 1k" is the final ranker deciding
 the whole pool (its pair features, passes and cascade; not the pool's neighbours).
@@ -43,11 +45,12 @@ def parse_setting(s: str) -> tuple[str, RankerConfig]:
     parts = s.split(":")
     extra = set(parts[3:])
     if len(parts) < 3 or parts[0] not in ("base", "char") or parts[2] not in (
-        "floors", "nofloors") or not extra <= {"hops", "graph", "cross"}:
-        raise SystemExit(f"bad setting {s!r}: "
-                         "SOURCES(base|char):TOPK:(floors|nofloors)[:hops][:graph][:cross]")
+        "floors", "nofloors") or not extra <= {"hops", "graph", "ghops", "cross"} or (
+        "ghops" in extra and "graph" not in extra):
+        raise SystemExit(f"bad setting {s!r}: SOURCES(base|char):TOPK:(floors|nofloors)"
+                         "[:hops][:graph][:ghops (with graph)][:cross]")
     cfg = RankerConfig(top_k=int(parts[1]), two_hop="hops" in extra,
-                       graph_pass="graph" in extra)
+                       graph_pass="graph" in extra, graph_hops="ghops" in extra)
     if parts[2] == "nofloors":
         cfg = replace(cfg, floors={})
     return parts[0], cfg
@@ -102,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
             "oof_f1": round(float(np.mean(rep["oof_f1"])), 4),
             "per_fold": [round(f, 4) for f in rep["oof_f1"]],
             "candidate_recall": [round(f["candidate_recall"], 4) for f in rep["folds"]],
+            **({"decided_recall": [round(f["decided_recall"], 4) for f in rep["folds"]]}
+               if cfg.graph_hops else {}),
             "candidate_pairs": rep["pairs"],
             "cpu_s": round(cpu, 1),
             "match_cpu_s_per_1k": round(1000 * match_cpu / len(cat), 3),

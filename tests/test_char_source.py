@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -221,20 +223,25 @@ def test_train_tries_the_char_source_as_a_candidate(model_dir: Path) -> None:
     assert p.signals() != auto.Pipeline(ranker=True).signals()  # a pool of its own
 
 
-def _loop_graph(pairs: np.ndarray, p: np.ndarray, n: int) -> np.ndarray:
-    """The graph features pair by pair from dictionaries (the oracle)."""
+def _loop_graph(pairs: np.ndarray, p: np.ndarray, n: int,
+                extra: np.ndarray | None = None, p_extra: np.ndarray | None = None
+                ) -> np.ndarray:
+    """The graph features pair by pair from dictionaries (the oracle); the `extra` pairs
+    read against the graph of `pairs` alone."""
     w: dict[int, dict[int, float]] = {i: {} for i in range(n)}
     for (a, b), v in zip(pairs.tolist(), p.tolist(), strict=True):
         w[a][b] = w[b][a] = v
     out = []
-    for (a, b), v in zip(pairs.tolist(), p.tolist(), strict=True):
-        shared = set(w[a]) & set(w[b])
+    every = pairs.tolist() + ([] if extra is None else extra.tolist())
+    probs = p.tolist() + ([] if p_extra is None else p_extra.tolist())
+    for (a, b), v in zip(every, probs, strict=True):
+        shared = (set(w[a]) & set(w[b])) - {a, b}
         soft = sum(w[a][x] * w[b][x] for x in shared)
         conf = sum(1 for x in shared if w[a][x] >= CONFIDENT and w[b][x] >= CONFIDENT)
         da = sum(1 for x in w[a].values() if x >= CONFIDENT)
         db = sum(1 for x in w[b].values() if x >= CONFIDENT)
         sa, sb = sum(w[a].values()), sum(w[b].values())
-        ba, bb = max(w[a].values()), max(w[b].values())
+        ba, bb = max(w[a].values(), default=0.0), max(w[b].values(), default=0.0)
         out.append([v, soft / max(1e-6, min(sa, sb)), conf / max(1, min(da, db)),
                     v / max(1e-6, min(ba, bb)), soft / max(1e-6, max(sa, sb)),
                     conf / max(1, max(da, db)), v / max(1e-6, max(ba, bb))])
@@ -256,6 +263,15 @@ def test_graph_features_equal_a_loop_over_the_pairs() -> None:
     assert np.allclose(got, _loop_graph(pairs, p, 30), atol=1e-5)
     assert graph_features(np.zeros((0, 2), np.int64), np.zeros(0), 4).shape == (0, 7)
     assert CONFIDENT == 0.5 and RankerConfig().graph_pass is False
+    assert RankerConfig().graph_hops is False
+    # hop pairs read against the candidates' graph, which they do not change
+    extra, pe = _random_pairs(30, 40, 4)
+    both = graph_features(pairs, p, 30, extra, pe)
+    assert both.shape == (len(pairs) + len(extra), 7)
+    assert np.array_equal(both[: len(pairs)], got)
+    assert np.allclose(both, _loop_graph(pairs, p, 30, extra, pe), atol=1e-5)
+    assert graph_features(np.zeros((0, 2), np.int64), np.zeros(0), 30, extra, pe).shape == (
+        len(extra), 7)
 
 
 def test_graph_features_are_shares_whatever_the_pool_size() -> None:
@@ -323,6 +339,38 @@ def test_a_graph_pass_is_trained_out_of_fold_saved_and_decides(
         train_on_pools([pool], signals, RankerConfig(graph_pass=True))
 
 
+def test_graph_hops_are_trained_out_of_fold_and_saved(synth: Path, tmp_path: Path) -> None:
+    """`train_on_whole` with `graph_hops`: each fold decides its candidates and its own hop
+    pairs (the decided recall counts both, so it is at least the candidates'), the final
+    graph booster is trained on the hop pairs too, and a loaded ranker decides as the
+    trained one."""
+    from index.features.embed import Encoders
+    from index.matching.fusion import FusionConfig
+    from index.matching.ranker import Ranker
+    from index.tuning.ranker import group_pools, ranker_signals, train_on_whole
+
+    cat = read_catalogue(synth / "listings.csv")
+    fusion = FusionConfig(tfidf=CHAR)
+    (pool,), fold_of = group_pools(cat, Encoders(), fusion, 3, "cpu", pooling="whole")
+    assert fold_of is not None
+    signals = ranker_signals([pool], fusion)
+    # each signal's nearest row only: a product of three rows or more misses pairs
+    cfg = RankerConfig(top_k=1, graph_pass=True)
+    _, rep0 = train_on_whole(pool, fold_of, signals, cfg)
+    hops, rep = train_on_whole(pool, fold_of, signals, replace(cfg, graph_hops=True))
+    assert "decided_recall" not in rep0["folds"][0]
+    for f in rep["folds"]:
+        assert f["decided_recall"] >= f["candidate_recall"]
+    assert any(f["decided_recall"] > f["candidate_recall"] for f in rep["folds"])
+    assert np.mean(rep["oof_f1"]) > np.mean(rep0["oof_f1"])
+    hops.save(tmp_path / "r")
+    back = Ranker.load(tmp_path / "r")
+    assert back.config.graph_hops
+    I1, _ = hops.match(pool.features, pool.nb, pool.titles)
+    I2, _ = back.match(pool.features, pool.nb, pool.titles)
+    assert np.array_equal(I1, I2)
+
+
 def test_match_against_the_live_catalogue_decides_through_the_graph_pass(
     synth: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -350,9 +398,9 @@ def test_match_against_the_live_catalogue_decides_through_the_graph_pass(
     seen: list[np.ndarray] = []
     real = ranker_mod.graph_features
 
-    def recording(pairs: np.ndarray, p: np.ndarray, n: int) -> np.ndarray:
+    def recording(pairs: np.ndarray, p: np.ndarray, n: int, *extra: Any) -> np.ndarray:
         seen.append(pairs.copy())
-        return real(pairs, p, n)
+        return real(pairs, p, n, *extra)
 
     monkeypatch.setattr(ranker_mod, "graph_features", recording)
     got = rank_queries(live, q, two, ids)

@@ -10,6 +10,7 @@ import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -1107,6 +1108,62 @@ def test_two_hops_at_decision_time_reach_a_pair_no_signal_proposes(tmp_path: Pat
     picky = Ranker(BySimilarity(), ["tfidf"], replace(cfg, two_hop=True))
     I, _ = picky.match(feats, nb, cat.title)
     assert set(I[0][I[0] >= 0]) == {0, 1} and set(I[1][I[1] >= 0]) == {0, 1, 2}
+
+
+def _hop_catalogue(tmp_path: Path) -> tuple[Any, Any, Any]:
+    """Rows 0 and 2 share no word (no candidate), each shares words with row 1."""
+    titles = ["alpha beta gamma delta", "gamma delta epsilon zeta", "epsilon zeta eta theta",
+              "kucing merah", "sepatu lari", "tas kulit", "botol minum"]
+    csv_path = tmp_path / "h.csv"
+    with csv_path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["posting_id", "image_phash", "title"])
+        w.writerows([[f"p{i}", "", t] for i, t in enumerate(titles)])
+    cat = read_catalogue(csv_path)
+    feats = embed(cat, tfidf_config=TfidfConfig())
+    return cat, feats, self_neighbours(feats, device="cpu")
+
+
+def test_the_graph_pass_decides_its_hop_pairs(tmp_path: Path) -> None:
+    """Issue 27, `graph_hops`: the pair joined by two of the first pass's confident
+    matches (0-1, 1-2; p at or above CONFIDENT) is scored by the graph pass with the
+    candidates and kept; a first pass under CONFIDENT makes no hop pair; the second
+    booster's verdict decides it; the candidates' own probabilities do not change."""
+    from index.matching.ranker import CONFIDENT, hop_pairs
+
+    cat, feats, nb = _hop_catalogue(tmp_path)
+    cfg = RankerConfig(threshold=0.5, single_threshold=0.99, graph_pass=True)
+    use = {"tfidf": nb["tfidf"]}
+    cands = candidate_pairs(use, len(cat), cfg)
+    assert [0, 2] not in cands.tolist() and [0, 1] in cands.tolist()
+
+    def ranker(first: float, second: Any, hops: bool) -> Ranker:
+        return Ranker(ConstantBooster(first), ["tfidf"], replace(cfg, graph_hops=hops),
+                      graph=second)
+
+    plain, _ = ranker(CONFIDENT, ConstantBooster(0.9), False).match(feats, nb, cat.title)
+    hops, _ = ranker(CONFIDENT, ConstantBooster(0.9), True).match(feats, nb, cat.title)
+    assert set(plain[0][plain[0] >= 0]) == {0, 1}
+    assert set(hops[0][hops[0] >= 0]) == {0, 1, 2} and set(hops[2][hops[2] >= 0]) == {0, 1, 2}
+    # just under CONFIDENT (in float32) the first pass links nothing: no hop pair
+    under, _ = ranker(float(np.nextafter(np.float32(CONFIDENT), np.float32(0))),
+                      ConstantBooster(0.9), True).match(
+        feats, nb, cat.title)
+    assert set(under[0][under[0] >= 0]) == {0, 1}
+    p_first = np.full(len(cands), CONFIDENT, np.float32)
+    assert hop_pairs(cands, p_first, len(cat)).tolist() == [[0, 2]]
+    assert len(hop_pairs(cands, p_first - 1e-3, len(cat))) == 0
+
+    class HopsRejected:  # the second booster rejects pairs no signal lists (rank NaN)
+        def predict(self, X: np.ndarray, num_threads: int = 1) -> np.ndarray:
+            return np.where(np.isnan(X[:, 1]), 0.1, 0.9)
+
+    picky = ranker(0.9, HopsRejected(), True)
+    pairs, p = picky.score_pool(cands, feats, use, cat.title)
+    assert pairs.tolist() == [*cands.tolist(), [0, 2]] and p[-1] == pytest.approx(0.1)
+    assert np.array_equal(p[:-1], picky.score(cands, feats, use, cat.title))
+    I, _ = picky.match(feats, nb, cat.title)
+    assert set(I[0][I[0] >= 0]) == {0, 1}
 
 
 def test_the_pool_rule_tunes_one_threshold_per_size_class() -> None:

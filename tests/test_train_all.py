@@ -83,7 +83,8 @@ def test_the_start_pipeline_and_what_a_change_prints() -> None:
     start = auto.Pipeline()
     assert start == auto.Pipeline(char_ngrams=False, text=None, image=False, unit_rule=False,
                                   reciprocal=0, ranker=False, top_k=20, floors=True,
-                                  two_hop=False, char_source=False, graph=False, cross=False)
+                                  two_hop=False, char_source=False, graph=False,
+                                  graph_hops=False, cross=False)
     assert start.changes() == []
     p = auto.Pipeline(text="static", ranker=True, floors=False, top_k=50)
     assert p.changes() == ["text=static", "ranker", "top_k=50", "floors=False"]
@@ -91,6 +92,8 @@ def test_the_start_pipeline_and_what_a_change_prints() -> None:
     assert auto.Pipeline(ranker=True).ranker_config().floors["tfidf"] == 0.2
     assert auto.Pipeline(two_hop=True).ranker_config().two_hop
     assert not auto.Pipeline().ranker_config().two_hop
+    assert auto.Pipeline(graph=True, graph_hops=True).ranker_config().graph_hops
+    assert not auto.Pipeline(graph=True).ranker_config().graph_hops
 
 
 def test_a_part_wins_on_every_fold_or_on_most_beyond_the_noise() -> None:
@@ -167,7 +170,8 @@ def test_train_writes_a_model_match_uses_with_no_flags(
     names = [c.name for c in auto.candidates(Encoders(), False)]
     assert [n for n in names if n.startswith("candidates")] == [
         "candidates: no similarity floors", "candidates: char n-gram source",
-        "candidates: two hops through confident matches"]
+        "candidates: two hops through confident matches",
+        "candidates: two hops in the graph pass"]
     assert "decision: a graph pass over the first pass's scores" in names
     # the cascade is a candidate on label groups too (behind a kept ranker)
     assert "cascade: cross-encoder on the uncertain band" in names
@@ -460,6 +464,15 @@ def test_a_two_hop_ranker_is_scored_out_of_fold_and_saved_with_it(
     # on an entity-matching folder (pairwise folds) it is not offered
     names = [c.name for c in auto.candidates(base, False, groups=False)]
     assert "candidates: two hops through confident matches" not in names
+    assert "candidates: two hops in the graph pass" not in names
+    # the graph pass's hop pairs: offered behind a graph pass only, recall counting them
+    hop = next(c for c in auto.candidates(base, False) if c.name.endswith("in the graph pass"))
+    assert not hop.applies(auto.Pipeline(ranker=True)) and hop.applies(
+        auto.Pipeline(ranker=True, graph=True))
+    g = search.trial("g", "candidates", auto.Pipeline(ranker=True, graph=True))
+    gh = search.trial("gh", "candidates", auto.Pipeline(ranker=True, graph=True, graph_hops=True))
+    assert gh.ranker is not None and gh.ranker.config.graph_hops
+    assert all(a >= b for a, b in zip(gh.candidate_recall, g.candidate_recall, strict=True))
 
 
 def test_the_cascade_estimate_on_label_groups_grows_with_the_pairs_a_fit_reads() -> None:

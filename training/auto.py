@@ -142,11 +142,13 @@ class Pipeline:
     two_hop: bool = False  # ... and the pairs joined by two confident matches
     char_source: bool = False  # ... and the char 3-5 n-gram TF-IDF's own neighbours
     graph: bool = False  # the ranker's graph pass (label groups)
+    graph_hops: bool = False  # ... deciding the pairs two of its first confident links join
     cross: bool = False  # the cross-encoder cascade behind the ranker
 
     def ranker_config(self) -> RankerConfig:
         """The ranker's candidate settings of this pipeline."""
-        cfg = RankerConfig(top_k=self.top_k, two_hop=self.two_hop, graph_pass=self.graph)
+        cfg = RankerConfig(top_k=self.top_k, two_hop=self.two_hop, graph_pass=self.graph,
+                           graph_hops=self.graph_hops)
         return cfg if self.floors else replace(cfg, floors={})
 
     def key(self) -> str:
@@ -289,6 +291,10 @@ def candidates(base: Encoders, images: bool, groups: bool = True) -> list[Candid
         out.append(Candidate(
             "candidates: two hops through confident matches", "candidates",
             lambda p: replace(p, two_hop=True), lambda p: p.ranker and not p.two_hop,
+        ))
+        out.append(Candidate(  # the hop pairs trained on and decided by the graph pass
+            "candidates: two hops in the graph pass", "candidates",
+            lambda p: replace(p, graph_hops=True), lambda p: p.graph and not p.graph_hops,
         ))
 
     def text(name: str, value: str, applies: Callable[[Pipeline], bool]) -> Candidate:
@@ -546,7 +552,9 @@ class Search:
             # read as a loss): its carry check is not run
             carry = [] if p.cross else carry_f1(pool, self.fold_of, signals,
                                                 p.ranker_config(), sub, show_progress=self.show)
-            recall = [round(float(f["candidate_recall"]), 4) for f in rep["folds"]]
+            # the pairs the ranker decides: its candidates and the graph pass's hop pairs
+            recall = [round(float(f.get("decided_recall", f["candidate_recall"])), 4)
+                      for f in rep["folds"]]
             return Scored(list(rep["oof_f1"]), tuned.config, ranker, carry, recall)
         train = self.train_pairs
         assert train is not None

@@ -409,7 +409,8 @@ def _train_all(args: argparse.Namespace) -> int:
         print(f"  {'':<48} {'':>7} {'':>7} {'':>6}  {t.note or 'start'}")
     print("  (CPU s: what trying it cost; match: CPU-s per 1,000 rows to match with it;")
     print("   carried: a ranker trained on one fold alone deciding the other folds as one pool;")
-    print("   cand. recall: the share of a fold's true pairs among the ranker's candidates)")
+    print("   cand. recall: the share of a fold's true pairs among the pairs the ranker decides:")
+    print("   its candidates, and the graph pass's hop pairs where it has them)")
     parts = best.pipeline.changes()
     print(
         f"\nkept: {', '.join(parts) or 'the start (TF-IDF + phash)'}; out-of-fold F1 "

@@ -109,6 +109,12 @@ class RankerConfig:
     #: its `graph_features` among the first pass's scored candidates (label groups,
     #: `train_on_whole`).
     graph_pass: bool = False
+    #: With the graph pass: the pairs joined by two of the first pass's confident matches
+    #: (p at or above `CONFIDENT`) that are no candidates (`hop_pairs`) are scored by the
+    #: first booster and decided by the second with the rest, which is trained on them too
+    #: (their graph features read the candidates' graph: a hop pair's common partner is
+    #: its reason). A whole pool only, as `two_hop`.
+    graph_hops: bool = False
     #: The pool-size rule: the thresholds were tuned on pools of `pool_rows` rows and move
     #: by `pool_slope` per doubling of the pool (fitted on sub-pools out of fold).
     pool_rows: int = 0
@@ -172,6 +178,13 @@ def two_hop_pairs(edges: np.ndarray, n: int, exclude: np.ndarray | None = None) 
         pairs = pairs[~np.isin(key, exclude[:, 0].astype(np.int64) * n + exclude[:, 1])]
     order = np.lexsort((pairs[:, 1], pairs[:, 0]))
     return pairs[order]
+
+
+def hop_pairs(pairs: np.ndarray, p: np.ndarray, n: int) -> np.ndarray:
+    """(h, 2) sorted unordered pairs joined by two of the (m, 2) sorted unordered `pairs`
+    whose first-pass probability `p` (m,) is at or above `CONFIDENT`, not among `pairs`:
+    the graph pass's hop pairs (`RankerConfig.graph_hops`)."""
+    return two_hop_pairs(pairs[p >= CONFIDENT], n, exclude=pairs)
 
 
 def add_two_hops(
@@ -333,30 +346,45 @@ def _row_dot(M: sp.csr_matrix, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
-def graph_features(pairs: np.ndarray, p: np.ndarray, n: int) -> np.ndarray:
-    """(m, len(GRAPH_FEATURES)) float32 features of the (m, 2) unordered pairs of a pool of
-    `n` rows from their first-pass probabilities `p` (m,), each pair seen in the graph of
-    all of them, each a share in [0, 1] whatever the pool's size: its p; the rows both
-    sides link to, weighted (sum of p(a, x) p(x, b)) over the smaller side's weighted
+def graph_features(
+    pairs: np.ndarray,
+    p: np.ndarray,
+    n: int,
+    extra: np.ndarray | None = None,
+    p_extra: np.ndarray | None = None,
+) -> np.ndarray:
+    """(m + h, len(GRAPH_FEATURES)) float32 features of the (m, 2) unordered pairs of a
+    pool of `n` rows from their first-pass probabilities `p` (m,), each pair seen in the
+    graph of all of them, each a share in [0, 1] whatever the pool's size: its p; the rows
+    both sides link to, weighted (sum of p(a, x) p(x, b)) over the smaller side's weighted
     degree (sum of its p); the rows both link to confidently (both at or above
     `CONFIDENT`) over the smaller confident degree; p over the smaller of the two sides'
     best p; then the same three shares over the larger side. Big groups show as many
     common rows; a look-alike of a row with a better partner as p well under that row's
-    best. Sparse products, no loop over pairs."""
+    best. Then the same for the (h, 2) `extra` pairs with their first-pass `p_extra` (h,)
+    (hop pairs: read against the graph of `pairs`, not edges of it, so that the features
+    of `pairs` do not change; p over best may exceed 1 there). Sparse products, no loop
+    over pairs."""
+    h = 0 if extra is None else len(extra)
     if len(pairs) == 0:
-        return np.zeros((0, len(GRAPH_FEATURES)), np.float32)
+        return np.zeros((h, len(GRAPH_FEATURES)), np.float32)
     a, b = pairs[:, 0].astype(np.int64), pairs[:, 1].astype(np.int64)
     pp = np.asarray(p, np.float64)
     W = sp.csr_matrix((np.r_[pp, pp], (np.r_[a, b], np.r_[b, a])), shape=(n, n))
     A = W.copy()
     A.data = (A.data >= CONFIDENT).astype(np.float64)
     A.eliminate_zeros()
-    soft, common = _row_dot(W, a, b), _row_dot(A, a, b)
     deg = np.asarray(A.sum(axis=1)).ravel()
     sdeg = np.asarray(W.sum(axis=1)).ravel()
     best = np.zeros(n)
     np.maximum.at(best, a, pp)
     np.maximum.at(best, b, pp)
+    if h:
+        assert extra is not None and p_extra is not None and len(p_extra) == h
+        a = np.r_[a, extra[:, 0].astype(np.int64)]
+        b = np.r_[b, extra[:, 1].astype(np.int64)]
+        pp = np.r_[pp, np.asarray(p_extra, np.float64)]
+    soft, common = _row_dot(W, a, b), _row_dot(A, a, b)
     cols = [pp]
     for side in (np.minimum, np.maximum):
         cols += [
@@ -364,7 +392,7 @@ def graph_features(pairs: np.ndarray, p: np.ndarray, n: int) -> np.ndarray:
             common / np.maximum(1.0, side(deg[a], deg[b])),
             pp / np.maximum(1e-6, side(best[a], best[b])),
         ]
-    # (m, 7): p, then the three shares over the smaller side, then over the larger
+    # (m + h, 7): p, then the three shares over the smaller side, then over the larger
     return np.stack(cols, axis=1).astype(np.float32)
 
 
@@ -463,8 +491,7 @@ class Ranker:
             )
         n = len(titles)
         use = {s: nb[s] for s in self.signals}
-        pairs = candidate_pairs(use, n, self.config)
-        p = self.score(pairs, feats, use, titles)
+        pairs, p = self.score_pool(candidate_pairs(use, n, self.config), feats, use, titles)
         cfg = self.config.for_pool(n)
         if cfg.two_hop:
             base = pairs
@@ -488,15 +515,36 @@ class Ranker:
         """(m,) match probability of the (m, 2) pairs: the trees'; with a graph pass, the
         second booster's over the features and `graph_features` of these pairs (so `pairs`
         must be all the pool's candidates); where a cascade is kept, the uncertain band's
-        re-decided with the cross-encoder (`Cascade.refine`)."""
+        re-decided with the cross-encoder (`Cascade.refine`). No hop pairs are added."""
+        return self.score_pool(pairs, feats, nb, titles, hops=False)[1]
+
+    def score_pool(
+        self,
+        pairs: np.ndarray,
+        feats: Features,
+        nb: dict[str, Neighbours],
+        titles: Sequence[str],
+        hops: bool = True,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The pool's (m, 2) candidate `pairs` scored as `score` does, with the graph
+        pass's hop pairs (`RankerConfig.graph_hops`, with `hops`) appended and decided by
+        the second booster too (a cascade re-decides the candidates only): the (m + h, 2)
+        pairs and their (m + h,) probabilities."""
         X = self.pair_features(pairs, feats, nb, titles)
         p = self.predict(X)
         if self.graph is not None and len(p):
-            G = graph_features(pairs, p, len(titles))
-            p = np.asarray(self.graph.predict(np.hstack([X, G]), num_threads=1), np.float32)
+            n = len(titles)
+            hop = hop_pairs(pairs, p, n) if hops and self.config.graph_hops else pairs[:0]
+            Xh = self.pair_features(hop, feats, nb, titles)
+            G = graph_features(pairs, p, n, hop, self.predict(Xh))
+            X2 = np.hstack([np.vstack([X, Xh]), G])
+            p = np.asarray(self.graph.predict(X2, num_threads=1), np.float32)
+            pairs = np.concatenate([pairs, hop])
         if self.cascade is not None and self.scorer is not None:
-            p, _ = self.cascade.refine(p, pairs, titles, self.scorer)
-        return p
+            m = len(X)  # the candidates (hop pairs keep the graph pass's probability)
+            head, _ = self.cascade.refine(p[:m], pairs[:m], titles, self.scorer)
+            p = np.r_[head, p[m:]].astype(np.float32)
+        return pairs, p
 
     def pair_features(
         self,

@@ -40,6 +40,7 @@ from index.matching.ranker import (
     add_two_hops,
     candidate_pairs,
     graph_features,
+    hop_pairs,
     pair_features,
     rank_matches,
 )
@@ -294,7 +295,10 @@ def _graph_folds(
     fold_of: np.ndarray,
     scored: list[Scored],
     n: int,
-) -> tuple[list[Any], np.ndarray, list[int]]:
+    boosters: Sequence[Any] = (),
+    hop_features: Callable[[np.ndarray], np.ndarray] | None = None,
+    labels: np.ndarray | None = None,
+) -> tuple[list[Any], np.ndarray, np.ndarray, list[int]]:
     """The graph pass out of fold, on one whole pool's candidate pairs. Each pair's first
     probability is the mean of the fold models that never saw it (one or two: the folds it
     touches, `scored`); the graph features over those train the second booster of fold f
@@ -303,9 +307,15 @@ def _graph_folds(
     (the edges away from fold f, which only the far side of a pair crossing folds reads,
     keep the mean). Replaces `scored[f]`'s probabilities by the second pass's.
 
+    With `hop_features` (the pair features of any pairs; `RankerConfig.graph_hops`), the
+    hop pairs (`hop_pairs`) of those first probabilities join the second pass: scored by
+    the first `boosters` as the candidates are (the mean of the folds they touch), trained
+    on with their `labels`' verdicts, and fold f's own, from fold f's first probabilities,
+    appended to `scored[f]`.
+
     Returns:
-        each fold's second booster, the (m, f + graph) features the final one trains on,
-        and the folds' round counts.
+        each fold's second booster, the (m + h, f + graph) features and (m + h,) labels
+        the final one trains on, and the folds' round counts.
     """
     k = len(scored)
     fa, fb = fold_of[pairs[:, 0]], fold_of[pairs[:, 1]]
@@ -315,17 +325,45 @@ def _graph_folds(
         total[touch[f]] += scored[f][1]
         count[touch[f]] += 1
     p1 = total / np.maximum(count, 1)
-    X2 = np.hstack([X, graph_features(pairs, p1, n)])
+
+    def hops_of(p: np.ndarray, folds: Sequence[int]) -> tuple[np.ndarray, np.ndarray, Any]:
+        """The hop pairs of first probabilities `p` touching `folds`, their features and
+        first probabilities (the mean of those folds' first boosters they touch)."""
+        if hop_features is None:
+            return pairs[:0], X[:0], np.zeros(0)
+        hop = hop_pairs(pairs, p, n)
+        ha, hb = fold_of[hop[:, 0]], fold_of[hop[:, 1]]
+        hop = hop[np.isin(ha, folds) | np.isin(hb, folds)]
+        ha, hb = fold_of[hop[:, 0]], fold_of[hop[:, 1]]
+        Xh = hop_features(hop)
+        tot, cnt = np.zeros(len(hop)), np.zeros(len(hop))
+        for g in folds:
+            on = (ha == g) | (hb == g)
+            if on.any():
+                tot[on] += _predict(boosters[g], Xh[on])
+                cnt[on] += 1
+        return hop, Xh, tot / np.maximum(cnt, 1)
+
+    hop, Xh, ph = hops_of(p1, range(k))
+    yh = np.zeros(0, bool) if labels is None else labels[hop[:, 0]] == labels[hop[:, 1]]
+    X2 = np.hstack([np.vstack([X, Xh]), graph_features(pairs, p1, n, hop, ph)])
+    y2 = np.r_[y, yh]
+    ha, hb = fold_of[hop[:, 0]], fold_of[hop[:, 1]]
     graphs, iters = [], []
     for f in range(k):
-        b2 = fit(X2[~touch[f]], y[~touch[f]])
+        away = ~np.r_[touch[f], (ha == f) | (hb == f)]
+        b2 = fit(X2[away], y2[away])
         pf = p1.copy()
         pf[touch[f]] = scored[f][1]
-        Xf = np.hstack([X[touch[f]], graph_features(pairs, pf, n)[touch[f]]])
-        scored[f] = (scored[f][0], _predict(b2, Xf), *scored[f][2:])
+        hop_f, Xh_f, ph_f = hops_of(pf, [f])
+        G = graph_features(pairs, pf, n, hop_f, ph_f)
+        G = np.vstack([G[: len(pairs)][touch[f]], G[len(pairs):]])
+        Xf = np.hstack([np.vstack([X[touch[f]], Xh_f]), G])
+        f_pairs = np.concatenate([scored[f][0], hop_f])
+        scored[f] = (f_pairs, _predict(b2, Xf), *scored[f][2:])
         graphs.append(b2)
         iters.append(b2.current_iteration())
-    return graphs, X2, iters
+    return graphs, X2, y2, iters
 
 
 def train_on_whole(
@@ -375,9 +413,16 @@ def train_on_whole(
         iters.append(booster.current_iteration())
         scored.append((pairs[~away], _predict(booster, X[~away]), labels, rows_of[f]))
     graphs: list[Any] = [None] * k
-    X2, g_iters = None, list[int]()
+    X2, y2, g_iters = None, y, list[int]()
     if config.graph_pass:
-        graphs, X2, g_iters = _graph_folds(pairs, X, y, fold_of, scored, n)
+        use_all = {s: pool.nb[s] for s in signals}
+
+        def hop_features(hop: np.ndarray) -> np.ndarray:
+            return pair_features(hop, pool.features, use_all, pool.titles, signals, weights)
+
+        graphs, X2, y2, g_iters = _graph_folds(
+            pairs, X, y, fold_of, scored, n, boosters,
+            hop_features if config.graph_hops else None, labels)
     cascade, scorer, cascade_rep = None, None, None
     if cross is not None:
         if cross_folder is None:
@@ -410,6 +455,11 @@ def train_on_whole(
         within = (fa == f) & (fb == f)
         rep["candidate_pairs"] = len(scored[f][0])
         rep["candidate_recall"] = _candidate_recall(pairs[within], y[within], labels[rows_of[f]])
+        if config.graph_hops and config.graph_pass:  # and the hop pairs the ranker decides
+            dp = scored[f][0]
+            d_in = (fold_of[dp[:, 0]] == f) & (fold_of[dp[:, 1]] == f)
+            dy = labels[dp[d_in, 0]] == labels[dp[d_in, 1]]
+            rep["decided_recall"] = _candidate_recall(dp[d_in], dy, labels[rows_of[f]])
         folds.append(rep)
     final_cfg = tune_group_thresholds(scored, config)
     sizes: list[tuple[float, float]] = []
@@ -423,7 +473,8 @@ def train_on_whole(
                     sp = sub_pool(pool, rows)
                     sp_pairs = candidate_pairs({s: sp.nb[s] for s in signals}, len(rows),
                                                config)
-                    p_sp = fold_rankers[f].score(sp_pairs, sp.features, sp.nb, sp.titles)
+                    sp_pairs, p_sp = fold_rankers[f].score_pool(sp_pairs, sp.features, sp.nb,
+                                                                sp.titles)
                     assert sp.labels is not None
                     classes[c].append((sp_pairs, p_sp, sp.labels))
         fold_rows = n / k
@@ -435,7 +486,7 @@ def train_on_whole(
     booster = fit(X, y, rounds=int(np.mean(iters).round()))
     graph = None
     if X2 is not None:
-        graph = fit(X2, y, rounds=int(np.mean(g_iters).round()))
+        graph = fit(X2, y2, rounds=int(np.mean(g_iters).round()))
     report = {
         "pool_rule": {"points": sizes, "pool_rows": final_cfg.pool_rows,
                       "slope_per_doubling": final_cfg.pool_slope},
@@ -474,7 +525,8 @@ def _cascade_folds(
 ) -> tuple[Cascade | None, PairScorer | None, dict[str, Any]]:
     """The cross-encoder cascade out of fold on one whole pool's candidate pairs.
 
-    The pairs the scorer may read are those some fold scores within `READ_LO` to
+    The pairs the scorer may read are the candidates (not a graph pass's hop pairs, which
+    keep the second booster's probability) some fold scores within `READ_LO` to
     `READ_HI`. Fold f's are scored by a cross-encoder fitted on
     those not touching fold f, and re-decided by the cascade (band, stack) tuned on the
     other folds' pairs (`tune_cascade`, pairwise F1): so fold f's decision never saw its
@@ -502,7 +554,9 @@ def _cascade_folds(
                       disable=not show_progress):
         if wide[f].any():
             z[f][wide[f]] = fitter.fold_logits(at[u[~touch[f][u]]], at[idx[f][wide[f]]])
-    p = [np.asarray(scored[f][1]) for f in range(k)]
+    # the candidates' probabilities (a graph pass's hop pairs after them keep theirs)
+    p = [np.asarray(scored[f][1])[: len(idx[f])] for f in range(k)]
+    hops = [np.asarray(scored[f][1])[len(idx[f]):] for f in range(k)]
     labels = [y[idx[f]] for f in range(k)]
     banded, read = [], 0
     for f in range(k):
@@ -512,7 +566,8 @@ def _cascade_folds(
                                np.concatenate([labels[g] for g in rest]))
         if c is not None:
             read += int(c.band(p[f]).sum())
-        scored[f] = (scored[f][0], apply_cascade(c, p[f], z[f]), *scored[f][2:])
+        refined = np.r_[apply_cascade(c, p[f], z[f]), hops[f]].astype(np.float32)
+        scored[f] = (scored[f][0], refined, *scored[f][2:])
         banded.append(c is not None)
     cascade, _, _ = tune_cascade(np.concatenate(p), np.concatenate(z), np.concatenate(labels))
     scorer = fitter.final(np.arange(len(u)), folder) if cascade is not None else None
