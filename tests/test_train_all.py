@@ -466,6 +466,9 @@ def test_a_two_hop_ranker_is_scored_out_of_fold_and_saved_with_it(
     assert "candidates: two hops through confident matches" not in names
     assert "candidates: two hops in the graph pass" not in names
     # the graph pass's hop pairs: offered behind a graph pass only, recall counting them
+    order = [c.name for c in search.order(auto.candidates(base, False))]
+    assert order.index("decision: a graph pass over the first pass's scores") < order.index(
+        "candidates: two hops in the graph pass")
     hop = next(c for c in auto.candidates(base, False) if c.name.endswith("in the graph pass"))
     assert not hop.applies(auto.Pipeline(ranker=True)) and hop.applies(
         auto.Pipeline(ranker=True, graph=True))

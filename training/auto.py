@@ -651,17 +651,23 @@ class Search:
         cap = self.config.match_cpu_per_1k
         return cpu_per_1k * self.n <= cap * max(self.n, CAP_MIN_ROWS)
 
+    def order(self, cands: list[Candidate]) -> list[Candidate]:
+        """The order the search tries `cands` in: by part (`PART_ORDER`), then by the
+        estimated cost of each change to the start (stable: a tie keeps the list's order,
+        so a part that applies only behind another, e.g. the graph pass's hops, comes
+        after it). It does not depend on what is resumed."""
+        start = {Pipeline().signals()}
+        return sorted(
+            cands, key=lambda c: (PART_ORDER[c.part], self.estimate(c.change(Pipeline()), start))
+        )
+
     def run(self) -> tuple[Trial, list[Trial]]:
         """The greedy search; returns the best trial and every row of the table."""
         budget = self.config.budget_minutes * 60.0
         best = self.trial("TF-IDF + phash fusion (start)", "fusion", Pipeline(), start=True)
         best.kept = True
         rows = [best]
-        start = {Pipeline().signals()}  # the order must not depend on what is resumed
-        cands = sorted(
-            candidates(self.base, self.images, groups=self.data is None),
-            key=lambda c: (PART_ORDER[c.part], self.estimate(c.change(Pipeline()), start)),
-        )
+        cands = self.order(candidates(self.base, self.images, groups=self.data is None))
         for c in progress(cands, desc="train: candidates", unit="cand", disable=not self.show):
             if not c.applies(best.pipeline):
                 continue
