@@ -264,6 +264,8 @@ def test_graph_features_equal_a_loop_over_the_pairs() -> None:
     assert graph_features(np.zeros((0, 2), np.int64), np.zeros(0), 4).shape == (0, 7)
     assert CONFIDENT == 0.5 and RankerConfig().graph_pass is False
     assert RankerConfig().graph_hops is False
+    with pytest.raises(ValueError, match="graph_hops are decided by the graph pass"):
+        RankerConfig(graph_hops=True)
     # hop pairs read against the candidates' graph, which they do not change
     extra, pe = _random_pairs(30, 40, 4)
     both = graph_features(pairs, p, 30, extra, pe)
@@ -366,6 +368,12 @@ def test_graph_hops_are_trained_out_of_fold_and_saved(synth: Path, tmp_path: Pat
     hops.save(tmp_path / "r")
     back = Ranker.load(tmp_path / "r")
     assert back.config.graph_hops
+    meta_path = tmp_path / "r" / "ranker.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "config": {**meta["config"], "graph_pass": False}}))
+    with pytest.raises(Exception, match="unreadable config in ranker.json: graph_hops"):
+        Ranker.load(tmp_path / "r")
+    meta_path.write_text(json.dumps(meta))
     I1, _ = hops.match(pool.features, pool.nb, pool.titles)
     I2, _ = back.match(pool.features, pool.nb, pool.titles)
     assert np.array_equal(I1, I2)

@@ -120,6 +120,10 @@ class RankerConfig:
     pool_rows: int = 0
     pool_slope: float = 0.0
 
+    def __post_init__(self) -> None:
+        if self.graph_hops and not self.graph_pass:
+            raise ValueError("graph_hops are decided by the graph pass: set graph_pass too")
+
     def measured_for(self, n: int) -> bool:
         """Whether a pool of `n` rows is within the measured `POOL_RANGE` of the pools the
         ranker was tuned on (any size when that is unknown)."""
@@ -594,7 +598,10 @@ class Ranker:
         if meta.get("format") != 1:
             raise EncoderError(f"{d}: ranker format {meta.get('format')!r}, expected 1")
         booster = lightgbm.Booster(model_file=str(d / "model.txt"))
-        config = RankerConfig(**meta["config"])
+        try:
+            config = RankerConfig(**meta["config"])
+        except (TypeError, ValueError) as e:
+            raise EncoderError(f"{d}: unreadable config in ranker.json: {e}") from e
         weights = None
         if "word_weights" in meta:
             try:
