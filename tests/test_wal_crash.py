@@ -18,6 +18,8 @@ from tests.fakes import WORDS
 from tests.test_service_uvicorn import server
 
 KILLS = 50
+#: Tracebacks logged for one torn milvus-lite index at a start (seen: 3).
+TORN_TRACEBACKS = 3
 
 
 def _state(c: httpx.Client, ids: set[str]) -> dict[str, str | None]:
@@ -124,9 +126,17 @@ def kill_stream(
     text = log.read_text()
     # every start was clean (milvus-lite answers pymilvus's AllocTimestamp call with a
     # logged "not implemented", which pymilvus handles: not a failure of the server)
+    # A kill in the middle of milvus-lite's in-place index write leaves a torn index file:
+    # the next start's first load fails (milvus-lite's servicer, pymilvus and its RPC log
+    # each log a traceback of it), the store drops the index cache and loads again
+    # (`drop_index_cache`, its warning "did not load"). Those tracebacks are allowed, only
+    # with that warning and the torn file's message; no other.
+    torn = text.count("did not load (")
+    assert torn == 0 or "file seems not fully written" in text, text[-3000:]
     # the message shows the tracebacks that are not AllocTimestamp's, not the log's tail
     others = [t[:2500] for t in text.split("Traceback")[1:] if "in AllocTimestamp" not in t]
-    assert text.count("Traceback") == text.count("in AllocTimestamp"), (
+    allowed = text.count("in AllocTimestamp") + TORN_TRACEBACKS * torn
+    assert text.count("in AllocTimestamp") <= text.count("Traceback") <= allowed, (
         "\n----\n".join(others) or text[-3000:])
     return want
 
