@@ -1080,19 +1080,24 @@ def test_two_hop_pairs_equal_a_loop_over_shared_neighbours() -> None:
     assert [tuple(r) for r in two_hop_pairs(e, 30).tolist()] == want
 
 
-def test_two_hops_at_decision_time_reach_a_pair_no_signal_proposes(tmp_path: Path) -> None:
-    """Issue 27: rows 0 and 2 share no word (TF-IDF 0, under its floor: no candidate), but
-    each is confidently matched to row 1; with `two_hop` the pair is scored and kept."""
+def _hop_catalogue(tmp_path: Path) -> tuple[Any, Any, Any]:
+    """Rows 0 and 2 share no word (no candidate), each shares words with row 1."""
     titles = ["alpha beta gamma delta", "gamma delta epsilon zeta", "epsilon zeta eta theta",
               "kucing merah", "sepatu lari", "tas kulit", "botol minum"]
-    csv_path = tmp_path / "l.csv"
+    csv_path = tmp_path / "h.csv"
     with csv_path.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["posting_id", "image_phash", "title"])
         w.writerows([[f"p{i}", "", t] for i, t in enumerate(titles)])
     cat = read_catalogue(csv_path)
     feats = embed(cat, tfidf_config=TfidfConfig())
-    nb = self_neighbours(feats, device="cpu")
+    return cat, feats, self_neighbours(feats, device="cpu")
+
+
+def test_two_hops_at_decision_time_reach_a_pair_no_signal_proposes(tmp_path: Path) -> None:
+    """Issue 27: rows 0 and 2 share no word (TF-IDF 0, under its floor: no candidate), but
+    each is confidently matched to row 1; with `two_hop` the pair is scored and kept."""
+    cat, feats, nb = _hop_catalogue(tmp_path)
     cfg = RankerConfig(threshold=0.5, single_threshold=0.99)
     assert [0, 2] not in candidate_pairs({"tfidf": nb["tfidf"]}, len(cat), cfg).tolist()
     plain, _ = Ranker(ConstantBooster(0.9), ["tfidf"], cfg).match(feats, nb, cat.title)
@@ -1108,20 +1113,6 @@ def test_two_hops_at_decision_time_reach_a_pair_no_signal_proposes(tmp_path: Pat
     picky = Ranker(BySimilarity(), ["tfidf"], replace(cfg, two_hop=True))
     I, _ = picky.match(feats, nb, cat.title)
     assert set(I[0][I[0] >= 0]) == {0, 1} and set(I[1][I[1] >= 0]) == {0, 1, 2}
-
-
-def _hop_catalogue(tmp_path: Path) -> tuple[Any, Any, Any]:
-    """Rows 0 and 2 share no word (no candidate), each shares words with row 1."""
-    titles = ["alpha beta gamma delta", "gamma delta epsilon zeta", "epsilon zeta eta theta",
-              "kucing merah", "sepatu lari", "tas kulit", "botol minum"]
-    csv_path = tmp_path / "h.csv"
-    with csv_path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["posting_id", "image_phash", "title"])
-        w.writerows([[f"p{i}", "", t] for i, t in enumerate(titles)])
-    cat = read_catalogue(csv_path)
-    feats = embed(cat, tfidf_config=TfidfConfig())
-    return cat, feats, self_neighbours(feats, device="cpu")
 
 
 def test_the_graph_pass_decides_its_hop_pairs(tmp_path: Path) -> None:
