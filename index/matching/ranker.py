@@ -539,7 +539,8 @@ class Ranker:
         if self.graph is not None and len(p):
             n = len(titles)
             hop = hop_pairs(pairs, p, n) if hops and self.config.graph_hops else pairs[:0]
-            Xh = self.pair_features(hop, feats, nb, titles)
+            # no pair features for no hop pair (they build the signals' lookups anew)
+            Xh = self.pair_features(hop, feats, nb, titles) if len(hop) else X[:0]
             G = graph_features(pairs, p, n, hop, self.predict(Xh))
             X2 = np.hstack([np.vstack([X, Xh]), G])
             p = np.asarray(self.graph.predict(X2, num_threads=1), np.float32)

@@ -455,7 +455,7 @@ def train_on_whole(
         within = (fa == f) & (fb == f)
         rep["candidate_pairs"] = len(scored[f][0])
         rep["candidate_recall"] = _candidate_recall(pairs[within], y[within], labels[rows_of[f]])
-        if config.graph_hops and config.graph_pass:  # and the hop pairs the ranker decides
+        if config.graph_hops:  # and the hop pairs the ranker decides (with its graph pass)
             dp = scored[f][0]
             d_in = (fold_of[dp[:, 0]] == f) & (fold_of[dp[:, 1]] == f)
             dy = labels[dp[d_in, 0]] == labels[dp[d_in, 1]]
