@@ -184,6 +184,50 @@ def test_title_features_numbers_and_codes() -> None:
     assert col["jaccard"][0] == pytest.approx(6 / 8)
 
 
+def test_density_is_read_at_the_pools_scale_of_the_ranks() -> None:
+    """The density columns read each `DENSITY_RANKS` rank r (1 and 9) at r * density_at:
+    a rank between two whole ranks interpolates, one under 1 reads the nearest other row,
+    one past the list is NaN; the row itself and -1 are no neighbours."""
+    from index.features.embed import Features
+
+    titles = ["a", "b", "c"]
+    feats = Features(
+        tfidf=None,  # type: ignore[arg-type]
+        X=None,  # type: ignore[arg-type]
+        phash=np.zeros((3, 8), np.uint8),
+        phash_valid=np.zeros(3, bool),
+    )
+    # row 0's other neighbours: 0.9, 0.7, 0.5 (itself listed first); rows 1, 2: two others
+    I = np.array([[0, 1, 2, 1], [1, 0, 2, -1], [2, 1, 0, -1]])
+    D = np.array([[1.0, 0.9, 0.7, 0.5], [1.0, 0.8, 0.6, 0.0], [1.0, 0.4, 0.2, 0.0]], np.float32)
+    names = feature_names(["combined"])
+    col = lambda X, name: X[:, names.index(name)]  # noqa: E731
+    pairs = np.array([[0, 1], [1, 2]])
+    X1 = pair_features(pairs, feats, {"combined": (D, I)}, titles, ["combined"])
+    assert col(X1, "combined_density2_min").tolist() == pytest.approx([0.8, 0.4])
+    assert col(X1, "combined_density2_max").tolist() == pytest.approx([0.9, 0.8])
+    assert np.isnan(col(X1, "combined_density10_max")).all()  # nobody lists 9 others
+    # at a quarter: ranks 1/4 (read at 1) and 9/4 (a quarter of the way from 2 to 3)
+    Xq = pair_features(pairs, feats, {"combined": (D, I)}, titles, ["combined"],
+                       density_at=0.25)
+    assert col(Xq, "combined_density2_max").tolist() == pytest.approx([0.9, 0.8])
+    # row 0: 0.75 * 0.7 + 0.25 * 0.5; rows 1 and 2 have no 3rd: their 2nd
+    assert col(Xq, "combined_density10_max").tolist() == pytest.approx([0.65, 0.6])
+    assert col(Xq, "combined_density10_min").tolist() == pytest.approx([0.6, 0.2])
+    # at 1/9: rank 9 reads the nearest other row as rank 1 does
+    X9 = pair_features(pairs, feats, {"combined": (D, I)}, titles, ["combined"],
+                       density_at=1 / 9)
+    assert np.array_equal(col(X9, "combined_density10_min"), col(X9, "combined_density2_min"))
+
+
+def test_the_density_scale_is_the_square_root_of_the_pool_ratio() -> None:
+    cfg = RankerConfig(density_rows=1000)
+    assert cfg.density_scale(1000) == 1.0
+    assert cfg.density_scale(4000) == 2.0 and cfg.density_scale(250) == 0.5
+    assert cfg.density_scale(0) == 1.0
+    assert RankerConfig().density_rows == 0 and RankerConfig().density_scale(10**6) == 1.0
+
+
 def test_a_saved_ranker_predicts_the_same(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     signals = ["tfidf"]
@@ -340,6 +384,7 @@ def test_train_ranker_writes_it_with_an_out_of_fold_report(ranked_model: Path) -
     # the default pooling: the whole CSV as one pool, so the ranker is tuned at its size
     rows = sum(r["rows"] for r in report["folds"])
     assert report["mode"] == "whole" and meta["config"]["pool_rows"] == rows
+    assert meta["config"]["density_rows"] == rows  # its density read at its own ranks
 
 
 def test_train_ranker_pool_folds_matches_each_fold_on_its_own(
@@ -516,6 +561,40 @@ def test_ranker_match_applies_the_rule_for_the_pools_size(synth: Path) -> None:
         feats, nb, cat.title
     )
     assert (I[:, 1] < 0).all()  # one doubling: 0.7 > 0.55, nothing kept
+
+
+def test_a_ranker_reads_the_density_at_the_scale_of_the_rows_searched(
+    synth: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A self-match of n rows reads the density at sqrt(n / density_rows); /match's small
+    pool (the query and its candidates) at the catalogue's n, not at its own few rows."""
+    from index.features.embed import QueryFeatures
+    from index.matching import ranker as ranker_mod
+    from index.store.live import LiveCatalogue
+    from index.store.live_match import rank_queries
+
+    cat = read_catalogue(synth / "listings.csv")
+    n = len(cat)
+    feats = embed(cat, tfidf_config=TfidfConfig())
+    nb = self_neighbours(feats, device="cpu")
+    seen: list[float] = []
+    real = ranker_mod.pair_features
+
+    def recording(*args: Any, **kwargs: Any) -> np.ndarray:
+        seen.append(args[6] if len(args) > 6 else kwargs.get("density_at", 1.0))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ranker_mod, "pair_features", recording)
+    r = Ranker(ConstantBooster(0.9), ["tfidf", "phash"], RankerConfig(density_rows=n * 4))
+    r.match(feats, nb, cat.title)
+    assert seen == [0.5]  # a pool a quarter of the trained one's size: half the ranks
+    seen.clear()
+    live = LiveCatalogue(dims={}, tfidf_config=TfidfConfig())
+    hexes = list(cat.image_phash or [""] * n)
+    live.upsert(cat.posting_id, [""] * n, QueryFeatures.build(cat.title, hexes))
+    got = rank_queries(live, QueryFeatures.build(cat.title[:3], hexes[:3]), r,
+                       list(cat.posting_id[:3]))
+    assert any(len(m) > 1 for m in got) and seen == [0.5] * 3
 
 
 def test_features_subset_keeps_rows_and_masks(synth: Path, model_dir: Path) -> None:
@@ -1030,6 +1109,11 @@ def test_a_ranker_with_word_weights_saves_them_and_an_old_one_still_loads(
     X0 = X[:, : len(feature_names(signals))]
     old = Ranker(fit(X0, X0[:, 0] > 0.5, rounds=10), signals, RankerConfig())
     assert Ranker.load(old.save(tmp_path / "old")).weights is None
+    # a ranker.json from before density_rows reads its density at fixed ranks
+    old_meta = json.loads((tmp_path / "old" / "ranker.json").read_text())
+    del old_meta["config"]["density_rows"]
+    (tmp_path / "old" / "ranker.json").write_text(json.dumps(old_meta))
+    assert Ranker.load(tmp_path / "old").config.density_scale(10**6) == 1.0
     meta = json.loads((tmp_path / "new" / "ranker.json").read_text())
     meta["word_weights"] = {"rows": "many"}
     (tmp_path / "new" / "ranker.json").write_text(json.dumps(meta))

@@ -46,7 +46,8 @@ EXACT = ("tfidf", "char", "text", "image")
 #: ranker decides any pool; past this range its thresholds stay where the rule puts them at
 #: the range's end (and a warning says so).
 POOL_RANGE = (0.25, 4.0)
-#: Neighbour ranks (1 = nearest other row) whose similarity measures a row's density.
+#: Neighbour ranks (1 = nearest other row) whose similarity measures a row's density, in
+#: a pool of the size the ranker was trained on (`RankerConfig.density_rows`).
 DENSITY_RANKS = (1, 9)
 #: The title columns of `pair_features`, in order.
 TITLE_FEATURES = (
@@ -119,6 +120,13 @@ class RankerConfig:
     #: by `pool_slope` per doubling of the pool (fitted on sub-pools out of fold).
     pool_rows: int = 0
     pool_slope: float = 0.0
+    #: The pool size the density features were read at in training: a pool of n rows
+    #: reads each of `DENSITY_RANKS` at r * sqrt(n / density_rows) (`density_scale`), so
+    #: that a row's density means about the same in a pool of any size (0: at r whatever
+    #: the pool, as rankers before it). A row's near neighbours are its group's rows, whose
+    #: number does not grow with the pool, and look-alikes, whose number does: the square
+    #: root is halfway between the two on a log scale (benchmarks in docs/BENCHMARKS.md).
+    density_rows: int = 0
 
     def __post_init__(self) -> None:
         if self.graph_hops and not self.graph_pass:
@@ -144,6 +152,12 @@ class RankerConfig:
         return replace(
             self, threshold=clip(self.threshold), single_threshold=clip(self.single_threshold)
         )
+
+    def density_scale(self, n: int) -> float:
+        """The factor a pool of `n` rows reads the density ranks at (see `density_rows`)."""
+        if not self.density_rows or n <= 0:
+            return 1.0
+        return float(np.sqrt(n / self.density_rows))
 
 
 def candidate_pairs(nb: dict[str, Neighbours], n: int, config: RankerConfig) -> np.ndarray:
@@ -224,18 +238,30 @@ def _get(m: sp.csr_matrix, a: np.ndarray, b: np.ndarray, offset: float) -> np.nd
     return np.where(v > 0, v - offset, np.nan).astype(np.float32)
 
 
-def _density(nb: Neighbours, rank: int) -> np.ndarray:
-    """(n,) similarity of each row's `rank`-th other neighbour (NaN where none)."""
+def _density(nb: Neighbours, rank: float) -> np.ndarray:
+    """(n,) similarity of each row's `rank`-th other neighbour (NaN where none); a rank
+    between two whole ranks interpolates their similarities (the lower one's where the
+    upper has none), a rank under 1 reads the nearest."""
     D, I = nb
     n = D.shape[0]
     rows = np.arange(n)[:, None]
     other = (I >= 0) & (rows != I)
     pos = np.cumsum(other, axis=1)
-    hit = other & (pos == rank)
-    out = np.full(n, np.nan, np.float32)
-    r, c = np.nonzero(hit)
-    out[r] = D[r, c]
-    return out
+
+    def at(k: int) -> np.ndarray:
+        out = np.full(n, np.nan, np.float32)
+        r, c = np.nonzero(other & (pos == k))
+        out[r] = D[r, c]
+        return out
+
+    rank = max(1.0, float(rank))
+    lo = int(np.floor(rank))
+    w = rank - lo
+    v = at(lo)
+    if w > 1e-9:
+        up = at(lo + 1)
+        v = np.where(np.isnan(up), v, (1.0 - w) * v + w * up).astype(np.float32)
+    return v
 
 
 def _binary_rows(sets: Sequence[set[Any]]) -> tuple[sp.csr_matrix, list[Any]]:
@@ -301,9 +327,11 @@ def pair_features(
     titles: Sequence[str],
     signals: Sequence[str],
     weights: WordWeights | None = None,
+    density_at: float = 1.0,
 ) -> np.ndarray:
     """(m, f) float32 features of the pairs (columns: `feature_names(signals, weights is
-    not None)`)."""
+    not None)`); the density columns read each of `DENSITY_RANKS` times `density_at`
+    (`RankerConfig.density_scale`)."""
     n = len(titles)
     a, b = pairs[:, 0], pairs[:, 1]
     cols: list[np.ndarray] = []
@@ -319,7 +347,7 @@ def pair_features(
         r_ab, r_ba = _get(rank, a, b, 0.0), _get(rank, b, a, 0.0)
         cols += [np.fmin(r_ab, r_ba), np.fmax(r_ab, r_ba)]
         for r in DENSITY_RANKS:
-            d = _density(nb[name], r)
+            d = _density(nb[name], r * density_at)
             cols += [np.fmin(d[a], d[b]), np.fmax(d[a], d[b])]
     t = _title_features(titles, a, b, weights)
     cols += list(t.values())
@@ -515,12 +543,15 @@ class Ranker:
         feats: Features,
         nb: dict[str, Neighbours],
         titles: Sequence[str],
+        pool_rows: int | None = None,
     ) -> np.ndarray:
         """(m,) match probability of the (m, 2) pairs: the trees'; with a graph pass, the
         second booster's over the features and `graph_features` of these pairs (so `pairs`
         must be all the pool's candidates); where a cascade is kept, the uncertain band's
-        re-decided with the cross-encoder (`Cascade.refine`). No hop pairs are added."""
-        return self.score_pool(pairs, feats, nb, titles, hops=False)[1]
+        re-decided with the cross-encoder (`Cascade.refine`). No hop pairs are added.
+        `pool_rows`: the rows the neighbour lists `nb` were searched among (default: the
+        pool's, `len(titles)`; a query's small pool at `/match` names its catalogue's)."""
+        return self.score_pool(pairs, feats, nb, titles, hops=False, pool_rows=pool_rows)[1]
 
     def score_pool(
         self,
@@ -529,18 +560,19 @@ class Ranker:
         nb: dict[str, Neighbours],
         titles: Sequence[str],
         hops: bool = True,
+        pool_rows: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """The pool's (m, 2) candidate `pairs` scored as `score` does, with the graph
         pass's hop pairs (`RankerConfig.graph_hops`, with `hops`) appended and decided by
         the second booster too (a cascade re-decides the candidates only): the (m + h, 2)
-        pairs and their (m + h,) probabilities."""
-        X = self.pair_features(pairs, feats, nb, titles)
+        pairs and their (m + h,) probabilities. `pool_rows` as in `score`."""
+        X = self.pair_features(pairs, feats, nb, titles, pool_rows)
         p = self.predict(X)
         if self.graph is not None and len(p):
             n = len(titles)
             hop = hop_pairs(pairs, p, n) if hops and self.config.graph_hops else pairs[:0]
             # no pair features for no hop pair (they build the signals' lookups anew)
-            Xh = self.pair_features(hop, feats, nb, titles) if len(hop) else X[:0]
+            Xh = self.pair_features(hop, feats, nb, titles, pool_rows) if len(hop) else X[:0]
             G = graph_features(pairs, p, n, hop, self.predict(Xh))
             X2 = np.hstack([np.vstack([X, Xh]), G])
             p = np.asarray(self.graph.predict(X2, num_threads=1), np.float32)
@@ -557,9 +589,14 @@ class Ranker:
         feats: Features,
         nb: dict[str, Neighbours],
         titles: Sequence[str],
+        pool_rows: int | None = None,
     ) -> np.ndarray:
-        """`pair_features` of the pairs as this ranker was trained on them."""
-        return pair_features(pairs, feats, nb, titles, self.signals, self.weights)
+        """`pair_features` of the pairs as this ranker was trained on them, the density
+        read at this pool's scale (`RankerConfig.density_scale` of `pool_rows`, default
+        `len(titles)`)."""
+        n = len(titles) if pool_rows is None else pool_rows
+        return pair_features(pairs, feats, nb, titles, self.signals, self.weights,
+                             self.config.density_scale(n))
 
     def save(self, folder: str | Path) -> Path:
         """Write `folder/model.txt` (LightGBM) and `folder/ranker.json`."""

@@ -254,7 +254,7 @@ def _rank_one(
             pool.set_dense(name, x, np.concatenate([qd[name][1][j : j + 1], cd[name][1]]))
     titles = [q.title[j], *cq.title]
     pairs = np.stack([np.zeros(m, np.int64), np.arange(1, m + 1)], axis=1)
-    p = _score_small_pool(ranker, pairs, pool, nb, titles)
+    p = _score_small_pool(ranker, pairs, pool, nb, titles, len(cat))
     keep = p >= cfg.threshold
     if not keep.any() and p.max() >= cfg.single_threshold:
         keep[int(np.argmax(p))] = True
@@ -276,17 +276,19 @@ def _score_small_pool(
     pool: Features,
     nb: dict[str, Neighbours],
     titles: list[str],
+    pool_rows: int,
 ) -> np.ndarray:
-    """(m,) the ranker's probability of the query's pairs (0, i) of a small pool. A graph
-    pass reads each pair among the pool's candidate pairs, so those among the candidates
-    themselves (as a self-match would have them) are scored with them."""
+    """(m,) the ranker's probability of the query's pairs (0, i) of a small pool whose
+    neighbour lists were searched among `pool_rows` catalogue rows. A graph pass reads
+    each pair among the pool's candidate pairs, so those among the candidates themselves
+    (as a self-match would have them) are scored with them."""
     if ranker.graph is None:
-        return ranker.score(pairs, pool, nb, titles)
+        return ranker.score(pairs, pool, nb, titles, pool_rows)
     n = len(titles)
     among = candidate_pairs(nb, n, ranker.config)
     among = among[(among[:, 1] < n) & (among[:, 0] > 0)]  # rows of the pool, not the query's
     both = np.concatenate([pairs, among])
-    return ranker.score(both, pool, nb, titles)[: len(pairs)]
+    return ranker.score(both, pool, nb, titles, pool_rows)[: len(pairs)]
 
 
 def _ordered(nb: dict[str, Neighbours]) -> dict[str, Neighbours]:

@@ -388,17 +388,20 @@ def train_on_whole(
     With `cross`, the cross-encoder cascade after the trees (and the graph pass):
     `_cascade_folds`; the final scorer is written to `cross_folder` when the cascade tuned
     on every fold reads any band. The pool-size rule's sub-pools and two hops are scored
-    by each fold's trees alone (a fold's cross-encoder is not exported).
+    by each fold's trees alone (a fold's cross-encoder is not exported). The density
+    features are read at this pool's ranks (`RankerConfig.density_rows` is its size), so
+    the sub-pools and any other pool read them at their scale.
 
     Returns:
         The final ranker (trained on every pair; `pool_rows` the pool's size), and the
         report of `train_on_pools` with `mode` "whole" and `whole_f1` (every row OOF).
     """
     t0 = time.perf_counter()
-    config = config or RankerConfig()
     labels = pool.labels
     assert labels is not None
     n = len(labels)
+    # the density read at this pool's ranks here and at its scale in any other pool
+    config = replace(config or RankerConfig(), density_rows=n)
     weights = WordWeights.fit(pool.titles)
     pairs, X, y = _pool_pairs(pool, signals, config, weights)
     k = int(fold_of.max()) + 1
