@@ -396,3 +396,33 @@ def test_candidate_recall_char_source_reaches_a_pair_without_a_shared_word(
         got[bool(extra)] = res["settings"][1]  # top 1, no floors
     assert got[False]["recall"] == 0.0 and got[False]["missing"]["in no list"] == 1
     assert got[True]["recall"] == 1.0
+
+
+def test_carry_checks_oracle_takes_hop_pairs_at_their_own_threshold(
+    synth: Path, model_dir: Path, tmp_path: Path
+) -> None:
+    from benchmarks import carry_checks as cc
+    from index.data.listings import read_catalogue
+    from index.matching.ranker import RankerConfig
+
+    labels = np.array([1, 1, 2, 3])
+    pairs, p = np.array([[0, 1], [2, 3]]), np.array([0.9, 0.72], np.float32)
+    # (2, 3) a hop pair: the first hop threshold above 0.72 leaves it, the true pair stays
+    best = cc.sweep(pairs, p, 1, 4, labels, RankerConfig())
+    assert best == {"f1": 1.0, "threshold": 0.3, "hop_threshold": 0.75}
+    # as a candidate it is taken at every threshold (at-least-one-match at <= 0.6 under it)
+    best = cc.sweep(pairs, p, 2, 4, labels, RankerConfig())
+    assert best["f1"] == pytest.approx((1 + 1 + 2 / 3 + 2 / 3) / 4, abs=1e-4)
+    assert "hop_threshold" not in best
+
+    out = tmp_path / "carry.json"
+    argv = [str(synth / "listings.csv"), "--model", str(model_dir), "--settings", "ranker",
+            "--k", "2", "--folds", "0", "--direction", "down", "--sweep", "--out", str(out)]
+    assert cc.main(argv) == 0
+    res = json.loads(out.read_text())
+    (row,) = res["checks"]
+    n = len(read_catalogue(synth / "listings.csv"))
+    assert row["train_rows"] + row["decided_rows"] == n and 0 < row["f1"] <= 1
+    assert row["oracle"]["f1"] >= row["f1"] - 0.05 and row["hop_pairs"] == 0
+    with pytest.raises(SystemExit, match="unknown setting"):
+        cc.main([*argv[:4], "nope"])
