@@ -124,8 +124,9 @@ class RankerConfig:
     #: reads each of `DENSITY_RANKS` at r * sqrt(n / density_rows) (`density_scale`), so
     #: that a row's density means about the same in a pool of any size (0: at r whatever
     #: the pool, as rankers before it and those trained on several pools or on labelled
-    #: pairs; `train_on_whole` sets its pool's size). A row's near neighbours are its group's rows, whose
-    #: number does not grow with the pool, and look-alikes, whose number does: the square
+    #: pairs; `train_on_whole` sets its pool's size). A row's near neighbours are its
+    #: group's rows, whose number does not grow with the pool, and look-alikes, whose
+    #: number does: the square
     #: root is halfway between the two on a log scale (benchmarks in docs/BENCHMARKS.md).
     density_rows: int = 0
 
