@@ -200,3 +200,12 @@ def bert_tokenizer(vocab: dict[str, int]) -> Any:
         special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
     )
     return tok
+
+
+def no_vector_features(n: int) -> Any:
+    """`Features` of `n` rows with no TF-IDF, vectors or valid phash: for pair features
+    that read only titles and neighbour lists."""
+    from index.features.embed import Features
+
+    return Features(tfidf=None, X=None, phash=np.zeros((n, 8), np.uint8),  # type: ignore[arg-type]
+                    phash_valid=np.zeros(n, bool))

@@ -419,16 +419,11 @@ def test_text_options_benchmark_helpers() -> None:
 
 
 def test_ranker_code_features_see_codes_without_separators() -> None:
-    from index.features.embed import Features
     from index.matching.ranker import feature_names, pair_features
+    from tests.fakes import no_vector_features
 
     titles = ["sony dsc-w120 silver", "sony dscw120 black", "sony dsc-w130 silver"]
-    feats = Features(
-        tfidf=None,  # type: ignore[arg-type]
-        X=None,  # type: ignore[arg-type]
-        phash=np.zeros((3, 8), np.uint8),
-        phash_valid=np.zeros(3, bool),
-    )
+    feats = no_vector_features(3)
     X = pair_features(np.array([[0, 1], [0, 2]]), feats, {}, titles, [])
     col = {n: X[:, i] for i, n in enumerate(feature_names([]))}
     assert col["code_shared"].tolist() == [1.0, 0.0]

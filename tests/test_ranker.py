@@ -33,7 +33,7 @@ from index.matching.selfmatch import match_catalogue, self_neighbours
 from index.store.model import load_encoders, load_model
 from index.tuning.metrics import pair_prf, pair_report, predicted_pairs
 from index.tuning.ranker import fit
-from tests.fakes import write_tables
+from tests.fakes import no_vector_features, write_tables
 
 
 def write_pair_folder(root: Path, with_b: bool = True) -> Path:
@@ -165,15 +165,8 @@ def test_pair_features_exact_similarities(synth: Path, model_dir: Path) -> None:
 
 
 def test_title_features_numbers_and_codes() -> None:
-    from index.features.embed import Features
-
     titles = ["lipstick 3gr red a12b", "lipstick 5gr red a12b", "bag"]
-    feats = Features(
-        tfidf=None,  # type: ignore[arg-type]
-        X=None,  # type: ignore[arg-type]
-        phash=np.zeros((3, 8), np.uint8),
-        phash_valid=np.zeros(3, bool),
-    )
+    feats = no_vector_features(3)
     names = feature_names([])
     X = pair_features(np.array([[0, 1], [0, 2]]), feats, {}, titles, [])
     col = {n: X[:, i] for i, n in enumerate(names)}
@@ -188,15 +181,8 @@ def test_density_is_read_at_the_pools_scale_of_the_ranks() -> None:
     """The density columns read each `DENSITY_RANKS` rank r (1 and 9) at r * density_at:
     a rank between two whole ranks interpolates, one under 1 reads the nearest other row,
     one past the list is NaN; the row itself and -1 are no neighbours."""
-    from index.features.embed import Features
-
     titles = ["a", "b", "c"]
-    feats = Features(
-        tfidf=None,  # type: ignore[arg-type]
-        X=None,  # type: ignore[arg-type]
-        phash=np.zeros((3, 8), np.uint8),
-        phash_valid=np.zeros(3, bool),
-    )
+    feats = no_vector_features(3)
     # row 0's other neighbours: 0.9, 0.7, 0.5 (itself listed first); rows 1, 2: two others
     I = np.array([[0, 1, 2, 1], [1, 0, 2, -1], [2, 1, 0, -1]])
     D = np.array([[1.0, 0.9, 0.7, 0.5], [1.0, 0.8, 0.6, 0.0], [1.0, 0.4, 0.2, 0.0]], np.float32)
