@@ -206,6 +206,31 @@ def test_density_is_read_at_the_pools_scale_of_the_ranks() -> None:
     assert np.array_equal(col(X9, "combined_density10_min"), col(X9, "combined_density2_min"))
 
 
+def test_neighbour_ranks_are_read_at_the_pools_scale() -> None:
+    """A pair's rank columns (its place in each side's list) are divided by rank_at: in
+    a pool 4x the ranker's (rank_at 2) a rank of 3 reads as 1.5; NaN where unlisted."""
+    titles = ["a", "b", "c"]
+    feats = no_vector_features(3)
+    I = np.array([[0, 1, -1], [1, 0, 2], [2, 1, -1]])
+    D = np.array([[1.0, 0.9, 0.0], [1.0, 0.8, 0.6], [1.0, 0.4, 0.0]], np.float32)
+    names = feature_names(["combined"])
+    col = lambda X, name: X[:, names.index(name)]  # noqa: E731
+    pairs = np.array([[0, 1], [1, 2], [0, 2]])
+    X1 = pair_features(pairs, feats, {"combined": (D, I)}, titles, ["combined"])
+    assert col(X1, "combined_rank_min")[:2].tolist() == [2.0, 2.0]
+    assert col(X1, "combined_rank_max")[:2].tolist() == [2.0, 3.0]
+    assert np.isnan(col(X1, "combined_rank_min")[2])  # neither lists the other
+    X2 = pair_features(pairs, feats, {"combined": (D, I)}, titles, ["combined"],
+                       rank_at=2.0)
+    assert col(X2, "combined_rank_min")[:2].tolist() == [1.0, 1.0]
+    assert col(X2, "combined_rank_max")[:2].tolist() == [1.0, 1.5]
+    Xq = pair_features(pairs, feats, {"combined": (D, I)}, titles, ["combined"],
+                       rank_at=0.5)
+    assert col(Xq, "combined_rank_max")[:2].tolist() == [4.0, 6.0]
+    # the density is read at its own scale, whatever rank_at is
+    assert np.array_equal(col(Xq, "combined_density2_min"), col(X1, "combined_density2_min"))
+
+
 def test_the_density_scale_is_the_square_root_of_the_pool_ratio() -> None:
     cfg = RankerConfig(density_rows=1000)
     assert cfg.density_scale(1000) == 1.0
@@ -371,6 +396,7 @@ def test_train_ranker_writes_it_with_an_out_of_fold_report(ranked_model: Path) -
     rows = sum(r["rows"] for r in report["folds"])
     assert report["mode"] == "whole" and meta["config"]["pool_rows"] == rows
     assert meta["config"]["density_rows"] == rows  # its density read at its own ranks
+    assert meta["config"]["scaled_ranks"] is True  # and its pairs' ranks at that scale
 
 
 def test_train_ranker_pool_folds_matches_each_fold_on_its_own(
@@ -563,24 +589,30 @@ def test_a_ranker_reads_the_density_at_the_scale_of_the_rows_searched(
     n = len(cat)
     feats = embed(cat, tfidf_config=TfidfConfig())
     nb = self_neighbours(feats, device="cpu")
-    seen: list[float] = []
+    seen: list[tuple[float, float]] = []
     real = ranker_mod.pair_features
 
     def recording(*args: Any, **kwargs: Any) -> np.ndarray:
-        seen.append(args[6] if len(args) > 6 else kwargs.get("density_at", 1.0))
+        seen.append((args[6] if len(args) > 6 else kwargs.get("density_at", 1.0),
+                     args[7] if len(args) > 7 else kwargs.get("rank_at", 1.0)))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(ranker_mod, "pair_features", recording)
-    r = Ranker(ConstantBooster(0.9), ["tfidf", "phash"], RankerConfig(density_rows=n * 4))
+    fixed = Ranker(ConstantBooster(0.9), ["tfidf", "phash"], RankerConfig(density_rows=n * 4))
+    fixed.match(feats, nb, cat.title)
+    assert seen == [(0.5, 1.0)]  # a quarter of the trained pool: density at half the ranks
+    seen.clear()
+    r = Ranker(ConstantBooster(0.9), ["tfidf", "phash"],
+               RankerConfig(density_rows=n * 4, scaled_ranks=True))
     r.match(feats, nb, cat.title)
-    assert seen == [0.5]  # a pool a quarter of the trained one's size: half the ranks
+    assert seen == [(0.5, 0.5)]  # and its pairs' ranks over that scale
     seen.clear()
     live = LiveCatalogue(dims={}, tfidf_config=TfidfConfig())
     hexes = list(cat.image_phash or [""] * n)
     live.upsert(cat.posting_id, [""] * n, QueryFeatures.build(cat.title, hexes))
     got = rank_queries(live, QueryFeatures.build(cat.title[:3], hexes[:3]), r,
                        list(cat.posting_id[:3]))
-    assert any(len(m) > 1 for m in got) and seen == [0.5] * 3
+    assert any(len(m) > 1 for m in got) and seen == [(0.5, 0.5)] * 3
 
 
 def test_features_subset_keeps_rows_and_masks(synth: Path, model_dir: Path) -> None:
@@ -1097,9 +1129,11 @@ def test_a_ranker_with_word_weights_saves_them_and_an_old_one_still_loads(
     assert Ranker.load(old.save(tmp_path / "old")).weights is None
     # a ranker.json from before density_rows reads its density at fixed ranks
     old_meta = json.loads((tmp_path / "old" / "ranker.json").read_text())
-    del old_meta["config"]["density_rows"]
+    del old_meta["config"]["density_rows"], old_meta["config"]["scaled_ranks"]
     (tmp_path / "old" / "ranker.json").write_text(json.dumps(old_meta))
-    assert Ranker.load(tmp_path / "old").config.density_scale(10**6) == 1.0
+    loaded = Ranker.load(tmp_path / "old").config
+    assert loaded.density_scale(10**6) == 1.0 and loaded.scaled_ranks is False
+    assert RankerConfig().scaled_ranks is False
     meta = json.loads((tmp_path / "new" / "ranker.json").read_text())
     meta["word_weights"] = {"rows": "many"}
     (tmp_path / "new" / "ranker.json").write_text(json.dumps(meta))

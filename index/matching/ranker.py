@@ -4,7 +4,8 @@ Candidates are the union of every signal's top `RankerConfig.top_k` neighbours a
 floor; each unordered pair (i < j) gets features (`pair_features`): each signal's exact
 similarity where it can be computed (TF-IDF, text, image; phash distance), its rank in both
 directions and each side's neighbourhood density (the similarity of the 2nd and 10th
-neighbour), the stage signals' similarities where they list the pair, and title features
+neighbour), both read at the pool's scale (`RankerConfig.density_rows`), the stage
+signals' similarities where they list the pair, and title features
 (lengths, token overlap, shared and conflicting numbers and model codes, the unit rule's
 verdict; with the ranker's word weights, the rarest word in one title only and the weight
 share of such words). `rank_matches` keeps pairs whose probability reaches `threshold`, gives a row
@@ -120,15 +121,19 @@ class RankerConfig:
     #: by `pool_slope` per doubling of the pool (fitted on sub-pools out of fold).
     pool_rows: int = 0
     pool_slope: float = 0.0
-    #: The pool size the density features were read at in training: a pool of n rows
-    #: reads each of `DENSITY_RANKS` at r * sqrt(n / density_rows) (`density_scale`), so
-    #: that a row's density means about the same in a pool of any size (0: at r whatever
+    #: The pool size the density and rank features were read at in training: a pool of n
+    #: rows reads each of `DENSITY_RANKS` at r * sqrt(n / density_rows) (`density_scale`)
+    #: and (with `scaled_ranks`) divides a pair's ranks by that scale, so that a row's
+    #: density and a pair's rank mean about the same in a pool of any size (0: at r whatever
     #: the pool, as rankers before it and those trained on several pools or on labelled
     #: pairs; `train_on_whole` sets its pool's size). A row's near neighbours are its
     #: group's rows, whose number does not grow with the pool, and look-alikes, whose
     #: number does: the square
     #: root is halfway between the two on a log scale (benchmarks in docs/BENCHMARKS.md).
     density_rows: int = 0
+    #: Whether a pair's rank columns are read at the pool's scale too (divided by
+    #: `density_scale`); False for rankers saved before it, which read ranks as listed.
+    scaled_ranks: bool = False
 
     def __post_init__(self) -> None:
         if self.graph_hops and not self.graph_pass:
@@ -330,10 +335,11 @@ def pair_features(
     signals: Sequence[str],
     weights: WordWeights | None = None,
     density_at: float = 1.0,
+    rank_at: float = 1.0,
 ) -> np.ndarray:
     """(m, f) float32 features of the pairs (columns: `feature_names(signals, weights is
     not None)`); the density columns read each of `DENSITY_RANKS` times `density_at`
-    (`RankerConfig.density_scale`)."""
+    (`RankerConfig.density_scale`), the rank columns are the ranks over `rank_at`."""
     n = len(titles)
     a, b = pairs[:, 0], pairs[:, 1]
     cols: list[np.ndarray] = []
@@ -347,7 +353,7 @@ def pair_features(
             cols.append(np.fmax(_get(table, a, b, 3.0), _get(table, b, a, 3.0)))
         rank = _lookup(nb[name], n, "rank")
         r_ab, r_ba = _get(rank, a, b, 0.0), _get(rank, b, a, 0.0)
-        cols += [np.fmin(r_ab, r_ba), np.fmax(r_ab, r_ba)]
+        cols += [np.fmin(r_ab, r_ba) / rank_at, np.fmax(r_ab, r_ba) / rank_at]
         for r in DENSITY_RANKS:
             d = _density(nb[name], r * density_at)
             cols += [np.fmin(d[a], d[b]), np.fmax(d[a], d[b])]
@@ -594,11 +600,12 @@ class Ranker:
         pool_rows: int | None = None,
     ) -> np.ndarray:
         """`pair_features` of the pairs as this ranker was trained on them, the density
-        read at this pool's scale (`RankerConfig.density_scale` of `pool_rows`, default
+        and ranks read at this pool's scale (`RankerConfig.density_scale` of `pool_rows`, default
         `len(titles)`)."""
         n = len(titles) if pool_rows is None else pool_rows
+        s = self.config.density_scale(n)
         return pair_features(pairs, feats, nb, titles, self.signals, self.weights,
-                             self.config.density_scale(n))
+                             s, s if self.config.scaled_ranks else 1.0)
 
     def save(self, folder: str | Path) -> Path:
         """Write `folder/model.txt` (LightGBM) and `folder/ranker.json`."""
