@@ -40,6 +40,8 @@ SETTINGS = {
     "ranker": RankerConfig(),
     "graph": RankerConfig(graph_pass=True),
     "graph:ghops": RankerConfig(graph_pass=True, graph_hops=True),
+    "graph:hops": RankerConfig(graph_pass=True, two_hop=True),
+    "graph:wide": RankerConfig(graph_pass=True, top_k=50, floors={}),
 }
 #: The oracle's threshold grid (`--sweep`).
 GRID = np.round(np.arange(0.30, 0.96, 0.05), 2)

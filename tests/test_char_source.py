@@ -365,6 +365,11 @@ def test_graph_hops_are_trained_out_of_fold_and_saved(synth: Path, tmp_path: Pat
         assert f["decided_recall"] >= f["candidate_recall"]
     assert any(f["decided_recall"] > f["candidate_recall"] for f in rep["folds"])
     assert np.mean(rep["oof_f1"]) > np.mean(rep0["oof_f1"])
+    # two hops at decision time: the hop pairs each fold's model scores count as decided
+    _, rep2 = train_on_whole(pool, fold_of, signals, replace(cfg, two_hop=True))
+    for f in rep2["folds"]:
+        assert f["decided_recall"] >= f["candidate_recall"]
+    assert any(f["decided_recall"] > f["candidate_recall"] for f in rep2["folds"])
     hops.save(tmp_path / "r")
     back = Ranker.load(tmp_path / "r")
     assert back.config.graph_hops
