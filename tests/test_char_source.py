@@ -361,6 +361,7 @@ def test_graph_hops_are_trained_out_of_fold_and_saved(synth: Path, tmp_path: Pat
     _, rep0 = train_on_whole(pool, fold_of, signals, cfg)
     hops, rep = train_on_whole(pool, fold_of, signals, replace(cfg, graph_hops=True))
     assert "decided_recall" not in rep0["folds"][0]
+    assert hops.config.scaled_ranks is True  # the graph pass reads ranks at the pool's scale
     for f in rep["folds"]:
         assert f["decided_recall"] >= f["candidate_recall"]
     assert any(f["decided_recall"] > f["candidate_recall"] for f in rep["folds"])

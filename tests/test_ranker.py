@@ -396,7 +396,7 @@ def test_train_ranker_writes_it_with_an_out_of_fold_report(ranked_model: Path) -
     rows = sum(r["rows"] for r in report["folds"])
     assert report["mode"] == "whole" and meta["config"]["pool_rows"] == rows
     assert meta["config"]["density_rows"] == rows  # its density read at its own ranks
-    assert meta["config"]["scaled_ranks"] is True  # and its pairs' ranks at that scale
+    assert meta["config"]["scaled_ranks"] is False  # its pairs' ranks as listed (no graph)
 
 
 def test_train_ranker_pool_folds_matches_each_fold_on_its_own(

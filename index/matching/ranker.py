@@ -132,7 +132,9 @@ class RankerConfig:
     #: root is halfway between the two on a log scale (benchmarks in docs/BENCHMARKS.md).
     density_rows: int = 0
     #: Whether a pair's rank columns are read at the pool's scale too (divided by
-    #: `density_scale`); False for rankers saved before it, which read ranks as listed.
+    #: `density_scale`): `train_on_whole` sets it with the graph pass, whose carry checks
+    #: it lifted, and not without, whose it lowered (docs/BENCHMARKS.md); False for
+    #: rankers saved before it, which read ranks as listed.
     scaled_ranks: bool = False
 
     def __post_init__(self) -> None:

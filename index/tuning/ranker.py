@@ -389,8 +389,9 @@ def train_on_whole(
     `_cascade_folds`; the final scorer is written to `cross_folder` when the cascade tuned
     on every fold reads any band. The pool-size rule's sub-pools and two hops are scored
     by each fold's trees alone (a fold's cross-encoder is not exported). The density
-    and rank features are read at this pool's ranks (`RankerConfig.density_rows` is its
-    size, `scaled_ranks` set), so the sub-pools and any other pool read them at their scale.
+    features (and with the graph pass the rank features: `scaled_ranks`) are read at this
+    pool's ranks (`RankerConfig.density_rows` is its size), so the sub-pools and any other
+    pool read them at their scale.
 
     Returns:
         The final ranker (trained on every pair; `pool_rows` the pool's size), and the
@@ -401,7 +402,9 @@ def train_on_whole(
     assert labels is not None
     n = len(labels)
     # the density read at this pool's ranks here and at its scale in any other pool
-    config = replace(config or RankerConfig(), density_rows=n, scaled_ranks=True)
+    # (and, with the graph pass, the pairs' ranks: without it they carried worse)
+    config = config or RankerConfig()
+    config = replace(config, density_rows=n, scaled_ranks=config.graph_pass)
     weights = WordWeights.fit(pool.titles)
     pairs, X, y = _pool_pairs(pool, signals, config, weights)
     k = int(fold_of.max()) + 1
