@@ -410,7 +410,7 @@ def _train_all(args: argparse.Namespace) -> int:
     print("  (CPU s: what trying it cost; match: CPU-s per 1,000 rows to match with it;")
     print("   carried: a ranker trained on one fold alone deciding the other folds as one pool;")
     print("   cand. recall: the share of a fold's true pairs among the pairs the ranker decides:")
-    print("   its candidates, and the graph pass's hop pairs where it has them)")
+    print("   its candidates, and the hop pairs it scores where it has them)")
     parts = best.pipeline.changes()
     print(
         f"\nkept: {', '.join(parts) or 'the start (TF-IDF + phash)'}; out-of-fold F1 "
