@@ -4,8 +4,9 @@ Candidates are the union of every signal's top `RankerConfig.top_k` neighbours a
 floor; each unordered pair (i < j) gets features (`pair_features`): each signal's exact
 similarity where it can be computed (TF-IDF, text, image; phash distance), its rank in both
 directions and each side's neighbourhood density (the similarity of the 2nd and 10th
-neighbour), both read at the pool's scale (`RankerConfig.density_rows`), the stage
-signals' similarities where they list the pair, and title features
+neighbour), the density (and with `RankerConfig.scaled_ranks` the ranks) read at the
+pool's scale (`RankerConfig.density_rows`), the stage signals' similarities where they
+list the pair, and title features
 (lengths, token overlap, shared and conflicting numbers and model codes, the unit rule's
 verdict; with the ranker's word weights, the rarest word in one title only and the weight
 share of such words). `rank_matches` keeps pairs whose probability reaches `threshold`, gives a row
@@ -128,8 +129,8 @@ class RankerConfig:
     #: the pool, as rankers before it and those trained on several pools or on labelled
     #: pairs; `train_on_whole` sets its pool's size). A row's near neighbours are its
     #: group's rows, whose number does not grow with the pool, and look-alikes, whose
-    #: number does: the square
-    #: root is halfway between the two on a log scale (benchmarks in docs/BENCHMARKS.md).
+    #: number does: the square root is halfway between the two on a log scale
+    #: (benchmarks in docs/BENCHMARKS.md).
     density_rows: int = 0
     #: Whether a pair's rank columns are read at the pool's scale too (divided by
     #: `density_scale`): `train_on_whole` sets it with the graph pass, whose carry checks
@@ -602,8 +603,8 @@ class Ranker:
         pool_rows: int | None = None,
     ) -> np.ndarray:
         """`pair_features` of the pairs as this ranker was trained on them, the density
-        and ranks read at this pool's scale (`RankerConfig.density_scale` of `pool_rows`, default
-        `len(titles)`)."""
+        (and with `scaled_ranks` the ranks) read at this pool's scale
+        (`RankerConfig.density_scale` of `pool_rows`, default `len(titles)`)."""
         n = len(titles) if pool_rows is None else pool_rows
         s = self.config.density_scale(n)
         return pair_features(pairs, feats, nb, titles, self.signals, self.weights,

@@ -462,10 +462,9 @@ def train_on_whole(
         rep["candidate_pairs"] = len(scored[f][0])
         rep["candidate_recall"] = _candidate_recall(pairs[within], y[within], labels[rows_of[f]])
         if config.graph_hops or config.two_hop:  # and the hop pairs the ranker decides
-            dp = scored[f][0] if config.graph_hops else f_pairs
-            d_in = (fold_of[dp[:, 0]] == f) & (fold_of[dp[:, 1]] == f)
-            dy = labels[dp[d_in, 0]] == labels[dp[d_in, 1]]
-            rep["decided_recall"] = _candidate_recall(dp[d_in], dy, labels[rows_of[f]])
+            d_in = (fold_of[f_pairs[:, 0]] == f) & (fold_of[f_pairs[:, 1]] == f)
+            dy = labels[f_pairs[d_in, 0]] == labels[f_pairs[d_in, 1]]
+            rep["decided_recall"] = _candidate_recall(f_pairs[d_in], dy, labels[rows_of[f]])
         folds.append(rep)
     final_cfg = tune_group_thresholds(scored, config)
     sizes: list[tuple[float, float]] = []
