@@ -41,6 +41,7 @@ SETTINGS = {
     "graph": RankerConfig(graph_pass=True),
     "graph:ghops": RankerConfig(graph_pass=True, graph_hops=True),
     "graph:hops": RankerConfig(graph_pass=True, two_hop=True),
+    "graph:hops2": RankerConfig(graph_pass=True, two_hop=True, hop_rounds=2),
     "graph:wide": RankerConfig(graph_pass=True, top_k=50, floors={}),
 }
 #: The oracle's threshold grid (`--sweep`).

@@ -178,9 +178,10 @@ def test_title_features_numbers_and_codes() -> None:
 
 
 def test_density_is_read_at_the_pools_scale_of_the_ranks() -> None:
-    """The density columns read each `DENSITY_RANKS` rank r (1 and 9) at r * density_at:
-    a rank between two whole ranks interpolates, one under 1 reads the nearest other row,
-    one past the list is NaN; the row itself and -1 are no neighbours."""
+    """The density columns read rank 1 (the nearest other row) as listed at any scale and
+    rank 9 at 9 * density_at: a rank between two whole ranks interpolates, one under 1
+    reads the nearest other row, one past the list is NaN; the row itself and -1 are no
+    neighbours."""
     titles = ["a", "b", "c"]
     feats = no_vector_features(3)
     # row 0's other neighbours: 0.9, 0.7, 0.5 (itself listed first); rows 1, 2: two others
@@ -193,7 +194,13 @@ def test_density_is_read_at_the_pools_scale_of_the_ranks() -> None:
     assert col(X1, "combined_density2_min").tolist() == pytest.approx([0.8, 0.4])
     assert col(X1, "combined_density2_max").tolist() == pytest.approx([0.9, 0.8])
     assert np.isnan(col(X1, "combined_density10_max")).all()  # nobody lists 9 others
-    # at a quarter: ranks 1/4 (read at 1) and 9/4 (a quarter of the way from 2 to 3)
+    # at 4x: the nearest other row still at rank 1, rank 9 at 36 (past every list)
+    X4 = pair_features(pairs, feats, {"combined": (D, I)}, titles, ["combined"],
+                       density_at=2.0)
+    assert col(X4, "combined_density2_min").tolist() == pytest.approx([0.8, 0.4])
+    assert col(X4, "combined_density2_max").tolist() == pytest.approx([0.9, 0.8])
+    assert np.isnan(col(X4, "combined_density10_max")).all()
+    # at a quarter: rank 1 (as listed) and 9/4 (a quarter of the way from 2 to 3)
     Xq = pair_features(pairs, feats, {"combined": (D, I)}, titles, ["combined"],
                        density_at=0.25)
     assert col(Xq, "combined_density2_max").tolist() == pytest.approx([0.9, 0.8])
@@ -237,6 +244,12 @@ def test_the_density_scale_is_the_square_root_of_the_pool_ratio() -> None:
     assert cfg.density_scale(4000) == 2.0 and cfg.density_scale(250) == 0.5
     assert cfg.density_scale(0) == 1.0
     assert RankerConfig().density_rows == 0 and RankerConfig().density_scale(10**6) == 1.0
+    from index.matching.ranker import DENSITY_RANKS, density_rank
+
+    assert DENSITY_RANKS == (1, 9)
+    assert density_rank(1, 2.0) == 1.0 and density_rank(1, 0.25) == 1.0  # as listed
+    assert density_rank(9, 2.0) == 18.0 and density_rank(9, 0.5) == 4.5
+    assert density_rank(2, 1.5) == 3.0
 
 
 def test_a_saved_ranker_predicts_the_same(tmp_path: Path) -> None:
@@ -1182,6 +1195,37 @@ def test_two_hop_pairs_equal_a_loop_over_shared_neighbours() -> None:
     want = sorted({(min(i, j), max(i, j)) for x in nbrs for i in nbrs[x] for j in nbrs[x]
                    if i != j and j not in nbrs[i]})
     assert [tuple(r) for r in two_hop_pairs(e, 30).tolist()] == want
+
+
+def test_hop_rounds_reach_pairs_four_matches_apart() -> None:
+    """Issue 27, `RankerConfig.hop_rounds`: on the chain 0-1-2-3-4, round 1 adds the pairs
+    two apart, round 2 (through them) those three and four apart, and a third round none;
+    a hop pair scored under the threshold is no edge of the next round; p at the
+    threshold is one."""
+    from index.matching.ranker import add_two_hops
+
+    chain = np.array([[0, 1], [1, 2], [2, 3], [3, 4]])
+    p = np.full(4, 0.5, np.float32)
+    asked: list[list[list[int]]] = []
+
+    def sure(hop: np.ndarray) -> np.ndarray:
+        asked.append(hop.tolist())
+        return np.full(len(hop), 0.9, np.float32)
+
+    pairs, q = add_two_hops(chain, p, 0.5, 6, sure, rounds=1)
+    assert pairs[4:].tolist() == [[0, 2], [1, 3], [2, 4]] and (q[4:] == np.float32(0.9)).all()
+    asked.clear()
+    pairs, q = add_two_hops(chain, p, 0.5, 6, sure, rounds=3)
+    assert asked == [[[0, 2], [1, 3], [2, 4]], [[0, 3], [0, 4], [1, 4]]]  # round 3: none
+    assert len(pairs) == 10 and q.dtype == np.float32
+    pairs, _ = add_two_hops(chain, p, 0.5, 6, lambda h: np.full(len(h), 0.49, np.float32),
+                            rounds=2)
+    assert pairs[4:].tolist() == [[0, 2], [1, 3], [2, 4]]  # no hop under 0.5 hops again
+    pairs, _ = add_two_hops(chain, np.nextafter(p, 0), 0.5, 6, sure, rounds=2)
+    assert len(pairs) == 4
+    with pytest.raises(ValueError, match="hop_rounds must be at least 1"):
+        RankerConfig(two_hop=True, hop_rounds=0)
+    assert RankerConfig().hop_rounds == 1
 
 
 def _hop_catalogue(tmp_path: Path) -> tuple[Any, Any, Any]:

@@ -49,7 +49,8 @@ EXACT = ("tfidf", "char", "text", "image")
 #: the range's end (and a warning says so).
 POOL_RANGE = (0.25, 4.0)
 #: Neighbour ranks (1 = nearest other row) whose similarity measures a row's density, in
-#: a pool of the size the ranker was trained on (`RankerConfig.density_rows`).
+#: a pool of the size the ranker was trained on (`RankerConfig.density_rows`); another
+#: pool reads them at `density_rank`.
 DENSITY_RANKS = (1, 9)
 #: The title columns of `pair_features`, in order.
 TITLE_FEATURES = (
@@ -108,6 +109,9 @@ class RankerConfig:
     #: decided with the rest. A whole pool only (`match`, `evaluate`, `/batch-match`): one
     #: listing at `/match` is decided against its own candidates.
     two_hop: bool = False
+    #: With `two_hop`: how many times the hops are taken, each round through the confident
+    #: matches of the pairs scored so far (round 2 reaches pairs up to four matches apart).
+    hop_rounds: int = 1
     #: Train a graph pass (`Ranker.graph`): a second booster over each pair's features and
     #: its `graph_features` among the first pass's scored candidates (label groups,
     #: `train_on_whole`).
@@ -123,8 +127,8 @@ class RankerConfig:
     pool_rows: int = 0
     pool_slope: float = 0.0
     #: The pool size the density and rank features were read at in training: a pool of n
-    #: rows reads each of `DENSITY_RANKS` at r * sqrt(n / density_rows) (`density_scale`)
-    #: and (with `scaled_ranks`) divides a pair's ranks by that scale, so that a row's
+    #: rows reads each of `DENSITY_RANKS` past the first at r * sqrt(n / density_rows)
+    #: (`density_scale`, `density_rank`; the nearest other row as listed) and (with `scaled_ranks`) divides a pair's ranks by that scale, so that a row's
     #: density and a pair's rank mean about the same in a pool of any size (0: at r whatever
     #: the pool, as rankers before it and those trained on several pools or on labelled
     #: pairs; `train_on_whole` sets its pool's size). A row's near neighbours are its
@@ -141,6 +145,8 @@ class RankerConfig:
     def __post_init__(self) -> None:
         if self.graph_hops and not self.graph_pass:
             raise ValueError("graph_hops are decided by the graph pass: set graph_pass too")
+        if self.hop_rounds < 1:
+            raise ValueError(f"hop_rounds must be at least 1, got {self.hop_rounds}")
 
     def measured_for(self, n: int) -> bool:
         """Whether a pool of `n` rows is within the measured `POOL_RANGE` of the pools the
@@ -221,13 +227,18 @@ def add_two_hops(
     threshold: float,
     n: int,
     score: Callable[[np.ndarray], np.ndarray],
+    rounds: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The (m, 2) scored candidate `pairs` and their (m,) `p`, with the pairs joined by two
-    of those at or above `threshold` (`two_hop_pairs`) appended, scored by `score`."""
-    hop = two_hop_pairs(pairs[p >= threshold], n, exclude=pairs)
-    if len(hop) == 0:
-        return pairs, p
-    return np.concatenate([pairs, hop]), np.concatenate([p, score(hop)]).astype(np.float32)
+    of those at or above `threshold` (`two_hop_pairs`) appended, scored by `score`; `rounds`
+    times, each round through every pair scored so far (until one adds none)."""
+    for _ in range(rounds):
+        hop = two_hop_pairs(pairs[p >= threshold], n, exclude=pairs)
+        if len(hop) == 0:
+            break
+        pairs = np.concatenate([pairs, hop])
+        p = np.concatenate([p, score(hop)]).astype(np.float32)
+    return pairs, p
 
 
 def _lookup(nb: Neighbours, n: int, what: str) -> sp.csr_matrix:
@@ -246,6 +257,15 @@ def _get(m: sp.csr_matrix, a: np.ndarray, b: np.ndarray, offset: float) -> np.nd
         return np.zeros(0, np.float32)
     v = np.asarray(m[a, b]).ravel().astype(np.float32)
     return np.where(v > 0, v - offset, np.nan).astype(np.float32)
+
+
+def density_rank(r: int, scale: float) -> float:
+    """The rank a pool at `scale` (`RankerConfig.density_scale`) reads density rank `r` at:
+    the nearest other row as listed in any pool (mostly a row of the same group, which a
+    bigger pool does not push down), a farther one at r * scale (look-alikes, which it
+    does). Read at 1 * scale, the nearest's similarity lost 0.02-0.03 F1 carried 1k -> 4k
+    rows (docs/BENCHMARKS.md)."""
+    return float(r) if r <= 1 else r * scale
 
 
 def _density(nb: Neighbours, rank: float) -> np.ndarray:
@@ -341,8 +361,9 @@ def pair_features(
     rank_at: float = 1.0,
 ) -> np.ndarray:
     """(m, f) float32 features of the pairs (columns: `feature_names(signals, weights is
-    not None)`); the density columns read each of `DENSITY_RANKS` times `density_at`
-    (`RankerConfig.density_scale`), the rank columns are the ranks over `rank_at`."""
+    not None)`); the density columns read each of `DENSITY_RANKS` at `density_rank` of
+    `density_at` (`RankerConfig.density_scale`), the rank columns are the ranks over
+    `rank_at`."""
     n = len(titles)
     a, b = pairs[:, 0], pairs[:, 1]
     cols: list[np.ndarray] = []
@@ -358,7 +379,7 @@ def pair_features(
         r_ab, r_ba = _get(rank, a, b, 0.0), _get(rank, b, a, 0.0)
         cols += [np.fmin(r_ab, r_ba) / rank_at, np.fmax(r_ab, r_ba) / rank_at]
         for r in DENSITY_RANKS:
-            d = _density(nb[name], r * density_at)
+            d = _density(nb[name], density_rank(r, density_at))
             cols += [np.fmin(d[a], d[b]), np.fmax(d[a], d[b])]
     t = _title_features(titles, a, b, weights)
     cols += list(t.values())
@@ -545,7 +566,7 @@ class Ranker:
                 # the graph pass reads the hop pairs among every candidate
                 return self.score(np.concatenate([base, hop]), feats, use, titles)[len(base):]
 
-            pairs, p = add_two_hops(pairs, p, cfg.threshold, n, score_hops)
+            pairs, p = add_two_hops(pairs, p, cfg.threshold, n, score_hops, cfg.hop_rounds)
         return rank_matches(pairs, p, n, cfg)
 
     def score(

@@ -453,7 +453,7 @@ def train_on_whole(
                 both = np.concatenate([base, hop])
                 return r.score(both, pool.features, use, pool.titles)[len(base):]
 
-            f_pairs, f_p = add_two_hops(f_pairs, f_p, cfg.threshold, n, score)
+            f_pairs, f_p = add_two_hops(f_pairs, f_p, cfg.threshold, n, score, cfg.hop_rounds)
         I, _ = rank_matches(f_pairs, f_p, n, cfg, rows_of[f])
         I_all[rows_of[f]] = I[rows_of[f]]
         rep = f1_report(I, labels, buckets, rows=rows_of[f])
