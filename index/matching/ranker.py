@@ -128,7 +128,8 @@ class RankerConfig:
     pool_slope: float = 0.0
     #: The pool size the density and rank features were read at in training: a pool of n
     #: rows reads each of `DENSITY_RANKS` past the first at r * sqrt(n / density_rows)
-    #: (`density_scale`, `density_rank`; the nearest other row as listed) and (with `scaled_ranks`) divides a pair's ranks by that scale, so that a row's
+    #: (`density_scale`, `density_rank`; the nearest other row as listed) and (with
+    #: `scaled_ranks`) divides a pair's ranks by that scale, so that a row's
     #: density and a pair's rank mean about the same in a pool of any size (0: at r whatever
     #: the pool, as rankers before it and those trained on several pools or on labelled
     #: pairs; `train_on_whole` sets its pool's size). A row's near neighbours are its
