@@ -264,8 +264,8 @@ def density_rank(r: int, scale: float) -> float:
     """The rank a pool at `scale` (`RankerConfig.density_scale`) reads density rank `r` at:
     the nearest other row as listed in any pool (mostly a row of the same group, which a
     bigger pool does not push down), a farther one at r * scale (look-alikes, which it
-    does). Read at 1 * scale, the nearest's similarity lost 0.02-0.03 F1 carried 1k -> 4k
-    rows (docs/BENCHMARKS.md)."""
+    does). Read at 1 * scale, the carry checks 1k -> 4k rows lost 0.005-0.05 F1
+    (docs/BENCHMARKS.md)."""
     return float(r) if r <= 1 else r * scale
 
 
